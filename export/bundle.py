@@ -1,0 +1,352 @@
+"""Write a verified bundle: classifier + style graphs + manifest, atomically.
+
+The bundle is built in a hidden temporary folder beside the destination and
+renamed into place only when every graph has passed its parity check. An
+existing bundle is replaced only with ``force`` and survives any failure.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from emostyle_rt.errors import ExportError, note
+from emostyle_rt.manifest import EMOTIONS, FORMAT_VERSION, MANIFEST_NAME, sha256_file
+
+from . import parity
+from .checkpoints import CONVENTIONS, StyleCheckpoint, load_style_checkpoint
+
+log = logging.getLogger("emostyle_export")
+
+DEMO_NOTE = (
+    "DEMO BUNDLE WITH UNTRAINED WEIGHTS: the classifier and the seven style networks have the paper's "
+    "architectures but fixed seeded random weights. Emotions and styles it produces are meaningless; "
+    "it exists to run and measure the pipeline. Export your own checkpoints for real use."
+)
+STYLE_MIN_SIDE = 5  # reflection padding of 4 px in the first 9x9 conv needs more than 4 px
+STYLE_SIZE_MULTIPLE = 4  # two stride-2 convs, two x2 upsamples
+
+
+@dataclass(frozen=True)
+class StyleSource:
+    """A style checkpoint file and an optional convention override."""
+
+    path: Path
+    convention: str | None = None
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Everything an export needs; built by the CLI from flags or a config file."""
+
+    classifier: Path | None
+    styles: Mapping[str, StyleSource]
+    classifier_scale: str = "0..1"
+    labels: tuple[str, ...] = EMOTIONS
+    demo: bool = False
+    seed: int = 0
+    opset: int = 17
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _Steps:
+    """Console progress for steps that take seconds (INFO log lines with elapsed time)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str, *args: Any) -> None:
+        log.info("[%6.1fs] " + msg, time.perf_counter() - self.t0, *args)
+
+
+def _tool_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for dist in ("emostyle-rt", "torch", "tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime",
+                 "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def source_digest(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents)."""
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(path)).encode())
+        h.update(bytes.fromhex(sha256_file(p)))
+    return h.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale(dest: Path) -> None:
+    """Remove temporary folders that killed exports into ``dest`` left behind."""
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(partial|old)-(\d+)-")
+    if not dest.parent.is_dir():
+        return
+    for p in dest.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(2))):
+            log.info("removing %s left by an interrupted export", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _check_destination(dest: Path, force: bool) -> None:
+    if not dest.exists():
+        return
+    if not force:
+        raise ExportError(
+            f"{dest} already exists; it is not overwritten. Use --force to replace a bundle, or pick another -o."
+            + note("a path that does not exist", "an existing " + ("folder" if dest.is_dir() else "file"))
+        )
+    if not (dest.is_dir() and ((dest / MANIFEST_NAME).is_file() or not any(dest.iterdir()))):
+        raise ExportError(
+            f"{dest} exists and is not an emostyle bundle; --force only replaces bundles, never other files."
+            + note(f"a folder holding {MANIFEST_NAME} or an empty folder", "something else")
+        )
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Move the finished bundle into place; an old bundle goes only after the new one is there."""
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}-{int(time.time())}"
+        os.replace(dest, old)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if old is not None:
+            os.replace(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _style_id(path: Path, digest: str, convention: str, taken: set[str]) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-")[:40] or "style"
+    sid = f"{stem}-{digest[:8]}"
+    return sid if sid not in taken else f"{sid}-{convention}"
+
+
+def _validate(plan: ExportPlan) -> None:
+    from .classifiers import SCALES, check_labels
+
+    check_labels(plan.labels)
+    if plan.classifier_scale not in SCALES:
+        raise ExportError(
+            f"Unknown classifier scale {plan.classifier_scale!r}." + note(list(SCALES), plan.classifier_scale)
+        )
+    if plan.demo:
+        return
+    if plan.classifier is None:
+        raise ExportError("No classifier given." + note("--classifier PATH (or --demo)", "none"))
+    unknown = sorted(set(plan.styles) - set(EMOTIONS))
+    missing = [e for e in EMOTIONS if e not in plan.styles]
+    if unknown or missing:
+        raise ExportError(
+            "Every one of the seven emotions needs exactly one style"
+            + (f"; unknown emotions: {unknown}" if unknown else "")
+            + (f"; missing: {missing}" if missing else "")
+            + "." + note(list(EMOTIONS), sorted(plan.styles))
+        )
+    for emotion, src in plan.styles.items():
+        if src.convention is not None and src.convention not in CONVENTIONS:
+            raise ExportError(
+                f"Unknown convention {src.convention!r} for {emotion}." + note(list(CONVENTIONS), src.convention)
+            )
+        if not Path(src.path).is_file():
+            raise ExportError(f"Style checkpoint for {emotion!r} not found: {src.path}.")
+
+
+def demo_styles(seed: int) -> Iterator[tuple[list[str], str, StyleCheckpoint, dict[str, Any]]]:
+    """(emotions served, style id, checkpoint, source record) of each demo style network."""
+    import torch
+
+    from .models.transformer import TransformerNet
+
+    for i, emotion in enumerate(EMOTIONS):
+        torch.manual_seed(seed + i)
+        net = TransformerNet().eval()
+        ckpt = StyleCheckpoint(model=net, family="demo", convention="imagenet", convention_source="demo")
+        yield [emotion], f"demo-{emotion}", ckpt, {"family": "demo", "seed": seed + i}
+
+
+def _user_styles(plan: ExportPlan) -> Iterator[tuple[list[str], str, StyleCheckpoint, dict[str, Any]]]:
+    groups: dict[tuple[str, str | None], list[str]] = {}
+    paths: dict[tuple[str, str | None], Path] = {}
+    for emotion in EMOTIONS:
+        src = plan.styles[emotion]
+        key = (source_digest(Path(src.path)), src.convention)
+        groups.setdefault(key, []).append(emotion)
+        paths[key] = Path(src.path)
+    taken: set[str] = set()
+    for (digest, forced), emotions in groups.items():
+        path = paths[(digest, forced)]
+        ckpt = load_style_checkpoint(path, forced)
+        sid = _style_id(path, digest, ckpt.convention, taken)
+        taken.add(sid)
+        source = {"path": str(path.resolve()), "sha256": digest, "family": ckpt.family}
+        if ckpt.metadata:
+            source["metadata"] = dict(ckpt.metadata)
+        if ckpt.dropped_keys:
+            source["dropped_keys"] = list(ckpt.dropped_keys)
+        yield emotions, sid, ckpt, source
+
+
+def demo_classifier(seed: int) -> Any:
+    """The paper's classifier with seeded weights (a ``KerasClassifier``)."""
+    from .classifiers import from_keras_model, quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+
+    from .models.classifier import build_classifier
+
+    keras.utils.set_random_seed(seed)
+    return from_keras_model(build_classifier(), "demo", None)
+
+
+def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> dict[str, Any]:
+    from .classifiers import convert_classifier, load_classifier, looks_like_probabilities, scale_pixels
+    from .styles import INPUT_NAME, OUTPUT_NAME, export_style
+
+    step("loading TensorFlow and the classifier%s", " (demo, seeded)" if plan.demo else f" {plan.classifier}")
+    clf = demo_classifier(plan.seed) if plan.demo else load_classifier(plan.classifier)  # type: ignore[arg-type]
+    probe, _ = parity.classifier_inputs(clf.height, clf.width, clf.channels)
+    import numpy as np
+
+    add_softmax = not looks_like_probabilities(np.asarray(clf.predict(scale_pixels(probe.astype("float32"),
+                                                                                    plan.classifier_scale))))
+    if add_softmax:
+        log.warning("classifier outputs are not probabilities; a softmax is added to the graph")
+    step("converting the classifier (%dx%dx%d, scale %s) with tf2onnx", clf.height, clf.width, clf.channels,
+         plan.classifier_scale)
+    convert_classifier(clf, plan.classifier_scale, add_softmax, tmp / "classifier.onnx", plan.opset)
+    step("classifier parity check (Keras eager vs onnxruntime)")
+    c_parity = parity.check_classifier(clf, tmp / "classifier.onnx", plan.classifier_scale, add_softmax)
+    step("classifier ok: max abs diff %.2g, top-1 agrees: %s", c_parity.max_abs_diff, c_parity.top1_agree)
+    classifier_source: dict[str, Any] = {"format": clf.format}
+    if clf.source is not None:
+        classifier_source |= {"path": str(Path(clf.source).resolve()), "sha256": source_digest(Path(clf.source))}
+    else:
+        classifier_source["seed"] = plan.seed
+
+    (tmp / "styles").mkdir()
+    styles: dict[str, Any] = {}
+    emotions: dict[str, str] = {}
+    sources = demo_styles(plan.seed) if plan.demo else _user_styles(plan)
+    for served, sid, ckpt, source in sources:
+        rel = f"styles/{sid}.onnx"
+        step("style %s (%s, convention %s) for %s: exporting", sid, ckpt.family, ckpt.convention, ", ".join(served))
+        export_style(ckpt.model, ckpt.convention, tmp / rel, plan.opset)
+        step("style %s: parity check (PyTorch eager vs onnxruntime)", sid)
+        s_parity = parity.check_style(ckpt.model, ckpt.convention, tmp / rel, sid)
+        step("style %s ok: max abs diff %.2f grey levels, PSNR %s dB", sid, s_parity.max_abs_diff,
+             "inf" if s_parity.psnr_db is None else f"{s_parity.psnr_db:.1f}")
+        styles[sid] = {"onnx": rel, "sha256": sha256_file(tmp / rel), "source": source,
+                       "convention": ckpt.convention, "convention_source": ckpt.convention_source,
+                       "parity": s_parity.as_dict()}
+        emotions.update({e: sid for e in served})
+
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "demo": plan.demo,
+        "note": DEMO_NOTE if plan.demo else "Exported from user checkpoints by emostyle-export.",
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "labels": list(plan.labels),
+        "classifier": {
+            "onnx": "classifier.onnx",
+            "sha256": sha256_file(tmp / "classifier.onnx"),
+            "source": classifier_source,
+            "input": {"name": "face", "layout": "NHWC", "dtype": "uint8", "height": clf.height, "width": clf.width,
+                      "channels": clf.channels, "color": "RGB" if clf.channels == 3 else "GRAY"},
+            "output": {"name": "probs", "classes": clf.classes, "softmax_added": add_softmax},
+            "scale": plan.classifier_scale,
+            "parity": c_parity.as_dict(),
+        },
+        "style_input": {"name": INPUT_NAME, "output_name": OUTPUT_NAME, "layout": "NHWC", "dtype": "uint8",
+                        "color": "RGB", "size_multiple": STYLE_SIZE_MULTIPLE, "min_side": STYLE_MIN_SIDE},
+        "styles": styles,
+        "emotions": {e: emotions[e] for e in plan.labels},
+        "tools": _tool_versions(),
+        **dict(plan.extra),
+    }
+    return manifest
+
+
+def write_manifest(bundle: Path, manifest: Mapping[str, Any]) -> None:
+    """Write ``manifest.json`` atomically (temp file + rename)."""
+    tmp = bundle / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, bundle / MANIFEST_NAME)
+
+
+def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) -> Path:
+    """Export ``plan`` to the bundle folder ``out_dir``; returns its path."""
+    dest = Path(out_dir).absolute()
+    _validate(plan)
+    _clean_stale(dest)
+    _check_destination(dest, force)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{int(time.time())}"
+    tmp.mkdir()
+    step = _Steps()
+    if plan.demo:
+        log.warning(DEMO_NOTE)
+    try:
+        manifest = _build(plan, tmp, step)
+        write_manifest(tmp, manifest)
+        _fsync_tree(tmp)
+        _check_destination(dest, force)  # someone may have created it meanwhile
+        _publish(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    step("bundle written to %s (%.1f MB)%s", dest, size / 1e6, " -- UNTRAINED DEMO WEIGHTS" if plan.demo else "")
+    return dest
+
+
+def export_demo(out_dir: str | Path, force: bool = False, seed: int = 0) -> Path:
+    """Export the demo bundle: the paper's architectures with seeded, untrained weights."""
+    return export_bundle(ExportPlan(classifier=None, styles={}, demo=True, seed=seed), out_dir, force=force)
+
+
+def parse_labels(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"angry,disgust,..."`` or a list -> a checked label tuple."""
+    from .classifiers import check_labels
+
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return check_labels([s.strip() for s in items if s.strip()])

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up emostyle-rt on a fresh Linux machine (Python 3.11, no GPU needed) and run
+# the main job on the demo bundle: export -> stylize a real photo -> benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+# A CPU build of PyTorch first, so that nothing below pulls CUDA wheels.
+# (Elsewhere: pip install torch==2.13.0 --index-url <PyTorch's CPU wheel index>.)
+pip install -q torch==2.13.0
+pip install -q -e ".[cpu,dev]"
+if pip list 2>/dev/null | grep -qiE '^nvidia-|^onnxruntime-gpu'; then
+  echo "error: CUDA wheels were installed on a CPU setup" >&2; exit 1
+fi
+
+# 1. Export the demo bundle (the paper's architectures, seeded UNTRAINED weights),
+#    every graph checked against eager Keras / PyTorch.
+emostyle-export --demo -o engines/demo --force
+# 2. Stylize a real photo (scikit-image's astronaut, offline).
+python -c "from skimage import data, io; io.imsave('engines/astronaut.jpg', data.astronaut(), quality=95)"
+emostyle engines/astronaut.jpg -o engines/astronaut-styled.jpg --bundle engines/demo --report engines/astronaut.json
+cat engines/astronaut.json
+# 3. A short benchmark against the eager frameworks.
+emostyle-bench --quick --bundle engines/demo

@@ -1,0 +1,141 @@
+"""Bundles: manifest contents, parity figures, dedup, atomic writes, no overwrite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("tf2onnx")
+
+import keras  # noqa: E402
+import torch  # noqa: E402
+
+from emostyle_export import bundle as bundle_mod  # noqa: E402
+from emostyle_export.bundle import ExportPlan, StyleSource, export_bundle  # noqa: E402
+from emostyle_export.checkpoints import save_in_family  # noqa: E402
+from emostyle_export.cli import main as export_main  # noqa: E402
+from emostyle_export.models.transformer import TransformerNet  # noqa: E402
+from emostyle_rt.errors import ExportError, ParityError  # noqa: E402
+from emostyle_rt.manifest import EMOTIONS, load_manifest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A grey 64x64 classifier and one checkpoint of each style family."""
+    d = tmp_path_factory.mktemp("sources")
+    keras.utils.set_random_seed(1)
+    keras.Sequential([keras.Input((64, 64, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                      keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(7, activation="softmax")]
+                     ).save(d / "grey64.keras")
+    torch.manual_seed(1)
+    save_in_family(TransformerNet(), d / "authors.pth", "authors", content_weight=1e5, commit_hash="deadbeef")
+    torch.manual_seed(2)
+    save_in_family(TransformerNet(), d / "candy.pth", "pytorch-examples")
+    return {"classifier": d / "grey64.keras", "authors": d / "authors.pth", "examples": d / "candy.pth"}
+
+
+def test_demo_bundle_manifest(demo_bundle: Path) -> None:
+    raw = json.loads((demo_bundle / "manifest.json").read_text())
+    assert raw["demo"] is True and "UNTRAINED" in raw["note"]
+    assert raw["labels"] == list(EMOTIONS)
+    assert raw["classifier"]["input"] == {"name": "face", "layout": "NHWC", "dtype": "uint8", "height": 128,
+                                          "width": 128, "channels": 3, "color": "RGB"}
+    assert raw["classifier"]["parity"]["max_abs_diff"] <= 1e-4 and raw["classifier"]["parity"]["top1_agree"]
+    assert len(raw["styles"]) == 7 and set(raw["emotions"]) == set(EMOTIONS)
+    for style in raw["styles"].values():
+        assert style["parity"]["max_abs_diff"] <= 1
+        assert style["parity"]["psnr_db"] is None or style["parity"]["psnr_db"] > 40
+        assert "astronaut 255x301" in style["parity"]["inputs"]
+    assert {"torch", "onnx", "onnxruntime", "tf2onnx"} <= set(raw["tools"])
+    m = load_manifest(demo_bundle)
+    assert m.demo and m.classifier.channels == 3 and m.size_multiple == 4
+
+
+def test_style_graph_contract_uint8_any_size(demo_bundle: Path, astronaut: np.ndarray) -> None:
+    import onnxruntime as ort
+
+    m = load_manifest(demo_bundle)
+    spec = m.style_for("happy")
+    sess = ort.InferenceSession(str(m.path(spec.onnx)), providers=["CPUExecutionProvider"])
+    out = sess.run([spec.output_name], {spec.input_name: np.stack([astronaut[:100, :124]] * 2)})[0]
+    assert out.dtype == np.uint8 and out.shape == (2, 100, 124, 3)
+    np.testing.assert_array_equal(out[0], out[1])  # batch items independent
+    assert out.std() > 5  # a picture, not a constant
+
+
+def test_user_bundle_dedup_families_and_grey_classifier(sources: dict[str, Path], tmp_path: Path) -> None:
+    styles = {e: StyleSource(sources["authors"] if i < 4 else sources["examples"]) for i, e in enumerate(EMOTIONS)}
+    dest = export_bundle(ExportPlan(classifier=sources["classifier"], styles=styles, classifier_scale="-1..1"),
+                         tmp_path / "b")
+    raw = json.loads((dest / "manifest.json").read_text())
+    assert len(raw["styles"]) == 2  # one export per distinct checkpoint
+    by_family = {s["source"]["family"]: s for s in raw["styles"].values()}
+    assert by_family["authors"]["convention"] == "imagenet" and by_family["pytorch-examples"]["convention"] == "0-255"
+    assert by_family["authors"]["source"]["metadata"]["commit_hash"] == "deadbeef"
+    assert raw["emotions"]["angry"] == raw["emotions"]["happy"] != raw["emotions"]["neutral"]
+    c = raw["classifier"]
+    assert (c["input"]["channels"], c["input"]["height"], c["scale"]) == (1, 64, "-1..1")
+    assert c["source"]["sha256"] == bundle_mod.source_digest(sources["classifier"])
+    assert sorted(p.name for p in (dest / "styles").iterdir()) == sorted(Path(s["onnx"]).name for s in raw["styles"].values())
+    load_manifest(dest)
+
+
+def test_cli_config_file_and_no_overwrite(sources: dict[str, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "export.toml"
+    lines = [f'classifier = "{sources["classifier"]}"', 'classifier_scale = "-1..1"', "[styles]"]
+    lines += [f'{e} = {{ path = "{sources["examples"]}", convention = "imagenet" }}' for e in EMOTIONS]
+    cfg.write_text("\n".join(lines))
+    dest = tmp_path / "bundle"
+    assert export_main(["--config", str(cfg), "-o", str(dest), "-q"]) == 0
+    raw = json.loads((dest / "manifest.json").read_text())
+    (style,) = raw["styles"].values()
+    assert (style["convention"], style["convention_source"]) == ("imagenet", "flag")
+    before = (dest / "manifest.json").read_bytes()
+    assert export_main(["--config", str(cfg), "-o", str(dest), "-q"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (dest / "manifest.json").read_bytes() == before
+
+
+def test_failed_export_keeps_old_bundle_and_leaves_nothing(sources: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    styles = {e: StyleSource(sources["examples"]) for e in EMOTIONS}
+    plan = ExportPlan(classifier=sources["classifier"], styles=styles, classifier_scale="-1..1")
+    dest = export_bundle(plan, tmp_path / "b")
+    before = {p.name: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+
+    def broken(*args: object, **kw: object) -> None:
+        raise ParityError("style graph off by 9 grey levels")
+
+    monkeypatch.setattr(bundle_mod.parity, "check_style", broken)
+    with pytest.raises(ParityError):
+        export_bundle(plan, dest, force=True)
+    with pytest.raises(ParityError):
+        export_bundle(plan, tmp_path / "fresh")
+    assert {p.name: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no partial folders, no "fresh"
+
+
+def test_force_replaces_only_bundles(sources: dict[str, Path], tmp_path: Path) -> None:
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "holiday.jpg").write_bytes(b"precious")
+    plan = ExportPlan(classifier=sources["classifier"], styles={e: StyleSource(sources["examples"]) for e in EMOTIONS})
+    with pytest.raises(ExportError, match="not an emostyle bundle"):
+        export_bundle(plan, user, force=True)
+    assert (user / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_plan_validation_messages(sources: dict[str, Path], tmp_path: Path) -> None:
+    six = {e: StyleSource(sources["examples"]) for e in EMOTIONS[:6]}
+    with pytest.raises(ExportError, match=r"missing: \['neutral'\]"):
+        export_bundle(ExportPlan(classifier=sources["classifier"], styles=six), tmp_path / "x")
+    bad = six | {"calm": StyleSource(sources["examples"])}
+    with pytest.raises(ExportError, match=r"unknown emotions: \['calm'\]"):
+        export_bundle(ExportPlan(classifier=sources["classifier"], styles=bad), tmp_path / "x")
+    assert export_main(["--style", "happy", "--classifier", "c.keras", "-o", str(tmp_path / "y"), "-q"]) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
