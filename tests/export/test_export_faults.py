@@ -1,0 +1,70 @@
+"""emostyle-export killed mid-run: no half-written bundle, an existing bundle survives."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+
+def _digest_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _kill_export_at(dest: Path, after_s: float) -> int:
+    cmd = [sys.executable, "-m", "emostyle_export.cli", "--demo", "-o", str(dest), "--force", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=after_s)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+def _run_kills(demo_bundle: Path, tmp_path: Path, delays: list[float]) -> None:
+    from emostyle_export.bundle import _clean_stale
+    from emostyle_rt.manifest import load_manifest
+
+    dest = tmp_path / "bundle"
+    shutil.copytree(demo_bundle, dest)
+    before = _digest_tree(dest)
+    for delay in delays:
+        rc = _kill_export_at(dest, delay)
+        if rc == 0:  # finished before the kill: a complete, valid new bundle
+            load_manifest(dest)
+            before = _digest_tree(dest)
+            continue
+        assert rc == -signal.SIGKILL
+        assert _digest_tree(dest) == before, f"bundle changed by an export killed after {delay:.1f}s"
+        load_manifest(dest)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "bundle"]
+    assert all(n.startswith(".bundle.partial-") for n in leftovers)
+    _clean_stale(dest)  # the next export removes what killed ones left beside the destination
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_killed_export_leaves_existing_bundle_intact(demo_bundle: Path, tmp_path: Path) -> None:
+    _run_kills(demo_bundle, tmp_path, [2.0, 9.0])
+
+
+@pytest.mark.slow
+def test_killed_export_at_random_points(demo_bundle: Path, tmp_path: Path) -> None:
+    rng = random.Random(int(time.time()))
+    _run_kills(demo_bundle, tmp_path, sorted(rng.uniform(0.5, 40.0) for _ in range(6)))
+
+
+def test_killed_fresh_export_creates_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "new"
+    assert _kill_export_at(dest, 6.0) == -signal.SIGKILL
+    assert not dest.exists()
