@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from emostyle_rt.errors import ExportError, note
+from emostyle_rt.fsutil import pid_alive, write_bytes_atomic
 from emostyle_rt.manifest import EMOTIONS, FORMAT_VERSION, MANIFEST_NAME, sha256_file
 
 from . import parity
@@ -47,6 +48,16 @@ class StyleSource:
 
 
 @dataclass(frozen=True)
+class EngineOptions:
+    """What the TensorRT build needs: the style graphs' shape range and the workspace limit."""
+
+    shape_range: Any = None  # tensorrt_build.ShapeRange; None -> its defaults (batch 1-4, up to 1920x1080)
+    max_faces: int = 16
+    workspace_mb: int | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
 class ExportPlan:
     """Everything an export needs; built by the CLI from flags or a config file."""
 
@@ -57,6 +68,8 @@ class ExportPlan:
     demo: bool = False
     seed: int = 0
     opset: int = 17
+    fp16: bool = False  # add verified mixed-precision FP16 graphs (CPU is enough)
+    engines: EngineOptions | None = None  # build TensorRT engines for this GPU (implies fp16)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -73,7 +86,7 @@ class _Steps:
 def _tool_versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
     for dist in ("emostyle-rt", "torch", "tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime",
-                 "numpy"):
+                 "onnxruntime-gpu", "onnxconverter-common", "tensorrt", "numpy"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -92,16 +105,6 @@ def source_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_stale(dest: Path) -> None:
     """Remove temporary folders that killed exports into ``dest`` left behind."""
     pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(partial|old)-(\d+)-")
@@ -109,7 +112,7 @@ def _clean_stale(dest: Path) -> None:
         return
     for p in dest.parent.iterdir():
         m = pattern.match(p.name)
-        if m and p.is_dir() and not _pid_alive(int(m.group(2))):
+        if m and p.is_dir() and not pid_alive(int(m.group(2))):
             log.info("removing %s left by an interrupted export", p)
             shutil.rmtree(p, ignore_errors=True)
 
@@ -158,9 +161,22 @@ def _style_id(path: Path, digest: str, convention: str, taken: set[str]) -> str:
     return sid if sid not in taken else f"{sid}-{convention}"
 
 
+def _require_tensorrt() -> None:
+    """Fail before minutes of work when engines are asked for on a machine that cannot build them."""
+    from emostyle_rt.backends.tensorrt import runtime_identity
+
+    if runtime_identity() is None:
+        raise ExportError(
+            "--engines needs TensorRT, cuda-python and an NVIDIA GPU on this machine."
+            + note("pip install 'emostyle-rt[gpu,tensorrt]' on a CUDA machine", "no TensorRT / GPU found")
+        )
+
+
 def _validate(plan: ExportPlan) -> None:
     from .classifiers import SCALES, check_labels
 
+    if plan.engines is not None:
+        _require_tensorrt()
     check_labels(plan.labels)
     if plan.classifier_scale not in SCALES:
         raise ExportError(
@@ -255,6 +271,8 @@ def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> dict[str, Any]:
     step("classifier parity check (Keras eager vs onnxruntime)")
     c_parity = parity.check_classifier(clf, tmp / "classifier.onnx", plan.classifier_scale, add_softmax)
     step("classifier ok: max abs diff %.2g, top-1 agrees: %s", c_parity.max_abs_diff, c_parity.top1_agree)
+    want_fp16 = plan.fp16 or plan.engines is not None
+    c_fp16 = _fp16(tmp, "classifier.onnx", "classifier", step) if want_fp16 else None
     classifier_source: dict[str, Any] = {"format": clf.format}
     if clf.source is not None:
         classifier_source |= {"path": str(Path(clf.source).resolve()), "sha256": source_digest(Path(clf.source))}
@@ -276,6 +294,8 @@ def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> dict[str, Any]:
         styles[sid] = {"onnx": rel, "sha256": sha256_file(tmp / rel), "source": source,
                        "convention": ckpt.convention, "convention_source": ckpt.convention_source,
                        "parity": s_parity.as_dict()}
+        if want_fp16:
+            styles[sid]["fp16"] = _fp16(tmp, rel, "style", step)
         emotions.update({e: sid for e in served})
 
     manifest: dict[str, Any] = {
@@ -293,6 +313,7 @@ def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> dict[str, Any]:
             "output": {"name": "probs", "classes": clf.classes, "softmax_added": add_softmax},
             "scale": plan.classifier_scale,
             "parity": c_parity.as_dict(),
+            **({"fp16": c_fp16} if c_fp16 else {}),
         },
         "style_input": {"name": INPUT_NAME, "output_name": OUTPUT_NAME, "layout": "NHWC", "dtype": "uint8",
                         "color": "RGB", "size_multiple": STYLE_SIZE_MULTIPLE, "min_side": STYLE_MIN_SIDE},
@@ -304,13 +325,66 @@ def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> dict[str, Any]:
     return manifest
 
 
+def _fp16(root: Path, rel: str, kind: str, step: _Steps) -> dict[str, Any]:
+    """Make and verify the FP16 variant of ``root/rel``; its manifest block."""
+    from .fp16 import make_fp16
+
+    rel16 = rel.removesuffix(".onnx") + ".fp16.onnx"
+    step("%s: FP16 variant (fp32 islands where fp16 breaks), checked against FP32 on real photos", rel)
+    report = make_fp16(root / rel, root / rel16, kind, overwrite=True)  # type: ignore[arg-type]
+    block = report.to_manifest() | {"onnx_fp16": rel16}
+    step("%s: FP16 ok (%s)", rel, f"min PSNR {report.min_psnr_db:.1f} dB" if report.min_psnr_db is not None
+         else f"top-1 agrees: {report.top1_agree}")
+    return block
+
+
+def _build_engines(root: Path, manifest: dict[str, Any], opts: EngineOptions, step: _Steps) -> list[dict[str, Any]]:
+    """Build TensorRT engines of every FP16 graph in ``manifest`` into ``root/trt/<arch>``."""
+    from .tensorrt_build import ShapeRange, build_engines
+
+    shapes = opts.shape_range or ShapeRange()
+    c = manifest["classifier"]
+    hwc = (c["input"]["height"], c["input"]["width"], c["input"]["channels"])
+    models = {"classifier": (c["fp16"]["onnx_fp16"], [shapes.classifier_profile(c["input"]["name"], hwc, opts.max_faces)])}
+    for sid, st in manifest["styles"].items():
+        models[f"style.{sid}"] = (st["fp16"]["onnx_fp16"], [shapes.style_profile(manifest["style_input"]["name"])])
+    step("building %d TensorRT engines (strongly typed FP16)", len(models))
+    records = build_engines(root, models, workspace_mb=opts.workspace_mb, force=opts.force)
+    kept = [e for e in manifest.get("engines", [])
+            if (e.get("arch_key"), e.get("model_key")) not in {(r.arch_key, r.model_key) for r in records}]
+    return kept + [r.to_manifest() for r in records]
+
+
+def add_to_bundle(bundle: str | Path, engines: EngineOptions | None = None) -> Path:
+    """Add FP16 graphs (where missing) and, with ``engines``, TensorRT engines to an existing bundle.
+
+    New files get new names; the manifest, rewritten atomically at the end, is
+    the commit point, so a failure leaves the bundle as it was.
+    """
+    from emostyle_rt.manifest import load_manifest
+
+    root = Path(bundle)
+    manifest = dict(load_manifest(root).raw)
+    if engines is not None:
+        _require_tensorrt()
+    step = _Steps()
+    if "fp16" not in manifest["classifier"]:
+        manifest["classifier"] = manifest["classifier"] | {"fp16": _fp16(root, manifest["classifier"]["onnx"],
+                                                                         "classifier", step)}
+    for sid, st in list(manifest["styles"].items()):
+        if "fp16" not in st:
+            manifest["styles"] = manifest["styles"] | {sid: st | {"fp16": _fp16(root, st["onnx"], "style", step)}}
+    if engines is not None:
+        manifest["engines"] = _build_engines(root, manifest, engines, step)
+    manifest["tools"] = manifest.get("tools", {}) | _tool_versions()
+    write_manifest(root, manifest)
+    step("bundle %s updated", root)
+    return root
+
+
 def write_manifest(bundle: Path, manifest: Mapping[str, Any]) -> None:
     """Write ``manifest.json`` atomically (temp file + rename)."""
-    tmp = bundle / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, bundle / MANIFEST_NAME)
+    write_bytes_atomic(bundle / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
 def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) -> Path:
@@ -327,6 +401,8 @@ def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) ->
         log.warning(DEMO_NOTE)
     try:
         manifest = _build(plan, tmp, step)
+        if plan.engines is not None:
+            manifest["engines"] = _build_engines(tmp, manifest, plan.engines, step)
         write_manifest(tmp, manifest)
         _fsync_tree(tmp)
         _check_destination(dest, force)  # someone may have created it meanwhile

@@ -26,6 +26,9 @@ examples:
   # the same from a config file (TOML or JSON; paths relative to the file)
   emostyle-export --config export.toml -o engines/mine
 
+  # FP16 graphs + TensorRT engines for this GPU, into an existing bundle
+  emostyle-export --bundle engines/mine --engines --max-size 1080x1920 --max-batch 4
+
 config file (TOML):
   classifier = "emotion.h5"
   classifier_scale = "-1..1"          # optional, default 0..1
@@ -69,11 +72,43 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--style-convention", choices=("imagenet", "0-255"), default=None,
                      help="override the convention detected from each style checkpoint")
     opt.add_argument("--seed", type=int, default=0, help="seed of the demo weights (default 0)")
+    fast = p.add_argument_group("FP16 and TensorRT (see engines/README.md)")
+    fast.add_argument("--fp16", action="store_true",
+                      help="add mixed-precision FP16 graphs, verified on CPU against FP32 (PSNR >= 40 dB, same top-1)")
+    fast.add_argument("--engines", action="store_true",
+                      help="build FP16 TensorRT engines for this GPU (implies --fp16; needs the tensorrt extra)")
+    fast.add_argument("--bundle", type=Path, metavar="DIR",
+                      help="add --fp16 / --engines to this existing bundle instead of exporting a new one")
+    fast.add_argument("--min-size", type=_hw, default=None, metavar="HxW", help="smallest image of the engine profile (64x64)")
+    fast.add_argument("--opt-size", type=_hw, default=None, metavar="HxW", help="image size TensorRT tunes for (720x1280)")
+    fast.add_argument("--max-size", type=_hw, default=None, metavar="HxW", help="largest image of the engine profile (1080x1920)")
+    fast.add_argument("--max-batch", type=int, default=4, metavar="N", help="largest style batch of the engines (4)")
+    fast.add_argument("--workspace-mb", type=int, default=None, metavar="MB", help="TensorRT builder workspace limit")
     out = p.add_argument_group("output")
-    out.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="bundle folder to create")
+    out.add_argument("-o", "--output", type=Path, metavar="DIR", help="bundle folder to create")
     out.add_argument("--force", action="store_true", help="replace an existing bundle at DIR")
     out.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     return p
+
+
+def _hw(text: str) -> tuple[int, int]:
+    h, sep, w = text.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW, e.g. 1080x1920")
+    return int(h), int(w)
+
+
+def engine_options(args: argparse.Namespace) -> Any:
+    """--engines and its profile flags -> EngineOptions (None without --engines)."""
+    if not args.engines:
+        return None
+    from .bundle import EngineOptions
+    from .tensorrt_build import ShapeRange
+
+    default = ShapeRange()
+    shapes = ShapeRange(max_batch=args.max_batch, min_hw=args.min_size or default.min_hw,
+                        opt_hw=args.opt_size or default.opt_hw, max_hw=args.max_size or default.max_hw)
+    return EngineOptions(shape_range=shapes, workspace_mb=args.workspace_mb, force=args.force)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -122,16 +157,25 @@ def plan_from_args(args: argparse.Namespace) -> Any:
     if args.demo and (classifier or styles):
         raise ExportError("--demo builds its own models; it takes no --classifier, --style or config styles.")
     return ExportPlan(classifier=classifier, styles=styles, classifier_scale=scale, labels=labels,
-                      demo=args.demo, seed=args.seed)
+                      demo=args.demo, seed=args.seed, fp16=args.fp16, engines=engine_options(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_cli_logging(args.quiet, "emostyle_export", "emostyle_rt")
-    from .bundle import export_bundle
+    from .bundle import add_to_bundle, export_bundle
 
     try:
-        dest = export_bundle(plan_from_args(args), args.output, force=args.force)
+        if args.bundle is not None:
+            if args.output or args.demo or args.classifier or args.style or args.config:
+                raise ExportError("--bundle adds FP16 graphs / engines to an existing bundle; it takes no -o or sources.")
+            if not (args.fp16 or args.engines):
+                raise ExportError("--bundle needs --fp16 or --engines." + note("--fp16 or --engines", "neither"))
+            dest = add_to_bundle(args.bundle, engine_options(args))
+        elif args.output is None:
+            raise ExportError("No output folder." + note("-o DIR (or --bundle DIR with --fp16/--engines)", "none"))
+        else:
+            dest = export_bundle(plan_from_args(args), args.output, force=args.force)
     except EmostyleError as exc:
         logging.getLogger("emostyle_export").error("emostyle-export: error: %s", exc)
         return 2

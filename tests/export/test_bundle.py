@@ -139,3 +139,24 @@ def test_plan_validation_messages(sources: dict[str, Path], tmp_path: Path) -> N
         export_bundle(ExportPlan(classifier=sources["classifier"], styles=bad), tmp_path / "x")
     assert export_main(["--style", "happy", "--classifier", "c.keras", "-o", str(tmp_path / "y"), "-q"]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_fp16_added_to_existing_bundle_and_engines_refused_without_tensorrt(
+        sources: dict[str, Path], tmp_path: Path) -> None:
+    from emostyle_export.bundle import EngineOptions, add_to_bundle
+
+    plan = ExportPlan(classifier=sources["classifier"], styles={e: StyleSource(sources["authors"]) for e in EMOTIONS},
+                      classifier_scale="-1..1")
+    dest = export_bundle(plan, tmp_path / "b")
+    before = (dest / "manifest.json").read_bytes()
+    with pytest.raises(ExportError, match="needs TensorRT"):
+        add_to_bundle(dest, EngineOptions())
+    assert (dest / "manifest.json").read_bytes() == before
+    assert export_main(["--bundle", str(dest), "--fp16", "-q"]) == 0
+    raw = json.loads((dest / "manifest.json").read_text())
+    (style,) = raw["styles"].values()
+    fp16 = style["fp16"]
+    assert fp16["fp32_ops"] == ["InstanceNormalization"] and fp16["min_psnr_db"] >= 40
+    assert (dest / fp16["onnx_fp16"]).is_file() and raw["classifier"]["fp16"]["top1_agree"] is True
+    assert oct((dest / fp16["onnx_fp16"]).stat().st_mode & 0o777) == oct((dest / style["onnx"]).stat().st_mode & 0o777)
+    load_manifest(dest)
