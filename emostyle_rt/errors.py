@@ -23,6 +23,10 @@ class ImageReadError(EmostyleError, OSError):
     """An image file is missing, unreadable, not an image, or too large."""
 
 
+class ImageWriteError(EmostyleError, OSError):
+    """An output image or report cannot be written (folder not creatable, not writable, disk full)."""
+
+
 class BundleError(EmostyleError):
     """A bundle (manifest + ONNX files + engines) is missing, damaged or inconsistent."""
 

@@ -114,6 +114,17 @@ def _get(d: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ..
     return value
 
 
+#: Largest value a manifest may give for a tensor side or size multiple.
+MAX_SIDE = 4096
+
+
+def _side(value: int, where: str, mpath: Path) -> int:
+    """A tensor side or multiple from the manifest: 1..MAX_SIDE, or a typed error."""
+    if not 1 <= value <= MAX_SIDE:
+        raise BundleError(f"Manifest {mpath}: {where} is out of range." + note(f"1..{MAX_SIDE}", value))
+    return value
+
+
 def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
     """Read and validate a bundle's manifest.
 
@@ -146,7 +157,7 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
         )
 
     labels = tuple(_get(raw, "labels", "manifest", list))
-    if len(labels) != len(EMOTIONS) or sorted(labels) != sorted(EMOTIONS):
+    if not all(isinstance(label, str) for label in labels) or sorted(labels) != sorted(EMOTIONS):
         raise BundleError(
             f"Manifest {mpath} labels {list(labels)} are not the seven emotions."
             + note(f"a permutation of {list(EMOTIONS)}", list(labels))
@@ -169,8 +180,8 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
         sha256=_get(c, "sha256", "classifier", str),
         input_name=_get(cin, "name", "classifier.input", str),
         output_name=_get(cout, "name", "classifier.output", str),
-        height=_get(cin, "height", "classifier.input", int),
-        width=_get(cin, "width", "classifier.input", int),
+        height=_side(_get(cin, "height", "classifier.input", int), "classifier.input.height", mpath),
+        width=_side(_get(cin, "width", "classifier.input", int), "classifier.input.width", mpath),
         channels=channels,
         scale=_get(c, "scale", "classifier", str),
         parity=c.get("parity", {}),
@@ -198,7 +209,7 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
             + note(list(labels), sorted(emotions))
         )
     for emotion, sid in emotions.items():
-        if sid not in styles:
+        if not isinstance(sid, str) or sid not in styles:
             raise BundleError(
                 f"Manifest {mpath}: emotion {emotion!r} points at style {sid!r}, which is not in 'styles'."
                 + note("a style id", sorted(styles))
@@ -212,8 +223,8 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
         classifier=classifier,
         styles=styles,
         emotions=emotions,
-        size_multiple=_get(sin, "size_multiple", "style_input", int),
-        min_side=_get(sin, "min_side", "style_input", int),
+        size_multiple=_side(_get(sin, "size_multiple", "style_input", int), "style_input.size_multiple", mpath),
+        min_side=_side(_get(sin, "min_side", "style_input", int), "style_input.min_side", mpath),
         raw=raw,
     )
     if manifest.demo:

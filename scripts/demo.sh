@@ -20,7 +20,7 @@ fi
 emostyle-export --demo -o engines/demo --force
 # 2. Stylize a real photo (scikit-image's astronaut, offline).
 python -c "from skimage import data, io; io.imsave('engines/astronaut.jpg', data.astronaut(), quality=95)"
-emostyle engines/astronaut.jpg -o engines/astronaut-styled.jpg --bundle engines/demo --report engines/astronaut.json
+emostyle engines/astronaut.jpg -o engines/astronaut-styled.jpg --bundle engines/demo --report engines/astronaut.json --force
 cat engines/astronaut.json
 # 3. A short benchmark against the eager frameworks.
 emostyle-bench --quick --bundle engines/demo

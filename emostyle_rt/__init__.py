@@ -1,0 +1,43 @@
+"""emostyle-rt: emotion-based style transfer at runtime.
+
+``Stylizer`` runs a bundle written by ``emostyle-export`` (face crop -> emotion
+classifier -> that emotion's style graph) with numpy, OpenCV and onnxruntime;
+onnxruntime itself is imported when a bundle is opened, not here.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    BackendError,
+    BundleError,
+    EmostyleError,
+    ImageReadError,
+    InvalidImageError,
+    NoFaceError,
+)
+from .faces import Face, FaceDetector, HaarDetector, YuNetDetector
+from .manifest import EMOTIONS, Manifest, load_manifest
+from .stylizer import Classification, FaceEmotion, StyleResult, Stylizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EMOTIONS",
+    "BackendError",
+    "BundleError",
+    "Classification",
+    "EmostyleError",
+    "Face",
+    "FaceDetector",
+    "FaceEmotion",
+    "HaarDetector",
+    "ImageReadError",
+    "InvalidImageError",
+    "Manifest",
+    "NoFaceError",
+    "StyleResult",
+    "Stylizer",
+    "YuNetDetector",
+    "__version__",
+    "load_manifest",
+]

@@ -1,0 +1,328 @@
+"""The Stylizer: face crop -> emotion classifier -> that emotion's style graph.
+
+One ``Stylizer`` may be shared by threads: runners are thread-safe, style graphs
+load lazily under a lock, and every call works on its own arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from .backends import CLASSIFIER, Runner, runner_for
+from .errors import BackendError, BundleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
+from .faces import Face, FaceDetector, crop_face, make_detector
+from .imageio import MAX_PIXELS, ImageInput, load_image
+from .manifest import Manifest, load_manifest
+
+log = logging.getLogger(__name__)
+
+#: No-face policies besides a fixed emotion name.
+NO_FACE_POLICIES = ("whole", "error")
+#: Same-size images are stacked into one style run up to this many pixels per run.
+BATCH_PIXELS = 1 << 20
+
+
+def _check_graph(
+    runner: Runner, path: os.PathLike, input_name: str, output_name: str, in_tail: tuple[int, ...], out_last: int
+) -> None:
+    """A loaded graph has the manifest's tensor names, input's trailing dims and output width; else BundleError."""
+    ins, outs = {t.name: t for t in runner.inputs}, {t.name: t for t in runner.outputs}
+    if input_name not in ins or output_name not in outs:
+        raise BundleError(
+            f"Graph {path} does not have the tensors its manifest names."
+            + note(f"input {input_name!r}, output {output_name!r}", f"inputs {sorted(ins)}, outputs {sorted(outs)}")
+        )
+    tail = ins[input_name].shape[-len(in_tail):]
+    if any(isinstance(d, int) and d != want for d, want in zip(tail, in_tail)):
+        raise BundleError(
+            f"Graph {path} input {input_name!r} disagrees with the manifest."
+            + note(f"[..., {', '.join(map(str, in_tail))}]", list(ins[input_name].shape))
+        )
+    last = outs[output_name].shape[-1] if outs[output_name].shape else None
+    if isinstance(last, int) and last != out_last:
+        raise BundleError(
+            f"Graph {path} output {output_name!r} has {last} values per item, which disagrees with the manifest"
+            + (f" ({out_last} labels)." if out_last != 3 else " (RGB).") + note(out_last, last)
+        )
+
+
+@dataclass(frozen=True)
+class FaceEmotion:
+    """One detected face and its own classification."""
+
+    face: Face
+    emotion: str
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Classification:
+    """How an image's emotion was decided.
+
+    ``source``: "face" (the largest face), "whole" (no face; whole image
+    classified), "policy" (no face; the fixed no-face emotion) or "given" (the
+    caller named the emotion). ``scores`` follow the bundle's label order and are
+    empty when nothing was classified.
+    """
+
+    emotion: str
+    scores: dict[str, float]
+    face: Face | None
+    faces: tuple[FaceEmotion, ...] = ()
+    source: str = "face"
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready dict (boxes as [x, y, w, h])."""
+        return {
+            "emotion": self.emotion,
+            "source": self.source,
+            "scores": self.scores,
+            "face": list(self.face.box) if self.face else None,
+            "faces": [{"box": list(f.face.box), "emotion": f.emotion, "scores": f.scores} for f in self.faces],
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class StyleResult:
+    """A stylised image (same size and colour order as the input) and how its style was chosen."""
+
+    image: np.ndarray
+    emotion: str
+    scores: dict[str, float]
+    face: Face | None
+    faces: tuple[FaceEmotion, ...]
+    source: str
+    style: str  # the style id that ran
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready dict of everything but the image."""
+        c = Classification(self.emotion, self.scores, self.face, self.faces, self.source)
+        return {**c.summary(), "style": self.style}
+
+
+class Stylizer:
+    """Runs a bundle written by ``emostyle-export``.
+
+    ``backend``: "auto" (native TensorRT engine when one fits, else onnxruntime),
+    "onnxruntime" or "tensorrt". ``provider`` forces an onnxruntime provider
+    ("tensorrt", "cuda", "cpu"). ``detector``: None/"haar", a YuNet ``.onnx``
+    path or any object with ``detect(rgb) -> list[Face]``. ``no_face``: "whole"
+    (classify the whole image), "error" (raise ``NoFaceError``) or an emotion.
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike | Manifest,
+        *,
+        backend: str = "auto",
+        provider: str | None = None,
+        detector: FaceDetector | str | os.PathLike | None = None,
+        no_face: str = "whole",
+        margin: float = 0.2,
+        max_pixels: int = MAX_PIXELS,
+        verify: bool = True,
+    ) -> None:
+        self.manifest = bundle if isinstance(bundle, Manifest) else load_manifest(bundle, verify_files=verify)
+        if no_face not in NO_FACE_POLICIES and no_face not in self.manifest.labels:
+            raise InvalidArgumentError(
+                f"Unknown no-face policy {no_face!r}." + note(f"{NO_FACE_POLICIES} or an emotion", no_face)
+            )
+        self.no_face, self.margin, self.max_pixels = no_face, margin, max_pixels
+        self._backend, self._provider = backend, provider
+        self._detector = make_detector(detector)
+        self._classifier = runner_for(self.manifest, CLASSIFIER, backend=backend, provider=provider)
+        spec = self.manifest.classifier
+        _check_graph(self._classifier, self.manifest.path(spec.onnx), spec.input_name, spec.output_name,
+                     (spec.height, spec.width, spec.channels), len(self.manifest.labels))
+        self._styles: dict[str, Runner] = {}
+        self._lock = threading.Lock()
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The emotions, in the classifier's output order."""
+        return self.manifest.labels
+
+    def classify(self, image: ImageInput, *, bgr: bool = False) -> Classification:
+        """Find faces and classify the largest one (or apply the no-face policy)."""
+        return self._classify_many([self._load(image, bgr)])[0]
+
+    def stylize(
+        self, image: ImageInput, emotion: str | None = None, *, max_side: int | None = None, bgr: bool = False
+    ) -> StyleResult:
+        """Stylise one image with its emotion's style (``emotion`` skips classification).
+
+        ``max_side`` runs the style graph on a copy downscaled to that longer side
+        and scales the result back. The result has the input's size; ``bgr=True``
+        means the input array and the result are in OpenCV's BGR order.
+        """
+        return self.stylize_batch([image], emotion=emotion, max_side=max_side, bgr=bgr)[0]
+
+    def stylize_batch(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        emotion: str | None = None,
+        max_side: int | None = None,
+        bgr: bool = False,
+    ) -> list[StyleResult]:
+        """Stylise several images, running each style graph once per group of images that need it.
+
+        Faces of all images go through the classifier in one run; images of the
+        same size are stacked into one style run (up to ``BATCH_PIXELS``).
+        """
+        self._check_max_side(max_side)
+        rgbs = [self._check_min_side(self._load(im, bgr)) for im in images]
+        if emotion is not None:
+            if emotion not in self.manifest.labels:
+                raise InvalidArgumentError(f"Unknown emotion {emotion!r}." + note(list(self.labels), emotion))
+            found = [Classification(emotion, {}, None, (), "given")] * len(rgbs)
+        else:
+            found = self._classify_many(rgbs)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, c in enumerate(found):
+            groups[self.manifest.emotions[c.emotion]].append(i)
+        styled: list[np.ndarray | None] = [None] * len(rgbs)
+        for style_id, idx in groups.items():
+            for i, out in zip(idx, self._style(style_id, [rgbs[i] for i in idx], max_side)):
+                styled[i] = cv2.cvtColor(out, cv2.COLOR_RGB2BGR) if bgr else out
+        return [
+            StyleResult(img, c.emotion, c.scores, c.face, c.faces, c.source, self.manifest.emotions[c.emotion])
+            for img, c in zip(styled, found)
+        ]
+
+    def preload(self) -> None:
+        """Load every style graph now instead of on first use."""
+        for style_id in self.manifest.styles:
+            self._style_runner(style_id)
+
+    def close(self) -> None:
+        """Drop the loaded style graphs (they load again on next use)."""
+        with self._lock:
+            self._styles.clear()
+
+    def __enter__(self) -> Stylizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------
+
+    def _load(self, image: ImageInput, bgr: bool) -> np.ndarray:
+        return load_image(image, bgr=bgr, max_pixels=self.max_pixels)
+
+    def _check_min_side(self, rgb: np.ndarray) -> np.ndarray:
+        m = self.manifest.min_side
+        if min(rgb.shape[:2]) < m:
+            raise InvalidImageError(
+                f"Image of {rgb.shape[1]}x{rgb.shape[0]} is too small for the style network."
+                + note(f"height and width >= {m}", f"{rgb.shape[1]}x{rgb.shape[0]}")
+            )
+        return rgb
+
+    def _check_max_side(self, max_side: int | None) -> None:
+        m = self.manifest.min_side
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < m):
+            raise InvalidArgumentError(f"max_side must be an integer >= {m} or None." + note(f">= {m}", max_side))
+
+    def _classify_many(self, rgbs: Sequence[np.ndarray]) -> list[Classification]:
+        """Detect faces in every image, then classify all crops in one classifier run."""
+        spec = self.manifest.classifier
+        size = (spec.height, spec.width)
+        faces_per_image = [self._detector.detect(rgb) for rgb in rgbs]
+        crops: list[np.ndarray] = []
+        for rgb, faces in zip(rgbs, faces_per_image):
+            if faces:
+                crops += [crop_face(rgb, f, size, spec.channels, self.margin) for f in faces]
+            elif self.no_face == "whole":
+                crops.append(crop_face(rgb, None, size, spec.channels))
+            elif self.no_face == "error":
+                raise NoFaceError(
+                    f"No face found in a {rgb.shape[1]}x{rgb.shape[0]} image and the no-face policy is 'error'."
+                    + note("at least one face", 0)
+                )
+        probs = self._classifier.run({spec.input_name: np.stack(crops)})[spec.output_name] if crops else None
+        results, k = [], 0
+        for faces in faces_per_image:
+            if not faces and self.no_face != "whole":
+                results.append(Classification(self.no_face, {}, None, (), "policy"))
+                continue
+            n = max(1, len(faces))
+            scored = [self._scores(p) for p in probs[k : k + n]]
+            k += n
+            best = max(scored[0], key=scored[0].get)
+            per_face = tuple(FaceEmotion(f, max(s, key=s.get), s) for f, s in zip(faces, scored))
+            results.append(Classification(best, scored[0], faces[0] if faces else None, per_face, "face" if faces else "whole"))
+        return results
+
+    def _scores(self, p: np.ndarray) -> dict[str, float]:
+        return {label: float(v) for label, v in zip(self.manifest.labels, p)}
+
+    def _style_runner(self, style_id: str) -> Runner:
+        runner = self._styles.get(style_id)
+        if runner is None:
+            with self._lock:
+                runner = self._styles.get(style_id)
+                if runner is None:
+                    runner = runner_for(self.manifest, style_id, backend=self._backend, provider=self._provider)
+                    spec = self.manifest.styles[style_id]
+                    _check_graph(runner, self.manifest.path(spec.onnx), spec.input_name, spec.output_name, (3,), 3)
+                    self._styles[style_id] = runner
+        return runner
+
+    def _style(self, style_id: str, rgbs: list[np.ndarray], max_side: int | None) -> list[np.ndarray]:
+        """Run one style graph on several images; each comes back at its own size."""
+        spec = self.manifest.styles[style_id]
+        runner = self._style_runner(style_id)
+        inputs = [self._shrink(rgb, max_side) for rgb in rgbs]
+        padded = [self._pad(x) for x in inputs]
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, p in enumerate(padded):
+            by_shape[p.shape].append(i)
+        outs: list[np.ndarray | None] = [None] * len(rgbs)
+        for shape, idx in by_shape.items():
+            per_run = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
+            for start in range(0, len(idx), per_run):
+                chunk = idx[start : start + per_run]
+                batch = np.stack([padded[i] for i in chunk])
+                result = runner.run({spec.input_name: batch})[spec.output_name]
+                if result.shape != batch.shape or result.dtype != np.uint8:
+                    raise BackendError(
+                        f"Style graph {style_id!r} broke its contract."
+                        + note(f"uint8 {batch.shape}", f"{result.dtype} {result.shape}")
+                    )
+                for i, out in zip(chunk, result):
+                    h, w = inputs[i].shape[:2]
+                    outs[i] = self._grow(np.ascontiguousarray(out[:h, :w]), rgbs[i].shape)
+        return outs  # type: ignore[return-value]
+
+    def _shrink(self, rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        if max_side is None or max(h, w) <= max_side:
+            return rgb
+        s, m = max_side / max(h, w), self.manifest.min_side
+        return cv2.resize(rgb, (max(m, round(w * s)), max(m, round(h * s))), interpolation=cv2.INTER_AREA)
+
+    @staticmethod
+    def _grow(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if out.shape[:2] == shape[:2]:
+            return out
+        return cv2.resize(out, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+
+    def _pad(self, rgb: np.ndarray) -> np.ndarray:
+        """Reflect-pad bottom and right to the graph's size multiple."""
+        m = self.manifest.size_multiple
+        ph, pw = -rgb.shape[0] % m, -rgb.shape[1] % m
+        if not ph and not pw:
+            return rgb
+        return cv2.copyMakeBorder(rgb, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)

@@ -1,0 +1,39 @@
+"""The runtime stays slim: no training or export frameworks are ever imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+from skimage import data
+
+FORBIDDEN = ("torch", "tensorflow", "keras", "tf2onnx", "onnx", "tensorrt")
+REPO = Path(__file__).resolve().parents[2]
+
+CODE = """
+import json, sys
+import emostyle_rt
+after_import = sorted(m for m in ("onnxruntime", *{forbidden}) if m in sys.modules)
+st = emostyle_rt.Stylizer(sys.argv[1])
+res = st.stylize(sys.argv[2])
+res2 = st.stylize(sys.argv[2], emotion="angry", max_side=32)
+after_stylize = sorted(m for m in {forbidden} if m in sys.modules)
+print(json.dumps({{"import": after_import, "stylize": after_stylize, "shape": list(res.image.shape)}}))
+"""
+
+
+def test_import_and_stylize_load_no_heavy_frameworks(demo_bundle: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), cv2.resize(data.astronaut(), (96, 96))[:, :, ::-1])
+    done = subprocess.run(
+        [sys.executable, "-c", CODE.format(forbidden=FORBIDDEN), str(demo_bundle), str(photo)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["import"] == []  # not even onnxruntime until a bundle is opened
+    assert found["stylize"] == []
+    assert found["shape"] == [96, 96, 3]
