@@ -1,0 +1,116 @@
+"""Cold start and peak RSS of one path, each in a fresh Python process.
+
+The parent runs ``python -m emostyle_bench.coldstart --stage S --path P --bundle B
+--input X.npy`` and times it from spawn to exit (interpreter start, imports,
+model loading and the first result: what a user waits for). The child reports
+its own load / first-result split and its peak RSS (``getrusage``) as one JSON
+line on stdout.
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.perf_counter()
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_MARK = "EMOSTYLE_COLDSTART "
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process: VmHWM on Linux (``ru_maxrss`` keeps the parent's peak across fork + exec)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / (1024.0 * 1024.0)
+
+
+def child(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the measured process: load one path, run it once, report."""
+    ap = argparse.ArgumentParser(prog="python -m emostyle_bench.coldstart")
+    ap.add_argument("--stage", required=True)
+    ap.add_argument("--path", required=True)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--input", required=True)
+    a = ap.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    result: dict[str, object]
+    try:
+        import numpy as np
+
+        from .paths import Context, PathUnavailable, default_paths, find_path
+
+        spec = find_path(default_paths(), a.stage, a.path)
+        x = np.load(a.input)
+        t_load = time.perf_counter()
+        try:
+            fn = spec.build(Context(Path(a.bundle)))
+        except PathUnavailable as exc:
+            result = {"status": "unavailable", "reason": str(exc)}
+        else:
+            t_first = time.perf_counter()
+            fn(x)
+            t_end = time.perf_counter()
+            heavy = sorted(m for m in ("torch", "tensorflow", "keras", "onnxruntime", "tensorrt") if m in sys.modules)
+            result = {"status": "ok", "load_s": t_first - t_load, "first_s": t_end - t_first,
+                      "before_load_s": t_load - _T0, "peak_rss_mb": _peak_rss_mb(), "modules": heavy}
+    except Exception as exc:  # reported to the parent, which turns it into an "error" row
+        result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write(_MARK + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def run_one(stage: str, path: str, bundle: Path, input_npy: Path, timeout_s: float = 600.0) -> dict[str, object]:
+    """Spawn the child for one path; its JSON result plus ``wall_s`` (spawn to exit)."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    cmd = [sys.executable, "-m", "emostyle_bench.coldstart", "--stage", stage, "--path", path,
+           "--bundle", str(bundle), "--input", str(input_npy)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "reason": f"timed out after {timeout_s:.0f} s"}
+    wall = time.perf_counter() - t0
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_MARK):
+            out: dict[str, object] = json.loads(line[len(_MARK):])
+            out["wall_s"] = wall
+            return out
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"status": "error", "reason": f"exit {proc.returncode}: {' | '.join(tail)}"}
+
+
+def save_input(array: object, folder: str | None = None) -> Path:
+    """Write a benchmark input where the child can ``np.load`` it."""
+    import numpy as np
+
+    fd, name = tempfile.mkstemp(prefix="emostyle-bench-", suffix=".npy", dir=folder)
+    os.close(fd)
+    np.save(name, array)
+    return Path(name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(child())
