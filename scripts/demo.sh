@@ -19,7 +19,7 @@ fi
 #    every graph checked against eager Keras / PyTorch.
 emostyle-export --demo -o engines/demo --force
 # 2. Stylize a real photo (scikit-image's astronaut, offline).
-python -c "from skimage import data, io; io.imsave('engines/astronaut.jpg', data.astronaut(), quality=95)"
+python -c "import cv2; from skimage import data; cv2.imwrite('engines/astronaut.jpg', data.astronaut()[..., ::-1])"
 emostyle engines/astronaut.jpg -o engines/astronaut-styled.jpg --bundle engines/demo --report engines/astronaut.json --force
 cat engines/astronaut.json
 # 3. A short benchmark against the eager frameworks.

@@ -41,15 +41,17 @@ def _run_kills(demo_bundle: Path, tmp_path: Path, delays: list[float]) -> None:
     before = _digest_tree(dest)
     for delay in delays:
         rc = _kill_export_at(dest, delay)
-        if rc == 0:  # finished before the kill: a complete, valid new bundle
+        assert rc in (0, -signal.SIGKILL)
+        after = _digest_tree(dest)
+        if after != before:
+            # The kill came after the rename: then only a complete new bundle may stand
+            # there (load_manifest checks every file against the new manifest's sha256).
             load_manifest(dest)
-            before = _digest_tree(dest)
-            continue
-        assert rc == -signal.SIGKILL
-        assert _digest_tree(dest) == before, f"bundle changed by an export killed after {delay:.1f}s"
+            assert set(after) == set(before), f"files added or lost by an export killed after {delay:.1f}s"
+            before = after
         load_manifest(dest)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "bundle"]
-    assert all(n.startswith(".bundle.partial-") for n in leftovers)
+    assert all(n.startswith((".bundle.partial-", ".bundle.old-")) for n in leftovers), leftovers
     _clean_stale(dest)  # the next export removes what killed ones left beside the destination
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
