@@ -125,6 +125,17 @@ def _side(value: int, where: str, mpath: Path) -> int:
     return value
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; :class:`BundleError` naming ``what`` otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{what} {path} cannot be read as JSON: {exc}.") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{what} {path} is not a JSON object.")
+    return data
+
+
 def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
     """Read and validate a bundle's manifest.
 
@@ -141,12 +152,7 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
             f"Bundle {root} has no {MANIFEST_NAME}; it was not written by emostyle-export."
             + note(MANIFEST_NAME, sorted(p.name for p in root.iterdir())[:20])
         )
-    try:
-        raw = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"Manifest {mpath} cannot be read as JSON: {exc}.") from exc
-    if not isinstance(raw, dict):
-        raise BundleError(f"Manifest {mpath} is not a JSON object.")
+    raw = read_json_object(mpath, "Manifest")
 
     version = _get(raw, "format_version", "manifest", int)
     if version != FORMAT_VERSION:

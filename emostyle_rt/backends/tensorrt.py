@@ -13,7 +13,6 @@ and ``cuda.bindings`` are imported only when an engine is opened.
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import re
 import threading
@@ -24,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import BackendError, BundleError, InvalidImageError, note
-from ..manifest import sha256_file
+from ..manifest import read_json_object, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +74,7 @@ class Profile:
 
 def read_sidecar(sidecar: Path) -> dict[str, Any]:
     """The sidecar as a dict; :class:`BundleError` when unreadable."""
-    try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"Engine sidecar {sidecar} cannot be read: {exc}.") from exc
-    if not isinstance(data, dict):
-        raise BundleError(f"Engine sidecar {sidecar} is not a JSON object.")
-    return data
+    return read_json_object(sidecar, "Engine sidecar")
 
 
 def sidecar_problems(
