@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,18 @@ PROVIDERS = {
 }
 _GPU = ("tensorrt", "cuda")
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
+
+
+def import_onnxruntime() -> Any:
+    """The onnxruntime module, or a typed error saying which extra installs it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendError(
+            f"onnxruntime is not installed ({exc})."
+            + note("pip install 'emostyle-rt[cpu]' (or '[gpu]' on an NVIDIA machine)", "no onnxruntime module")
+        ) from exc
+    return onnxruntime
 
 
 def _load_library(names: list[str | None]) -> ctypes.CDLL | None:
@@ -64,7 +77,7 @@ def choose_providers(provider: str | None = None) -> list[str]:
     """onnxruntime providers to ask for, best first; ``provider`` forces one (CPU as fallback)."""
     if provider is None:
         return list(_auto_providers())
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     if provider not in PROVIDERS:
         raise BackendError(f"Unknown onnxruntime provider {provider!r}." + note(" or ".join(PROVIDERS), provider))
@@ -80,7 +93,7 @@ def choose_providers(provider: str | None = None) -> list[str]:
 @functools.lru_cache(maxsize=1)
 def _auto_providers() -> tuple[str, ...]:
     """The best usable providers, decided (and logged) once per process."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     available = set(ort.get_available_providers())
     chosen = []
@@ -147,7 +160,7 @@ class OrtRunner:
         intra_op_threads: int = 0,
         provider_options: dict[str, dict] | None = None,
     ) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         path = Path(onnx_path)
         providers = choose_providers(provider)

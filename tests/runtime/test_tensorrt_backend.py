@@ -288,3 +288,4 @@ def test_runner_for_gives_the_tensorrt_ep_its_caches_in_the_bundle(demo_bundle, 
     seen.clear()
     runner_for(load_manifest(bundle), "classifier", backend="onnxruntime")
     assert seen == {}
+
