@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from emostyle_export.parity import psnr
 
 #: Classifier: max |p - p_eager| allowed, per precision.
 PROB_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
@@ -23,12 +24,6 @@ class Agreement:
     max_abs_diff: float | None = None
     psnr_db: float | None = None  # None when identical (infinite PSNR)
     top1_agree: bool | None = None
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two 0..255 images; inf when identical."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def compare_probs(ref: np.ndarray, out: Any, precision: str = "fp32") -> Agreement:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from emostyle_export.parity import astronaut
 
 from emostyle_rt.errors import InvalidArgumentError, note
 
@@ -43,20 +44,13 @@ def parse_size(text: str) -> Size:
     return Size(height=int(m.group(2)), width=int(m.group(1)))
 
 
-@functools.lru_cache(maxsize=1)
-def _astronaut() -> np.ndarray:
-    from skimage import data
-
-    return np.ascontiguousarray(data.astronaut())
-
-
 @functools.lru_cache(maxsize=8)
 def photo(size: Size) -> np.ndarray:
     """The astronaut photo at ``size``: scaled so its square fits the shorter side, then
     reflect-padded to the longer one (a real photo with a face, never noise). Read-only."""
     import cv2
 
-    src = _astronaut()
+    src = astronaut()
     side = min(size.height, size.width)
     interp = cv2.INTER_AREA if side < src.shape[0] else cv2.INTER_CUBIC
     sq = cv2.resize(src, (side, side), interpolation=interp)
@@ -71,7 +65,7 @@ def face_crops(height: int, width: int, channels: int, n: int) -> np.ndarray:
     """``n`` classifier inputs (uint8 NHWC) cut around the astronaut's face with different margins."""
     from emostyle_rt.faces import crop_face, make_detector
 
-    rgb = _astronaut()
+    rgb = astronaut()
     faces = make_detector(None).detect(rgb)
     face = faces[0] if faces else None
     margins = [0.2, 0.1, 0.3, 0.4, 0.15, 0.25, 0.35, 0.05]

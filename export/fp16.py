@@ -33,6 +33,8 @@ from emostyle_rt.errors import ExportError, ParityError, note
 from emostyle_rt.fsutil import write_bytes_atomic
 from emostyle_rt.manifest import sha256_file
 
+from .parity import astronaut, psnr
+
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
@@ -333,20 +335,9 @@ def _session(model: "onnx.ModelProto", optimize: bool) -> Any:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
-    """PSNR of two images on a 0..peak scale, capped at :data:`PSNR_CAP_DB`."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10 * math.log10(peak * peak / mse))
-
-
-def _astronaut() -> np.ndarray:
-    try:
-        from skimage import data
-    except ImportError as exc:
-        raise ExportError(
-            "scikit-image is needed for the FP16 check on real photos." + note("pip install 'emostyle-rt[export]'", exc)
-        ) from exc
-    return np.ascontiguousarray(data.astronaut()[..., :3])
+def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR on the 0..255 scale, capped at :data:`PSNR_CAP_DB` (the manifest is JSON: no inf)."""
+    return min(PSNR_CAP_DB, psnr(a, b))
 
 
 def _pad4(img: np.ndarray, multiple: int = 4) -> np.ndarray:
@@ -359,7 +350,7 @@ def default_style_images() -> list[tuple[str, np.ndarray]]:
     """Astronaut 256x256, astronaut 255x301 padded to 256x304, seeded noise 64x96 (NHWC uint8, N=1)."""
     import cv2
 
-    astro = _astronaut()
+    astro = astronaut()
     rng = np.random.default_rng(0)
     imgs = [
         ("astronaut 256x256", cv2.resize(astro, (256, 256), interpolation=cv2.INTER_AREA)),
@@ -373,7 +364,7 @@ def default_faces(height: int, width: int, channels: int) -> list[tuple[str, np.
     """Astronaut face crops (plain, mirrored, shifted, darker) and seeded noise, as one batch each."""
     import cv2
 
-    astro = _astronaut()
+    astro = astronaut()
     x, y, w, h = 177, 66, 95, 95  # where the frontal-face cascade finds it
 
     def crop(dx: int, dy: int) -> np.ndarray:

@@ -7,6 +7,7 @@ the manifest; a graph beyond tolerance fails the export.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from emostyle_rt.errors import ParityError, note
+from emostyle_rt.errors import ExportError, ParityError, note
 
 CLASSIFIER_TOLERANCE = 1e-4  # max abs diff of probabilities
 STYLE_TOLERANCE = 1  # grey levels on the 0..255 output
@@ -38,11 +39,18 @@ class ParityReport:
         return d
 
 
+@functools.lru_cache(maxsize=1)
 def astronaut() -> np.ndarray:
-    """scikit-image's astronaut: a real 512x512 RGB photo with a face, offline."""
-    from skimage import data
-
-    return np.ascontiguousarray(data.astronaut())
+    """scikit-image's astronaut: a real 512x512 RGB photo with a face, offline (read-only)."""
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise ExportError(
+            "scikit-image is needed for checks on real photos." + note("pip install 'emostyle-rt[export]'", exc)
+        ) from exc
+    img = np.ascontiguousarray(data.astronaut())
+    img.flags.writeable = False
+    return img
 
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -81,10 +89,10 @@ def style_inputs(seed: int = 0) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float | None:
-    """PSNR in dB on the 0..255 scale; None for identical images."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return None if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two images on the 0..255 scale; inf for identical images."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def _session(path: Path) -> Any:
@@ -128,7 +136,7 @@ def check_style(model: Any, convention: str, onnx_path: Path, label: str) -> Par
             )
         worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - expected))))
         p = psnr(got, expected)
-        if p is not None:
+        if math.isfinite(p):
             worst_psnr = p if worst_psnr is None else min(worst_psnr, p)
         names.append(name)
     report = ParityReport(max_abs_diff=round(worst, 4), tolerance=STYLE_TOLERANCE, inputs=tuple(names),

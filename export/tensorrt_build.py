@@ -19,9 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from emostyle_rt.backends.tensorrt import PRECISION, SIDECAR_FORMAT, Profile, arch_key, plan_paths
-from emostyle_rt.fsutil import write_bytes_atomic
+from emostyle_rt.backends.tensorrt import (
+    PRECISION,
+    SIDECAR_FORMAT,
+    Profile,
+    arch_key,
+    plan_paths,
+)
 from emostyle_rt.errors import ExportError, note
+from emostyle_rt.fsutil import write_bytes_atomic
 from emostyle_rt.manifest import sha256_file
 
 log = logging.getLogger(__name__)
