@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from .backends import CLASSIFIER, Runner, runner_for
-from .errors import BackendError, BundleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
+from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
 from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image
 from .manifest import Manifest, load_manifest
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 NO_FACE_POLICIES = ("whole", "error")
 #: Same-size images are stacked into one style run up to this many pixels per run.
 BATCH_PIXELS = 1 << 20
+#: Largest face-crop margin (a fraction of the box size added on each side).
+MAX_MARGIN = 2.0
 
 
 def _check_graph(
@@ -135,8 +137,16 @@ class Stylizer:
             raise InvalidArgumentError(
                 f"Unknown no-face policy {no_face!r}." + note(f"{NO_FACE_POLICIES} or an emotion", no_face)
             )
-        self.no_face, self.margin, self.max_pixels = no_face, margin, max_pixels
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin <= MAX_MARGIN:
+            raise InvalidArgumentError(
+                "margin must be a number from 0 to the box size's multiple around the face."
+                + note(f"0 <= margin <= {MAX_MARGIN} (a float such as 0.2)", repr(margin))
+            )
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise InvalidArgumentError("max_pixels must be a positive integer." + note("an int >= 1", repr(max_pixels)))
+        self.no_face, self.margin, self.max_pixels = no_face, float(margin), max_pixels
         self._backend, self._provider = backend, provider
+        self._detector_spec, self._verify = detector, verify
         self._detector = make_detector(detector)
         self._classifier = runner_for(self.manifest, CLASSIFIER, backend=backend, provider=provider)
         spec = self.manifest.classifier
@@ -181,7 +191,20 @@ class Stylizer:
         same size are stacked into one style run (up to ``BATCH_PIXELS``).
         """
         self._check_max_side(max_side)
-        rgbs = [self._check_min_side(self._load(im, bgr)) for im in images]
+        if isinstance(images, (str, bytes, os.PathLike, np.ndarray)):
+            raise InvalidArgumentError(
+                f"stylize_batch takes a list of images, not one {type(images).__name__}; use stylize() for one image"
+                " (list(array) for an NxHxWxC array)." + note("a list or iterable of paths or HxWxC arrays", type(images).__name__)
+            )
+        images = list(images)
+        rgbs = []
+        for i, im in enumerate(images):
+            try:
+                rgbs.append(self._check_min_side(self._load(im, bgr)))
+            except EmostyleError as exc:
+                if len(images) == 1:
+                    raise
+                raise type(exc)(f"Image {i} of the batch: {exc}") from exc
         if emotion is not None:
             if emotion not in self.manifest.labels:
                 raise InvalidArgumentError(f"Unknown emotion {emotion!r}." + note(list(self.labels), emotion))
@@ -209,6 +232,20 @@ class Stylizer:
         """Drop the loaded style graphs (they load again on next use)."""
         with self._lock:
             self._styles.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle by bundle path and options (for multiprocessing): the receiver re-opens the bundle.
+
+        Loaded graphs and sessions are not pickled; a custom detector object must be picklable itself.
+        """
+        return {
+            "bundle": str(self.manifest.root), "backend": self._backend, "provider": self._provider,
+            "detector": self._detector_spec, "no_face": self.no_face, "margin": self.margin,
+            "max_pixels": self.max_pixels, "verify": self._verify,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state.pop("bundle"), **state)  # type: ignore[misc]
 
     def __enter__(self) -> Stylizer:
         return self
@@ -239,7 +276,7 @@ class Stylizer:
         """Detect faces in every image, then classify all crops in one classifier run."""
         spec = self.manifest.classifier
         size = (spec.height, spec.width)
-        faces_per_image = [self._detector.detect(rgb) for rgb in rgbs]
+        faces_per_image = [self._detect(rgb) for rgb in rgbs]
         crops: list[np.ndarray] = []
         for rgb, faces in zip(rgbs, faces_per_image):
             if faces:
@@ -264,6 +301,24 @@ class Stylizer:
             per_face = tuple(FaceEmotion(f, max(s, key=s.get), s) for f, s in zip(faces, scored))
             results.append(Classification(best, scored[0], faces[0] if faces else None, per_face, "face" if faces else "whole"))
         return results
+
+    def _detect(self, rgb: np.ndarray) -> list[Face]:
+        """The detector's faces, checked: a list of ``Face`` inside the image (a custom detector may return anything)."""
+        faces = self._detector.detect(rgb)
+        name = type(self._detector).__name__
+        if not isinstance(faces, (list, tuple)) or not all(isinstance(f, Face) for f in faces):
+            got = type(faces).__name__ if not isinstance(faces, (list, tuple)) else [type(f).__name__ for f in faces][:3]
+            raise BackendError(
+                f"Face detector {name}.detect() returned something other than a list of Face."
+                + note("list[emostyle_rt.Face] (empty when there is no face)", got)
+            )
+        h, w = rgb.shape[:2]
+        bad = [f.box for f in faces if f.w <= 0 or f.h <= 0 or f.x >= w or f.y >= h or f.x + f.w <= 0 or f.y + f.h <= 0]
+        if bad:
+            raise BackendError(
+                f"Face detector {name} returned boxes outside the {w}x{h} image or empty." + note("boxes inside the image", bad[:3])
+            )
+        return list(faces)
 
     def _scores(self, p: np.ndarray) -> dict[str, float]:
         return {label: float(v) for label, v in zip(self.manifest.labels, p)}
