@@ -122,3 +122,116 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError):
         write_image(tmp_path / "out.nope", ASTRONAUT)
     assert not (tmp_path / "out.nope").exists()
+
+
+# -- alpha --------------------------------------------------------------------------------------------
+
+
+def _rgba(h: int = 120, w: int = 96) -> np.ndarray:
+    """A photo crop with an alpha of every value: a gradient, a fully transparent band, an opaque band."""
+    rgb = cv2.resize(ASTRONAUT, (w, h))
+    alpha = np.tile(np.linspace(0, 255, w).astype(np.uint8), (h, 1))
+    alpha[: h // 4] = 0
+    alpha[-h // 4 :] = 255
+    return np.dstack([rgb, alpha])
+
+
+def test_to_rgb_keeps_alpha_on_request() -> None:
+    rgba = _rgba()
+    np.testing.assert_array_equal(to_rgb(rgba, alpha=True), rgba)
+    np.testing.assert_array_equal(to_rgb(cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA), bgr=True, alpha=True), rgba)
+    assert to_rgb(ASTRONAUT, alpha=True).shape == ASTRONAUT.shape  # no alpha: still 3 channels
+    assert load_image(rgba).shape == (*rgba.shape[:2], 3)  # the default drops it, as before
+
+
+@pytest.mark.parametrize("ext", [".png", ".webp", ".tif"])
+def test_rgba_file_round_trip_through_the_stylizer_keeps_alpha_exactly(
+    tmp_path: Path, demo_bundle: Path, ext: str
+) -> None:
+    from emostyle_rt import Stylizer
+
+    rgba = _rgba()
+    src = write_image(tmp_path / f"in{ext}", rgba)
+    assert read_image(src).shape == (120, 96, 3)  # alpha only when asked for
+    np.testing.assert_array_equal(read_image(src, alpha=True)[..., 3], rgba[..., 3])
+    res = Stylizer(demo_bundle).stylize(src, emotion="happy")
+    assert res.image.shape == (120, 96, 4)
+    np.testing.assert_array_equal(res.image[..., 3], rgba[..., 3])
+    assert np.abs(res.image[..., :3].astype(int) - rgba[..., :3]).mean() > 5  # the colour was styled
+    out = write_image(tmp_path / f"out{ext}", res.image)
+    back = read_image(out, alpha=True)
+    np.testing.assert_array_equal(back[..., 3], rgba[..., 3])
+    Image = pytest.importorskip("PIL.Image")
+    with Image.open(out) as im:  # a second decoder sees the same transparency
+        assert im.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(im)[..., 3], rgba[..., 3])
+
+
+def test_alpha_arrays_through_the_stylizer(demo_bundle: Path) -> None:
+    from emostyle_rt import Stylizer
+
+    st = Stylizer(demo_bundle)
+    rgba = _rgba()
+    bgra = cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA)
+    res = st.stylize_batch([rgba, rgba[..., :3], ASTRONAUT[:64, :64]], emotion="sad", max_side=64)
+    assert [r.image.shape for r in res] == [(120, 96, 4), (120, 96, 3), (64, 64, 3)]
+    np.testing.assert_array_equal(res[0].image[..., 3], rgba[..., 3])
+    np.testing.assert_array_equal(res[0].image[..., :3], res[1].image)  # alpha does not change the styling
+    out = st.stylize(bgra, emotion="sad", max_side=64, bgr=True).image
+    np.testing.assert_array_equal(out, cv2.cvtColor(res[0].image, cv2.COLOR_RGBA2BGRA))
+
+
+def test_alpha_of_other_png_kinds(tmp_path: Path) -> None:
+    Image = pytest.importorskip("PIL.Image")
+    rgba = _rgba()
+    grey_a = np.dstack([rgba[..., 0], rgba[..., 3]])
+    Image.fromarray(grey_a, "LA").save(tmp_path / "la.png")
+    out = read_image(tmp_path / "la.png", alpha=True)
+    assert out.shape == (120, 96, 4)
+    np.testing.assert_array_equal(out[..., 3], rgba[..., 3])
+    np.testing.assert_array_equal(out[..., 0], rgba[..., 0])
+    Image.fromarray(rgba[..., :3]).convert("P").save(tmp_path / "p.png", transparency=0)  # palette + tRNS
+    assert read_image(tmp_path / "p.png", alpha=True).shape == (120, 96, 4)
+    cv2.imwrite(str(tmp_path / "16.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA).astype(np.uint16) * 257)
+    out = read_image(tmp_path / "16.png", alpha=True)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, rgba)  # 16-bit colour and alpha back to 8 bits exactly
+    assert read_image(write_image(tmp_path / "rgb.png", ASTRONAUT), alpha=True).shape == ASTRONAUT.shape
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_alpha_is_turned_like_the_colour(tmp_path: Path, orientation: int) -> None:
+    """An RGBA PNG whose EXIF says 'turn me': the alpha plane follows the colour OpenCV turned."""
+    from emostyle_rt.imageio import ImageMeta
+
+    rng = np.random.default_rng(orientation)
+    rgba = rng.integers(0, 256, (40, 70, 4), dtype=np.uint8)
+    rgba[..., 3] = rgba[..., 0]  # alpha == red, so a mis-turned alpha shows
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    exif = b"II*\x00" + struct.pack("<I", 8) + ifd
+    # write_image would reset nothing here: this EXIF is given as is, orientation included
+    p = write_image(tmp_path / "o.png", rgba, meta=ImageMeta(exif=exif))
+    out = read_image(p, alpha=True)
+    assert out.shape[:2] == ((70, 40) if orientation >= 5 else (40, 70))
+    np.testing.assert_array_equal(out[..., 3], out[..., 0])
+
+
+def test_alpha_to_jpeg_is_dropped_with_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from emostyle_rt import metadata
+
+    monkeypatch.setattr(metadata, "_warned", set())
+    with caplog.at_level(logging.WARNING, "emostyle_rt"):
+        for name in ("a.jpg", "b.jpg"):
+            assert read_image(write_image(tmp_path / name, _rgba())).shape == (120, 96, 3)
+    assert sum("transparency" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 2), np.uint8)]
+)
+def test_write_image_refuses_what_it_cannot_write(tmp_path: Path, bad: np.ndarray) -> None:
+    with pytest.raises(InvalidImageError, match="Note: expected uint8 HxWx3 or HxWx4"):
+        write_image(tmp_path / "x.png", bad)
