@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .agreement import Agreement
+from .crop_agreement import MAX_PROB_DIFF, MIN_TOP1, CropAgreement
 from .images import Size
 from .machine import MachineInfo
 from .stats import Timing
@@ -116,6 +117,7 @@ class Report:
     load_avg_end: tuple[float, float, float]
     demo_bundle: bool
     notes: tuple[str, ...] = ()
+    crop_checks: tuple[CropAgreement, ...] = ()  # classification agreement by crop spec (with the classify stage)
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(dataclasses.asdict(self))
@@ -193,7 +195,8 @@ def _cold(cs: Sequence[ColdStart], path: str) -> ColdStart | None:
     return next((c for c in cs if c.stage == "chain" and c.path == path), None)
 
 
-def compute_targets(rows: Sequence[Row], coldstarts: Sequence[ColdStart], ours: str = "ort-cpu") -> tuple[Target, ...]:
+def compute_targets(rows: Sequence[Row], coldstarts: Sequence[ColdStart], ours: str = "ort-cpu",
+                    crop_checks: Sequence[CropAgreement] = ()) -> tuple[Target, ...]:
     """The issue's CPU targets, with ``ours`` as "our runtime" (onnxruntime CPU on this machine)."""
     t = [
         _ratio_target(rows, "classifier per face vs eager Keras model(x)", "classify", None, ours, "keras-eager", 10),
@@ -216,6 +219,11 @@ def compute_targets(rows: Sequence[Row], coldstarts: Sequence[ColdStart], ours: 
         t.append(Target("peak RSS vs eager stack", ">= 2x lower",
                         f"{rr:.2f}x ({e.peak_rss_mb:.0f} MB -> {o.peak_rss_mb:.0f} MB)", rr >= 2,
                         "" if rr >= 2 else f"short by {2 / rr:.2f}x"))
+    matched = next((c for c in crop_checks if c.matched), None)
+    t.append(Target("classifier crop: runtime vs the classifier's own pipeline",
+                    f">= {MIN_TOP1:.0%} top-1, max abs p diff <= {MAX_PROB_DIFF:g}",
+                    matched.summary if matched else "not measured", matched.ok if matched else None,
+                    "" if matched else "measured with the classify stage"))
     return tuple(t)
 
 
@@ -281,6 +289,14 @@ def markdown(report: Report, titles: dict[str, str] | None = None, *, details: b
                              f"{c.first_s:.2f} | {c.peak_rss_mb:.0f} | {', '.join(c.modules)} |")
             elif c.status != "unavailable":
                 lines.append(f"| {c.stage} | {c.label} | {c.input} | {c.status}: {c.reason} | | | | |")
+    if report.crop_checks:
+        lines += ["", "Classification agreement by crop spec: the runtime (bundle's crop spec) against eager Keras on "
+                  "crops cut by an independent reference, faces at every image border:", "",
+                  "| reference pipeline's crop | same spec as the bundle | result | verdict |", "|---|---|---|---|"]
+        for c in report.crop_checks:
+            verdict = ("ok" if c.ok else "NO") if c.matched else "mismatched spec: disagreement expected"
+            lines.append(f"| {c.reference_spec} | {'yes' if c.matched else 'no'} | {c.summary} | {verdict} |")
+        lines.append(f"\nBundle's crop spec: {report.crop_checks[0].runtime_spec}.")
     if report.targets:
         lines += ["", "Targets (CPU, ratios within this run):", "", "| target | required | measured | met |",
                   "|---|---|---|---|"]
@@ -379,10 +395,17 @@ def _build(cls: type, d: dict[str, Any] | None) -> Any:
     return None if d is None else cls(**{k: _tuples(v) for k, v in d.items()})
 
 
-def report_from_dict(d: dict[str, Any]) -> Report:
-    """A Report from ``Report.to_dict()`` / the ``--json`` file (to re-render tables and charts)."""
-    from emostyle_rt.errors import InvalidArgumentError, note
+def report_from_dict(d: Any) -> Report:
+    """A Report from ``Report.to_dict()`` / the ``--json`` file (to re-render tables and charts).
 
+    Anything else (another JSON shape, missing or unknown keys) is an ``InvalidArgumentError``.
+    """
+    from emostyle_rt.errors import InvalidArgumentError, note, sentence
+
+    expected = "a --json result of emostyle-bench (an object with machine, settings, rows, ...)"
+    if not isinstance(d, dict):
+        kind = {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(type(d), "a number")
+        raise InvalidArgumentError(f"Not an emostyle-bench result: the top level is {kind}." + note(expected, kind))
     try:
         rows = tuple(
             Row(**{**{k: _tuples(v) for k, v in r.items()},
@@ -398,6 +421,10 @@ def report_from_dict(d: dict[str, Any]) -> Report:
             targets=tuple(_build(Target, t) for t in d["targets"]),
             started=d["started"], duration_s=d["duration_s"], load_avg_end=_tuples(d["load_avg_end"]),
             demo_bundle=d["demo_bundle"], notes=_tuples(d.get("notes", [])),
+            crop_checks=tuple(_build(CropAgreement, c) for c in d.get("crop_checks", [])),
         )
-    except (KeyError, TypeError) as exc:
-        raise InvalidArgumentError(f"Not an emostyle-bench result: {exc}." + note("a --json file", "other JSON")) from None
+    except KeyError as exc:
+        raise InvalidArgumentError(f"Not an emostyle-bench result: no key {exc}." + note(expected, sorted(d))) from None
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise InvalidArgumentError("Not an emostyle-bench result: " + sentence(exc)
+                                   + note(expected, "other JSON")) from None

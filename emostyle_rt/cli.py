@@ -3,150 +3,386 @@
     emostyle photo.jpg -o out.jpg
     emostyle photos/ -o styled/ --report report.json
 
-Outputs are written atomically and never over an input; a rerun skips outputs
-that already exist (complete, thanks to the atomic writes), so an interrupted
-folder run finishes the rest. Exit status: 0 all done, 1 some files failed,
-2 bad arguments or bundle.
+Nothing but the planned outputs, the report and (folder runs) the output
+folder's ``.emostyle-state.jsonl`` is ever written, and every argument is
+checked before anything is created. Each output is written atomically; a
+single file is never written over without ``--force``; a folder run skips the
+outputs that exist, so an interrupted run finishes the rest. Exit status: 0 all
+done, 1 some files failed, 2 bad arguments, bundle or output folder, 130
+interrupted (Ctrl-C; the report of what was done is written).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-from .errors import EmostyleError, ImageWriteError, InvalidArgumentError, note
-from .imageio import clean_stale_parts, write_bytes_atomic, write_image
+from .errors import BundleError, EmostyleError, ImageWriteError, InvalidArgumentError, note, sentence
+from .imageio import clean_stale_parts, read_image_meta, write_bytes_atomic, write_image
 from .logutil import setup_cli_logging
+from .manifest import DEFAULT_BUNDLE, MANIFEST_NAME, Manifest, bundle_hint, default_bundle, load_manifest
 
 log = logging.getLogger("emostyle")
 
+#: Output formats, by extension.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-DEFAULT_BUNDLE = "engines/demo"
+#: Inputs: the output formats and GIF (first frame; a GIF's output is a PNG, OpenCV's GIF writer quantises).
+READ_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")
+#: Per output folder: each stylised file's emotion and scores, one JSON line each, so a resumed run reports them.
+STATE_NAME = ".emostyle-state.jsonl"
+INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emostyle", description="Emotion-based style transfer for a photo or a folder.")
     p.add_argument("input", type=Path, help="an image file or a folder of images (searched recursively)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output file (for a file) or folder")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (for a file; an existing folder or a path ending in / takes the input's name) "
+                        "or folder")
     p.add_argument("--bundle", type=Path, default=None,
                    help=f"bundle folder (default: $EMOSTYLE_BUNDLE or {DEFAULT_BUNDLE})")
     p.add_argument("--emotion", help="use this emotion's style instead of classifying")
     p.add_argument("--max-side", type=int, default=None, help="run the style network at most this many pixels wide/high")
+    p.add_argument("--quality", type=int, default=None, help="JPEG / WebP quality 1..100 (default: the library's)")
+    p.add_argument("--strip-metadata", action="store_true", help="do not copy the input's EXIF and ICC profile")
     p.add_argument("--no-face", default="whole", help="'whole' (classify the whole image), 'error', or an emotion")
     p.add_argument("--detector", default=None, help="'haar' (default) or a YuNet .onnx file")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
     p.add_argument("--provider", default=None, choices=("tensorrt", "cuda", "cpu"), help="force an onnxruntime provider")
-    p.add_argument("--report", type=Path, default=None, help="write a JSON report of each file's emotion and faces")
-    p.add_argument("--force", action="store_true", help="redo outputs that already exist (inputs are never overwritten)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="write a JSON report of each file's emotion and faces (an existing file is replaced only "
+                        "if it is an emostyle report, or with --force)")
+    p.add_argument("--force", action="store_true",
+                   help="redo outputs that exist and replace an existing single-file output or non-report --report "
+                        "file (inputs are never written over)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
-def plan(src: Path, dst: Path) -> list[tuple[Path, Path]]:
-    """(input, output) pairs; refuses any pair whose output is an input."""
+# -- planning: pure, nothing is created ---------------------------------------------------------
+
+
+def _output_name(name: str) -> str:
+    """The output file name for an input name: the same, but a GIF becomes a PNG."""
+    return name[:-4] + ".png" if name.lower().endswith(".gif") else name
+
+
+def _walk(src: Path, out_root: Path) -> list[Path]:
+    """Image files under ``src``, sorted. Hidden files and folders are skipped, symlinked folders not
+    followed, symlinked files read, the output folder (when inside ``src``) left out; skips are logged."""
+    found, hidden, linked = [], [], []
+    for dirpath, dirnames, filenames in os.walk(src):  # followlinks=False
+        d = Path(dirpath)
+        keep = []
+        for name in sorted(dirnames):
+            p = d / name
+            if name.startswith("."):
+                hidden.append(p)
+            elif p.is_symlink():
+                linked.append(p)
+            elif p.resolve() != out_root:
+                keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            p = d / name
+            if not name.lower().endswith(READ_SUFFIXES):
+                continue
+            if name.startswith("."):
+                hidden.append(p)
+            elif p.is_file() and out_root not in p.resolve().parents:
+                found.append(p)
+    if hidden:
+        log.info("Skipped %d hidden file(s) or folder(s), e.g. %s.", len(hidden), hidden[0])
+    if linked:
+        log.info("Did not follow %d symlinked folder(s), e.g. %s.", len(linked), linked[0])
+    return found
+
+
+def plan(src: Path, dst: str | Path, *, force: bool = False) -> list[tuple[Path, Path]]:
+    """(input, output) pairs; refuses outputs that are inputs, clash, or (a single file) exist without ``force``."""
+    raw = str(dst)
+    dst = Path(dst)
     if src.is_dir():
         if dst.exists() and not dst.is_dir():
             raise InvalidArgumentError(f"Output {dst} must be a folder when the input {src} is a folder.")
         out_root = dst.resolve()
         if out_root == src.resolve():
             raise InvalidArgumentError(f"Output folder {dst} is the input folder; outputs would replace the inputs.")
-        pairs = [
-            (f, dst / f.relative_to(src))
-            for f in sorted(src.rglob("*"))
-            if f.suffix.lower() in IMAGE_SUFFIXES
-            and f.is_file()
-            and not f.name.startswith(".")
-            and out_root not in f.resolve().parents
-        ]
+        pairs = [(f, dst / f.relative_to(src).with_name(_output_name(f.name))) for f in _walk(src, out_root)]
     elif src.is_file():
-        out = dst / src.name if dst.is_dir() else dst
+        as_folder = dst.is_dir() or raw.endswith(("/", os.sep))
+        out = dst / _output_name(src.name) if as_folder else dst
         if out.suffix.lower() not in IMAGE_SUFFIXES:
-            raise InvalidArgumentError(f"Output {out} has no image extension." + note(IMAGE_SUFFIXES, out.suffix or "none"))
+            raise InvalidArgumentError(
+                f"Output {out} has no image extension we write (GIF inputs are read, not written)."
+                + note(IMAGE_SUFFIXES, out.suffix or "none"))
+        if out.exists() and (not out.is_file() or not force):
+            what = "a regular file" if out.is_file() else "not a regular file"
+            raise InvalidArgumentError(
+                f"Output {out} already exists; a single file is never written over without --force."
+                + note("a new path (or --force for a regular file)", f"an existing path, {what}"))
         pairs = [(src, out)]
+    elif src.exists():
+        raise InvalidArgumentError(f"Input {src} is not a regular file or a folder.")
     else:
         raise InvalidArgumentError(f"Input {src} does not exist.")
     if not pairs:
-        log.warning("No images found in %s." + note(IMAGE_SUFFIXES, "none"), src)
+        log.warning("No images found in %s." + note(READ_SUFFIXES, "none"), src)
     inputs = {f.resolve() for f, _ in pairs}
-    clashes = [str(o) for _, o in pairs if o.resolve() in inputs]
-    if clashes:
-        raise InvalidArgumentError(f"Refusing to write over inputs: {clashes[:3]}. Choose another output.")
+    outputs: dict[Path, Path] = {}
+    for f, o in pairs:
+        if o.resolve() in inputs:
+            raise InvalidArgumentError(f"Refusing to write over the input {o}. Choose another output.")
+        if o.resolve() in outputs:
+            raise InvalidArgumentError(
+                f"Inputs {outputs[o.resolve()]} and {f} would both be written to {o} (a GIF's output is a PNG)."
+                + note("one input per output name", "two"))
+        outputs[o.resolve()] = f
     return pairs
 
 
+def _blocked(folder: Path) -> Path | None:
+    """The existing ancestor (or ``folder`` itself) that is not a folder, if one would stop creating it."""
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+def _read_report(path: Path) -> dict[str, Any] | None:
+    """A previous emostyle report at ``path`` (a JSON object with "bundle" and a "files" list), else None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list) or "bundle" not in data or not all(isinstance(e, dict) and "input" in e for e in files):
+        return None
+    return data
+
+
+def check_report_path(report: Path, pairs: Sequence[tuple[Path, Path]], state: Path | None, force: bool) -> None:
+    """Refuse a report path that would destroy anything: an input or output, where an output folder goes,
+    an existing folder, under a regular file, or an existing file that is not an emostyle report (without ``force``)."""
+    r, outputs = report.resolve(), {o.resolve() for _, o in pairs}
+    taken = outputs | {f.resolve() for f, _ in pairs} | {o.parent for o in outputs}
+    taken |= {state.resolve(), state.parent.resolve()} if state is not None else set()
+    if r in taken or any(q in outputs for q in r.parents):
+        raise InvalidArgumentError(
+            f"Report {report} is an input, an output, an output folder or the state file; it would be written over."
+            + note("a path of its own", report))
+    if report.is_dir():
+        raise InvalidArgumentError(f"Report {report} is a folder." + note("a file path", "a folder"))
+    if (b := _blocked(report.parent)) is not None:
+        raise InvalidArgumentError(f"Report {report} cannot be written: {b} is not a folder." + note("a folder", b))
+    if report.exists() and not report.is_file():
+        raise InvalidArgumentError(f"Report {report} is not a regular file." + note("a file path", "a special file"))
+    if report.is_file() and not force and _read_report(report) is None:
+        raise InvalidArgumentError(
+            f"Report {report} exists and is not an emostyle report; it is not replaced without --force."
+            + note("a new path or an earlier report", "another file"))
+
+
+# -- options and bundle -------------------------------------------------------------------------
+
+
+def _open_bundle(explicit: Path | None) -> Manifest:
+    """The bundle's manifest (files verified); a missing bundle says how to choose or make one."""
+    bundle = default_bundle(explicit)
+    try:
+        return load_manifest(bundle)
+    except BundleError as exc:
+        if (bundle / MANIFEST_NAME).is_file():
+            raise
+        raise BundleError(f"No bundle at {bundle}." + bundle_hint()) from exc
+
+
+def check_options(args: argparse.Namespace, manifest: Manifest | None) -> None:
+    """Option values that cannot work (with ``manifest``: those that depend on the bundle), refused before
+    anything is created."""
+    if manifest is None:
+        if args.quality is not None and not 1 <= args.quality <= 100:
+            raise InvalidArgumentError(f"--quality {args.quality} is out of range." + note("1..100", args.quality))
+        return
+    if args.emotion is not None and args.emotion not in manifest.labels:
+        raise InvalidArgumentError(f"Unknown emotion {args.emotion!r}." + note(list(manifest.labels), args.emotion))
+    m = manifest.min_side
+    if args.max_side is not None and args.max_side < m:
+        raise InvalidArgumentError(
+            f"--max-side {args.max_side} is below the bundle's smallest style input."
+            + note(f"an integer >= {m}", args.max_side))
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
 def _progress(items: Sequence[Any], quiet: bool) -> tuple[Iterable[Any], bool]:
-    """A tqdm progress bar over ``items`` if tqdm is installed (not a dependency); whether it is one."""
+    """A tqdm progress bar over ``items`` (stderr, off when quiet or not a terminal); whether it shows."""
     try:
         from tqdm import tqdm
-    except ImportError:
+    except ImportError:  # a dependency; kept lazy so that importing the runtime never loads it
         return items, False
-    return tqdm(items, unit="img", disable=True if quiet else None, file=sys.stderr), True
+    bar = tqdm(items, unit="img", disable=True if quiet else None, file=sys.stderr)
+    return bar, not bar.disable
 
 
-def _old_report(path: Path | None) -> dict[str, dict[str, Any]]:
-    """Entries of a previous report, by input path, so a resumed run keeps them."""
-    if path is None or not path.is_file():
-        return {}
+class _StateLog:
+    """The output folder's ``.emostyle-state.jsonl``: each stylised file's entry, one JSON line, by output path
+    relative to the folder. A line is appended (and flushed) before its output is renamed into place, so a
+    kill or Ctrl-C never leaves an output without its emotion; the file is rewritten whole at the end."""
+
+    def __init__(self, path: Path | None) -> None:
+        if path is not None and (path.is_symlink() or path.exists() and not path.is_file()):
+            log.warning("Not using %s: it is not a regular file; emotions of earlier runs are not kept.", path)
+            path = None  # never append through a link or into something else
+        self.path, self.added = path, False
+        self.known: dict[str, dict[str, Any]] = {}
+        self._file: Any = None
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path else []
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                e = json.loads(line)
+            except ValueError:  # a line torn by a kill
+                continue
+            if isinstance(e, dict) and isinstance(e.get("output"), str):
+                self.known[e["output"]] = e  # the last line wins
+
+    def add(self, rel: str, entry: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        self.known[rel] = {**entry, "output": rel}
+        try:
+            self._file = self._file or open(self.path, "a", encoding="utf-8")
+            self._file.write(json.dumps(self.known[rel]) + "\n")
+            self._file.flush()
+            self.added = True
+        except OSError as exc:
+            log.warning("Cannot record %s in %s: %s", rel, self.path, sentence(exc.strerror or exc))
+
+    def close(self, compact: bool) -> None:
+        """Close; with ``compact``, rewrite atomically with one line per output that exists."""
+        if self._file is not None:
+            self._file.close()
+        if self.path is None or not compact or not self.known:
+            return
+        keep = {rel: e for rel, e in self.known.items() if (self.path.parent / rel).is_file()}
+        if self.added or len(keep) < len(self.known):
+            try:
+                write_bytes_atomic(self.path, "".join(json.dumps(e) + "\n" for e in keep.values()).encode("utf-8"))
+            except ImageWriteError as exc:
+                log.warning("%s", exc)
+
+
+@contextlib.contextmanager
+def _hold_ctrl_c() -> Iterator[None]:
+    """Ctrl-C waits while the report and state file are written, so that they are written whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, lambda *_: log.warning("Ctrl-C: finishing the report first."))
     try:
-        return {e["input"]: e for e in json.loads(path.read_text(encoding="utf-8"))["files"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _mkdirs(folders: Iterable[Path]) -> None:
+    for d in folders:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ImageWriteError(
+                f"Cannot create the output folder {d}: " + sentence(exc.strerror or exc) + note("a writable folder", d)
+            ) from exc
 
 
 def run(args: argparse.Namespace) -> int:
-    """Process every planned file; the exit status."""
+    """Check everything, then process every planned file; the exit status."""
+    started = time.time()
+    check_options(args, None)
+    pairs = plan(args.input, args.output, force=args.force)
+    out_root = Path(args.output) if args.input.is_dir() else None
+    state = out_root / STATE_NAME if out_root is not None else None
+    if args.report is not None:
+        check_report_path(args.report, pairs, state, args.force)
+    folders = list(dict.fromkeys(o.parent for _, o in pairs))
+    for d in folders:
+        if (b := _blocked(d)) is not None:
+            raise ImageWriteError(f"Cannot create the output folder {d}: {b} is not a folder." + note("a folder", b))
+    manifest = _open_bundle(args.bundle)
+    check_options(args, manifest)
     from .stylizer import Stylizer
 
-    pairs = plan(args.input, args.output)
-    out_dir = args.output if args.input.is_dir() else pairs[0][1].parent
-    try:  # fail before any work when the output folder cannot exist (e.g. a path under a file)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ImageWriteError(
-            f"Cannot create the output folder {out_dir}: {exc.strerror or exc}." + note("a writable folder", out_dir)
-        ) from exc
-    clean_stale_parts(out_dir)  # temporary files of killed runs; outputs themselves are always complete
-    bundle = args.bundle or Path(os.environ.get("EMOSTYLE_BUNDLE", DEFAULT_BUNDLE))
-    st = Stylizer(bundle, backend=args.backend, provider=args.provider, detector=args.detector, no_face=args.no_face)
-    if args.emotion is not None and args.emotion not in st.labels:
-        raise InvalidArgumentError(f"Unknown emotion {args.emotion!r}." + note(list(st.labels), args.emotion))
-    old = _old_report(args.report)
-    entries, failed = [], 0
+    st = Stylizer(manifest, backend=args.backend, provider=args.provider, detector=args.detector, no_face=args.no_face)
+    _mkdirs(folders)
+    # Temporary files of killed runs, only where this run writes; outputs themselves are always complete.
+    clean_stale_parts([*folders, *([args.report.parent] if args.report is not None else [])], started=started)
+    states = _StateLog(state)
+    earlier = (_read_report(args.report) or {}).get("files", []) if args.report is not None else []
+    old = {e["input"]: e for e in earlier if e.get("status") in ("ok", "exists")}  # reports from before state files
+    entries: list[dict[str, Any]] = []
+    interrupted, stopped, no_report = False, False, False
     items, bar = _progress(pairs, args.quiet)
-    for i, (src, dst) in enumerate(items, 1):
-        entry: dict[str, Any] = {"input": str(src), "output": str(dst)}
-        if dst.exists() and not args.force:
-            entry = {**old.get(str(src), entry), "status": "exists"}
-        else:
+    try:
+        for i, (src, dst) in enumerate(items, 1):
+            entry: dict[str, Any] = {"input": str(src), "output": str(dst)}
+            rel = dst.relative_to(out_root).as_posix() if out_root is not None else ""
+            if out_root is not None and dst.is_file() and not args.force:
+                entries.append({**old.get(str(src), {}), **states.known.get(rel, {}), **entry, "status": "exists"})
+                continue
+            if dst.exists() and not dst.is_file():  # a folder (or a device) where the output goes: never replaced
+                entries.append({**entry, "status": "error", "error": f"{dst} exists and is not a regular file."})
+                log.error("Skipping %s: %s exists and is not a regular file.", src, dst)
+                continue
             try:
                 res = st.stylize(src, emotion=args.emotion, max_side=args.max_side)
-                write_image(dst, res.image)
+                meta = None if args.strip_metadata else read_image_meta(src)
                 entry.update(status="ok", **res.summary())
-                log.log(logging.DEBUG if bar else logging.INFO, "[%d/%d] %s -> %s (%s)", i, len(pairs), src, dst, res.emotion)
+                states.add(rel, entry)
+                write_image(dst, res.image, quality=args.quality, meta=meta)
             except ImageWriteError as exc:  # the destination is unusable (not writable, full): stop, do not retry each file
-                failed += 1
-                entry.update(status="error", error=str(exc))
-                entries.append(entry)
+                stopped = True
+                entries.append({"input": str(src), "output": str(dst), "status": "error", "error": str(exc)})
                 log.error("Stopping after %d of %d files: %s", i - 1, len(pairs), exc)
                 break
             except EmostyleError as exc:
-                failed += 1
-                entry.update(status="error", error=str(exc))
+                entries.append({"input": str(src), "output": str(dst), "status": "error", "error": str(exc)})
                 log.error("Skipping %s: %s", src, exc)
-        entries.append(entry)
-    if args.report is not None:
-        report = {"bundle": str(bundle), "demo": st.manifest.demo, "files": entries}
-        write_bytes_atomic(args.report, json.dumps(report, indent=2).encode("utf-8"))
-    done = sum(e["status"] == "ok" for e in entries)
-    log.log(logging.WARNING if failed else logging.INFO,
+                continue
+            entries.append(entry)
+            log.log(logging.DEBUG if bar else logging.INFO, "[%d/%d] %s -> %s (%s)", i, len(pairs), src, dst, res.emotion)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("Interrupted after %d of %d files; a rerun finishes the rest.", len(entries), len(pairs))
+    finally:
+        if hasattr(items, "close"):
+            items.close()
+    with _hold_ctrl_c():
+        states.close(compact=not stopped)  # not when the folder is unusable (full)
+        if args.report is not None:
+            report = {"bundle": str(manifest.root), "demo": manifest.demo, "interrupted": interrupted, "files": entries}
+            try:
+                write_bytes_atomic(args.report, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+            except ImageWriteError as exc:
+                no_report = True
+                log.error("No report: %s", exc)
+    done, failed = (sum(e["status"] == s for e in entries) for s in ("ok", "error"))
+    log.log(logging.WARNING if failed or interrupted else logging.INFO,
             "%d stylised, %d already done, %d failed.", done, len(entries) - done - failed, failed)
-    return 1 if failed else 0
+    return INTERRUPTED if interrupted else 1 if failed or no_report else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,6 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmostyleError as exc:
         log.error("%s", exc)
         return 2
+    except KeyboardInterrupt:
+        log.warning("Interrupted.")
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -54,3 +54,13 @@ class ParityError(ExportError):
 def note(expected: object, available: object) -> str:
     """The standard tail of an error message."""
     return f" Note: expected {expected}, available {available}."
+
+
+def sentence(text: object) -> str:
+    """``text`` as one sentence: stripped, ending in exactly one full stop.
+
+    For messages that embed another error: ``f"Cannot read {p}: " + sentence(exc)``
+    never gives "..". A text already ending in ".", "!" or "?" is kept as is.
+    """
+    s = str(text).strip()
+    return s if s.endswith((".", "!", "?")) else s + "."

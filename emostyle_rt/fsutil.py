@@ -1,35 +1,55 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a part."""
+"""Atomic file writes and the cleanup of their temporary files.
+
+A reader sees the old file or the complete new one, never a part. This module
+owns the temporary-file name, ``.emostyle-<pid>-<token>.<name>.part`` (pid of
+the writer, 12 random hex digits, at most 96 bytes of the target's name), and
+the one rule for removing them: :func:`stale_temp_files`.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
+from typing import Iterable
 
 PART_SUFFIX = ".part"
-#: The process umask, read once: files get the usual 0o666 & ~umask, not mkstemp's 0o600.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+TEMP_PREFIX = ".emostyle-"
+#: Exactly the names :func:`write_bytes_atomic` creates; nothing else is ever removed.
+TEMP_NAME = re.compile(r"^\.emostyle-(?P<pid>[1-9][0-9]{0,9})-(?P<token>[0-9a-f]{12})\.(?P<name>.+)\.part$", re.DOTALL)
+_NAME_BYTES = 96  # keeps the temporary name under the usual 255-byte limit
+
+
+def temp_name(target: str) -> str:
+    """A fresh temporary name for writing ``target`` (a file name) in the same folder."""
+    short = os.fsdecode(os.fsencode(target)[:_NAME_BYTES]) or "_"
+    return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}.{short}{PART_SUFFIX}"
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and ``os.replace``.
 
-    The temporary file is ``.<name>.<pid>.<random>.part`` so that a cleaner can
-    tell those of killed processes (see :func:`pid_alive`). OS errors propagate.
+    The temporary file (see :func:`temp_name`) is created exclusively with mode
+    0o666 & ~umask, and removed on any failure. OS errors propagate.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=PART_SUFFIX, dir=path.parent)
+    while True:
+        tmp = path.parent / temp_name(path.name)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            break
+        except FileExistsError:  # 48 random bits collided: draw again
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -42,6 +62,37 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except OverflowError:  # larger than any pid: no such process
+        return False
     except OSError:  # exists, owned by someone else
         return True
     return True
+
+
+def stale_temp_files(folders: Iterable[str | os.PathLike], started: float) -> list[Path]:
+    """Temporary files of killed writers in ``folders`` (not their subfolders).
+
+    Only a regular file (not a link) named exactly like :func:`temp_name`'s,
+    owned by this user, whose writer pid is gone and that was last modified
+    before ``started`` (the caller's start, a ``time.time()``) qualifies: a look-alike
+    of another program, a live writer's or a newer file is never listed.
+    """
+    found: list[Path] = []
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for folder in dict.fromkeys(Path(f) for f in folders):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # missing or unreadable: nothing of ours there
+            continue
+        for e in entries:
+            m = TEMP_NAME.match(e.name)
+            if not m:
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (e.is_file(follow_symlinks=False) and (uid is None or st.st_uid == uid)
+                    and st.st_mtime < started and not pid_alive(int(m["pid"]))):
+                found.append(Path(e.path))
+    return sorted(found)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from emostyle_rt.errors import CheckpointError, note
+from emostyle_rt.errors import CheckpointError, note, sentence
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,15 @@ def _read(path: Path) -> Any:
             + note("a state_dict or a dict with 'state_dict' of tensors", "a pickled object")
         ) from exc
     except Exception as exc:  # torch raises RuntimeError/EOFError/zipfile errors for damaged files
-        raise CheckpointError(f"Style checkpoint {path} cannot be read by torch.load: {exc}") from exc
+        raise CheckpointError(f"Style checkpoint {path} cannot be read by torch.load: " + sentence(exc)) from exc
 
 
-def detect_family(obj: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """Return (family, state_dict, metadata) for a loaded checkpoint object."""
+def detect_family(obj: Any, path: str | Path = "") -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Return (family, state_dict, metadata) for a checkpoint object loaded from ``path``."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(
-            "Style checkpoint is not a dict of tensors." + note("a state_dict or {'state_dict': ...}", type(obj).__name__)
+            f"Style checkpoint {path or '(in memory)'} is not a dict of tensors."
+            + note("a state_dict or {'state_dict': ...}", type(obj).__name__)
         )
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         meta = {k: v for k, v in obj.items() if k != "state_dict" and isinstance(v, (int, float, str, bool))}
@@ -121,7 +122,7 @@ def load_style_checkpoint(path: str | Path, convention: str | None = None) -> St
     path = Path(path)
     if convention is not None and convention not in CONVENTIONS:
         raise CheckpointError(f"Unknown style convention {convention!r}." + note(list(CONVENTIONS), convention))
-    family, state, meta = detect_family(_read(path))
+    family, state, meta = detect_family(_read(path), path)
     state, dropped = _normalise_keys(family, state)
 
     model = TransformerNet()

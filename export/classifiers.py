@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from emostyle_rt.errors import CheckpointError, ExportError, note
+from emostyle_rt.errors import CheckpointError, ExportError, note, sentence
 from emostyle_rt.manifest import EMOTIONS
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,44 @@ def _check_classes(classes: Any, where: Any) -> None:
         )
 
 
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _looks_like(path: Path) -> str:
+    """What a file's first bytes say it is, for error messages."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive"
+    if head.startswith(_HDF5_MAGIC):
+        return "an HDF5 file (a .h5 model: rename it to .h5)"
+    if head.startswith(b"\x80") or head.startswith(b"PK"):
+        return "a pickle or PyTorch file"
+    text = head.decode("ascii", "replace")
+    if all(c.isprintable() or c.isspace() for c in text):
+        return f"text starting {text.strip()[:12]!r}"
+    return f"{path.stat().st_size} bytes starting {head[:8].hex(' ')}"
+
+
+def _check_container(path: Path, suffix: str) -> None:
+    """A .keras must be a zip archive and a .h5 an HDF5 file; Keras' own errors say "File not found"."""
+    import zipfile
+
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"Classifier {path} is not a Keras zip archive." + note("a .keras zip archive (model.save in Keras 3)",
+                                                                    _looks_like(path))
+        )
+    if suffix in (".h5", ".hdf5"):
+        with open(path, "rb") as f:
+            if f.read(8) != _HDF5_MAGIC:
+                raise CheckpointError(
+                    f"Classifier {path} is not an HDF5 file." + note("an HDF5 .h5 model", _looks_like(path))
+                )
+
+
 def load_classifier(path: str | Path) -> KerasClassifier:
     """Load a ``.keras``, ``.h5`` (Keras 2 or 3) or SavedModel classifier."""
     quiet_tensorflow()
@@ -133,12 +171,16 @@ def load_classifier(path: str | Path) -> KerasClassifier:
         raise CheckpointError(
             f"Classifier {path} has an unknown format." + note(".keras, .h5 or a SavedModel folder", suffix or "no suffix")
         )
+    try:
+        _check_container(path, suffix)
+    except OSError as exc:
+        raise CheckpointError(f"Cannot read classifier {path}: " + sentence(exc)) from exc
     import keras
 
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises ValueError/OSError/TypeError depending on the damage
-        raise CheckpointError(f"Keras cannot load classifier {path}: {exc}") from exc
+        raise CheckpointError(f"Keras cannot load classifier {path}: " + sentence(exc)) from exc
     return from_keras_model(model, "keras" if suffix == ".keras" else "h5", path)
 
 
@@ -149,7 +191,7 @@ def _load_savedmodel(path: Path) -> KerasClassifier:
         loaded = tf.saved_model.load(str(path))
         fn = loaded.signatures["serving_default"]
     except Exception as exc:
-        raise CheckpointError(f"TensorFlow cannot load SavedModel {path} (serving_default): {exc}") from exc
+        raise CheckpointError(f"TensorFlow cannot load SavedModel {path} (serving_default): " + sentence(exc)) from exc
     _, kwargs = fn.structured_input_signature
     outputs = fn.structured_outputs
     if len(kwargs) != 1 or len(outputs) != 1:
@@ -193,7 +235,7 @@ def convert_classifier(clf: KerasClassifier, scale: str, add_softmax: bool, out_
     try:
         proto, _ = tf2onnx.convert.from_function(graph, input_signature=[spec], opset=opset)
     except Exception as exc:
-        raise ExportError(f"tf2onnx could not convert classifier {clf.source or 'demo'}: {exc}") from exc
+        raise ExportError(f"tf2onnx could not convert classifier {clf.source or 'demo'}: " + sentence(exc)) from exc
     _rename_io(proto, INPUT_NAME, OUTPUT_NAME)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out_path))

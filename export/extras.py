@@ -22,6 +22,7 @@ EXPORT_MODULES = {
     "onnxruntime": "onnxruntime",
     "onnxconverter_common": "onnxconverter-common",
     "skimage": "scikit-image",
+    "mtcnn": "mtcnn",
 }
 #: What ``emostyle-bench`` adds to the export stack.
 BENCH_MODULES = {**EXPORT_MODULES, "matplotlib": "matplotlib", "psutil": "psutil"}

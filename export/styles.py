@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from emostyle_rt.errors import ExportError, note
+from emostyle_rt.errors import ExportError, note, sentence
 
 from .checkpoints import CONVENTIONS, IMAGENET_MEAN, IMAGENET_STD
 
@@ -89,4 +89,4 @@ def export_style(model: Any, convention: str, out_path: Path, opset: int = 17) -
                               OUTPUT_NAME: {0: "batch", 1: "out_height", 2: "out_width"}},
             )
         except Exception as exc:
-            raise ExportError(f"torch.onnx.export failed for style network: {exc}") from exc
+            raise ExportError("torch.onnx.export failed for style network: " + sentence(exc)) from exc

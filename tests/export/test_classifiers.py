@@ -130,8 +130,14 @@ def test_bad_classifiers_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"unknown format.*\.keras, \.h5 or a SavedModel"):
         load_classifier(tmp_path / "x.onnx")
     (tmp_path / "bad.h5").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="Keras cannot load"):
+    with pytest.raises(CheckpointError, match=r"not an HDF5 file.*available text starting 'garbage'"):
         load_classifier(tmp_path / "bad.h5")
+    (tmp_path / "bad.keras").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(8))
+    with pytest.raises(CheckpointError, match=r"not a Keras zip archive.*an HDF5 file \(a \.h5 model: rename it"):
+        load_classifier(tmp_path / "bad.keras")
+    (tmp_path / "damaged.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(8))
+    with pytest.raises(CheckpointError, match="Keras cannot load"):
+        load_classifier(tmp_path / "damaged.h5")
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(CheckpointError, match="not a SavedModel"):
         load_classifier(tmp_path / "empty_dir")

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -22,8 +23,9 @@ import cv2
 import numpy as np
 import pytest
 
-from emostyle_rt import imageio
-from emostyle_rt.cli import main
+from emostyle_rt import cli, fsutil, imageio, manifest
+from emostyle_rt.cli import STATE_NAME, main
+from emostyle_rt.errors import BundleError, ImageWriteError, InvalidArgumentError
 
 CROPS = [(0, 0, 256, 256), (40, 120, 200, 180), (100, 50, 240, 260), (256, 256, 256, 256),
          (10, 300, 230, 200), (200, 0, 250, 250), (60, 150, 180, 180), (300, 100, 200, 260)]
@@ -41,8 +43,14 @@ def photos(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> P
 
 
 def _digests(root: Path) -> dict[str, str]:
+    """Digests of the files under ``root`` but the output folder's state file."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != STATE_NAME}
+
+
+def _temps(out: Path) -> list[Path]:
+    """Temporary files of the atomic writer under ``out``."""
+    return [p for p in out.rglob(".*") if fsutil.TEMP_NAME.match(p.name)]
 
 
 def _planned(photos: Path) -> list[str]:
@@ -82,8 +90,8 @@ def _check_after_kill(out: Path, report: Path, ref: dict[str, str], inputs: dict
         if p.is_dir():
             continue
         rel = str(p.relative_to(out))
-        if p.name.startswith("."):  # a killed writer's temporary file: never an output name
-            assert p.name.endswith(imageio.PART_SUFFIX), f"unexpected hidden file {rel} ({what})"
+        if p.name.startswith("."):  # a killed writer's temporary file (never an output name) or the state file
+            assert fsutil.TEMP_NAME.match(p.name) or rel == STATE_NAME, f"unexpected hidden file {rel} ({what})"
             continue
         assert rel in ref, f"unexpected output {rel} ({what})"
         image = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
@@ -120,7 +128,7 @@ def _kill_cycles(photos: Path, bundle: Path, tmp_path: Path, reference: tuple[di
                 assert rc == 0, what
                 stats["finished_before_kill"] += 1
             _check_after_kill(out, report, ref, inputs, photos, what)
-            stats["temp_file_left"] += bool(out.exists() and list(out.rglob(f".*{imageio.PART_SUFFIX}")))
+            stats["temp_file_left"] += bool(_temps(out))
         # The rerun: finishes the rest, leaves finished outputs alone, removes the killed runs' temporary files.
         before = {str(p.relative_to(out)): p.stat().st_mtime_ns
                   for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")} if out.exists() else {}
@@ -128,13 +136,15 @@ def _kill_cycles(photos: Path, bundle: Path, tmp_path: Path, reference: tuple[di
         assert done.returncode == 0, done.stderr
         stats["resumes"] += 1
         assert _digests(out) == ref, f"seed {seed}, cycle {cycle}: the resumed outputs differ from the reference"
-        assert not [p for p in out.rglob(".*")], "temporary files survived the rerun"
+        assert [p.name for p in out.rglob(".*")] == [STATE_NAME], "temporary files survived the rerun"
         after = {rel: (out / rel).stat().st_mtime_ns for rel in before}
         assert after == before, "finished outputs were redone"
         status = {Path(e["output"]).relative_to(out).as_posix(): e["status"]
                   for e in json.loads(report.read_text())["files"]}
         assert {r for r, s in status.items() if s == "exists"} == set(before)
         assert {r for r, s in status.items() if s == "ok"} == set(ref) - set(before)
+        lost = [e["output"] for e in json.loads(report.read_text())["files"] if "emotion" not in e]
+        assert not lost, f"seed {seed}, cycle {cycle}: emotions of killed runs' outputs were lost: {lost}"
         assert _digests(photos) == inputs
     return stats
 
@@ -173,17 +183,27 @@ FAST = ["--emotion", "happy", "--max-side", "48", "-q"]  # style on a 48 px copy
 
 
 def test_killed_mid_write_leftover_is_cleaned(photos: Path, demo_bundle: Path, tmp_path: Path) -> None:
-    """A temporary file of a dead writer is removed by the next run; one of a live process is kept."""
+    """A temporary file of a dead writer is removed by the next run; a live process's, a newer one, one in a
+    folder the run does not write into and look-alikes of other programs are kept."""
     out = tmp_path / "styled"
-    out.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False)
-    stale = out / f".p0.png.{int(dead.stdout)}.abc123{imageio.PART_SUFFIX}"
-    live = out / f".p1.jpg.{os.getpid()}.xyz789{imageio.PART_SUFFIX}"
-    stale.write_bytes(b"\x89PNG half")
-    live.write_bytes(b"\xff\xd8 half")
+    (out / "elsewhere").mkdir(parents=True)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=False).stdout)
+    stale = out / f".emostyle-{dead}-0123456789ab.p0.png.part"
+    kept = [out / f".emostyle-{os.getpid()}-0123456789ab.p1.jpg.part",  # live writer
+            out / f".emostyle-{dead}-0123456789ab.new.png.part",  # newer than the run (below)
+            out / "elsewhere" / f".emostyle-{dead}-0123456789ab.p2.png.part",  # no output goes there
+            out / f".p0.png.{dead}.abc123.part",  # 0.1.0's name: not provably ours
+            out / f".emostyle-{dead}-0123456789AB.p0.png.part", out / f".emostyle-{dead}-0123456789a.p0.png.part",
+            out / f".emostyle-{dead}-0123456789ab.part", out / ".photo.2024.jpg.part", out / ".mydata.99999.backup.part"]
+    for p in (stale, *kept):
+        p.write_bytes(b"half")
+        os.utime(p, (time.time() - 3600,) * 2)
+    os.utime(kept[1], (time.time() + 3600,) * 2)
     assert main([str(photos), "-o", str(out), "--bundle", str(demo_bundle), *FAST]) == 0
-    assert not stale.exists() and live.exists()
-    live.unlink()
+    assert not stale.exists() and all(p.read_bytes() == b"half" for p in kept)
+    for p in kept:
+        p.unlink()
     assert sorted(_decodes(out, photos)) == _planned(photos)
 
 
@@ -235,7 +255,7 @@ def test_disk_full(photos: Path, demo_bundle: Path, tmp_path: Path, monkeypatch:
     assert "Traceback" not in err
     assert full.calls == ok + 1, "it kept trying after the disk was full"
     written = _decodes(out, photos)
-    assert len(written) == ok and not list(out.rglob(".*"))  # complete files only, no temporary file left
+    assert len(written) == ok and not _temps(out)  # complete files only, no temporary file left
     assert _digests(photos) == inputs
     # Space freed: the rerun completes the rest and leaves the finished ones alone.
     monkeypatch.undo()
@@ -245,3 +265,114 @@ def test_disk_full(photos: Path, demo_bundle: Path, tmp_path: Path, monkeypatch:
     assert sorted(final) == _planned(photos) and all(final[p] == d for p, d in written.items())
     assert {p: (out / p).stat().st_mtime_ns for p in written} == before
     assert _digests(photos) == inputs
+
+
+# -- refused up front: typed error, exit 2, nothing created ---------------------------------------
+
+GIF = cv2.haveImageWriter("x.gif")
+REFUSED = [
+    (["in", "-o", "in_out", "--report", "in/a.jpg"], InvalidArgumentError, "is an input, an output, an output folder"),
+    (["a.jpg", "-o", "r.jpg", "--report", "r.jpg"], InvalidArgumentError, "is an input, an output, an output folder"),
+    (["in", "-o", "in_out", "--report", "in_out"], InvalidArgumentError, "is an input, an output, an output folder"),
+    (["in", "-o", "in_out", "--report", "somedir"], InvalidArgumentError, "Report somedir is a folder"),
+    (["in", "-o", "in_out", "--report", "a.jpg/r.json"], InvalidArgumentError, "a.jpg is not a folder"),
+    (["in", "-o", "in_out", "--report", "notes.json"], InvalidArgumentError, "exists and is not an emostyle report"),
+    (["a.jpg", "-o", "existing.png"], InvalidArgumentError, "already exists; a single file is never written over"),
+    (["a.jpg", "-o", "somedir/", "--force"], InvalidArgumentError, "already exists"),  # somedir/a.jpg is a folder
+    (["a.jpg", "-o", "a.jpg", "--force"], InvalidArgumentError, "Refusing to write over the input"),
+    (["in", "-o", "in"], InvalidArgumentError, "is the input folder"),
+    (["in", "-o", "a.jpg"], InvalidArgumentError, "must be a folder"),
+    (["in", "-o", "in_out", "--max-side", "0"], InvalidArgumentError, "--max-side 0 is below"),
+    (["in", "-o", "in_out", "--max-side", "-1"], InvalidArgumentError, "--max-side -1 is below"),
+    (["in", "-o", "in_out", "--max-side", "4"], InvalidArgumentError, "--max-side 4 is below"),
+    (["in", "-o", "in_out", "--quality", "0"], InvalidArgumentError, "--quality 0 is out of range"),
+    (["in", "-o", "in_out", "--quality", "101"], InvalidArgumentError, "--quality 101 is out of range"),
+    (["in", "-o", "in_out", "--emotion", "joy"], InvalidArgumentError, "Unknown emotion 'joy'"),
+    (["in", "-o", "in_out", "--no-face", "bogus"], InvalidArgumentError, "Unknown no-face policy"),
+    (["a.jpg", "-o", "x.gif"], InvalidArgumentError, "GIF inputs are read, not written"),
+    (["a.jpg", "-o", "a.jpg/out.png"], ImageWriteError, "Cannot create the output folder a.jpg"),
+    (["missing.jpg", "-o", "o.png"], InvalidArgumentError, "Input missing.jpg does not exist"),
+    (["a.jpg", "-o", "o.png", "--bundle", "nobundle"], BundleError,
+     "No bundle at nobundle. Choose one with --bundle DIR or EMOSTYLE_BUNDLE=DIR, or make the demo bundle"),
+    *([(["gifs", "-o", "g_out"], InvalidArgumentError, "would both be written to g_out/a.png")] if GIF else []),
+]
+
+
+@pytest.fixture()
+def sandbox(tmp_path: Path, astronaut: np.ndarray, demo_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The working folder, with $EMOSTYLE_BUNDLE set: a.jpg, in/a.jpg, in/b.png, somedir/a.jpg/ (a folder),
+    gifs/a.gif + gifs/a.png, existing.png, notes.json."""
+    monkeypatch.setenv("EMOSTYLE_BUNDLE", str(demo_bundle.resolve()))
+    photo = np.ascontiguousarray(cv2.resize(astronaut, (64, 64))[:, :, ::-1])
+    for rel in ("a.jpg", "in/a.jpg", "in/b.png", "gifs/a.png", *(["gifs/a.gif"] if GIF else [])):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(tmp_path / rel), photo)
+    (tmp_path / "somedir" / "a.jpg").mkdir(parents=True)
+    (tmp_path / "existing.png").write_bytes(b"someone else's file")
+    (tmp_path / "notes.json").write_text('{"mine": true}')
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("argv", "error", "message"), REFUSED, ids=[" ".join(c[0]) for c in REFUSED])
+def test_refused_before_anything_is_created(sandbox: Path, capsys: pytest.CaptureFixture[str],
+                                            argv: list[str], error: type, message: str) -> None:
+    before = _digests(sandbox), sorted(str(p) for p in sandbox.rglob("*"))
+    with pytest.raises(error) as info:
+        cli.run(cli._parser().parse_args(argv))
+    assert message in str(info.value)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not re.search(r"(?<!\.)\.\.(?=\s|$)", err), f"doubled full stop: {err}"
+    assert (_digests(sandbox), sorted(str(p) for p in sandbox.rglob("*"))) == before, "something was created"
+
+
+def test_default_bundle_missing_says_how_to_get_one(sandbox: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("EMOSTYLE_BUNDLE", raising=False)
+    monkeypatch.setattr(manifest, "DEFAULT_BUNDLE", Path("engines") / "no-such-bundle")  # not in the repo either
+    assert main(["a.jpg", "-o", "o.png"]) == 2
+    err = capsys.readouterr().err
+    assert "No bundle at engines/no-such-bundle." in err and "--bundle DIR or EMOSTYLE_BUNDLE=DIR" in err
+    assert "emostyle-export --demo -o engines/no-such-bundle" in err and not (sandbox / "o.png").exists()
+
+
+def test_report_of_an_earlier_run_or_forced_is_replaced(sandbox: Path) -> None:
+    """An emostyle report is replaced by the next run; another file only with --force."""
+    b = FAST
+    assert main(["in", "-o", "out1", "--report", "r.json", *b]) == 0
+    assert main(["in", "-o", "out2", "--report", "r.json", *b]) == 0  # r.json is a report: replaced
+    assert json.loads((sandbox / "r.json").read_text())["files"][0]["output"].startswith("out2")
+    assert main(["in", "-o", "out3", "--report", "notes.json", "--force", *b]) == 0
+    assert len(json.loads((sandbox / "notes.json").read_text())["files"]) == 2
+
+
+def test_ctrl_c_writes_the_report_and_a_resume_keeps_emotions(photos: Path, demo_bundle: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from emostyle_rt.stylizer import Stylizer
+
+    real, calls = Stylizer.stylize, []
+
+    def ctrl_c_on_the_third(self: Stylizer, *a: object, **k: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Stylizer, "stylize", ctrl_c_on_the_third)
+    out, report = tmp_path / "styled", tmp_path / "report.json"
+    args = [str(photos), "-o", str(out), "--bundle", str(demo_bundle), "--report", str(report), *FAST]
+    capsys.readouterr()
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "Interrupted after 2 of 8 files" in err and "Traceback" not in err
+    first = json.loads(report.read_text())
+    assert first["interrupted"] is True and [e["status"] for e in first["files"]] == ["ok", "ok"]
+    assert len(_digests(out)) == 2 and not _temps(out)
+    monkeypatch.undo()
+    assert main(args) == 0
+    again = json.loads(report.read_text())
+    assert again["interrupted"] is False and [e["status"] for e in again["files"]] == ["exists"] * 2 + ["ok"] * 6
+    assert [e["emotion"] for e in again["files"][:2]] == ["happy", "happy"]  # kept across the resume

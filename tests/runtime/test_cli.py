@@ -12,7 +12,8 @@ import cv2
 import pytest
 from skimage import data
 
-from emostyle_rt.cli import main
+from emostyle_rt import cli
+from emostyle_rt.cli import STATE_NAME, main
 from emostyle_rt.imageio import read_image, write_image
 
 FACE = cv2.resize(data.astronaut(), (192, 192), interpolation=cv2.INTER_AREA)
@@ -44,27 +45,33 @@ def test_single_file_with_report(demo_bundle: Path, tmp_path: Path) -> None:
     assert entry["emotion"] in entry["scores"]
 
 
+def _outputs(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != STATE_NAME)
+
+
 def test_folder_skips_bad_files_and_resumes(demo_bundle: Path, photos: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "out", tmp_path / "r.json"
-    args = [str(photos), "-o", str(out), "--bundle", str(demo_bundle), "--report", str(report), "-q"]
+    args = [str(photos), "-o", str(out), "--bundle", str(demo_bundle), "-q"]
     before = _snapshot(photos)
-    assert main(args) == 1  # bad.jpg failed, the rest were done
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["a.png", "sub/b.jpg"]
+    assert main(args) == 1  # bad.jpg failed, the rest were done; no report asked for
+    assert _outputs(out) == ["a.png", "sub/b.jpg"]
     assert read_image(out / "sub" / "b.jpg").shape == NO_FACE.shape
-    entries = {Path(e["input"]).name: e for e in json.loads(report.read_text())["files"]}
-    assert entries["bad.jpg"]["status"] == "error" and "not an image" in entries["bad.jpg"]["error"]
-    assert entries["a.png"]["source"] == "face" and entries["b.jpg"]["source"] == "whole"
     assert _snapshot(photos) == before  # inputs untouched
 
     done = _snapshot(out)
     (out / "a.png").unlink()  # as if the first run had been interrupted before a.png
-    assert main(args) == 1
+    assert main([*args, "--report", str(report)]) == 1
     again = _snapshot(out)
     assert again["sub/b.jpg"] == done["sub/b.jpg"]  # not redone
     assert "a.png" in again
     entries = {Path(e["input"]).name: e for e in json.loads(report.read_text())["files"]}
-    assert entries["b.jpg"]["status"] == "exists" and entries["b.jpg"]["emotion"]  # kept from the first report
-    assert entries["a.png"]["status"] == "ok"
+    assert entries["bad.jpg"]["status"] == "error" and "not an image" in entries["bad.jpg"]["error"]
+    # b.jpg's emotion comes from the first run (the output folder's state file), though it had no report.
+    assert entries["b.jpg"]["status"] == "exists" and entries["b.jpg"]["source"] == "whole"
+    assert entries["b.jpg"]["emotion"] in entries["b.jpg"]["scores"]
+    assert entries["a.png"]["status"] == "ok" and entries["a.png"]["source"] == "face"
+    state = [json.loads(line) for line in (out / STATE_NAME).read_text().splitlines()]
+    assert sorted(e["output"] for e in state) == ["a.png", "sub/b.jpg"]  # compacted: one line per output
 
 
 def test_never_writes_over_inputs(demo_bundle: Path, photos: Path, tmp_path: Path) -> None:
@@ -77,7 +84,7 @@ def test_never_writes_over_inputs(demo_bundle: Path, photos: Path, tmp_path: Pat
     # An output folder inside the input folder is not read back as input on a rerun.
     assert main([str(photos), "-o", str(photos / "styled"), "--emotion", "sad", *b]) == 1
     assert main([str(photos), "-o", str(photos / "styled"), "--emotion", "sad", *b]) == 1
-    assert sorted(p.name for p in (photos / "styled").rglob("*") if p.is_file()) == ["a.png", "b.jpg"]
+    assert _outputs(photos / "styled") == ["a.png", "sub/b.jpg"]
 
 
 def test_options_and_usage_errors(demo_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -107,3 +114,49 @@ def test_console_entry_point(demo_bundle: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o.jpg").is_file()
     assert done.stdout == ""  # logging goes to stderr, never stdout
+
+
+GIF = cv2.haveImageWriter("x.gif")  # OpenCV >= 4.11 can make the GIF input
+
+
+def test_folder_rule_hidden_symlinks_gif(demo_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Hidden files and folders are skipped, symlinked folders not followed, symlinked files read; a GIF
+    is read (first frame) and written as a PNG; each skip is logged."""
+    src = tmp_path / "in"
+    for rel in ("a.png", "sub/b.png", ".h.png", ".hd/x.png", "../other/c.png", "../single.png"):
+        write_image(src / rel, NO_FACE)
+    (src / "linkdir").symlink_to(tmp_path / "other", target_is_directory=True)
+    (src / "link.png").symlink_to(tmp_path / "single.png")
+    if GIF:
+        assert cv2.imwrite(str(src / "g.gif"), NO_FACE[:, :, ::-1])
+    out = tmp_path / "out"
+    with caplog.at_level("INFO", logger="emostyle"):
+        assert main([str(src), "-o", str(out), "--bundle", str(demo_bundle), "--emotion", "sad"]) == 0
+    assert _outputs(out) == ["a.png", *(["g.png"] if GIF else []), "link.png", "sub/b.png"]
+    assert read_image(out / "link.png").shape == NO_FACE.shape and not (out / "link.png").is_symlink()
+    assert "Skipped 2 hidden file(s) or folder(s)" in caplog.text
+    assert "Did not follow 1 symlinked folder(s)" in caplog.text
+
+
+def test_single_file_into_a_new_folder(demo_bundle: Path, tmp_path: Path) -> None:
+    """``-o newdir/`` (trailing slash) is a folder: the output takes the input's name (a GIF's: .png)."""
+    src = write_image(tmp_path / "p.jpg", NO_FACE)
+    b = ["--bundle", str(demo_bundle), "--emotion", "sad", "-q"]
+    assert main([str(src), "-o", str(tmp_path / "newdir") + "/", *b]) == 0
+    assert read_image(tmp_path / "newdir" / "p.jpg").shape == NO_FACE.shape
+    if GIF:
+        assert cv2.imwrite(str(tmp_path / "g.gif"), NO_FACE[:, :, ::-1])
+        assert main([str(tmp_path / "g.gif"), "-o", str(tmp_path / "newdir"), *b]) == 0
+        assert read_image(tmp_path / "newdir" / "g.png").shape == NO_FACE.shape
+
+
+def test_quality_and_metadata_flags_reach_the_writer(demo_bundle: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    src = write_image(tmp_path / "p.jpg", NO_FACE)
+    calls: list[dict] = []
+    monkeypatch.setattr(cli, "read_image_meta", lambda p: ("meta of", Path(p).name))
+    monkeypatch.setattr(cli, "write_image", lambda p, image, **kw: calls.append(kw))
+    b = ["--bundle", str(demo_bundle), "--emotion", "sad", "-q"]
+    assert main([str(src), "-o", str(tmp_path / "a.jpg"), *b]) == 0
+    assert main([str(src), "-o", str(tmp_path / "b.webp"), "--quality", "40", "--strip-metadata", *b]) == 0
+    assert calls == [{"quality": None, "meta": ("meta of", "p.jpg")}, {"quality": 40, "meta": None}]

@@ -1,0 +1,324 @@
+"""No collateral damage: every ``emostyle`` mode, run in a sandbox full of decoys, touches only its own files.
+
+The sandbox holds the inputs (one read-only, a GIF, a symlinked file and
+folder, hidden ones), look-alikes of temporary files (other programs' names,
+0.1.0's name, near misses of ours, exact ones that are live, newer or nested),
+files named like outputs, read-only files and nested folders. Every path is
+snapshotted (type, mode, sha256 or link target) before each run; afterwards the
+only new, changed or removed paths may be that run's outputs, its report, the
+output folder's state file, the folders holding them and the stale temporary
+files of dead writers in the folders the run writes into. Single file, folder,
+resume, --force, refused arguments, Ctrl-C and SIGKILL at random points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from emostyle_rt.cli import STATE_NAME, main
+from emostyle_rt.fsutil import TEMP_NAME
+
+Snapshot = dict[str, tuple]
+GIF = cv2.haveImageWriter("x.gif")  # OpenCV >= 4.11 writes the GIF input; older ones skip it
+TOKEN = "0123456789ab"
+#: A slow disk (each fsync waits) spreads a run out, so that random signals land inside the work.
+SLOW_FSYNC_S = 0.12
+_SLOW_DISK = ("import os, sys, time; _f = os.fsync; os.fsync = lambda fd: (time.sleep({s}), _f(fd))[1]; "
+              "from emostyle_rt.cli import main; sys.exit(main(sys.argv[1:]))").format(s=SLOW_FSYNC_S)
+
+
+def _snapshot(root: Path) -> Snapshot:
+    """Every path under ``root`` (links not followed) -> (kind, mode, sha256 or link target)."""
+    snap: Snapshot = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            rel = p.relative_to(root).as_posix()
+            if stat.S_ISLNK(st.st_mode):
+                snap[rel] = ("link", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                snap[rel] = ("dir", st.st_mode)
+            else:
+                snap[rel] = ("file", st.st_mode, hashlib.sha256(p.read_bytes()).hexdigest())
+    return snap
+
+
+def _changed(before: Snapshot, after: Snapshot) -> set[str]:
+    return {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+
+
+def _own_temp(rel: str) -> bool:
+    """A temporary file a run wrote (a random token; the sandbox's look-alikes all use TOKEN)."""
+    m = TEMP_NAME.match(Path(rel).name)
+    return m is not None and m["token"] != TOKEN
+
+
+def _check(before: Snapshot, after: Snapshot, allowed: set[str], what: str, *, temps: bool = False) -> set[str]:
+    """Assert that only ``allowed`` paths changed, besides new folders above them and, with ``temps`` (a
+    killed run, or a rerun cleaning after one), temporary files of runs in their folders; the changed paths."""
+    changed = _changed(before, after)
+    folders = {Path(a).parent.as_posix() for a in allowed}
+    above = folders | {q.as_posix() for f in folders for q in Path(f).parents}
+    bad = {p for p in changed - allowed
+           if not (p in above and p not in before and after[p][0] == "dir")
+           and not (temps and _own_temp(p) and Path(p).parent.as_posix() in folders)}
+    assert not bad, f"{what}: collateral changes {sorted(bad)}"
+    assert temps or not [p for p in after if _own_temp(p)], f"{what}: a temporary file was left"
+    return changed
+
+
+@pytest.fixture(scope="module")
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout)
+
+
+#: Inputs of the folder ``photos`` -> the output each gets (relative to the output folder).
+FOLDER_OUTPUTS = {"p0.png": "p0.png", "p1.jpg": "p1.jpg", "sub/p2.jpg": "sub/p2.jpg", "ro.png": "ro.png",
+                  "sub/deeper/p3.png": "sub/deeper/p3.png", "link_file.png": "link_file.png",
+                  **({"anim.gif": "anim.png"} if GIF else {})}
+
+
+def _sandbox(box: Path, dead: int, astronaut: np.ndarray) -> dict[str, str]:
+    """Fill ``box``; the stale temporary files (ours, dead writer, old) by the folder they sit in."""
+    def img(rel: str, y: int, x: int, side: int = 96) -> None:
+        p = box / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        crop = cv2.resize(astronaut[y : y + 256, x : x + 256], (side, side), interpolation=cv2.INTER_AREA)
+        assert cv2.imwrite(str(p), np.ascontiguousarray(crop[:, :, ::-1]))
+
+    def put(rel: str, data: bytes = b"decoy", mode: int | None = None, old: bool = True) -> None:
+        p = box / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data + rel.encode())
+        if old:
+            os.utime(p, (time.time() - 3600,) * 2)
+        if mode is not None:
+            p.chmod(mode)
+
+    img("photos/p0.png", 100, 140)
+    img("photos/p1.jpg", 0, 0)
+    img("photos/sub/p2.jpg", 60, 200)
+    img("photos/sub/deeper/p3.png", 250, 250)
+    img("photos/ro.png", 30, 90)
+    (box / "photos/ro.png").chmod(0o444)
+    if GIF:
+        img("photos/anim.gif", 100, 100, 64)
+    img("photos/.hidden.png", 10, 10)
+    img("photos/.hiddendir/h.png", 20, 20)
+    img("single.png", 120, 150, 128)
+    img("elsewhere/e.png", 200, 10)
+    put("photos/notes.txt")
+    (box / "photos/link_dir").symlink_to(box / "elsewhere", target_is_directory=True)
+    (box / "photos/link_file.png").symlink_to(box / "single.png")
+    # Other programs' look-alikes and near misses of our name, all with a dead "pid" and old.
+    looks = [".mydata.99999.backup.part", ".photo.2024.jpg.part", f".single.png.{dead}.abc123.part",
+             f".emostyle-{dead}-{TOKEN.upper()}.x.part", f".emostyle-{dead}-{TOKEN[:-1]}.x.part",
+             f".emostyle-{dead}-{TOKEN}.part", f".emostyle-0-{TOKEN}.x.part", f".emostyle-{dead}-{TOKEN}.x.part.bak",
+             f"emostyle-{dead}-{TOKEN}.x.part", f".emostyle-{dead}-{TOKEN}.x.PART", f".emostyle--{TOKEN}.x.part"]
+    for folder in ("", "styled/", "out/", "keep/deep/"):
+        for name in looks:
+            put(folder + name)
+    # Exact names that must stay: a live writer's, a newer one, nested ones (no output goes there), a link, a folder.
+    for folder in ("", "styled/", "out/"):
+        put(f"{folder}.emostyle-{os.getpid()}-{TOKEN}.live.png.part")
+        put(f"{folder}.emostyle-{dead}-{TOKEN}.newer.png.part", old=False)
+        os.utime(box / f"{folder}.emostyle-{dead}-{TOKEN}.newer.png.part", (time.time() + 3600,) * 2)
+        (box / f"{folder}.emostyle-{dead}-{TOKEN}.dir.part").mkdir(parents=True)
+        (box / f"{folder}.emostyle-{dead}-{TOKEN}.link.part").symlink_to(box / "keep/ro.txt")
+    for rel in ("styled/sub/", "out/unrelated/", "keep/deep/"):
+        put(f"{rel}.emostyle-{dead}-{TOKEN}.nested.png.part")
+    # Files named like outputs, read-only files, nested folders.
+    put("existing.png", b"\x89PNG not ours", 0o444)
+    put("out/p1.jpg", b"\xff\xd8 a user's file where an output goes")
+    put("keep/ro.txt", mode=0o444)
+    put("keep/deep/deeper/data.bin")
+    put("notes.json", b'{"mine": true}')
+    (box / "keep/ro_dir").mkdir()
+    put("keep/ro_dir/f.txt")
+    (box / "keep/ro_dir").chmod(0o555)
+    # Stale temporary files of a killed emostyle, where runs below write: the only files a run may remove.
+    stale = {f: f"{f}.emostyle-{dead}-{TOKEN}.x.jpg.part" for f in ("", "styled/", "out/")}
+    for rel in stale.values():
+        put(rel, b"half")
+    return stale
+
+
+def _cli(box: Path, bundle: Path, *argv: str, slow: bool = False) -> list[str]:
+    head = ["-c", _SLOW_DISK] if slow else ["-m", "emostyle_rt.cli"]
+    return [sys.executable, *head, *argv, "--bundle", str(bundle.resolve()), "-q"]
+
+
+def _report(path: Path) -> dict[str, dict]:
+    return {Path(e["output"]).name: e for e in json.loads(path.read_text())["files"]}
+
+
+def test_no_collateral_damage(tmp_path: Path, demo_bundle: Path, astronaut: np.ndarray, dead_pid: int,
+                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    box = tmp_path / "box"
+    stale = _sandbox(box, dead_pid, astronaut)
+    decoys = _snapshot(box)
+    b = ["--bundle", str(demo_bundle.resolve()), "-q"]
+    monkeypatch.chdir(box)
+    outs = {f"out/{o}" for o in FOLDER_OUTPUTS.values() if o != "p1.jpg"}  # out/p1.jpg exists: a folder run skips it
+
+    def step(argv: list[str], rc: int, allowed: set[str], what: str) -> set[str]:
+        before = _snapshot(box)
+        got = main([*argv, *b])
+        err = capsys.readouterr().err
+        assert got == rc, f"{what}: exit {got}\n{err}"
+        assert "Traceback" not in err
+        return _check(before, _snapshot(box), allowed, what)
+
+    # One file; the report and the output go where killed runs left temporary files: those (only) are removed.
+    changed = step(["single.png", "-o", "styled/one.jpg", "--report", "report.json"], 0,
+                   {"styled/one.jpg", "report.json", stale[""], stale["styled/"]}, "single file")
+    assert {"styled/one.jpg", "report.json", stale[""], stale["styled/"]} <= changed
+    assert not (box / stale[""]).exists() and not (box / stale["styled/"]).exists()
+    step(["single.png", "-o", "styled/one.jpg"], 2, set(), "existing single output")
+    step(["single.png", "-o", "existing.png"], 2, set(), "existing unrelated file")
+    inode = (box / "styled/one.jpg").stat().st_ino
+    step(["single.png", "-o", "styled/one.jpg", "--force"], 0, {"styled/one.jpg"}, "--force")
+    assert (box / "styled/one.jpg").stat().st_ino != inode  # written again (the same bytes: the run is deterministic)
+    assert step(["single.png", "-o", "newdir/"], 0, {"newdir/single.png"}, "-o newdir/") \
+        == {"newdir", "newdir/single.png"}
+    # Refused before anything is created.
+    for argv in (["photos", "-o", "rin_out", "--report", "photos/p0.png"], ["single.png", "-o", "r.jpg", "--report", "r.jpg"],
+                 ["photos", "-o", "rin_out", "--report", "keep"], ["photos", "-o", "rin_out", "--report", "notes.json"],
+                 ["photos", "-o", "rin_out", "--report", "single.png/r.json"], ["photos", "-o", "photos"],
+                 ["photos", "-o", "rin_out", "--emotion", "joy"], ["photos", "-o", "rin_out", "--max-side", "4"],
+                 ["single.png", "-o", "photos/link_file.png", "--force"], ["single.png", "-o", "single.png", "--force"]):
+        step(argv, 2, set(), " ".join(argv))
+
+    # A folder, into an output folder holding decoys; then a resume, then --force.
+    step(["photos", "-o", "out", "--report", "report.json"], 0, outs | {"report.json", f"out/{STATE_NAME}", stale["out/"]},
+         "folder")
+    assert not (box / stale["out/"]).exists() and all((box / o).is_file() for o in outs)
+    entries = _report(box / "report.json")
+    assert entries["p1.jpg"]["status"] == "exists" and "emotion" not in entries["p1.jpg"]  # the user's file
+    step(["photos", "-o", "out", "--report", "report.json"], 0, {"report.json"}, "resume")
+    entries = _report(box / "report.json")
+    assert {n for n, e in entries.items() if e["status"] == "exists" and "emotion" in e} \
+        == {Path(o).name for o in outs}  # emotions kept across runs
+    step(["photos", "-o", "out", "--report", "report.json", "--force"], 0,
+         outs | {"out/p1.jpg", "report.json", f"out/{STATE_NAME}"}, "folder --force")
+    assert cv2.imread(str(box / "out/p1.jpg")) is not None  # --force redid the output over the user's file
+
+    # Every decoy is byte-identical (mode included): all but the two files --force and the cleanup may change.
+    after = _snapshot(box)
+    assert {p for p, e in decoys.items() if after.get(p) != e} == {"out/p1.jpg", *stale.values()}
+
+
+def _signal_run(box: Path, bundle: Path, argv: list[str], sig: int, rng: random.Random, span: float) -> int:
+    """Start a slow-disk run, send ``sig`` at a random moment once its work has begun; its exit status."""
+    def temps() -> set[Path]:
+        return {p for p in box.glob("sig_out/**/.emostyle-*") if _own_temp(p.name)}
+
+    earlier = temps()  # left by a killed run; the new run removes them
+    proc = subprocess.Popen(_cli(box, bundle, *argv, slow=True), cwd=box, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and not temps() - earlier:
+        time.sleep(0.005)  # until its first write: the signal lands in the work, not in Python's start-up
+    try:
+        proc.wait(timeout=rng.uniform(0.0, span))
+    except subprocess.TimeoutExpired:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert "Traceback" not in err, err
+    return proc.returncode
+
+
+def _signal_cycle(box: Path, bundle: Path, rng: random.Random, sig: int, folder: bool, n: int,
+                  stale: str, late: float = 0.8) -> dict[str, int]:
+    """``n`` interrupted runs then a clean one, each checked for collateral changes; counts of outcomes.
+    ``stale``: the old temporary file by the report, which (only) a run may remove. Signals come up to
+    ``late`` times the slow disk's time for the outputs left (below 1: nearly always inside the work)."""
+    out = "sig_out" if folder else "sig_out/one.png"
+    argv = ["photos" if folder else "single.png", "-o", out, "--report", "sig_report.json"]
+    outputs = {f"sig_out/{o}" for o in FOLDER_OUTPUTS.values()} if folder else {"sig_out/one.png"}
+    allowed = outputs | {"sig_report.json", stale} | ({f"sig_out/{STATE_NAME}"} if folder else set())
+    stats = {"interrupted": 0, "finished": 0}
+    for k in range(n):
+        before = _snapshot(box)
+        left = sum(not (box / o).exists() for o in outputs)
+        rc = _signal_run(box, bundle, argv, sig, rng, span=max(1, left) * SLOW_FSYNC_S * late)
+        what = f"{signal.Signals(sig).name} run {k} ({'folder' if folder else 'file'})"
+        if rc == 0:
+            stats["finished"] += 1
+        else:
+            assert rc == (130 if sig == signal.SIGINT else -signal.SIGKILL), f"{what}: exit {rc}"
+            stats["interrupted"] += 1
+        after = _snapshot(box)
+        _check(before, after, allowed, what, temps=True)
+        if sig == signal.SIGINT:  # a clean interrupt removes its temporary file and writes the report
+            assert not [p for p in after if _own_temp(p)], what
+            if rc == 130:
+                assert json.loads((box / "sig_report.json").read_text())["interrupted"] is True
+        if not folder and (box / "sig_out/one.png").exists():
+            break  # a single file is never redone without --force
+    before = _snapshot(box)
+    force = ["--force"] if not folder and (box / "sig_out/one.png").exists() else []  # else refused, touching nothing
+    done = subprocess.run(_cli(box, bundle, *argv, *force), cwd=box, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    after = _snapshot(box)
+    _check(before, after, allowed, "rerun", temps=True)
+    assert outputs <= after.keys() and not [p for p in after if _own_temp(p)], "the rerun left work or temporary files"
+    if folder:
+        report = json.loads((box / "sig_report.json").read_text())
+        assert report["interrupted"] is False
+        assert all("emotion" in e for e in report["files"]), "emotions of earlier runs were lost"
+    return stats
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_interrupted_runs_touch_nothing_else(tmp_path: Path, demo_bundle: Path, astronaut: np.ndarray,
+                                             dead_pid: int, sig: int) -> None:
+    box = tmp_path / "box"
+    stale = _sandbox(box, dead_pid, astronaut)[""]
+    decoys = _snapshot(box)
+    seed = int(os.environ.get("EMOSTYLE_KILL_SEED", time.time_ns() % 100_000))
+    stats = _signal_cycle(box, demo_bundle, random.Random(seed), sig, folder=True, n=2, stale=stale)
+    print(f"seed {seed}: {stats}")
+    assert stats["interrupted"] >= 1
+    after = _snapshot(box)
+    assert [p for p, e in decoys.items() if after.get(p) != e] == [stale]
+
+
+@pytest.mark.slow
+def test_interrupted_runs_touch_nothing_else_many(tmp_path: Path, demo_bundle: Path, astronaut: np.ndarray,
+                                                  dead_pid: int) -> None:
+    box = tmp_path / "box"
+    stale = _sandbox(box, dead_pid, astronaut)[""]
+    decoys = _snapshot(box)
+    seed = int(os.environ.get("EMOSTYLE_KILL_SEED", time.time_ns() % 100_000))
+    rng = random.Random(seed)
+    total = {"interrupted": 0, "finished": 0}
+    for sig, folder in [(signal.SIGKILL, True), (signal.SIGINT, True), (signal.SIGKILL, False),
+                        (signal.SIGINT, False)] * 2:
+        shutil.rmtree(box / "sig_out", ignore_errors=True)  # each cycle starts afresh
+        (box / "sig_report.json").unlink(missing_ok=True)
+        stats = _signal_cycle(box, demo_bundle, rng, sig, folder, n=4, stale=stale, late=1.5)
+        total = {k: total[k] + stats[k] for k in total}
+    print(f"seed {seed}: {total}")
+    assert total["interrupted"] >= 8
+    after = _snapshot(box)
+    assert [p for p, e in decoys.items() if after.get(p) != e] == [stale]
