@@ -12,6 +12,7 @@ from typing import Any
 
 from . import coldstart as cold
 from .agreement import COMPARE, Agreement
+from .crop_agreement import CropAgreement
 from .images import Size, face_crops, photo
 from .machine import collect, load_average
 from .paths import (
@@ -248,6 +249,7 @@ def run_benchmark(settings: Settings, cases: Sequence[Case], *, paths: Sequence[
     rows: list[Row] = []
     for case in cases:
         rows += runner.run_case(case, selected)
+    crop_checks = crop_agreement(ctx) if "classify" in settings.stages and not runner._late() else ()
     if any(r.status == "skipped" for r in rows):
         log.warning("time limit of %.0f s reached: some rows were skipped (raise --time-limit)", settings.time_limit_s)
     notes = []
@@ -256,10 +258,23 @@ def run_benchmark(settings: Settings, cases: Sequence[Case], *, paths: Sequence[
     notes.append("Agreement: classifier top-1 and max |p - p_eager| <= 1e-4 (fp16 paths 1e-2); images PSNR >= 40 dB "
                  "(fp16 paths 30 dB) against the eager output; a path that disagrees is WRONG and not ranked.")
     report = Report(machine=machine, settings=settings, rows=tuple(rows), coldstarts=tuple(cold_rows),
-                    targets=compute_targets(rows, cold_rows), started=started,
+                    targets=compute_targets(rows, cold_rows, crop_checks=crop_checks), started=started,
                     duration_s=time.perf_counter() - t0, load_avg_end=load_average(), demo_bundle=demo,
-                    notes=tuple(notes))
+                    notes=tuple(notes), crop_checks=crop_checks)
     return report
+
+
+def crop_agreement(ctx: Context) -> tuple[CropAgreement, ...]:
+    """Classification agreement by crop spec (runtime vs eager Keras on reference crops); () if Keras cannot run."""
+    from .crop_agreement import check_crop_agreement
+    from .paths import _keras_eager
+
+    log.info("classification agreement by crop spec (faces at every image border)")
+    try:
+        return tuple(check_crop_agreement(ctx.manifest, _keras_eager(ctx)))
+    except Exception as exc:  # a missing Keras or a failing model is reported, not a crash
+        log.warning("crop agreement check not run: %s: %s", type(exc).__name__, exc)
+        return ()
 
 
 __all__ = ["Runner", "make_cases", "run_benchmark", "run_coldstarts"]

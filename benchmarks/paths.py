@@ -2,7 +2,7 @@
 
 A path turns a stage's input batch into its output:
 
-- ``detect``: uint8 NHWC images -> list of face lists (OpenCV Haar, the runtime's detector);
+- ``detect``: uint8 NHWC images -> list of face lists (the bundle's MTCNN in onnxruntime, OpenCV Haar);
 - ``classify``: uint8 NHWC face crops -> float probabilities ``[N, 7]``;
 - ``style``: uint8 NHWC RGB images -> uint8 NHWC stylised images;
 - ``chain``: uint8 NHWC RGB images -> ``ChainOutput`` (emotions + stylised images).
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emostyle_rt.errors import BackendError, note
+from emostyle_rt.errors import BackendError, note, sentence
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,6 +66,7 @@ class BenchPath:
     build: Callable[[Context], Callable[[Any], Any]]
     precision: str = "fp32"
     device: str = "cpu"
+    needs: tuple[str, ...] = ()  # modules it imports (checked by ``availability`` without importing them)
 
 
 @dataclass
@@ -93,10 +94,11 @@ class Context:
         return m.emotions[m.labels[0]]
 
     def detector(self) -> Any:
+        """The runtime's default detector for this bundle (its MTCNN; Haar for bundles without one)."""
         if self._detector is None:
             from emostyle_rt.faces import make_detector
 
-            self._detector = make_detector(None)
+            self._detector = make_detector(None, self.manifest, provider="cpu")
         return self._detector
 
     def keras(self) -> tuple[Any, Any]:
@@ -112,6 +114,12 @@ class Context:
         return self._torch[style_id]
 
 
+def _not_installed(what: str, exc: ImportError) -> PathUnavailable:
+    from emostyle_export.extras import INSTALL
+
+    return PathUnavailable(f"{what} is not installed ({exc}); {INSTALL['bench']}.")
+
+
 def _quiet_tf() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
@@ -125,7 +133,7 @@ def _load_keras(manifest: Manifest) -> tuple[Any, Any]:
     try:
         import keras
     except ImportError as exc:
-        raise PathUnavailable(f"Keras/TensorFlow is not installed ({exc}).") from None
+        raise _not_installed("Keras/TensorFlow", exc) from None
     from emostyle_export.classifiers import from_keras_model, load_classifier
 
     if fmt == "demo":
@@ -154,7 +162,7 @@ def _load_torch_style(manifest: Manifest, style_id: str) -> Any:
     try:
         import torch
     except ImportError as exc:
-        raise PathUnavailable(f"PyTorch is not installed ({exc}).") from None
+        raise _not_installed("PyTorch", exc) from None
     raw = dict(manifest.raw.get("styles", {}).get(style_id, {}))
     src = dict(raw.get("source", {}))
     if src.get("family") == "demo":
@@ -220,7 +228,7 @@ def _torch_device(device: str) -> None:
     try:
         import torch
     except ImportError as exc:
-        raise PathUnavailable(f"PyTorch is not installed ({exc}).") from None
+        raise _not_installed("PyTorch", exc) from None
     if device == "cuda" and not torch.cuda.is_available():
         raise PathUnavailable("no CUDA GPU (torch.cuda.is_available() is False).")
 
@@ -275,37 +283,40 @@ def _check_provider(provider: str | None, backend: str) -> None:
         raise PathUnavailable(str(exc)) from None
 
 
-def _runner(ctx: Context, key: str, backend: str, provider: str | None) -> Any:
+def _runner(ctx: Context, key: str, backend: str, provider: str | None, precision: str = "auto") -> Any:
     from emostyle_rt.backends import runner_for
 
     _check_provider(provider, backend)
     try:
-        return runner_for(ctx.manifest, key, backend=backend, provider=provider)
+        return runner_for(ctx.manifest, key, backend=backend, provider=provider, precision=precision)
     except BackendError as exc:
         raise PathUnavailable(str(exc)) from None
     except (ImportError, AttributeError) as exc:  # native module not finished / not installed
-        raise PathUnavailable(f"native TensorRT backend not usable: {exc}") from None
+        raise PathUnavailable("native TensorRT backend not usable: " + sentence(exc)) from None
 
 
-def _ours_classify(backend: str, provider: str | None) -> Callable[[Context], Callable[[np.ndarray], np.ndarray]]:
+def _ours_classify(backend: str, provider: str | None, precision: str = "auto",
+                   ) -> Callable[[Context], Callable[[np.ndarray], np.ndarray]]:
     def build(ctx: Context) -> Callable[[np.ndarray], np.ndarray]:
         spec = ctx.manifest.classifier
-        r = _runner(ctx, "classifier", backend, provider)
+        r = _runner(ctx, "classifier", backend, provider, precision)
         return lambda crops: r.run({spec.input_name: crops})[spec.output_name]
 
     return build
 
 
-def _ours_style(backend: str, provider: str | None) -> Callable[[Context], Callable[[np.ndarray], np.ndarray]]:
+def _ours_style(backend: str, provider: str | None, precision: str = "auto",
+                ) -> Callable[[Context], Callable[[np.ndarray], np.ndarray]]:
     def build(ctx: Context) -> Callable[[np.ndarray], np.ndarray]:
         spec = ctx.manifest.styles[ctx.style_id]
-        r = _runner(ctx, ctx.style_id, backend, provider)
+        r = _runner(ctx, ctx.style_id, backend, provider, precision)
         return lambda images: r.run({spec.input_name: images})[spec.output_name]
 
     return build
 
 
-def _ours_chain(backend: str, provider: str | None) -> Callable[[Context], Callable[[np.ndarray], ChainOutput]]:
+def _ours_chain(backend: str, provider: str | None, precision: str = "auto",
+                ) -> Callable[[Context], Callable[[np.ndarray], ChainOutput]]:
     def build(ctx: Context) -> Callable[[np.ndarray], ChainOutput]:
         import numpy as np
 
@@ -313,7 +324,7 @@ def _ours_chain(backend: str, provider: str | None) -> Callable[[Context], Calla
 
         _check_provider(provider, backend)
         try:
-            st = Stylizer(ctx.manifest, backend=backend, provider=provider)
+            st = Stylizer(ctx.manifest, backend=backend, provider=provider, precision=precision)
         except BackendError as exc:
             raise PathUnavailable(str(exc)) from None
 
@@ -330,7 +341,7 @@ def _ours_chain(backend: str, provider: str | None) -> Callable[[Context], Calla
 
 
 def _eager_chain(ctx: Context) -> Callable[[np.ndarray], ChainOutput]:
-    """Haar face -> crop -> eager Keras model(x) -> that emotion's eager PyTorch network.
+    """The runtime's face detector -> crop -> eager Keras model(x) -> that emotion's eager PyTorch network.
 
     Same detector, crop, padding and batching rules as the runtime's Stylizer, so
     the two chains do the same work with different inference engines.
@@ -352,7 +363,7 @@ def _eager_chain(ctx: Context) -> Callable[[np.ndarray], ChainOutput]:
         crops = []
         for rgb in images:
             faces = det.detect(rgb)
-            crops.append(crop_face(rgb, faces[0] if faces else None, (spec.height, spec.width), spec.channels, 0.2))
+            crops.append(crop_face(rgb, faces[0] if faces else None, (spec.height, spec.width), spec.channels, spec.crop))
         probs = _as_probs(ctx, clf.predict(_scaled(ctx, np.stack(crops))))
         emotions = tuple(m.labels[int(i)] for i in probs.argmax(axis=1))
         out = np.empty_like(images)
@@ -372,7 +383,22 @@ def _eager_chain(ctx: Context) -> Callable[[np.ndarray], ChainOutput]:
 
 
 def _haar(ctx: Context) -> Callable[[np.ndarray], list]:
-    det = ctx.detector()
+    from emostyle_rt.faces import HaarDetector, haar_available
+
+    ok, why = haar_available()
+    if not ok:
+        raise PathUnavailable(why)
+    det = HaarDetector()
+    return lambda images: [det.detect(rgb) for rgb in images]
+
+
+def _mtcnn(ctx: Context) -> Callable[[np.ndarray], list]:
+    """The bundle's MTCNN (P-Net per pyramid level, R-Net and O-Net once each) in onnxruntime CPU."""
+    from emostyle_rt.faces import make_detector
+
+    if ctx.manifest.detector is None:
+        raise PathUnavailable(f"bundle {ctx.bundle} has no face detector (emostyle-export --bundle DIR --detector mtcnn)")
+    det = make_detector("mtcnn", ctx.manifest, provider="cpu")
     return lambda images: [det.detect(rgb) for rgb in images]
 
 
@@ -382,36 +408,89 @@ def _haar(ctx: Context) -> Callable[[np.ndarray], list]:
 def default_paths() -> tuple[BenchPath, ...]:
     """Every path this benchmark knows, in table order (baselines first)."""
     P = BenchPath
+    keras, torch, ort, trt = ("tensorflow", "keras"), ("torch",), ("onnxruntime",), ("tensorrt", "onnxruntime")
     return (
-        P("haar", "detect", "OpenCV Haar cascade (runtime detector)", "ours", _haar),
-        P("keras-eager", "classify", "Keras eager model(x, training=False)", "baseline", _keras_eager),
-        P("keras-tf-function", "classify", "Keras tf.function", "baseline", _keras_tf_function),
-        P("keras-predict", "classify", "Keras model.predict", "extra", _keras_predict),
-        P("ort-cpu", "classify", "ours: onnxruntime CPU", "ours", _ours_classify("onnxruntime", "cpu")),
-        P("ort-cuda", "classify", "ours: onnxruntime CUDA EP", "ours", _ours_classify("onnxruntime", "cuda"),
-          device="cuda"),
+        P("mtcnn", "detect", "ours: MTCNN (bundle), onnxruntime CPU", "ours", _mtcnn, needs=("onnxruntime",)),
+        P("haar", "detect", "OpenCV Haar cascade (4.x only)", "ours", _haar, needs=("cv2",)),
+        P("keras-eager", "classify", "Keras eager model(x, training=False)", "baseline", _keras_eager, needs=keras),
+        P("keras-tf-function", "classify", "Keras tf.function", "baseline", _keras_tf_function, needs=keras),
+        P("keras-predict", "classify", "Keras model.predict", "extra", _keras_predict, needs=keras),
+        P("ort-cpu", "classify", "ours: onnxruntime CPU", "ours", _ours_classify("onnxruntime", "cpu"), needs=ort),
+        P("ort-cuda", "classify", "ours: onnxruntime CUDA EP, FP32 graph", "ours",
+          _ours_classify("onnxruntime", "cuda", "fp32"), device="cuda", needs=ort),
+        P("ort-cuda-fp16", "classify", "ours: onnxruntime CUDA EP, FP16 graph", "ours",
+          _ours_classify("onnxruntime", "cuda", "fp16"), "fp16", "cuda", needs=ort),
         P("ort-trt-ep", "classify", "ours: onnxruntime TensorRT EP", "ours",
-          _ours_classify("onnxruntime", "tensorrt"), "fp16", "cuda"),
-        P("tensorrt", "classify", "ours: native TensorRT", "ours", _ours_classify("tensorrt", None), "fp16", "cuda"),
-        P("torch-eager", "style", "PyTorch eager CPU (inference_mode)", "baseline", _torch_style_fn("cpu", False)),
+          _ours_classify("onnxruntime", "tensorrt"), "fp16", "cuda", needs=ort),
+        P("tensorrt", "classify", "ours: native TensorRT", "ours", _ours_classify("tensorrt", None), "fp16", "cuda",
+          needs=trt),
+        P("torch-eager", "style", "PyTorch eager CPU (inference_mode)", "baseline", _torch_style_fn("cpu", False),
+          needs=torch),
         P("torch-cuda-fp32", "style", "PyTorch eager CUDA fp32", "baseline", _torch_style_fn("cuda", False),
-          device="cuda"),
+          device="cuda", needs=torch),
         P("torch-cuda-fp16", "style", "PyTorch eager CUDA fp16", "extra", _torch_style_fn("cuda", True), "fp16",
-          "cuda"),
-        P("ort-cpu", "style", "ours: onnxruntime CPU", "ours", _ours_style("onnxruntime", "cpu")),
-        P("ort-cuda", "style", "ours: onnxruntime CUDA EP", "ours", _ours_style("onnxruntime", "cuda"), device="cuda"),
+          "cuda", needs=torch),
+        P("ort-cpu", "style", "ours: onnxruntime CPU", "ours", _ours_style("onnxruntime", "cpu"), needs=ort),
+        P("ort-cuda", "style", "ours: onnxruntime CUDA EP, FP32 graph", "ours", _ours_style("onnxruntime", "cuda", "fp32"),
+          device="cuda", needs=ort),
+        P("ort-cuda-fp16", "style", "ours: onnxruntime CUDA EP, FP16 graph", "ours",
+          _ours_style("onnxruntime", "cuda", "fp16"), "fp16", "cuda", needs=ort),
         P("ort-trt-ep", "style", "ours: onnxruntime TensorRT EP", "ours", _ours_style("onnxruntime", "tensorrt"),
-          "fp16", "cuda"),
-        P("tensorrt", "style", "ours: native TensorRT", "ours", _ours_style("tensorrt", None), "fp16", "cuda"),
-        P("eager-chain", "chain", "eager chain (Haar + Keras model(x) + PyTorch)", "baseline", _eager_chain),
-        P("ort-cpu", "chain", "ours: Stylizer, onnxruntime CPU", "ours", _ours_chain("onnxruntime", "cpu")),
-        P("ort-cuda", "chain", "ours: Stylizer, onnxruntime CUDA EP", "ours", _ours_chain("onnxruntime", "cuda"),
-          device="cuda"),
+          "fp16", "cuda", needs=ort),
+        P("tensorrt", "style", "ours: native TensorRT", "ours", _ours_style("tensorrt", None), "fp16", "cuda",
+          needs=trt),
+        P("eager-chain", "chain", "eager chain (runtime detector + Keras model(x) + PyTorch)", "baseline", _eager_chain,
+          needs=keras + torch),
+        P("ort-cpu", "chain", "ours: Stylizer, onnxruntime CPU", "ours", _ours_chain("onnxruntime", "cpu"), needs=ort),
+        P("ort-cuda", "chain", "ours: Stylizer, onnxruntime CUDA EP, FP32 graphs", "ours",
+          _ours_chain("onnxruntime", "cuda", "fp32"), device="cuda", needs=ort),
+        P("ort-cuda-fp16", "chain", "ours: Stylizer, onnxruntime CUDA EP, FP16 graphs (default on a GPU)", "ours",
+          _ours_chain("onnxruntime", "cuda", "fp16"), "fp16", "cuda", needs=ort),
         P("ort-trt-ep", "chain", "ours: Stylizer, onnxruntime TensorRT EP", "ours",
-          _ours_chain("onnxruntime", "tensorrt"), "fp16", "cuda"),
+          _ours_chain("onnxruntime", "tensorrt"), "fp16", "cuda", needs=ort),
         P("tensorrt", "chain", "ours: Stylizer, native TensorRT", "ours", _ours_chain("tensorrt", None), "fp16",
-          "cuda"),
+          "cuda", needs=trt),
     )
+
+
+#: onnxruntime execution provider of each "ours" onnxruntime path.
+_ORT_PROVIDER = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-cuda-fp16": "cuda", "ort-trt-ep": "tensorrt"}
+
+
+def availability(p: BenchPath) -> str | None:
+    """None when ``p`` can run on this machine, else why not (no bundle is opened).
+
+    Cheap: modules are looked up without importing them, and PyTorch is imported
+    only when a CUDA GPU answers.
+    """
+    from emostyle_export.extras import INSTALL, missing
+
+    from emostyle_rt.backends.onnxruntime import cuda_device_count, tensorrt_libraries
+
+    if p.device == "cuda" and cuda_device_count() == 0:
+        return "no CUDA GPU answers"
+    gone = missing(p.needs)
+    if gone:
+        how = 'pip install "emostyle-rt[gpu,tensorrt]"' if "tensorrt" in gone else INSTALL["bench"]
+        return f"{', '.join(gone)} not installed; {how}"
+    if p.name in _ORT_PROVIDER:
+        try:
+            _check_provider(_ORT_PROVIDER[p.name], "onnxruntime")
+        except PathUnavailable as exc:
+            return str(exc)
+        if p.name == "ort-trt-ep" and not tensorrt_libraries():
+            return "the TensorRT libraries (libnvinfer) are not installed"
+    if p.name == "tensorrt":
+        from emostyle_rt.backends.tensorrt import runtime_identity
+
+        if runtime_identity() is None:
+            return "TensorRT or cuda-python cannot reach the GPU; pip install \"emostyle-rt[gpu,tensorrt]\""
+    if p.name.startswith("torch-cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return "this PyTorch build has no CUDA (torch.cuda.is_available() is False)"
+    return None
 
 
 #: Baselines that speedups are computed against, per stage: (path name, column title).

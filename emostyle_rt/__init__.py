@@ -16,7 +16,8 @@ from .errors import (
     NoFaceError,
 )
 from .faces import Face, FaceDetector, HaarDetector, YuNetDetector
-from .manifest import EMOTIONS, Manifest, load_manifest
+from .manifest import EMOTIONS, CropSpec, DetectorSpec, Manifest, load_manifest
+from .mtcnn import MtcnnDetector
 from .stylizer import Classification, FaceEmotion, StyleResult, Stylizer
 
 __version__ = "0.1.0"
@@ -26,6 +27,8 @@ __all__ = [
     "BackendError",
     "BundleError",
     "Classification",
+    "CropSpec",
+    "DetectorSpec",
     "EmostyleError",
     "Face",
     "FaceDetector",
@@ -34,6 +37,7 @@ __all__ = [
     "ImageReadError",
     "InvalidImageError",
     "Manifest",
+    "MtcnnDetector",
     "NoFaceError",
     "StyleResult",
     "Stylizer",

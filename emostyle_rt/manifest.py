@@ -5,11 +5,13 @@ A bundle is a folder written by ``emostyle-export``::
     manifest.json
     classifier.onnx
     styles/<style-id>.onnx
+    detector/{pnet,rnet,onet}.onnx  (optional, the MTCNN face detector)
     trt/<arch-key>/...          (optional, TensorRT engines + sidecars)
 
 Nothing is guessed from file names or tensor shapes: labels, the classifier's
-input spec, which style serves which emotion and the style graphs' contract all
-come from ``manifest.json`` (documented in ``engines/README.md``).
+input spec, which style serves which emotion, the style graphs' contract and the
+face detector's conventions all come from ``manifest.json`` (documented in
+``engines/README.md``).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+import math
+import os
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import BundleError, note
+from .errors import BundleError, InvalidArgumentError, note
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,197 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 @dataclass(frozen=True)
+class Fp16Graph:
+    """A graph's verified mixed-precision FP16 variant (``emostyle-export --fp16``), from the entry's ``fp16`` block."""
+
+    onnx: str  # relative to the bundle
+    sha256: str
+    source_sha256: str  # sha256 of the FP32 graph it was made from
+
+
+#: OpenCV's RGB -> grey weights (ITU-R BT.601). With exactly these, grey crops use cv2.cvtColor itself (bit-exact).
+CV2_GREY: tuple[float, float, float] = (0.299, 0.587, 0.114)
+#: The allowed words of each crop-spec field.
+CROP_CHOICES: dict[str, tuple[str, ...]] = {
+    "margin_unit": ("fraction", "px"),
+    "square": ("expand", "none"),
+    "border": ("clip", "constant", "mean", "reflect"),
+    "interpolation": ("auto", "area", "linear", "cubic", "nearest"),
+    "alignment": ("none", "eyes"),  # "eyes": turned so the eyes are level (faces with landmarks: MTCNN)
+}
+#: Largest crop margin per unit: a fraction of the box on each side, or pixels.
+MAX_CROP_MARGIN = {"fraction": 2.0, "px": 4096.0}
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How the classifier's input is cut around a face box: ``classifier.crop`` in the manifest.
+
+    A classifier agrees with its training only on crops made the same way, so the
+    bundle records them (see engines/README.md). In order: ``square`` "expand"
+    grows the box's short side to a square about its centre ("none" keeps it);
+    ``margin`` is added on each side, a fraction of that side ("fraction") or
+    pixels ("px"); where the crop leaves the image, ``border`` "clip" cuts it at
+    the edge, "constant" pads with ``border_value``, "mean" with the image's mean
+    colour (mean grey for grey classifiers), "reflect" mirrors the image
+    (reflect-101, ``dcb|abcd``); then it is resized with ``interpolation``
+    ("auto": area when shrinking, else linear). Grey classifiers get the photo
+    turned grey first with ``grey_weights`` (R, G, B). ``alignment`` "eyes" turns
+    the crop about the box centre so that the eyes are level (faces with
+    landmarks; others are cut unaligned); it needs a padding ``border``, since a
+    turned crop cannot be clipped at the image edge. "none" (the default) keeps
+    the image's orientation.
+    """
+
+    margin: float = 0.2
+    margin_unit: str = "fraction"
+    square: str = "expand"
+    border: str = "clip"
+    border_value: int = 0
+    interpolation: str = "auto"
+    grey_weights: tuple[float, float, float] = CV2_GREY
+    alignment: str = "none"
+
+    def __post_init__(self) -> None:
+        for name, choices in CROP_CHOICES.items():
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise InvalidArgumentError(
+                    f"Crop spec field {name} cannot be {value!r}." + note(list(choices), repr(value)))
+        m, top = self.margin, MAX_CROP_MARGIN[self.margin_unit]
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m <= top:
+            raise InvalidArgumentError(
+                f"Crop margin must be a number from 0 to {top:g} ({self.margin_unit})."
+                + note(f"0 <= margin <= {top:g}, e.g. 0.2 (of the box) or 10px", repr(m))
+            )
+        if self.alignment == "eyes" and self.border == "clip":
+            raise InvalidArgumentError(
+                "Crop alignment 'eyes' turns the crop, which cannot be clipped at the image edge."
+                + note("border constant, mean or reflect with alignment=eyes", "border clip"))
+        v = self.border_value
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
+            raise InvalidArgumentError("Crop border_value must be an integer grey level." + note("0..255", repr(v)))
+        w = self.grey_weights
+        ok = isinstance(w, (tuple, list)) and len(w) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0 for x in w)
+        if not ok or abs(sum(w) - 1.0) > 1e-3:
+            raise InvalidArgumentError(
+                "Crop grey_weights must be three weights (R, G, B) >= 0 that sum to 1."
+                + note(f"e.g. {list(CV2_GREY)} (OpenCV's)", repr(w))
+            )
+        object.__setattr__(self, "margin", float(m))
+        object.__setattr__(self, "grey_weights", tuple(float(x) for x in w))
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's ``classifier.crop`` object (every field written out)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    def summary(self) -> str:
+        """One line for logs and reports, e.g. "square expand, margin 10 px, border mean, interp linear"."""
+        margin = f"{self.margin:g} px" if self.margin_unit == "px" else f"{self.margin:g} of the box"
+        border = f"constant {self.border_value}" if self.border == "constant" else self.border
+        grey = "" if self.grey_weights == CV2_GREY else f", grey {'/'.join(f'{x:g}' for x in self.grey_weights)}"
+        aligned = ", eyes levelled" if self.alignment == "eyes" else ""
+        return f"square {self.square}, margin {margin}, border {border}, interp {self.interpolation}{grey}{aligned}"
+
+
+#: Today's crop (emostyle-rt 0.1.0): square, 20% of the box on each side, clipped, area/linear, OpenCV grey.
+DEFAULT_CROP = CropSpec()
+#: ``emostyle-export --classifier-crop`` presets.
+CROP_PRESETS: dict[str, CropSpec] = {
+    "default": DEFAULT_CROP,
+    "fer-style": CropSpec(margin=10, margin_unit="px", border="mean", interpolation="linear"),
+    "tight": CropSpec(margin=0.0, square="none"),
+}
+#: ``--classifier-crop`` keys -> CropSpec fields (margin also sets margin_unit).
+CROP_KEYS = {"margin": "margin", "square": "square", "border": "border", "value": "border_value",
+             "interp": "interpolation", "interpolation": "interpolation", "grey": "grey_weights",
+             "alignment": "alignment"}
+
+
+def parse_crop(spec: str | Mapping[str, Any] | CropSpec) -> CropSpec:
+    """``--classifier-crop`` text (or a config-file table) -> a validated CropSpec.
+
+    Text: a preset, or ``[preset,]key=value,...`` over it (preset "default" when
+    none is named), e.g. ``fer-style`` or ``margin=10px,border=mean,interp=linear``.
+    Keys: margin (0.2 of the box, or 10px), square, border, value (constant pad
+    grey), interp, grey (R/G/B weights, or cv2), alignment. A table takes the same
+    keys and ``preset``. Anything unknown or out of range is InvalidArgumentError.
+    """
+    if isinstance(spec, CropSpec):
+        return spec
+    keys = ", ".join(CROP_KEYS)
+    if isinstance(spec, str):
+        items = [s.strip() for s in spec.split(",") if s.strip()]
+        preset = items.pop(0) if items and "=" not in items[0] else "default"
+        pairs = []
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise InvalidArgumentError(f"Crop spec item {item!r} is not key=value."
+                                           + note(f"a preset first, then key=value with keys {keys}", item))
+            pairs.append((key.strip(), value.strip()))
+    elif isinstance(spec, Mapping):
+        table = dict(spec)
+        preset, pairs = table.pop("preset", "default"), list(table.items())
+    else:
+        raise InvalidArgumentError("A crop spec is a preset name, key=value text or a table."
+                                   + note("str or table", type(spec).__name__))
+    if not isinstance(preset, str) or preset not in CROP_PRESETS:
+        raise InvalidArgumentError(
+            f"Unknown crop preset {preset!r}." + note(f"one of {list(CROP_PRESETS)}, optionally followed by key=value "
+                                                      f"pairs (keys {keys})", preset))
+    changes: dict[str, Any] = {}
+    for key, value in pairs:
+        if key not in CROP_KEYS:
+            raise InvalidArgumentError(f"Unknown crop spec key {key!r}."
+                                       + note(f"one of {list(CROP_KEYS)} (or a preset first: {list(CROP_PRESETS)})", key))
+        changes |= _crop_value(key, value)
+    return replace(CROP_PRESETS[preset], **changes)
+
+
+def _crop_value(key: str, value: Any) -> dict[str, Any]:
+    """One ``key=value`` of a crop spec as CropSpec fields (strings converted; ranges checked by CropSpec)."""
+    try:
+        if key == "margin":
+            if not isinstance(value, str):
+                return {"margin": value, "margin_unit": "fraction"}
+            text = value.strip().lower()
+            unit = "px" if text.endswith("px") else "fraction"
+            return {"margin": float(text.removesuffix("px")), "margin_unit": unit}
+        if key == "value":
+            return {"border_value": int(value) if isinstance(value, str) else value}
+        if key == "grey":
+            if isinstance(value, str):
+                value = CV2_GREY if value.strip().lower() in ("cv2", "bt601") else value.split("/")
+            return {"grey_weights": tuple(float(w) for w in value)}
+    except (TypeError, ValueError):
+        expected = {"margin": "a fraction of the box such as 0.2, or pixels such as 10px",
+                    "value": "an integer grey level 0..255", "grey": "R/G/B weights such as 0.299/0.587/0.114, or cv2"}
+        raise InvalidArgumentError(
+            f"Crop spec {key}={value!r} is not a valid value." + note(expected[key], repr(value))) from None
+    return {CROP_KEYS[key]: value}
+
+
+def crop_from_json(block: Any, where: str) -> CropSpec:
+    """A manifest's crop object -> CropSpec; BundleError unless it has exactly the known fields, all valid."""
+    names = [f.name for f in fields(CropSpec)]
+    if not isinstance(block, Mapping):
+        raise BundleError(f"Manifest field {where} has the wrong type." + note("an object", type(block).__name__))
+    missing, unknown = [n for n in names if n not in block], sorted(set(block) - set(names))
+    if missing or unknown:
+        raise BundleError(
+            f"Manifest field {where} is not a crop spec this emostyle-rt can follow"
+            + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else "") + "."
+            + note(names, sorted(block))
+        )
+    try:
+        return CropSpec(**block)
+    except InvalidArgumentError as exc:
+        raise BundleError(f"Manifest field {where}: {exc}") from None
+
+
+@dataclass(frozen=True)
 class ClassifierSpec:
     """The classifier graph: uint8 NHWC face crops in, probabilities out."""
 
@@ -54,6 +249,8 @@ class ClassifierSpec:
     channels: int  # 3 (RGB) or 1 (grey)
     scale: str  # pixel scaling baked into the graph: "0..1", "-1..1" or "0..255"
     parity: Mapping[str, Any] = field(default_factory=dict)
+    fp16: Fp16Graph | None = None  # None: the bundle has no (current) FP16 variant
+    crop: CropSpec = DEFAULT_CROP  # how face crops are cut (bundles from 0.1.0: the default)
 
     @property
     def color(self) -> str:
@@ -71,6 +268,193 @@ class StyleSpec:
     output_name: str
     convention: str  # the source checkpoint's convention, baked into the graph
     parity: Mapping[str, Any] = field(default_factory=dict)
+    fp16: Fp16Graph | None = None  # None: the bundle has no (current) FP16 variant
+
+
+#: ``detector.kind`` values this runtime runs, and the cascade each reproduces.
+DETECTOR_KINDS = ("mtcnn",)
+#: The MTCNN cascade the runtime implements: the stages of the ``mtcnn`` package 1.0 (ipazc/mtcnn).
+MTCNN_CASCADE = "mtcnn-1.0"
+#: The MTCNN graphs, in cascade order, and the output tensors each must have.
+MTCNN_GRAPHS: dict[str, tuple[str, ...]] = {
+    "pnet": ("boxes", "scores"),
+    "rnet": ("boxes", "scores"),
+    "onet": ("boxes", "landmarks", "scores"),
+}
+
+
+@dataclass(frozen=True)
+class DetectorGraph:
+    """One graph of the face detector: float32 NHWC pixels (0..255) in; ``size`` None for any H, W (P-Net)."""
+
+    onnx: str  # relative to the bundle
+    sha256: str
+    input_name: str
+    output_names: tuple[str, ...]  # in the order of MTCNN_GRAPHS (boxes, [landmarks,] scores)
+    size: int | None  # the square input side (R-Net 24, O-Net 48); None: dynamic
+    parity: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"onnx": self.onnx, "sha256": self.sha256, "input": self.input_name, "outputs": list(self.output_names),
+                "size": self.size, "parity": dict(self.parity)}
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """The bundle's face detector: ``detector`` in the manifest (MTCNN; see engines/README.md).
+
+    The graphs take float32 NHWC pixels 0..255 in ``color`` order (transposed to
+    W x H first when ``transposed``) and normalise them inside as
+    ``(x - offset) / divisor``. Patch samples outside the image get ``pad_value``
+    (the pixel that normalises to the source package's zero padding). The image
+    pyramid starts at ``min_size / min_face_size`` and shrinks by
+    ``scale_factor`` (area resize, sides truncated); P-Net's windows are
+    ``cell`` px at a ``stride``. ``thresholds``: P-Net, R-Net, O-Net face
+    probabilities; ``nms``: IoU thresholds of P-Net per scale, P-Net across
+    scales, R-Net, O-Net (O-Net: intersection over the smaller box).
+    """
+
+    pnet: DetectorGraph
+    rnet: DetectorGraph
+    onet: DetectorGraph
+    color: str = "RGB"
+    transposed: bool = False
+    offset: float = 127.5
+    divisor: float = 128.0
+    pad_value: float = 127.5
+    min_face_size: float = 20.0
+    min_size: int = 12
+    scale_factor: float = 0.709
+    cell: int = 12
+    stride: int = 2
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)
+    nms: tuple[float, float, float, float] = (0.5, 0.7, 0.7, 0.7)
+    kind: str = "mtcnn"
+    cascade: str = MTCNN_CASCADE
+    source: Mapping[str, Any] = field(default_factory=dict)
+    parity: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def graphs(self) -> dict[str, DetectorGraph]:
+        return {"pnet": self.pnet, "rnet": self.rnet, "onet": self.onet}
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's ``detector`` object."""
+        return {
+            "kind": self.kind, "cascade": self.cascade, "source": dict(self.source),
+            "input": {"layout": "NHWC", "dtype": "float32", "range": "0..255", "color": self.color,
+                      "transposed": self.transposed,
+                      "normalization": {"offset": self.offset, "divisor": self.divisor, "in_graph": True},
+                      "pad_value": self.pad_value},
+            **{name: g.to_json() for name, g in self.graphs.items()},
+            "pyramid": {"min_face_size": self.min_face_size, "min_size": self.min_size,
+                        "scale_factor": self.scale_factor, "resize": "area", "cell": self.cell, "stride": self.stride},
+            "patches": "crop_and_resize",
+            "thresholds": dict(zip(MTCNN_GRAPHS, self.thresholds)),
+            "nms": dict(zip(("pnet_scale", "pnet", "rnet", "onet"), self.nms)),
+            "parity": dict(self.parity),
+        }
+
+
+class _Block:
+    """Strict reading of one manifest object: typed fields, known keys only, errors naming the manifest and field."""
+
+    def __init__(self, data: Any, where: str, mpath: Path, known: tuple[str, ...]) -> None:
+        if not isinstance(data, Mapping):
+            raise BundleError(f"Manifest {mpath}: {where} has the wrong type." + note("an object", type(data).__name__))
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise BundleError(f"Manifest {mpath}: {where} has fields this emostyle-rt does not know: {unknown}."
+                              + note(list(known), sorted(data)))
+        self.data, self.where, self.mpath = data, where, mpath
+
+    def bad(self, key: str, expected: str) -> BundleError:
+        return BundleError(f"Manifest {self.mpath}: {self.where}.{key} is not valid."
+                           + note(expected, repr(self.data.get(key, "<missing>"))[:80]))
+
+    def get(self, key: str, kind: type | tuple[type, ...], expected: str, ok: Any = None) -> Any:
+        """``key``'s value if it has type ``kind`` (a bool only where ``kind`` is bool) and passes ``ok``."""
+        value = self.data.get(key)
+        wrong_bool = isinstance(value, bool) and kind is not bool
+        if key not in self.data or wrong_bool or not isinstance(value, kind) or (ok is not None and not ok(value)):
+            raise self.bad(key, expected)
+        return value
+
+    def number(self, key: str, lo: float, hi: float, *, open_lo: bool = False) -> float:
+        def ok(v: Any) -> bool:
+            return math.isfinite(v) and (lo < v if open_lo else lo <= v) and v <= hi
+        return float(self.get(key, (int, float), f"a number {'>' if open_lo else '>='} {lo:g} and <= {hi:g}", ok))
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        return self.get(key, str, f"one of {list(choices)}", lambda v: v in choices)
+
+    def block(self, key: str, known: tuple[str, ...]) -> _Block:
+        if key not in self.data:
+            raise self.bad(key, "an object")
+        return _Block(self.data[key], f"{self.where}.{key}", self.mpath, known)
+
+
+def _bundle_relative(rel: str) -> bool:
+    """A path inside the bundle: relative, no ``..`` parts."""
+    p = Path(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts
+
+
+def _detector_graph(top: _Block, name: str) -> DetectorGraph:
+    g = top.block(name, ("onnx", "sha256", "input", "outputs", "size", "parity"))
+    want = MTCNN_GRAPHS[name]
+    size = g.data.get("size")
+    if name == "pnet" and size is not None or name != "pnet" and (
+            isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIDE):
+        raise g.bad("size", "null (any height and width)" if name == "pnet" else f"an integer side 1..{MAX_SIDE}")
+    return DetectorGraph(
+        onnx=g.get("onnx", str, "a path inside the bundle, e.g. detector/pnet.onnx", _bundle_relative),
+        sha256=g.get("sha256", str, "64 hex digits", lambda v: len(v) == 64 and all(c in "0123456789abcdef" for c in v)),
+        input_name=g.get("input", str, "a tensor name", bool),
+        output_names=tuple(g.get("outputs", list, f"{len(want)} tensor names ({', '.join(want)})",
+                                 lambda v: len(v) == len(want) and all(isinstance(s, str) and s for s in v))),
+        size=size,
+        parity=g.get("parity", dict, "an object") if "parity" in g.data else {},
+    )
+
+
+def detector_from_json(data: Any, mpath: Path) -> DetectorSpec:
+    """A manifest's ``detector`` object -> DetectorSpec; BundleError naming the manifest and field otherwise."""
+    top = _Block(data, "detector", mpath, ("kind", "cascade", "source", "input", *MTCNN_GRAPHS, "pyramid", "patches",
+                                           "thresholds", "nms", "parity"))
+    kind = top.choice("kind", DETECTOR_KINDS)
+    cascade = top.choice("cascade", (MTCNN_CASCADE,))
+    top.choice("patches", ("crop_and_resize",))
+    inp = top.block("input", ("layout", "dtype", "range", "color", "transposed", "normalization", "pad_value"))
+    inp.choice("layout", ("NHWC",))
+    inp.choice("dtype", ("float32",))
+    inp.choice("range", ("0..255",))
+    norm = inp.block("normalization", ("offset", "divisor", "in_graph"))
+    norm.get("in_graph", bool, "true (the graphs normalise their input)", lambda v: v is True)
+    pyr = top.block("pyramid", ("min_face_size", "min_size", "scale_factor", "resize", "cell", "stride"))
+    pyr.choice("resize", ("area",))
+    min_size = int(pyr.get("min_size", int, "an integer 1..4096", lambda v: 1 <= v <= MAX_SIDE))
+    thr = top.block("thresholds", tuple(MTCNN_GRAPHS))
+    nms = top.block("nms", ("pnet_scale", "pnet", "rnet", "onet"))
+    return DetectorSpec(
+        pnet=_detector_graph(top, "pnet"), rnet=_detector_graph(top, "rnet"), onet=_detector_graph(top, "onet"),
+        color=inp.choice("color", ("RGB", "BGR")),
+        transposed=inp.get("transposed", bool, "true or false"),
+        offset=norm.number("offset", -1e6, 1e6),
+        divisor=norm.number("divisor", 0.0, 1e6, open_lo=True),
+        pad_value=inp.number("pad_value", 0.0, 255.0),
+        # Area resize only shrinks: the first level (min_size / min_face_size) must be <= 1.
+        min_face_size=pyr.number("min_face_size", min_size, 1e5),
+        min_size=min_size,
+        scale_factor=pyr.number("scale_factor", 0.0, 0.95, open_lo=True),
+        cell=int(pyr.get("cell", int, "an integer 1..4096", lambda v: 1 <= v <= MAX_SIDE)),
+        stride=int(pyr.get("stride", int, "an integer 1..4096", lambda v: 1 <= v <= MAX_SIDE)),
+        thresholds=tuple(thr.number(k, 0.0, 1.0) for k in MTCNN_GRAPHS),  # type: ignore[arg-type]
+        nms=tuple(nms.number(k, 0.0, 1.0) for k in ("pnet_scale", "pnet", "rnet", "onet")),  # type: ignore[arg-type]
+        kind=kind, cascade=cascade,
+        source=top.get("source", dict, "an object") if "source" in top.data else {},
+        parity=top.get("parity", dict, "an object") if "parity" in top.data else {},
+    )
 
 
 @dataclass(frozen=True)
@@ -86,6 +470,7 @@ class Manifest:
     emotions: Mapping[str, str]  # emotion -> style id
     size_multiple: int
     min_side: int
+    detector: DetectorSpec | None = None  # None: the bundle has no face detector (made before issue 11)
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
     def style_for(self, emotion: str) -> StyleSpec:
@@ -125,6 +510,20 @@ def _side(value: int, where: str, mpath: Path) -> int:
     return value
 
 
+def _fp16_graph(entry: Mapping[str, Any], where: str, fp32_sha256: str) -> Fp16Graph | None:
+    """The entry's ``fp16`` block as an :class:`Fp16Graph`; None without one or when made from another FP32 graph."""
+    if "fp16" not in entry:
+        return None
+    block = _get(entry, "fp16", where, dict)
+    graph = Fp16Graph(_get(block, "onnx_fp16", f"{where}.fp16", str), _get(block, "sha256", f"{where}.fp16", str),
+                      _get(block, "source_sha256", f"{where}.fp16", str))
+    if graph.source_sha256 != fp32_sha256:
+        log.warning("%s.fp16 (%s) was made from another FP32 graph; it is not used. Rerun emostyle-export --fp16.",
+                    where, graph.onnx)
+        return None
+    return graph
+
+
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
     """A JSON file that must hold an object; :class:`BundleError` naming ``what`` otherwise."""
     try:
@@ -134,6 +533,24 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BundleError(f"{what} {path} is not a JSON object.")
     return data
+
+
+#: Bundles already reported as having no crop spec (the message is said once per bundle and process).
+_NO_CROP_REPORTED: set[str] = set()
+
+
+def _classifier_crop(c: Mapping[str, Any], root: Path) -> CropSpec:
+    """``classifier.crop``, or the default spec for bundles from 0.1.0 (a warning, once per bundle)."""
+    if "crop" in c:
+        return crop_from_json(c["crop"], "classifier.crop")
+    key = str(root.resolve())
+    if key not in _NO_CROP_REPORTED:
+        _NO_CROP_REPORTED.add(key)
+        log.warning(
+            "Bundle %s has no classifier crop spec (made by emostyle-rt 0.1.0): using the default crop (%s). If the "
+            "classifier was trained on other crops its emotions will disagree; record its crop with: "
+            "emostyle-export --bundle %s --classifier-crop PRESET|key=value,...", root, DEFAULT_CROP.summary(), root)
+    return DEFAULT_CROP
 
 
 def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
@@ -191,6 +608,8 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
         channels=channels,
         scale=_get(c, "scale", "classifier", str),
         parity=c.get("parity", {}),
+        fp16=_fp16_graph(c, "classifier", _get(c, "sha256", "classifier", str)),
+        crop=_classifier_crop(c, root),
     )
 
     sin = _get(raw, "style_input", "manifest", dict)
@@ -205,6 +624,7 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
             output_name=_get(sin, "output_name", "style_input", str),
             convention=_get(s, "convention", where, str),
             parity=s.get("parity", {}),
+            fp16=_fp16_graph(s, where, _get(s, "sha256", where, str)),
         )
 
     emotions = dict(_get(raw, "emotions", "manifest", dict))
@@ -231,6 +651,7 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
         emotions=emotions,
         size_multiple=_side(_get(sin, "size_multiple", "style_input", int), "style_input.size_multiple", mpath),
         min_side=_side(_get(sin, "min_side", "style_input", int), "style_input.min_side", mpath),
+        detector=detector_from_json(raw["detector"], mpath) if "detector" in raw else None,
         raw=raw,
     )
     if manifest.demo:
@@ -241,9 +662,11 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
 
 
 def verify_bundle_files(manifest: Manifest) -> None:
-    """Check that every ONNX file exists and matches its recorded sha256."""
-    entries = [(manifest.classifier.onnx, manifest.classifier.sha256)]
-    entries += [(s.onnx, s.sha256) for s in manifest.styles.values()]
+    """Check that every ONNX file (classifier, styles, FP16 variants, face detector) exists and matches its sha256."""
+    specs = [manifest.classifier, *manifest.styles.values()]
+    entries = [(s.onnx, s.sha256) for s in specs] + [(s.fp16.onnx, s.fp16.sha256) for s in specs if s.fp16]
+    if manifest.detector is not None:
+        entries += [(g.onnx, g.sha256) for g in manifest.detector.graphs.values()]
     for rel, digest in entries:
         p = manifest.path(rel)
         if not p.is_file():
@@ -254,3 +677,28 @@ def verify_bundle_files(manifest: Manifest) -> None:
                 f"Bundle file {p} does not match its manifest (damaged, truncated or replaced)."
                 + note(f"sha256 {digest[:16]}...", f"sha256 {actual[:16]}...")
             )
+
+
+#: The bundle the command-line tools use when none is given: ``emostyle-export --demo`` writes it.
+DEFAULT_BUNDLE = Path("engines") / "demo"
+BUNDLE_ENV = "EMOSTYLE_BUNDLE"
+
+
+def default_bundle(explicit: str | Path | None = None) -> Path:
+    """The bundle a command uses: ``explicit`` (``--bundle``), else $EMOSTYLE_BUNDLE, else engines/demo.
+
+    engines/demo is looked up in the working directory, then in the source tree
+    of an editable install (so the repo's demo bundle works from any folder).
+    """
+    if explicit is not None:
+        return Path(explicit)
+    if os.environ.get(BUNDLE_ENV):
+        return Path(os.environ[BUNDLE_ENV])
+    repo = Path(__file__).resolve().parent.parent / DEFAULT_BUNDLE
+    return repo if not DEFAULT_BUNDLE.is_dir() and (repo / MANIFEST_NAME).is_file() else DEFAULT_BUNDLE
+
+
+def bundle_hint() -> str:
+    """How to choose or make a bundle: the tail of the error about a missing one."""
+    return (f" Choose one with --bundle DIR or {BUNDLE_ENV}=DIR, or make the demo bundle (export extra) with:"
+            f"  emostyle-export --demo -o {DEFAULT_BUNDLE}")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -21,6 +22,10 @@ from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentErr
 from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image
 from .manifest import Manifest, load_manifest
+from .mtcnn import MtcnnDetector
+
+if TYPE_CHECKING:
+    from .video import StyledFrame
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +99,12 @@ class Classification:
 
 @dataclass(frozen=True, eq=False)
 class StyleResult:
-    """A stylised image (same size and colour order as the input) and how its style was chosen."""
+    """A stylised image (same size and colour order as the input) and how its style was chosen.
+
+    ``image`` is HxWx3, or HxWx4 when the input had alpha (an RGBA/BGRA array, or
+    a PNG, WebP or TIFF file with transparency): the colour is styled and the
+    input's alpha plane is passed through unchanged.
+    """
 
     image: np.ndarray
     emotion: str
@@ -110,14 +120,36 @@ class StyleResult:
         return {**c.summary(), "style": self.style}
 
 
+def _close_runners(*holders: dict[str, Runner]) -> None:
+    """Empty the runner dicts and close every runner in them (also the Stylizer's finalizer: never raises)."""
+    runners = [r for h in holders for r in h.values()]
+    for h in holders:
+        h.clear()
+    for r in runners:
+        try:
+            r.close()
+        except Exception as exc:  # noqa: BLE001 - closing one runner must not keep the others open
+            log.warning("Closing %s failed: %s", getattr(r, "name", r), exc)
+
+
 class Stylizer:
     """Runs a bundle written by ``emostyle-export``.
 
     ``backend``: "auto" (native TensorRT engine when one fits, else onnxruntime),
     "onnxruntime" or "tensorrt". ``provider`` forces an onnxruntime provider
-    ("tensorrt", "cuda", "cpu"). ``detector``: None/"haar", a YuNet ``.onnx``
-    path or any object with ``detect(rgb) -> list[Face]``. ``no_face``: "whole"
+    ("tensorrt", "cuda", "cpu"). ``detector``: None (the bundle's MTCNN; Haar
+    for bundles without one), "mtcnn", "haar" (where this OpenCV has it), a YuNet
+    ``.onnx`` path or any object with ``detect(rgb) -> list[Face]``. ``no_face``: "whole"
     (classify the whole image), "error" (raise ``NoFaceError``) or an emotion.
+    ``margin``: None crops faces as the bundle's crop spec says
+    (``manifest.classifier.crop``); a number replaces only its margin (a
+    fraction of the box on each side).
+    ``precision``: "auto" (the bundle's verified FP16 graph on a GPU provider when
+    it has one, else FP32), "fp32" or "fp16". ``cuda_graph``: replay CUDA graphs
+    for repeated input shapes (video; CUDA EP only). ``cache_dir``: the user
+    cache for the TensorRT EP's engines (default $EMOSTYLE_CACHE_DIR, else
+    $XDG_CACHE_HOME/emostyle-rt or ~/.cache/emostyle-rt; never the bundle).
+    ``close()`` (or ``with Stylizer(...)``) frees sessions and GPU buffers.
     """
 
     def __init__(
@@ -128,32 +160,41 @@ class Stylizer:
         provider: str | None = None,
         detector: FaceDetector | str | os.PathLike | None = None,
         no_face: str = "whole",
-        margin: float = 0.2,
+        margin: float | None = None,
         max_pixels: int = MAX_PIXELS,
         verify: bool = True,
+        precision: str = "auto",
+        cuda_graph: bool = False,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         self.manifest = bundle if isinstance(bundle, Manifest) else load_manifest(bundle, verify_files=verify)
         if no_face not in NO_FACE_POLICIES and no_face not in self.manifest.labels:
             raise InvalidArgumentError(
                 f"Unknown no-face policy {no_face!r}." + note(f"{NO_FACE_POLICIES} or an emotion", no_face)
             )
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin <= MAX_MARGIN:
+        if margin is not None and (
+                isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin <= MAX_MARGIN):
             raise InvalidArgumentError(
                 "margin must be a number from 0 to the box size's multiple around the face."
-                + note(f"0 <= margin <= {MAX_MARGIN} (a float such as 0.2)", repr(margin))
+                + note(f"0 <= margin <= {MAX_MARGIN} (a float such as 0.2), or None for the bundle's crop spec", repr(margin))
             )
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
             raise InvalidArgumentError("max_pixels must be a positive integer." + note("an int >= 1", repr(max_pixels)))
-        self.no_face, self.margin, self.max_pixels = no_face, float(margin), max_pixels
+        self.no_face, self.max_pixels = no_face, max_pixels
+        self.margin = None if margin is None else float(margin)
+        #: The face crop: the bundle's spec, its margin replaced by ``margin`` (a fraction of the box) when given.
+        self.crop = self.manifest.classifier.crop if margin is None else replace(
+            self.manifest.classifier.crop, margin=float(margin), margin_unit="fraction")
         self._backend, self._provider = backend, provider
         self._detector_spec, self._verify = detector, verify
-        self._detector = make_detector(detector)
-        self._classifier = runner_for(self.manifest, CLASSIFIER, backend=backend, provider=provider)
-        spec = self.manifest.classifier
-        _check_graph(self._classifier, self.manifest.path(spec.onnx), spec.input_name, spec.output_name,
-                     (spec.height, spec.width, spec.channels), len(self.manifest.labels))
+        self._detector = make_detector(detector, self.manifest, provider=self._provider)
+        self._precision, self._cuda_graph, self._cache_dir = precision, cuda_graph, cache_dir
+        self._runners: dict[str, Runner] = {}  # the classifier's runner (key CLASSIFIER)
         self._styles: dict[str, Runner] = {}
         self._lock = threading.Lock()
+        # Safety net when close() is never called: free every runner when the Stylizer is collected.
+        self._finalizer = weakref.finalize(self, _close_runners, self._runners, self._styles)
+        self._classifier_runner()  # loaded and checked now: a bad classifier graph fails here
 
     # -- public API ---------------------------------------------------------
 
@@ -197,10 +238,10 @@ class Stylizer:
                 " (list(array) for an NxHxWxC array)." + note("a list or iterable of paths or HxWxC arrays", type(images).__name__)
             )
         images = list(images)
-        rgbs = []
+        rgbs, alphas = [], []  # alphas[i]: image i's alpha plane, passed through unstyled, or None
         for i, im in enumerate(images):
             try:
-                rgbs.append(self._check_min_side(self._load(im, bgr)))
+                rgbs.append(self._check_min_side(self._load(im, bgr, alphas)))
             except EmostyleError as exc:
                 if len(images) == 1:
                     raise
@@ -217,21 +258,47 @@ class Stylizer:
         styled: list[np.ndarray | None] = [None] * len(rgbs)
         for style_id, idx in groups.items():
             for i, out in zip(idx, self._style(style_id, [rgbs[i] for i in idx], max_side)):
-                styled[i] = cv2.cvtColor(out, cv2.COLOR_RGB2BGR) if bgr else out
+                styled[i] = self._finish(out, alphas[i], bgr)
         return [
             StyleResult(img, c.emotion, c.scores, c.face, c.faces, c.source, self.manifest.emotions[c.emotion])
             for img, c in zip(styled, found)
         ]
 
+    def stream(self, frames: Any, *, fps: float | None = None, **kwargs: Any) -> Iterator[StyledFrame]:
+        """Style a stream of frames with an emotion that does not flicker; yields ``StyledFrame`` objects.
+
+        ``frames``: HxWx3 uint8 arrays (RGB; BGR with ``bgr=True``), ``(seconds, array)``
+        tuples (variable frame rate), PyAV ``VideoFrame`` objects (their pts and
+        rotation are used) or a ``cv2.VideoCapture``. ``fps`` times frames that have no
+        timestamp. Decoding, classification, styling and the caller overlap in
+        threads joined by bounded queues. Options (see ``emostyle_rt.video.stream``):
+        ``emotion`` (fixed style), ``max_side``, ``bgr``, ``options``
+        (``TemporalOptions``: schedule, smoothing, switching, cross-fade), ``batch``
+        (frames per style run), ``live`` (a camera: drop frames while busy), ``initial``.
+        """
+        from .video import stream
+
+        return stream(self, frames, fps=fps, **kwargs)
+
     def preload(self) -> None:
-        """Load every style graph now instead of on first use."""
+        """Load the classifier, every style graph and the bundle's face detector now instead of on first use."""
+        self._classifier_runner()
         for style_id in self.manifest.styles:
             self._style_runner(style_id)
+        if isinstance(self._detector, MtcnnDetector):
+            self._detector.preload()
 
     def close(self) -> None:
-        """Drop the loaded style graphs (they load again on next use)."""
+        """Close every loaded runner: sessions, GPU buffers and streams are freed.
+
+        The Stylizer stays usable: graphs load again on next use. Calls still
+        running in other threads finish; ones that start on a closed runner raise
+        ``BackendError``.
+        """
         with self._lock:
-            self._styles.clear()
+            _close_runners(self._runners, self._styles)
+        if isinstance(self._detector, MtcnnDetector):  # the bundle's detector (its graphs reload on next use)
+            self._detector.close()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle by bundle path and options (for multiprocessing): the receiver re-opens the bundle.
@@ -241,7 +308,8 @@ class Stylizer:
         return {
             "bundle": str(self.manifest.root), "backend": self._backend, "provider": self._provider,
             "detector": self._detector_spec, "no_face": self.no_face, "margin": self.margin,
-            "max_pixels": self.max_pixels, "verify": self._verify,
+            "max_pixels": self.max_pixels, "verify": self._verify, "precision": self._precision,
+            "cuda_graph": self._cuda_graph, "cache_dir": self._cache_dir,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -255,8 +323,22 @@ class Stylizer:
 
     # -- internals ----------------------------------------------------------
 
-    def _load(self, image: ImageInput, bgr: bool) -> np.ndarray:
-        return load_image(image, bgr=bgr, max_pixels=self.max_pixels)
+    def _load(self, image: ImageInput, bgr: bool, alphas: list[np.ndarray | None] | None = None) -> np.ndarray:
+        """HxWx3 RGB; with ``alphas``, the input's alpha plane (or None) is appended to that list."""
+        img = load_image(image, bgr=bgr, max_pixels=self.max_pixels, alpha=alphas is not None)
+        if alphas is not None:
+            alphas.append(img[..., 3].copy() if img.shape[2] == 4 else None)
+            img = np.ascontiguousarray(img[..., :3])
+        return img
+
+    @staticmethod
+    def _finish(out: np.ndarray, alpha: np.ndarray | None, bgr: bool) -> np.ndarray:
+        """A styled RGB result with the input's alpha (if any) put back, in the caller's colour order."""
+        if alpha is not None:
+            out = np.dstack([out, alpha])
+        if not bgr:
+            return out
+        return cv2.cvtColor(out, cv2.COLOR_RGBA2BGRA if alpha is not None else cv2.COLOR_RGB2BGR)
 
     def _check_min_side(self, rgb: np.ndarray) -> np.ndarray:
         m = self.manifest.min_side
@@ -280,15 +362,15 @@ class Stylizer:
         crops: list[np.ndarray] = []
         for rgb, faces in zip(rgbs, faces_per_image):
             if faces:
-                crops += [crop_face(rgb, f, size, spec.channels, self.margin) for f in faces]
+                crops += [crop_face(rgb, f, size, spec.channels, self.crop) for f in faces]
             elif self.no_face == "whole":
-                crops.append(crop_face(rgb, None, size, spec.channels))
+                crops.append(crop_face(rgb, None, size, spec.channels, self.crop))
             elif self.no_face == "error":
                 raise NoFaceError(
                     f"No face found in a {rgb.shape[1]}x{rgb.shape[0]} image and the no-face policy is 'error'."
                     + note("at least one face", 0)
                 )
-        probs = self._classifier.run({spec.input_name: np.stack(crops)})[spec.output_name] if crops else None
+        probs = self._classifier_runner().run({spec.input_name: np.stack(crops)})[spec.output_name] if crops else None
         results, k = [], 0
         for faces in faces_per_image:
             if not faces and self.no_face != "whole":
@@ -323,16 +405,43 @@ class Stylizer:
     def _scores(self, p: np.ndarray) -> dict[str, float]:
         return {label: float(v) for label, v in zip(self.manifest.labels, p)}
 
+    def _runner(self, key: str) -> Runner:
+        """A new runner for ``key`` with this Stylizer's backend options, checked against the manifest."""
+        runner = runner_for(self.manifest, key, backend=self._backend, provider=self._provider,
+                            precision=self._precision, cuda_graph=self._cuda_graph, cache=self._cache_dir)
+        try:
+            if key == CLASSIFIER:
+                spec = self.manifest.classifier
+                _check_graph(runner, self.manifest.path(spec.onnx), spec.input_name, spec.output_name,
+                             (spec.height, spec.width, spec.channels), len(self.manifest.labels))
+            else:
+                style = self.manifest.styles[key]
+                _check_graph(runner, self.manifest.path(style.onnx), style.input_name, style.output_name, (3,), 3)
+        except BaseException:
+            runner.close()
+            raise
+        return runner
+
+    def _classifier_runner(self) -> Runner:
+        runner = self._runners.get(CLASSIFIER)
+        if runner is None:
+            with self._lock:
+                runner = self._runners.get(CLASSIFIER)
+                if runner is None:
+                    runner = self._runners[CLASSIFIER] = self._runner(CLASSIFIER)
+        return runner
+
+    @property
+    def _classifier(self) -> Runner:
+        return self._classifier_runner()
+
     def _style_runner(self, style_id: str) -> Runner:
         runner = self._styles.get(style_id)
         if runner is None:
             with self._lock:
                 runner = self._styles.get(style_id)
                 if runner is None:
-                    runner = runner_for(self.manifest, style_id, backend=self._backend, provider=self._provider)
-                    spec = self.manifest.styles[style_id]
-                    _check_graph(runner, self.manifest.path(spec.onnx), spec.input_name, spec.output_name, (3,), 3)
-                    self._styles[style_id] = runner
+                    runner = self._styles[style_id] = self._runner(style_id)
         return runner
 
     def _style(self, style_id: str, rgbs: list[np.ndarray], max_side: int | None) -> list[np.ndarray]:
@@ -349,7 +458,9 @@ class Stylizer:
             per_run = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
             for start in range(0, len(idx), per_run):
                 chunk = idx[start : start + per_run]
-                batch = np.stack([padded[i] for i in chunk])
+                # One image: a view, no copy of the (up to 25 MB) frame; several: stacked.
+                batch = np.ascontiguousarray(padded[chunk[0]])[None] if len(chunk) == 1 else np.stack(
+                    [padded[i] for i in chunk])
                 result = runner.run({spec.input_name: batch})[spec.output_name]
                 if result.shape != batch.shape or result.dtype != np.uint8:
                     raise BackendError(

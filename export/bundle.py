@@ -1,4 +1,4 @@
-"""Write a verified bundle: classifier + style graphs + manifest, atomically.
+"""Write a verified bundle: classifier + style graphs + face detector + manifest, atomically.
 
 The bundle is built in a hidden temporary folder beside the destination and
 renamed into place only when every graph has passed its parity check. An
@@ -7,6 +7,7 @@ existing bundle is replaced only with ``force`` and survives any failure.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -19,11 +20,11 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from emostyle_rt.errors import ExportError, note
+from emostyle_rt.errors import ExportError, note, sentence
 from emostyle_rt.fsutil import pid_alive, write_bytes_atomic
-from emostyle_rt.manifest import EMOTIONS, FORMAT_VERSION, MANIFEST_NAME, sha256_file
+from emostyle_rt.manifest import DEFAULT_CROP, EMOTIONS, FORMAT_VERSION, MANIFEST_NAME, CropSpec, sha256_file
 
 from . import parity
 from .checkpoints import CONVENTIONS, StyleCheckpoint, load_style_checkpoint
@@ -37,6 +38,8 @@ DEMO_NOTE = (
 )
 STYLE_MIN_SIDE = 5  # reflection padding of 4 px in the first 9x9 conv needs more than 4 px
 STYLE_SIZE_MULTIPLE = 4  # two stride-2 convs, two x2 upsamples
+#: Face detectors emostyle-export can put into a bundle (None: none).
+DETECTORS = ("mtcnn", None)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class StyleSource:
 class EngineOptions:
     """What the TensorRT build needs: the style graphs' shape range and the workspace limit."""
 
-    shape_range: Any = None  # tensorrt_build.ShapeRange; None -> its defaults (batch 1-4, up to 1920x1080)
+    shape_range: Any = None  # tensorrt_build.ShapeRange; None -> its defaults (batch 1-4 to 1024, single images to 1920x1920)
     max_faces: int = 16
     workspace_mb: int | None = None
     force: bool = False
@@ -64,12 +67,14 @@ class ExportPlan:
     classifier: Path | None
     styles: Mapping[str, StyleSource]
     classifier_scale: str = "0..1"
+    classifier_crop: CropSpec = DEFAULT_CROP  # how the classifier's training crops were cut
     labels: tuple[str, ...] = EMOTIONS
     demo: bool = False
     seed: int = 0
     opset: int = 17
     fp16: bool = False  # add verified mixed-precision FP16 graphs (CPU is enough)
     engines: EngineOptions | None = None  # build TensorRT engines for this GPU (implies fp16)
+    detector: str | None = "mtcnn"  # the face detector put into the bundle (None: none, Haar at run time)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -81,6 +86,24 @@ class _Steps:
 
     def __call__(self, msg: str, *args: Any) -> None:
         log.info("[%6.1fs] " + msg, time.perf_counter() - self.t0, *args)
+
+
+@contextlib.contextmanager
+def _progress(total: int, what: str) -> Iterator[Callable[[], object]]:
+    """A tqdm bar on a terminal's stderr (not with -q, not without tqdm); yields ``advance()``.
+
+    The step log lines are written above the bar instead of through it.
+    """
+    try:
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+    except ImportError:
+        yield lambda: None
+        return
+    disable = None if log.isEnabledFor(logging.INFO) else True  # None: only on a terminal
+    with tqdm(total=total, desc=what, unit="graph", disable=disable, leave=False) as bar, \
+            logging_redirect_tqdm([log]):
+        yield bar.update
 
 
 def _tool_versions() -> dict[str, str]:
@@ -117,7 +140,23 @@ def _clean_stale(dest: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _check_parent(dest: Path) -> None:
+    """The folder that will hold ``dest`` must be a folder, or creatable, and writable: checked before any work."""
+    anc = dest.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ExportError(
+            f"Cannot create {dest}: {anc} is a file, not a folder." + note("-o under a folder", f"{anc}: a file")
+        )
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise ExportError(
+            f"Cannot create {dest}: folder {anc} is not writable." + note("a writable folder", f"{anc}: read-only")
+        )
+
+
 def _check_destination(dest: Path, force: bool) -> None:
+    _check_parent(dest)
     if not dest.exists():
         return
     if not force:
@@ -178,6 +217,8 @@ def _validate(plan: ExportPlan) -> None:
     if plan.engines is not None:
         _require_tensorrt()
     check_labels(plan.labels)
+    if plan.detector not in DETECTORS:
+        raise ExportError(f"Unknown face detector {plan.detector!r}." + note(list(DETECTORS), plan.detector))
     if plan.classifier_scale not in SCALES:
         raise ExportError(
             f"Unknown classifier scale {plan.classifier_scale!r}." + note(list(SCALES), plan.classifier_scale)
@@ -254,7 +295,7 @@ def demo_classifier(seed: int) -> Any:
 
 def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> dict[str, Any]:
     from .classifiers import convert_classifier, load_classifier, looks_like_probabilities, scale_pixels
-    from .styles import INPUT_NAME, OUTPUT_NAME, export_style
+    from .styles import INPUT_NAME, OUTPUT_NAME
 
     step("loading TensorFlow and the classifier%s", " (demo, seeded)" if plan.demo else f" {plan.classifier}")
     clf = demo_classifier(plan.seed) if plan.demo else load_classifier(plan.classifier)  # type: ignore[arg-type]
@@ -283,20 +324,11 @@ def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> dict[str, Any]:
     styles: dict[str, Any] = {}
     emotions: dict[str, str] = {}
     sources = demo_styles(plan.seed) if plan.demo else _user_styles(plan)
-    for served, sid, ckpt, source in sources:
-        rel = f"styles/{sid}.onnx"
-        step("style %s (%s, convention %s) for %s: exporting", sid, ckpt.family, ckpt.convention, ", ".join(served))
-        export_style(ckpt.model, ckpt.convention, tmp / rel, plan.opset)
-        step("style %s: parity check (PyTorch eager vs onnxruntime)", sid)
-        s_parity = parity.check_style(ckpt.model, ckpt.convention, tmp / rel, sid)
-        step("style %s ok: max abs diff %.2f grey levels, PSNR %s dB", sid, s_parity.max_abs_diff,
-             "inf" if s_parity.psnr_db is None else f"{s_parity.psnr_db:.1f}")
-        styles[sid] = {"onnx": rel, "sha256": sha256_file(tmp / rel), "source": source,
-                       "convention": ckpt.convention, "convention_source": ckpt.convention_source,
-                       "parity": s_parity.as_dict()}
-        if want_fp16:
-            styles[sid]["fp16"] = _fp16(tmp, rel, "style", step)
-        emotions.update({e: sid for e in served})
+    with _progress(_count_styles(plan), "style graphs") as advance:
+        for served, sid, ckpt, source in sources:
+            _add_style(plan, tmp, step, styles, emotions, served, sid, ckpt, source, want_fp16)
+            advance()
+    detector = _detector(tmp, step) if plan.detector else None
 
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -312,6 +344,7 @@ def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> dict[str, Any]:
                       "channels": clf.channels, "color": "RGB" if clf.channels == 3 else "GRAY"},
             "output": {"name": "probs", "classes": clf.classes, "softmax_added": add_softmax},
             "scale": plan.classifier_scale,
+            "crop": plan.classifier_crop.to_json(),
             "parity": c_parity.as_dict(),
             **({"fp16": c_fp16} if c_fp16 else {}),
         },
@@ -319,10 +352,46 @@ def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> dict[str, Any]:
                         "color": "RGB", "size_multiple": STYLE_SIZE_MULTIPLE, "min_side": STYLE_MIN_SIDE},
         "styles": styles,
         "emotions": {e: emotions[e] for e in plan.labels},
+        **({"detector": detector} if detector else {}),
         "tools": _tool_versions(),
         **dict(plan.extra),
     }
     return manifest
+
+
+def _count_styles(plan: ExportPlan) -> int:
+    """How many style graphs ``plan`` exports (one per distinct checkpoint and convention)."""
+    if plan.demo:
+        return len(EMOTIONS)
+    return len({(source_digest(Path(s.path)), s.convention) for s in plan.styles.values()})
+
+
+def _add_style(plan: ExportPlan, tmp: Path, step: _Steps, styles: dict[str, Any], emotions: dict[str, str],
+               served: list[str], sid: str, ckpt: StyleCheckpoint, source: dict[str, Any], want_fp16: bool) -> None:
+    """Export, check and record one style graph (and its FP16 variant)."""
+    from .styles import export_style
+
+    rel = f"styles/{sid}.onnx"
+    step("style %s (%s, convention %s) for %s: exporting", sid, ckpt.family, ckpt.convention, ", ".join(served))
+    export_style(ckpt.model, ckpt.convention, tmp / rel, plan.opset)
+    step("style %s: parity check (PyTorch eager vs onnxruntime)", sid)
+    s_parity = parity.check_style(ckpt.model, ckpt.convention, tmp / rel, sid)
+    step("style %s ok: max abs diff %.2f grey levels, PSNR %s dB", sid, s_parity.max_abs_diff,
+         "inf" if s_parity.psnr_db is None else f"{s_parity.psnr_db:.1f}")
+    styles[sid] = {"onnx": rel, "sha256": sha256_file(tmp / rel), "source": source,
+                   "convention": ckpt.convention, "convention_source": ckpt.convention_source,
+                   "parity": s_parity.as_dict()}
+    if want_fp16:
+        styles[sid]["fp16"] = _fp16(tmp, rel, "style", step)
+    emotions.update({e: sid for e in served})
+
+
+def _detector(root: Path, step: _Steps) -> dict[str, Any]:
+    """Export the MTCNN face detector into ``root/detector``, checked against the mtcnn package; its manifest block."""
+    from .detectors import export_mtcnn
+
+    step("face detector: MTCNN from the mtcnn package (P-Net, R-Net, O-Net)")
+    return export_mtcnn(root, step)
 
 
 def _fp16(root: Path, rel: str, kind: str, step: _Steps) -> dict[str, Any]:
@@ -347,7 +416,7 @@ def _build_engines(root: Path, manifest: dict[str, Any], opts: EngineOptions, st
     hwc = (c["input"]["height"], c["input"]["width"], c["input"]["channels"])
     models = {"classifier": (c["fp16"]["onnx_fp16"], [shapes.classifier_profile(c["input"]["name"], hwc, opts.max_faces)])}
     for sid, st in manifest["styles"].items():
-        models[f"style.{sid}"] = (st["fp16"]["onnx_fp16"], [shapes.style_profile(manifest["style_input"]["name"])])
+        models[f"style.{sid}"] = (st["fp16"]["onnx_fp16"], shapes.style_profiles(manifest["style_input"]["name"]))
     step("building %d TensorRT engines (strongly typed FP16)", len(models))
     records = build_engines(root, models, workspace_mb=opts.workspace_mb, force=opts.force)
     kept = [e for e in manifest.get("engines", [])
@@ -355,8 +424,13 @@ def _build_engines(root: Path, manifest: dict[str, Any], opts: EngineOptions, st
     return kept + [r.to_manifest() for r in records]
 
 
-def add_to_bundle(bundle: str | Path, engines: EngineOptions | None = None) -> Path:
+def add_to_bundle(bundle: str | Path, engines: EngineOptions | None = None, *, fp16: bool = True,
+                  crop: CropSpec | None = None, detector: str | None = None) -> Path:
     """Add FP16 graphs (where missing) and, with ``engines``, TensorRT engines to an existing bundle.
+
+    ``fp16=False`` adds no FP16 graphs (engines still need them); ``crop`` sets
+    the classifier's crop spec (``classifier.crop``), the graphs are unchanged;
+    ``detector="mtcnn"`` adds the MTCNN face detector when the bundle has none.
 
     New files get new names; the manifest, rewritten atomically at the end, is
     the commit point, so a failure leaves the bundle as it was.
@@ -368,12 +442,27 @@ def add_to_bundle(bundle: str | Path, engines: EngineOptions | None = None) -> P
     if engines is not None:
         _require_tensorrt()
     step = _Steps()
-    if "fp16" not in manifest["classifier"]:
-        manifest["classifier"] = manifest["classifier"] | {"fp16": _fp16(root, manifest["classifier"]["onnx"],
-                                                                         "classifier", step)}
-    for sid, st in list(manifest["styles"].items()):
-        if "fp16" not in st:
-            manifest["styles"] = manifest["styles"] | {sid: st | {"fp16": _fp16(root, st["onnx"], "style", step)}}
+    if crop is not None:
+        manifest["classifier"] = manifest["classifier"] | {"crop": crop.to_json()}
+        step("classifier crop spec: %s", crop.summary())
+    if detector not in DETECTORS:
+        raise ExportError(f"Unknown face detector {detector!r}." + note(list(DETECTORS), detector))
+    if detector and "detector" in manifest:
+        step("bundle %s already has a face detector (%s); kept", root, manifest["detector"].get("kind"))
+    elif detector:
+        manifest["detector"] = _detector(root, step)  # new files; the manifest below is the commit point
+    fp16 = fp16 or engines is not None
+    todo = int(fp16 and "fp16" not in manifest["classifier"])
+    todo += sum(fp16 and "fp16" not in st for st in manifest["styles"].values())
+    with _progress(todo, "FP16 graphs") as advance:
+        if fp16 and "fp16" not in manifest["classifier"]:
+            manifest["classifier"] = manifest["classifier"] | {"fp16": _fp16(root, manifest["classifier"]["onnx"],
+                                                                             "classifier", step)}
+            advance()
+        for sid, st in list(manifest["styles"].items()):
+            if fp16 and "fp16" not in st:
+                manifest["styles"] = manifest["styles"] | {sid: st | {"fp16": _fp16(root, st["onnx"], "style", step)}}
+                advance()
     if engines is not None:
         manifest["engines"] = _build_engines(root, manifest, engines, step)
     manifest["tools"] = manifest.get("tools", {}) | _tool_versions()
@@ -393,9 +482,12 @@ def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) ->
     _validate(plan)
     _clean_stale(dest)
     _check_destination(dest, force)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{int(time.time())}"
-    tmp.mkdir()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise ExportError(f"Cannot create the bundle folder beside {dest}: " + sentence(exc)) from exc
     step = _Steps()
     if plan.demo:
         log.warning(DEMO_NOTE)

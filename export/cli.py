@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from emostyle_rt.errors import EmostyleError, ExportError, note
+from emostyle_rt.errors import EmostyleError, ExportError, note, sentence
 from emostyle_rt.logutil import setup_cli_logging
 from emostyle_rt.manifest import EMOTIONS
 
@@ -26,19 +26,28 @@ examples:
   # the same from a config file (TOML or JSON; paths relative to the file)
   emostyle-export --config export.toml -o engines/mine
 
+  # a classifier trained on FER-style face crops: say so (the runtime cuts its crops the same way)
+  emostyle-export --config export.toml --classifier-crop fer-style -o engines/mine
+  emostyle-export --bundle engines/mine --classifier-crop margin=10px,border=mean,interp=linear
+
   # FP16 graphs + TensorRT engines for this GPU, into an existing bundle
   emostyle-export --bundle engines/mine --engines --max-size 1080x1920 --max-batch 4
+
+  # the MTCNN face detector into a bundle made without one (the runtime then needs no Haar / OpenCV 4)
+  emostyle-export --bundle engines/mine --detector mtcnn
 
 config file (TOML):
   classifier = "emotion.h5"
   classifier_scale = "-1..1"          # optional, default 0..1
   labels = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]   # optional
+  classifier_crop = "fer-style"       # optional, default "default"; or {{ preset = "tight", margin = "4px" }}
   [styles]
   angry = "candy.pth"
   happy = {{ path = "udnie.pth", convention = "0-255" }}
   ...
 
-emotions: {", ".join(EMOTIONS)}
+emotions: {", ".join(EMOTIONS)} (one --style each; naming an emotion twice with two paths is an
+error; a --style flag replaces that emotion's entry of the config file)
 style checkpoints: the paper authors' dict with 'state_dict' (convention imagenet) and
 pytorch/examples fast_neural_style state_dicts (convention 0-255) are told apart from
 the file; --style-convention overrides that for every style.
@@ -47,6 +56,22 @@ are read from the model, the pixel scale it was trained with is --classifier-sca
 Every graph is checked against its source model in onnxruntime; the export fails if
 one is off (probabilities > 1e-4, styles > 1 grey level). The bundle appears only
 when complete; an existing one is replaced only with --force.
+face detector (--detector, default mtcnn): MTCNN's P-Net, R-Net and O-Net from the mtcnn
+package, each within 1e-4 of its Keras network, the whole cascade finding the package's
+faces (IoU >= 0.9) on real photos; "none" leaves it out (the runtime then uses Haar).
+
+classifier crop (--classifier-crop): how the classifier's TRAINING faces were cut; the
+runtime cuts its crops the same way. A preset, or key=value pairs over one
+(preset "default" when none is named). Presets:
+  default    square, +20% of the box each side, clipped at the image, area/linear resize
+  fer-style  square, +10 px each side, padded with the image's mean grey/colour, linear
+  tight      the detector's box itself: no margin, not squared, clipped
+keys: margin=0.2 (of the box) or 10px, square=expand|none, border=clip|constant|mean|reflect,
+value=0..255 (constant pad), interp=auto|area|linear|cubic|nearest, grey=R/G/B weights or cv2.
+
+needs the export extra: install torch (CPU or CUDA build) first, then
+  pip install "emostyle-rt[export]"
+exit status: 0 done, 2 bad arguments / inputs / missing extra / failed check, 130 interrupted.
 """
 
 
@@ -67,21 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
     opt = p.add_argument_group("model options")
     opt.add_argument("--classifier-scale", choices=("0..1", "-1..1", "0..255"), default=None,
                      help="pixel scaling the classifier was trained with (default 0..1)")
+    opt.add_argument("--classifier-crop", metavar="SPEC", default=None,
+                     help="how the classifier's training face crops were cut: a preset (default, fer-style, tight) "
+                          "or key=value pairs, e.g. margin=10px,border=mean,interp=linear (see below)")
     opt.add_argument("--labels", metavar="A,B,...",
                      help=f"classifier output order (default {','.join(EMOTIONS)})")
     opt.add_argument("--style-convention", choices=("imagenet", "0-255"), default=None,
                      help="override the convention detected from each style checkpoint")
     opt.add_argument("--seed", type=int, default=0, help="seed of the demo weights (default 0)")
+    opt.add_argument("--detector", choices=("mtcnn", "none"), default=None,
+                     help="face detector to put into the bundle (default mtcnn; with --bundle: add it)")
     fast = p.add_argument_group("FP16 and TensorRT (see engines/README.md)")
     fast.add_argument("--fp16", action="store_true",
                       help="add mixed-precision FP16 graphs, verified on CPU against FP32 (PSNR >= 40 dB, same top-1)")
     fast.add_argument("--engines", action="store_true",
                       help="build FP16 TensorRT engines for this GPU (implies --fp16; needs the tensorrt extra)")
     fast.add_argument("--bundle", type=Path, metavar="DIR",
-                      help="add --fp16 / --engines to this existing bundle instead of exporting a new one")
+                      help="add --fp16 / --engines / --detector / --classifier-crop to this existing bundle "
+                           "instead of exporting a new one")
     fast.add_argument("--min-size", type=_hw, default=None, metavar="HxW", help="smallest image of the engine profile (64x64)")
     fast.add_argument("--opt-size", type=_hw, default=None, metavar="HxW", help="image size TensorRT tunes for (720x1280)")
-    fast.add_argument("--max-size", type=_hw, default=None, metavar="HxW", help="largest image of the engine profile (1080x1920)")
+    fast.add_argument("--max-size", type=_hw, default=None, metavar="HxW", help="largest image of the engine profiles, either orientation (1920x1920)")
     fast.add_argument("--max-batch", type=int, default=4, metavar="N", help="largest style batch of the engines (4)")
     fast.add_argument("--workspace-mb", type=int, default=None, metavar="MB", help="TensorRT builder workspace limit")
     out = p.add_argument_group("output")
@@ -111,19 +142,105 @@ def engine_options(args: argparse.Namespace) -> Any:
     return EngineOptions(shape_range=shapes, workspace_mb=args.workspace_mb, force=args.force)
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ExportError(f"Cannot read config file {path}: {exc}.") from exc
-    try:
-        if path.suffix.lower() == ".json":
-            return json.loads(text)
-        import tomllib
+#: config key -> what its value must be (as TOML / JSON name it)
+CONFIG_KEYS = {
+    "classifier": "a string (path of the .keras, .h5 or SavedModel folder)",
+    "classifier_scale": 'a string: "0..1", "-1..1" or "0..255"',
+    "labels": 'an array of strings, or one comma-separated string',
+    "classifier_crop": 'a string (preset or key=value,...) or a table {preset = "...", margin = "10px", ...}',
+    "detector": 'a string: "mtcnn" or "none"',
+    "styles": "a table of EMOTION = PATH (or EMOTION = {path = ..., convention = ...})",
+}
+_KINDS = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "table",
+          type(None): "null"}
 
-        return tomllib.loads(text)
+
+def _got(value: Any) -> str:
+    """A config value as a message shows it: its TOML/JSON type and a short repr."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else f"boolean {str(value).lower()}"
+    text = repr(value)
+    return f"{_KINDS.get(type(value), type(value).__name__)} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def _wrong_type(path: Path, key: str, expected: str, value: Any) -> ExportError:
+    return ExportError(f"Config file {path}: {key} has the wrong type." + note(expected, _got(value)))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The config file as a dict whose values have the types in ``CONFIG_KEYS`` (a typed error otherwise)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ExportError(f"Cannot read config file {path}: " + sentence(exc)) from exc
+    kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExportError(
+            f"Config file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})."
+            + note(f"a UTF-8 {kind} file", "other bytes")
+        ) from None
+    try:
+        if kind == "JSON":
+            cfg = json.loads(text)
+        else:
+            import tomllib
+
+            cfg = tomllib.loads(text)
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ExportError(f"Config file {path} is not valid {path.suffix.lstrip('.').upper()}: {exc}.") from exc
+        raise ExportError(f"Config file {path} is not valid {kind}: " + sentence(exc)) from exc
+    if not isinstance(cfg, dict):
+        raise _wrong_type(path, "the top level", "a TOML table / JSON object of settings (classifier, styles, ...)",
+                          cfg)
+    _check_config_types(path, cfg)
+    return cfg
+
+
+def _check_config_types(path: Path, cfg: dict[str, Any]) -> None:
+    unknown = sorted(set(cfg) - set(CONFIG_KEYS))
+    if unknown:
+        raise ExportError(f"Unknown keys in {path}: {unknown}." + note(sorted(CONFIG_KEYS), sorted(cfg)))
+    for key in ("classifier", "classifier_scale", "detector"):
+        if key in cfg and not (isinstance(cfg[key], str) and cfg[key].strip()):
+            raise _wrong_type(path, f"key {key!r}", CONFIG_KEYS[key], cfg[key])
+    if "classifier_crop" in cfg and not isinstance(cfg["classifier_crop"], (str, dict)):
+        raise _wrong_type(path, "key 'classifier_crop'", CONFIG_KEYS["classifier_crop"], cfg["classifier_crop"])
+    labels = cfg.get("labels", "")
+    if not (isinstance(labels, str) or isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise _wrong_type(path, "key 'labels'", CONFIG_KEYS["labels"], labels)
+    styles = cfg.get("styles", {})
+    if not isinstance(styles, dict):
+        raise _wrong_type(path, "key 'styles'", CONFIG_KEYS["styles"], styles)
+    for emotion, spec in styles.items():
+        where = f"key 'styles.{emotion}'"
+        if isinstance(spec, str) and spec.strip():
+            continue
+        if not isinstance(spec, dict) or not isinstance(spec.get("path"), str) or not spec["path"].strip():
+            raise _wrong_type(path, where, 'a path string or a table {path = "...", convention = "..."}', spec)
+        extra = sorted(set(spec) - {"path", "convention"})
+        if extra:
+            raise ExportError(f"Config file {path}: {where} has unknown keys {extra}."
+                              + note("path and convention", sorted(spec)))
+        if "convention" in spec and not isinstance(spec["convention"], str):
+            raise _wrong_type(path, f"{where}.convention", 'a string: "imagenet" or "0-255"', spec["convention"])
+
+
+def _flag_styles(items: Sequence[str]) -> dict[str, Path]:
+    """--style EMOTION=PATH flags -> {emotion: path}; an emotion named twice with two paths is an error."""
+    out: dict[str, Path] = {}
+    for item in items:
+        emotion, sep, path = item.partition("=")
+        emotion, path = emotion.strip(), path.strip()
+        if not sep or not emotion or not path:
+            raise ExportError(f"--style {item!r} is not EMOTION=PATH." + note("e.g. --style happy=udnie.pth", item))
+        if emotion in out and out[emotion] != Path(path):
+            raise ExportError(
+                f"--style {emotion}= is given twice, with {str(out[emotion])!r} and {path!r}; each emotion takes "
+                "one style." + note(f"one --style {emotion}=PATH", f"{out[emotion]} and {path}")
+            )
+        out[emotion] = Path(path)
+    return out
 
 
 def plan_from_args(args: argparse.Namespace) -> Any:
@@ -132,22 +249,12 @@ def plan_from_args(args: argparse.Namespace) -> Any:
 
     cfg: dict[str, Any] = _read_config(args.config) if args.config else {}
     base = args.config.parent if args.config else Path.cwd()
-    known = {"classifier", "classifier_scale", "labels", "styles"}
-    if set(cfg) - known:
-        raise ExportError(f"Unknown keys in {args.config}: {sorted(set(cfg) - known)}." + note(sorted(known), sorted(cfg)))
-
     styles: dict[str, StyleSource] = {}
-    for emotion, spec in (cfg.get("styles") or {}).items():
+    for emotion, spec in cfg.get("styles", {}).items():
         if isinstance(spec, str):
             spec = {"path": spec}
-        if not isinstance(spec, dict) or "path" not in spec:
-            raise ExportError(f"Style entry {emotion!r} in {args.config} needs a path." + note("PATH or {path=..., convention=...}", spec))
         styles[emotion] = StyleSource(base / spec["path"], spec.get("convention"))
-    for item in args.style:
-        emotion, sep, path = item.partition("=")
-        if not sep or not emotion or not path:
-            raise ExportError(f"--style {item!r} is not EMOTION=PATH." + note("e.g. --style happy=udnie.pth", item))
-        styles[emotion.strip()] = StyleSource(Path(path))
+    styles |= {emotion: StyleSource(path) for emotion, path in _flag_styles(args.style).items()}
     if args.style_convention:
         styles = {e: StyleSource(s.path, args.style_convention) for e, s in styles.items()}
 
@@ -156,31 +263,79 @@ def plan_from_args(args: argparse.Namespace) -> Any:
     scale = args.classifier_scale or cfg.get("classifier_scale") or "0..1"
     if args.demo and (classifier or styles):
         raise ExportError("--demo builds its own models; it takes no --classifier, --style or config styles.")
+    detector = args.detector or cfg.get("detector") or "mtcnn"
+    if detector not in ("mtcnn", "none"):
+        raise ExportError(f"Config file {args.config}: key 'detector' must be \"mtcnn\" or \"none\"."
+                          + note('"mtcnn" or "none"', repr(detector)))
     return ExportPlan(classifier=classifier, styles=styles, classifier_scale=scale, labels=labels,
-                      demo=args.demo, seed=args.seed, fp16=args.fp16, engines=engine_options(args))
+                      demo=args.demo, seed=args.seed, fp16=args.fp16, engines=engine_options(args),
+                      classifier_crop=classifier_crop(args, cfg), detector=None if detector == "none" else detector)
+
+
+def classifier_crop(args: argparse.Namespace, cfg: dict[str, Any] | None = None) -> Any:
+    """--classifier-crop, else the config's classifier_crop, else the default spec (a CropSpec)."""
+    from emostyle_rt.manifest import parse_crop
+
+    if args.classifier_crop is not None:
+        return parse_crop(args.classifier_crop)
+    try:
+        return parse_crop((cfg or {}).get("classifier_crop", "default"))
+    except EmostyleError as exc:
+        raise ExportError(f"Config file {args.config}: key 'classifier_crop': {exc}") from None
+
+
+def needed_modules(args: argparse.Namespace) -> list[str]:
+    """The export-stack modules this command line needs (checked before any work)."""
+    fp16 = ["onnx", "onnxruntime", "onnxconverter_common", "skimage"]
+    detector = ["tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "skimage", "mtcnn"]
+    if args.bundle is not None:
+        wanted = (fp16 if args.fp16 or args.engines else []) + (detector if args.detector == "mtcnn" else [])
+        return list(dict.fromkeys(wanted))
+    full = ["torch", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "skimage"]
+    full += ["mtcnn"] if args.detector != "none" else []
+    return full + (["onnxconverter_common"] if args.fp16 or args.engines else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the export; 0 on success, 2 for any refused input or failed check, 130 when interrupted."""
     args = build_parser().parse_args(argv)
     setup_cli_logging(args.quiet, "emostyle_export", "emostyle_rt")
     from .bundle import add_to_bundle, export_bundle
+    from .extras import missing_error, require, stack_module
 
+    log = logging.getLogger("emostyle_export")
     try:
         if args.bundle is not None:
             if args.output or args.demo or args.classifier or args.style or args.config:
-                raise ExportError("--bundle adds FP16 graphs / engines to an existing bundle; it takes no -o or sources.")
-            if not (args.fp16 or args.engines):
-                raise ExportError("--bundle needs --fp16 or --engines." + note("--fp16 or --engines", "neither"))
-            dest = add_to_bundle(args.bundle, engine_options(args))
+                raise ExportError("--bundle adds FP16 graphs / engines / a face detector / a crop spec to an existing "
+                                  "bundle; it takes no -o or sources.")
+            if not (args.fp16 or args.engines or args.classifier_crop is not None or args.detector == "mtcnn"):
+                raise ExportError("--bundle needs --fp16, --engines, --detector mtcnn or --classifier-crop."
+                                  + note("--fp16, --engines, --detector mtcnn or --classifier-crop SPEC", "none of them"))
+            crop = classifier_crop(args) if args.classifier_crop is not None else None
+            require("emostyle-export", needed_modules(args), "export")
+            dest = add_to_bundle(args.bundle, engine_options(args), fp16=args.fp16, crop=crop,
+                                 detector=args.detector if args.detector == "mtcnn" else None)
         elif args.output is None:
             raise ExportError("No output folder." + note("-o DIR (or --bundle DIR with --fp16/--engines)", "none"))
         else:
-            dest = export_bundle(plan_from_args(args), args.output, force=args.force)
+            plan = plan_from_args(args)
+            require("emostyle-export", needed_modules(args), "export")
+            dest = export_bundle(plan, args.output, force=args.force)
     except EmostyleError as exc:
-        logging.getLogger("emostyle_export").error("emostyle-export: error: %s", exc)
+        log.error("emostyle-export: error: %s", exc)
+        return 2
+    except ModuleNotFoundError as exc:  # a stack module that the check above could not foresee (broken install)
+        module = stack_module(exc, "export")
+        if module is None:
+            raise
+        log.error("emostyle-export: error: %s", missing_error("emostyle-export", [module], "export"))
         return 2
     except KeyboardInterrupt:
-        logging.getLogger("emostyle_export").error("emostyle-export: interrupted; nothing was written to %s", args.output)
+        if args.bundle is not None:
+            log.error("emostyle-export: interrupted; %s keeps its previous manifest", args.bundle)
+        else:
+            log.error("emostyle-export: interrupted; nothing was written to %s", args.output)
         return 130
     print(dest)
     return 0

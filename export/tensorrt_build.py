@@ -37,18 +37,28 @@ TIMING_CACHE = "timing.cache"
 
 @dataclass(frozen=True)
 class ShapeRange:
-    """User-declared range for the style graphs: batch and image size (H, W multiples of 4)."""
+    """User-declared range for the style graphs: batch and image size (H, W multiples of 4).
+
+    The default covers both orientations and squares: sides 64..1920 (a portrait
+    1080x1920 photo as well as a landscape one). Batches of up to ``max_batch``
+    images run for sides up to ``batch_max_hw``; larger images run one at a time.
+    That takes two optimization profiles (:meth:`style_profiles`), and an
+    engine's activation memory is that of its largest profile: max(4 x 1024 x 1024,
+    1 x 1920 x 1920) = 4.2 Mpx, where one profile of 4 x 1080 x 1920 needed 8.3
+    Mpx and still refused portraits. The runtime picks the profile per input and
+    splits larger batches; anything outside runs in onnxruntime (backend="auto").
+    """
 
     min_batch: int = 1
     opt_batch: int = 1
     max_batch: int = 4
     min_hw: tuple[int, int] = (64, 64)
     opt_hw: tuple[int, int] = (720, 1280)
-    max_hw: tuple[int, int] = (1080, 1920)
+    max_hw: tuple[int, int] = (1920, 1920)
     multiple: int = 4
+    batch_max_hw: tuple[int, int] | None = (1024, 1024)  # None: one profile, max_batch at every size
 
-    def style_profile(self, input_name: str) -> Profile:
-        """NHWC uint8 profile; sizes rounded up to ``multiple`` (the runtime pads to it)."""
+    def _sides(self) -> tuple[list[int], list[int], list[int]]:
         def up(v: int) -> int:
             return -(-v // self.multiple) * self.multiple
 
@@ -59,7 +69,28 @@ class ShapeRange:
         if not all(a <= b <= c for a, b, c in zip(mn, op, mx)) or min(mn) < 8:
             raise ExportError("Image size range must satisfy 8 <= min <= opt <= max per side."
                               + note("min <= opt <= max", (self.min_hw, self.opt_hw, self.max_hw)))
+        return mn, op, mx
+
+    def style_profile(self, input_name: str) -> Profile:
+        """One NHWC uint8 profile over the whole range (batch up to ``max_batch`` at every size)."""
+        mn, op, mx = self._sides()
         return Profile(input_name, (self.min_batch, *mn, 3), (self.opt_batch, *op, 3), (self.max_batch, *mx, 3))
+
+    def style_profiles(self, input_name: str) -> list[Profile]:
+        """The style graphs' profiles: batches up to ``batch_max_hw``, then single images up to ``max_hw``."""
+        mn, op, mx = self._sides()
+        if self.batch_max_hw is None or self.max_batch == self.min_batch:
+            return [self.style_profile(input_name)]
+        bmx = [-(-v // self.multiple) * self.multiple for v in self.batch_max_hw]
+        if not all(a <= b for a, b in zip(mn, bmx)):
+            raise ExportError("The batched profile's largest image must not be smaller than the smallest one."
+                              + note(f">= {mn}", self.batch_max_hw))
+        if all(b >= c for b, c in zip(bmx, mx)):
+            return [self.style_profile(input_name)]
+        batched = Profile(input_name, (self.min_batch, *mn, 3), (self.opt_batch, *(min(a, b) for a, b in zip(op, bmx)), 3),
+                          (self.max_batch, *bmx, 3))
+        single = Profile(input_name, (self.min_batch, *mn, 3), (self.min_batch, *op, 3), (self.min_batch, *mx, 3))
+        return [batched, single]
 
     def classifier_profile(self, input_name: str, hwc: tuple[int, int, int], max_faces: int = 16) -> Profile:
         """Fixed face size, batch 1..``max_faces``."""
@@ -165,18 +196,31 @@ def build_engine(
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as exc:  # pybind11: "factory function returned nullptr" (no GPU, driver or CUDA runtime)
+        raise ExportError(f"TensorRT could not create a builder ({exc})."
+                          + note("a CUDA driver and GPU that this TensorRT supports", "trt.Builder() returned nullptr")
+                          ) from exc
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    if network is None:
+        raise ExportError("TensorRT could not create a strongly typed network." + note("a network", "None"))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise ExportError(f"TensorRT's ONNX parser rejected {onnx_path}." + note("a parseable graph", errors))
     config = builder.create_builder_config()
+    if config is None:
+        raise ExportError("TensorRT could not create a builder config (out of memory?)." + note("a config", "None"))
     if workspace_mb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     for prof in profiles:
         p = builder.create_optimization_profile()
-        p.set_shape(prof.input, prof.min, prof.opt, prof.max)  # raises RuntimeError on min/opt/max mismatch
+        try:
+            p.set_shape(prof.input, prof.min, prof.opt, prof.max)
+        except (RuntimeError, TypeError) as exc:  # RuntimeError: min/opt/max of different ranks or out of order
+            raise ExportError(f"TensorRT refused the optimization profile for {onnx_path}: {exc}"
+                              + note("min <= opt <= max, same rank as the input", prof.to_json())) from exc
         if config.add_optimization_profile(p) < 0:  # -1: profile invalid (e.g. a dynamic input left unset)
             raise ExportError(f"TensorRT rejected the optimization profile for {onnx_path}."
                               + note("every dynamic input of the graph", prof.to_json()))

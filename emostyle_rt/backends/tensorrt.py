@@ -16,6 +16,7 @@ import ctypes
 import logging
 import re
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -24,16 +25,13 @@ import numpy as np
 
 from ..errors import BackendError, BundleError, InvalidImageError, note
 from ..manifest import read_json_object, sha256_file
+from . import OutsideProfileError, TensorInfo
 
 log = logging.getLogger(__name__)
 
 SIDECAR_FORMAT = 1
 TRT_DIR = "trt"
 PRECISION = "fp16-strongly-typed"
-
-
-class OutsideProfileError(BackendError, InvalidImageError):
-    """An input shape lies outside the engine's optimization profile."""
 
 
 def arch_key(trt_version: str, compute_capability: str | tuple[int, int]) -> str:
@@ -143,39 +141,6 @@ def find_engine(
     return plan
 
 
-def trt_ep_options(
-    bundle_root: str | Path,
-    *,
-    fp16: bool = True,
-    workspace_mb: int | None = None,
-    profile: Profile | None = None,
-) -> dict[str, Any]:
-    """Provider options for onnxruntime's ``TensorrtExecutionProvider`` with caches inside the bundle.
-
-    The EP keys its cached engines by graph hash and GPU; they go under
-    ``<bundle>/trt/ort-ep`` (created here). Pass as
-    ``providers=[("TensorrtExecutionProvider", opts), "CUDAExecutionProvider", "CPUExecutionProvider"]``.
-    """
-    cache = Path(bundle_root) / TRT_DIR / "ort-ep"
-    cache.mkdir(parents=True, exist_ok=True)
-    opts: dict[str, Any] = {
-        "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(cache),
-        "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": str(cache),
-        "trt_fp16_enable": fp16,
-    }
-    if workspace_mb is not None:
-        opts["trt_max_workspace_size"] = int(workspace_mb) << 20
-    if profile is not None:
-        def fmt(shape: Sequence[int]) -> str:
-            return f"{profile.input}:" + "x".join(str(int(s)) for s in shape)
-
-        opts.update(trt_profile_min_shapes=fmt(profile.min), trt_profile_opt_shapes=fmt(profile.opt),
-                    trt_profile_max_shapes=fmt(profile.max))
-    return opts
-
-
 # ---------------------------------------------------------------- GPU part (needs tensorrt + cuda-python)
 
 
@@ -192,7 +157,9 @@ def _check(result: Any) -> Any:
     cudart = _cudart()
     err, *rest = result if isinstance(result, tuple) else (result,)
     if err != cudart.cudaError_t.cudaSuccess:
-        raise BackendError(f"CUDA call failed: {cudart.cudaGetErrorString(err)[1]!r}.")
+        text = cudart.cudaGetErrorString(err)[1]
+        text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+        raise BackendError(f"CUDA call failed: {text} ({err}).")
     return rest[0] if len(rest) == 1 else rest
 
 
@@ -211,149 +178,281 @@ def runtime_identity() -> tuple[str, str, str] | None:
     return trt.__version__, f"{prop.major}.{prop.minor}", name
 
 
-class _ThreadState:
-    """The engine's execution context, stream and buffers (one per runner; runs hold ``TensorRTRunner._run_lock``).
+def numpy_dtype(trt: Any, dtype: Any, tensor: str) -> np.dtype:
+    """The numpy dtype of a TensorRT tensor type; BackendError for types numpy cannot hold (BF16, FP8, INT4, FP4)."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError as exc:  # trt.nptype raises TypeError for types without a numpy equivalent
+        raise BackendError(
+            f"TensorRT tensor {tensor!r} has type {dtype}, which numpy cannot hold, so this runner cannot feed or read it."
+            + note("uint8, int8, int32, int64, bool, float16 or float32 at the engine's inputs and outputs", dtype)
+        ) from exc
 
-    The engines have one dynamic-shape optimization profile, and TensorRT requires each execution
-    context in concurrent use to have its own profile (NvInferRuntime.h, IExecutionContext), so
-    contexts are not created per thread.
+
+class _DeviceState:
+    """The execution context, stream and device/pinned buffers of one runner (used under its run lock).
+
+    The engines have dynamic shapes, and TensorRT requires each execution context
+    in concurrent use to have its own optimization profile (NvInferRuntime.h,
+    IExecutionContext), so there is one context and runs are serialized. Buffers
+    grow to the largest input/output seen and are then reused: no allocation per run.
     """
 
-    def __init__(self, engine: Any, runner: "TensorRTRunner") -> None:
+    def __init__(self, engine: Any, plan_name: str) -> None:
         cudart = _cudart()
         self.context = engine.create_execution_context()
         if self.context is None:
-            raise BackendError(f"TensorRT could not create an execution context for {runner.plan} (out of GPU memory?).")
+            raise BackendError(f"TensorRT could not create an execution context for {plan_name} (out of GPU memory?).")
         self.stream = _check(cudart.cudaStreamCreate())
+        self.profile = 0
         self.device: dict[str, int] = {}
-        self.host: dict[str, np.ndarray] = {}
         self.host_ptr: dict[str, int] = {}
-        for name, nbytes in runner.max_bytes.items():
-            self.device[name] = _check(cudart.cudaMalloc(nbytes))
-            ptr = _check(cudart.cudaMallocHost(nbytes))
-            self.host_ptr[name] = ptr
-            self.host[name] = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_uint8)), (nbytes,))
-            self.context.set_tensor_address(name, self.device[name])
+        self.host: dict[str, np.ndarray] = {}
+        self.capacity: dict[str, int] = {}
+
+    def ensure(self, name: str, nbytes: int) -> None:
+        """Device and pinned host buffers of at least ``nbytes`` for tensor ``name`` (the stream must be idle)."""
+        if self.capacity.get(name, -1) >= nbytes:
+            return
+        cudart = _cudart()
+        self._free_one(name)
+        size = max(int(nbytes), 1)
+        self.device[name] = _check(cudart.cudaMalloc(size))
+        self.host_ptr[name] = _check(cudart.cudaMallocHost(size))
+        self.host[name] = np.ctypeslib.as_array(ctypes.cast(self.host_ptr[name], ctypes.POINTER(ctypes.c_uint8)), (size,))
+        self.capacity[name] = size
+
+    def _free_one(self, name: str) -> None:
+        cudart = _cudart()
+        self.capacity.pop(name, None)
+        self.host.pop(name, None)
+        if (ptr := self.device.pop(name, None)) is not None:
+            cudart.cudaFree(ptr)
+        if (ptr := self.host_ptr.pop(name, None)) is not None:
+            cudart.cudaFreeHost(ptr)
+
+    def synchronize(self) -> bool:
+        """Wait for everything queued on the stream; False if CUDA reports an error."""
+        cudart = _cudart()
+        result = cudart.cudaStreamSynchronize(self.stream)
+        err = result[0] if isinstance(result, tuple) else result
+        return err == cudart.cudaError_t.cudaSuccess
 
     def free(self) -> None:
-        cudart = _cudart()
-        for p in self.device.values():
-            cudart.cudaFree(p)
-        for p in self.host_ptr.values():
-            cudart.cudaFreeHost(p)
-        cudart.cudaStreamDestroy(self.stream)
-        self.device, self.host_ptr = {}, {}
+        """Free buffers and the stream (best effort: also called at interpreter exit)."""
+        try:
+            self.synchronize()
+            for name in list(self.device) + list(self.host_ptr):
+                self._free_one(name)
+            if self.stream is not None:
+                _cudart().cudaStreamDestroy(self.stream)
+        except Exception as exc:  # noqa: BLE001 - freeing must not raise (finalizers, error paths)
+            log.debug("Freeing TensorRT buffers failed: %s", exc)
+        self.stream, self.context = None, None
+
+
+def _free_states(states: list[_DeviceState]) -> None:
+    while states:
+        states.pop().free()
+
+
+def _fits_item(p: Profile, shape: Sequence[int]) -> bool:
+    """Whether one item of ``shape`` (all dims but the batch) lies inside the profile."""
+    return len(shape) == len(p.min) and all(lo <= d <= hi for lo, d, hi in zip(p.min[1:], shape[1:], p.max[1:]))
+
+
+def _nbytes(shape: Sequence[int], dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 class TensorRTRunner:
-    """Runner over one serialized engine (``name``, ``inputs``, ``outputs``, ``run``)."""
+    """Runner over one serialized engine (``name``, ``inputs``, ``outputs``, ``run``, ``close``).
+
+    A batch larger than the chosen profile's maximum is split into runs of that
+    size; an input outside every profile raises :class:`OutsideProfileError`
+    before any GPU work (``backend="auto"`` then uses onnxruntime). An error in
+    the middle of a run synchronizes the stream and leaves the runner usable.
+    """
 
     name = "tensorrt"
-
-    @property
-    def inputs(self) -> tuple[Any, ...]:
-        from . import TensorInfo
-
-        return tuple(TensorInfo(n, self._shapes[n], self.dtypes[n].name) for n in self.input_names)
-
-    @property
-    def outputs(self) -> tuple[Any, ...]:
-        from . import TensorInfo
-
-        return tuple(TensorInfo(n, self._shapes[n], self.dtypes[n].name) for n in self.output_names)
 
     def __init__(self, plan: str | Path) -> None:
         import tensorrt as trt
 
         self.plan = Path(plan)
-        self._trt = trt
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
+        logger = trt.Logger(trt.Logger.WARNING)
+        try:
+            runtime = trt.Runtime(logger)
+        except TypeError as exc:  # pybind11: "factory function returned nullptr" (no GPU, driver or CUDA runtime)
+            raise BackendError(
+                f"TensorRT could not create a runtime ({exc})."
+                + note("a CUDA driver and GPU that this TensorRT supports", "trt.Runtime() returned nullptr")
+            ) from exc
+        engine = runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if engine is None:  # TensorRT reports failure this way, not by raising
             raise BackendError(
                 f"TensorRT could not deserialize {self.plan} (other TensorRT version or GPU, or a damaged file)."
                 + note(f"a plan built by TensorRT {trt.__version__} for this GPU", "see the TensorRT log above")
             )
+        self._runtime = runtime  # the engine must not outlive its runtime
+        self._setup(trt, engine, f"tensorrt:{self.plan.parent.name}")
+
+    @classmethod
+    def from_engine(cls, trt: Any, engine: Any, name: str = "tensorrt:engine") -> "TensorRTRunner":
+        """A runner over an engine object that is already deserialized (loader/runner split; tests)."""
+        self = cls.__new__(cls)
+        self.plan, self._runtime = Path(name.replace(":", "-")), None
+        self._setup(trt, engine, name)
+        return self
+
+    def _setup(self, trt: Any, engine: Any, name: str) -> None:
         self._engine = engine
+        self.name = name
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.input_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
-        self.profiles = {n: Profile(n, *(tuple(s) for s in engine.get_tensor_profile_shape(n, 0))) for n in self.input_names}
-        self.name = f"tensorrt:{self.plan.parent.name}"
-        self._shapes = {n: tuple(d if d >= 0 else None for d in engine.get_tensor_shape(n)) for n in names}
-        # Output sizes at the profile max: set max input shapes on a scratch context and ask.
-        scratch = engine.create_execution_context()
-        if scratch is None:
-            raise BackendError(f"TensorRT could not create an execution context for {self.plan}.")
-        for n in self.input_names:
-            if not scratch.set_input_shape(n, self.profiles[n].max):
-                raise BackendError(f"TensorRT refused the profile max shape {self.profiles[n].max} for {n!r}.")
-        max_shapes = {n: tuple(scratch.get_tensor_shape(n)) for n in names}
-        if any(d < 0 for shape in max_shapes.values() for d in shape):
-            raise BackendError(f"{self.plan.name} has data-dependent output shapes, which this runner does not support."
-                               + note("shapes known from the inputs", max_shapes))
-        self.max_bytes = {n: int(np.prod(max_shapes[n])) * self.dtypes[n].itemsize for n in names}
-        del scratch
-        self._states: list[_ThreadState] = []
-        self._lock = threading.Lock()
-        self._run_lock = threading.Lock()  # one context, one profile: runs are serialized
+        self.dtypes = {n: numpy_dtype(trt, engine.get_tensor_dtype(n), n) for n in names}
+        self._shapes = {n: tuple(int(d) if d >= 0 else None for d in engine.get_tensor_shape(n)) for n in names}
+        #: One {input name: Profile} per optimization profile of the engine.
+        self.profiles = [{n: self._profile(engine, n, k) for n in self.input_names}
+                         for k in range(max(1, int(engine.num_optimization_profiles)))]
+        self._states: list[_DeviceState] = []  # at most one; a list so the finalizer can free it
+        self._finalizer = weakref.finalize(self, _free_states, self._states)
+        self._run_lock = threading.Lock()  # one context: runs are serialized
+        self._closed = False
 
-    def _state(self) -> _ThreadState:
-        """The single shared state (created on first use; call with ``_run_lock`` held)."""
-        with self._lock:
-            if not self._states:
-                self._states.append(_ThreadState(self._engine, self))
-            return self._states[0]
+    def _profile(self, engine: Any, name: str, k: int) -> Profile:
+        static = tuple(int(d) for d in engine.get_tensor_shape(name))
+        if all(d >= 0 for d in static):
+            return Profile(name, static, static, static)
+        lo, opt, hi = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, k))
+        return Profile(name, lo, opt, hi)
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return tuple(TensorInfo(n, self._shapes[n], self.dtypes[n].name) for n in self.input_names)
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return tuple(TensorInfo(n, self._shapes[n], self.dtypes[n].name) for n in self.output_names)
+
+    def choose_profile(self, shapes: Mapping[str, Sequence[int]]) -> tuple[int, int]:
+        """(profile index, batch per run) for these input shapes: the profile taking them with the largest batch.
+
+        :class:`OutsideProfileError` when no profile takes one item of each input
+        (or the batch's last split run would be smaller than the profile's minimum).
+        """
+        sizes = {int(s[0]) if len(s) else 0 for s in shapes.values()}
+        n = sizes.pop() if len(sizes) == 1 else 0
+        best: tuple[int, int] | None = None
+        for k, prof in enumerate(self.profiles):
+            if not all(_fits_item(prof[name], s) for name, s in shapes.items()):
+                continue
+            cap = min(prof[name].max[0] for name in shapes)
+            least = max(prof[name].min[0] for name in shapes)
+            last = n if n <= cap else (n % cap or cap)  # size of the last run after splitting
+            if n >= 1 and last >= least and (best is None or cap > best[1]):
+                best = (k, cap)
+        if best is None:
+            ranges = " or ".join(", ".join(f"{list(p.min)}..{list(p.max)}" for p in prof.values()) for prof in self.profiles)
+            got = ", ".join(str(list(s)) for s in shapes.values())
+            raise OutsideProfileError(
+                f"Input shape {got} is outside every optimization profile of {self.name}; rebuild the engines with "
+                "a larger range, or use onnxruntime." + note(ranges, got)
+            )
+        return best
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Copy inputs in, execute on the runner's context and stream (one run at a time), copy outputs out."""
-        cudart = _cudart()
+        """Copy inputs in, execute (split by the profile's max batch), copy outputs out; one run at a time."""
         missing = [n for n in self.input_names if n not in feed]
         if missing:
             raise BackendError("Missing engine inputs." + note(self.input_names, sorted(feed)))
-        for n in self.input_names:
-            arr = feed[n]
-            prof = self.profiles[n]
+        arrays = {n: np.asarray(feed[n]) for n in self.input_names}
+        for n, arr in arrays.items():
             if arr.dtype != self.dtypes[n]:
                 raise InvalidImageError(f"Input {n!r} has the wrong dtype." + note(self.dtypes[n], arr.dtype))
-            if not prof.contains(arr.shape):
-                raise OutsideProfileError(
-                    f"Input {n!r} of shape {tuple(arr.shape)} is outside the TensorRT engine's profile; "
-                    "rebuild the engines with a larger range or use onnxruntime."
-                    + note(f"{list(prof.min)} .. {list(prof.max)}", list(arr.shape))
-                )
+        if len({a.shape[:1] for a in arrays.values()}) > 1:
+            raise InvalidImageError("Engine inputs disagree on the batch size."
+                                    + note("one batch size", {n: a.shape for n, a in arrays.items()}))
+        k, per_run = self.choose_profile({n: a.shape for n, a in arrays.items()})
+        total = next(iter(arrays.values())).shape[0]
+        chunks = [{n: a[i : i + per_run] for n, a in arrays.items()} for i in range(0, total, per_run)]
         with self._run_lock:
-            return self._run_locked(cudart, feed)
+            if self._closed:
+                raise BackendError(f"The TensorRT runner {self.name} is closed." + note("an open runner", "closed"))
+            parts = [self._run_locked(k, c) for c in chunks]
+        if len(parts) == 1:
+            return parts[0]
+        return {n: np.concatenate([p[n] for p in parts]) for n in self.output_names}
 
-    def _run_locked(self, cudart: Any, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _state(self) -> _DeviceState:
+        if not self._states:
+            self._states.append(_DeviceState(self._engine, self.plan.name))
+        return self._states[0]
+
+    def _run_locked(self, k: int, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cudart = _cudart()
         st = self._state()
-        H2D, D2H = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        for n in self.input_names:
-            arr = np.ascontiguousarray(feed[n])
-            if not st.context.set_input_shape(n, arr.shape):
-                raise OutsideProfileError(f"TensorRT refused input shape {arr.shape} for {n!r}.")
-            st.host[n][: arr.nbytes] = arr.reshape(-1).view(np.uint8)
-            _check(cudart.cudaMemcpyAsync(st.device[n], st.host_ptr[n], arr.nbytes, H2D, st.stream))
-        if not st.context.execute_async_v3(int(st.stream)):  # stream_handle is a size_t
-            raise BackendError(f"TensorRT execution of {self.plan.name} failed (see the TensorRT log).")
-        shapes = {n: tuple(st.context.get_tensor_shape(n)) for n in self.output_names}
+        try:
+            return self._execute(cudart, st, k, arrays)
+        except BaseException:
+            # Nothing may stay queued on the stream that uses these buffers; a stream that cannot be
+            # synchronized (a sticky CUDA error) is dropped and the next run starts a fresh context.
+            if not st.synchronize():
+                log.warning("%s: CUDA stream error after a failed run; resetting the runner's context.", self.name)
+                self._states.remove(st)
+                st.free()
+            raise
+
+    def _execute(self, cudart: Any, st: _DeviceState, k: int, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        ctx = st.context
+        if st.profile != k:
+            if not ctx.set_optimization_profile_async(k, int(st.stream)):
+                raise BackendError(f"TensorRT refused optimization profile {k} of {self.name}.")
+            st.profile = k
+        for n, a in arrays.items():
+            a = np.ascontiguousarray(a)
+            if not ctx.set_input_shape(n, a.shape):
+                raise OutsideProfileError(f"TensorRT refused input shape {a.shape} for {n!r}."
+                                          + note(f"{list(self.profiles[k][n].min)}..{list(self.profiles[k][n].max)}",
+                                                 list(a.shape)))
+            st.ensure(n, a.nbytes)
+            st.host[n][: a.nbytes] = a.reshape(-1).view(np.uint8)
+            if not ctx.set_tensor_address(n, st.device[n]):
+                raise BackendError(f"TensorRT refused the buffer of input {n!r}.")
+            _check(cudart.cudaMemcpyAsync(st.device[n], st.host_ptr[n], a.nbytes, h2d, st.stream))
+        planned: dict[str, tuple[int, ...]] = {}
         for n in self.output_names:
-            nbytes = int(np.prod(shapes[n])) * self.dtypes[n].itemsize
-            _check(cudart.cudaMemcpyAsync(st.host_ptr[n], st.device[n], nbytes, D2H, st.stream))
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(n))
+            if any(d < 0 for d in shape):
+                raise BackendError(f"{self.name}: output {n!r} has a data-dependent shape, which this runner does not "
+                                   "support." + note("shapes known from the inputs", shape))
+            planned[n] = shape
+            st.ensure(n, _nbytes(shape, self.dtypes[n]))
+            if not ctx.set_tensor_address(n, st.device[n]):
+                raise BackendError(f"TensorRT refused the buffer of output {n!r}.")
+        if not ctx.execute_async_v3(int(st.stream)):  # stream_handle is a size_t
+            raise BackendError(f"TensorRT execution of {self.name} failed (see the TensorRT log).")
+        sizes: dict[str, tuple[tuple[int, ...], int]] = {}
+        for n in self.output_names:
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(n))
+            nbytes = _nbytes(shape, self.dtypes[n]) if all(d >= 0 for d in shape) else -1
+            if shape != planned[n] or not 0 <= nbytes <= st.capacity[n]:
+                raise BackendError(f"{self.name}: output {n!r} came back as {shape}, which does not fit its buffer."
+                                   + note(f"{planned[n]}, at most {st.capacity[n]} bytes", f"{shape}, {nbytes} bytes"))
+            sizes[n] = (shape, nbytes)
+            _check(cudart.cudaMemcpyAsync(st.host_ptr[n], st.device[n], nbytes, d2h, st.stream))
         _check(cudart.cudaStreamSynchronize(st.stream))
-        return {
-            n: st.host[n][: int(np.prod(shapes[n])) * self.dtypes[n].itemsize].view(self.dtypes[n]).reshape(shapes[n]).copy()
-            for n in self.output_names
-        }
+        return {n: st.host[n][:nbytes].view(self.dtypes[n]).reshape(shape).copy() for n, (shape, nbytes) in sizes.items()}
 
     def close(self) -> None:
-        """Free the buffers and stream (waits for a running ``run``)."""
-        with self._run_lock, self._lock:
-            for st in self._states:
-                st.free()
-            self._states.clear()
+        """Free the buffers, stream and context (waits for a running ``run``); idempotent."""
+        with self._run_lock:
+            self._closed = True
+            _free_states(self._states)
+            self._engine = None
+            self._runtime = None
 
 
 def model_key_for(key: str) -> str:
@@ -362,12 +461,17 @@ def model_key_for(key: str) -> str:
 
 
 def find_runner(manifest: Any, key: str, *, required: bool = False) -> TensorRTRunner | None:
-    """The hook ``emostyle_rt.backends.runner_for`` calls: a runner, or None (or an error when ``required``)."""
-    raw = manifest.raw.get("classifier" if key == "classifier" else "styles", {})
-    entry = raw if key == "classifier" else raw.get(key, {})
-    fp16 = entry.get("fp16", {}) if isinstance(entry, Mapping) else {}
-    sha = fp16.get("sha256") if isinstance(fp16, Mapping) else None
-    runner = open_engine_runner(manifest.root, model_key_for(key), source_sha256=sha)
+    """The hook ``emostyle_rt.backends.runner_for`` calls: a runner, or None (or an error when ``required``).
+
+    Engines are built from the bundle's FP16 graphs; a graph without one has no engine to use.
+    """
+    spec = manifest.classifier if key == "classifier" else manifest.styles[key]
+    runner = None
+    if spec.fp16 is None:
+        log.info("%s has no FP16 graph in the bundle, so no TensorRT engine; it uses onnxruntime.", key)
+    else:
+        runner = open_engine_runner(manifest.root, model_key_for(key), source_sha256=spec.fp16.sha256,
+                                    required=required)
     if runner is None and required:
         ident = runtime_identity()
         have = "no tensorrt / cuda-python / GPU" if ident is None else f"TensorRT {ident[0]}, sm {ident[1]}"
@@ -379,9 +483,13 @@ def find_runner(manifest: Any, key: str, *, required: bool = False) -> TensorRTR
 
 
 def open_engine_runner(
-    bundle_root: str | Path, model_key: str, *, source_sha256: str | None = None
+    bundle_root: str | Path, model_key: str, *, source_sha256: str | None = None, required: bool = False
 ) -> TensorRTRunner | None:
-    """A TensorRT runner when a valid engine exists for this GPU and TensorRT, else None (caller uses onnxruntime)."""
+    """A TensorRT runner when a valid engine exists for this GPU and TensorRT, else None (caller uses onnxruntime).
+
+    A failure to open a plan that looked valid is a warning and None, or with
+    ``required`` a :class:`BackendError` saying why.
+    """
     ident = runtime_identity()
     if ident is None:
         log.info("No TensorRT (tensorrt, cuda-python, GPU) here; %s uses onnxruntime.", model_key)
@@ -392,6 +500,9 @@ def open_engine_runner(
         return None
     try:
         return TensorRTRunner(plan)
-    except (BackendError, OSError, RuntimeError) as exc:  # RuntimeError: pybind-translated TensorRT errors
-        log.warning("%s Falling back to onnxruntime.", exc)
+    # RuntimeError: pybind-translated TensorRT errors; TypeError/AttributeError: a TensorRT whose Python API differs.
+    except (BackendError, OSError, RuntimeError, TypeError, AttributeError) as exc:
+        if required:
+            raise BackendError(f"TensorRT engine {plan} cannot be opened: {exc}") from exc
+        log.warning("%s (%s) Falling back to onnxruntime.", exc, type(exc).__name__)
         return None

@@ -21,7 +21,7 @@ def st(demo_bundle: Path) -> Stylizer:
     return Stylizer(demo_bundle)
 
 
-@pytest.mark.parametrize("margin", [-0.5, "0.2", None, True, float("nan"), 50.0])
+@pytest.mark.parametrize("margin", [-0.5, "0.2", True, float("nan"), 50.0])
 def test_bad_margin_is_refused(demo_bundle: Path, margin: Any) -> None:
     with pytest.raises(InvalidArgumentError, match=r"margin must be.*Note: expected 0 <= margin"):
         Stylizer(demo_bundle, margin=margin)
@@ -30,6 +30,12 @@ def test_bad_margin_is_refused(demo_bundle: Path, margin: Any) -> None:
 @pytest.mark.parametrize("margin", [0, 0.0, 0.2, 1])
 def test_good_margin_is_kept(demo_bundle: Path, margin: float) -> None:
     assert Stylizer(demo_bundle, margin=margin).margin == float(margin)
+
+
+def test_no_margin_means_the_bundles_crop_spec(demo_bundle: Path) -> None:
+    st = Stylizer(demo_bundle)
+    assert st.margin is None and st.crop == st.manifest.classifier.crop
+    assert Stylizer(demo_bundle, margin=0.5).crop.margin == 0.5
 
 
 @pytest.mark.parametrize("max_pixels", [0, -1, 1.5, "100"])

@@ -47,7 +47,9 @@ def _reference(st: Stylizer, rgb: np.ndarray, emotion: str) -> np.ndarray:
 def test_classify_finds_the_astronaut(st: Stylizer) -> None:
     c = st.classify(ASTRONAUT)
     assert c.source == "face" and c.face is not None
-    assert all(abs(a - b) <= 6 for a, b in zip(c.face.box, (177, 66, 95, 95)))
+    # The bundle's MTCNN finds the mtcnn package's box; bundles without a detector use Haar.
+    want = (182, 64, 83, 107) if st.manifest.detector is not None else (177, 66, 95, 95)
+    assert all(abs(a - b) <= 6 for a, b in zip(c.face.box, want))
     assert list(c.scores) == list(st.labels)
     assert sum(c.scores.values()) == pytest.approx(1.0, abs=1e-4)
     assert c.emotion == max(c.scores, key=c.scores.get)
@@ -83,7 +85,9 @@ def test_colour_orders_and_channel_counts(st: Stylizer, tmp_path: Path) -> None:
     bgr_out = st.stylize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), emotion="happy", bgr=True).image
     np.testing.assert_array_equal(bgr_out, cv2.cvtColor(ref, cv2.COLOR_RGB2BGR))
     rgba = np.dstack([rgb, np.zeros(rgb.shape[:2], np.uint8)])
-    np.testing.assert_array_equal(st.stylize(rgba, emotion="happy").image, ref)
+    out = st.stylize(rgba, emotion="happy").image
+    np.testing.assert_array_equal(out[..., :3], ref)  # alpha does not change the styling
+    np.testing.assert_array_equal(out[..., 3], rgba[..., 3])  # and comes back unchanged
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     assert st.stylize(grey, emotion="happy").image.shape == rgb.shape
     p = tmp_path / "a.png"
@@ -242,8 +246,10 @@ def test_provider_order_with_a_gpu(fake_gpu_build, monkeypatch: pytest.MonkeyPat
     assert fake_gpu_build.choose_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def test_style_runners_shrink_their_arena(st: Stylizer) -> None:
+def test_runners_share_one_cpu_arena_without_per_run_shrinkage(st: Stylizer) -> None:
     runner = st._style_runner(st.manifest.emotions["happy"])
     assert runner.name == "onnxruntime:CPUExecutionProvider"
-    assert runner._run_options is not None and st._classifier._run_options is None
+    for r in (runner, st._classifier):  # memory strategy: see emostyle_rt.backends.onnxruntime.CPU_MEMORY_MODES
+        assert r._run_options is None and r._memory == "shared"
+        assert r._session.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
     assert [t.name for t in runner.inputs] == ["image"] and runner.inputs[0].dtype == "uint8"

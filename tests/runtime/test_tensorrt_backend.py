@@ -1,23 +1,32 @@
-"""TensorRT backend without TensorRT: lookup, sidecars, cache keys, corrupt plans, selection.
+"""TensorRT backend without TensorRT: lookup, sidecars, corrupt plans, selection, and the runner itself.
 
-The GPU path (build -> run -> parity) is in the tests marked ``tensorrt``/``gpu``
-at the end; they skip here and run on a CUDA machine with TensorRT.
+The runner runs here against fake ``tensorrt`` and ``cuda.bindings`` modules
+(:class:`FakeCudart` keeps "device" memory in host buffers, :class:`FakeEngine`
+runs a +1 kernel): batch splitting by profile, profile choice, typed errors, the
+output-size check, recovery after a failed run, close(). The GPU path (build ->
+run -> parity) is in the tests marked ``tensorrt``/``gpu``; they skip here and run
+on a CUDA machine with TensorRT (tests/runtime/test_gpu.py reuses these fakes
+with real cuda-bindings).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import importlib.util
 import json
 import logging
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 
 from emostyle_rt.backends import tensorrt as trtb
-from emostyle_rt.errors import BackendError, BundleError
+from emostyle_rt.errors import BackendError, BundleError, InvalidImageError
 from emostyle_rt.manifest import sha256_file
 
 VERSION, CC = "10.13.3.9", "9.0"
@@ -65,7 +74,16 @@ def test_shape_range_defaults_and_validation() -> None:
     from emostyle_rt.errors import ExportError
 
     p = ShapeRange().style_profile("image")
-    assert p.min == (1, 64, 64, 3) and p.opt == (1, 720, 1280, 3) and p.max == (4, 1080, 1920, 3)
+    assert p.min == (1, 64, 64, 3) and p.opt == (1, 720, 1280, 3) and p.max == (4, 1920, 1920, 3)
+    batched, single = ShapeRange().style_profiles("image")
+    assert batched.max == (4, 1024, 1024, 3) and batched.opt == (1, 720, 1024, 3)
+    assert single.min == (1, 64, 64, 3) and single.max == (1, 1920, 1920, 3)
+    for shape in [(1, 1080, 1920, 3), (1, 1920, 1080, 3), (1, 1920, 1920, 3), (1, 64, 64, 3)]:  # both orientations
+        assert batched.contains(shape) or single.contains(shape), shape
+    # activation memory follows the largest profile: 4.2 Mpx instead of 4 x 1080 x 1920 = 8.3 Mpx
+    assert max(np.prod(q.max[:3]) for q in (batched, single)) == 4 * 1024 * 1024
+    assert ShapeRange(batch_max_hw=None).style_profiles("image") == [p]
+    assert len(ShapeRange(max_batch=1, opt_batch=1).style_profiles("image")) == 1
     odd = ShapeRange(min_hw=(65, 63), opt_hw=(255, 301), max_hw=(1079, 1919)).style_profile("image")
     assert odd.min[1:3] == (68, 64) and odd.opt[1:3] == (256, 304) and odd.max[1:3] == (1080, 1920)
     with pytest.raises(ExportError):
@@ -160,14 +178,6 @@ def test_timing_cache_lock_is_exclusive(tmp_path: Path) -> None:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
 
 
-def test_trt_ep_options_point_inside_bundle(tmp_path: Path) -> None:
-    opts = trtb.trt_ep_options(tmp_path, workspace_mb=1024, profile=PROFILE)
-    assert opts["trt_engine_cache_path"] == opts["trt_timing_cache_path"] == str(tmp_path / "trt" / "ort-ep")
-    assert (tmp_path / "trt" / "ort-ep").is_dir() and opts["trt_engine_cache_enable"]
-    assert opts["trt_max_workspace_size"] == 1 << 30
-    assert opts["trt_profile_max_shapes"] == "image:4x1080x1920x3"
-
-
 def test_selection_without_tensorrt_returns_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No tensorrt module: runtime_identity() is None and the caller keeps onnxruntime."""
     _write_engine(tmp_path)
@@ -193,15 +203,17 @@ def test_selection_with_identity_but_bad_plan_falls_back(tmp_path: Path, monkeyp
 
 def test_find_runner_hook_without_tensorrt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The hook runner_for calls: None for auto, a BackendError saying what is missing when required."""
-    from types import SimpleNamespace
+    from emostyle_rt.manifest import Fp16Graph
 
     _write_engine(tmp_path)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    m = SimpleNamespace(root=tmp_path, raw={"styles": {"candy": {"fp16": {"sha256": "ab" * 32}}}, "classifier": {}})
+    m = SimpleNamespace(root=tmp_path, styles={"candy": SimpleNamespace(fp16=Fp16Graph("s.fp16.onnx", "ab" * 32, "x"))},
+                        classifier=SimpleNamespace(fp16=None))
     assert trtb.model_key_for("candy") == "style.candy" and trtb.model_key_for("classifier") == "classifier"
     assert trtb.find_runner(m, "candy") is None
     with pytest.raises(BackendError, match="no tensorrt"):
         trtb.find_runner(m, "candy", required=True)
+    assert trtb.find_runner(m, "classifier") is None  # no FP16 graph: no engine can match
 
 
 def test_import_stays_slim() -> None:
@@ -261,31 +273,355 @@ def test_gpu_build_run_parity_vs_fp32_onnx(tmp_path: Path) -> None:
         runner.close()
 
 
-def test_runner_for_gives_the_tensorrt_ep_its_caches_in_the_bundle(demo_bundle, tmp_path, monkeypatch) -> None:
-    """With the TensorRT EP chosen, the session gets engine/timing cache paths inside the bundle."""
-    import shutil
+# ---------------------------------------------------------------- the runner against fake tensorrt / cuda.bindings
 
-    from emostyle_rt.backends import onnxruntime as ort_backend
-    from emostyle_rt.backends import runner_for
-    from emostyle_rt.manifest import load_manifest
 
-    bundle = tmp_path / "b"
-    shutil.copytree(demo_bundle, bundle)
-    seen = {}
+class FakeCudart:
+    """cuda.bindings.runtime as the runner uses it; "device" memory is host memory, calls are counted."""
 
-    class FakeRunner:
-        def __init__(self, path, *, provider, low_memory, provider_options):
-            seen.update(provider_options or {})
+    class cudaError_t:  # noqa: N801 - the real enum's name
+        cudaSuccess = 0
+        cudaErrorMemoryAllocation = 2
 
-    monkeypatch.setattr(ort_backend, "choose_providers", lambda provider=None: [
-        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(ort_backend, "OrtRunner", FakeRunner)
-    runner_for(load_manifest(bundle), "classifier", backend="onnxruntime")
-    opts = seen["TensorrtExecutionProvider"]
-    assert opts["trt_engine_cache_enable"] and opts["trt_engine_cache_path"] == str(bundle / "trt" / "ort-ep")
-    assert (bundle / "trt" / "ort-ep").is_dir()
-    monkeypatch.setattr(ort_backend, "choose_providers", lambda provider=None: ["CPUExecutionProvider"])
-    seen.clear()
-    runner_for(load_manifest(bundle), "classifier", backend="onnxruntime")
-    assert seen == {}
+    class cudaMemcpyKind:  # noqa: N801
+        cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice = 1, 2, 3
 
+    def __init__(self) -> None:
+        self.buffers: dict[int, Any] = {}
+        self.allocs = self.frees = self.syncs = self.streams = 0
+        self.fail_memcpy = 0  # fail this many of the next copies
+
+    def _alloc(self, n: int) -> tuple[int, int]:
+        buf = ctypes.create_string_buffer(n)
+        self.buffers[ctypes.addressof(buf)] = buf
+        self.allocs += 1
+        return 0, ctypes.addressof(buf)
+
+    cudaMalloc = cudaMallocHost = _alloc
+
+    def _free(self, ptr: int) -> tuple[int]:
+        del self.buffers[ptr]
+        self.frees += 1
+        return (0,)
+
+    cudaFree = cudaFreeHost = _free
+
+    def cudaStreamCreate(self) -> tuple[int, int]:
+        self.streams += 1
+        return 0, 7
+
+    def cudaStreamDestroy(self, stream: int) -> tuple[int]:
+        self.streams -= 1
+        return (0,)
+
+    def cudaStreamSynchronize(self, stream: int) -> tuple[int]:
+        self.syncs += 1
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: int, stream: int) -> tuple[int]:
+        if self.fail_memcpy:
+            self.fail_memcpy -= 1
+            return (self.cudaError_t.cudaErrorMemoryAllocation,)
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+    def cudaGetErrorString(self, err: int) -> tuple[int, bytes]:
+        return 0, b"out of memory"
+
+
+def plus_one(cudart: Any, src: int, dst: int, nbytes: int, stream: Any) -> None:
+    """The fake engine's kernel on host "device" memory: out = in + 1 (uint8, wrapping)."""
+    data = (np.frombuffer(ctypes.string_at(src, nbytes), np.uint8) + 1).astype(np.uint8)
+    ctypes.memmove(dst, data.ctypes.data, nbytes)
+
+
+#: A style engine's default profiles (tensorrt_build.ShapeRange().style_profiles).
+STYLE_PROFILES = [((1, 64, 64, 3), (1, 720, 1024, 3), (4, 1024, 1024, 3)),
+                  ((1, 64, 64, 3), (1, 720, 1280, 3), (1, 1920, 1920, 3))]
+
+
+class FakeEngine:
+    """An ICudaEngine with one uint8 NHWC input "image" and output "styled" of the same shape."""
+
+    def __init__(self, cudart: Any, kernel: Callable[..., None] = plus_one, profiles: list = STYLE_PROFILES,
+                 out_dtype: str = "uint8") -> None:
+        self.cudart, self.kernel, self._profiles, self.out_dtype = cudart, kernel, profiles, out_dtype
+        self.executes = self.switches = 0
+        self.fail_execute = False
+        self.lie_after_execute: tuple[int, ...] | None = None  # output shape reported after execution
+        self.num_io_tensors, self.num_optimization_profiles = 2, len(profiles)
+
+    def get_tensor_name(self, i: int) -> str:
+        return ("image", "styled")[i]
+
+    def get_tensor_mode(self, name: str) -> int:
+        return FakeTrt.TensorIOMode.INPUT if name == "image" else FakeTrt.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name: str) -> str:
+        return "uint8" if name == "image" else self.out_dtype
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return (-1, -1, -1, 3)
+
+    def get_tensor_profile_shape(self, name: str, k: int) -> list[tuple[int, ...]]:
+        return [tuple(s) for s in self._profiles[k]]
+
+    def create_execution_context(self) -> "FakeContext":
+        return FakeContext(self)
+
+
+class FakeContext:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine, self.profile, self.executed = engine, 0, False
+        self.shape: tuple[int, ...] = ()
+        self.addr: dict[str, int] = {}
+
+    def set_optimization_profile_async(self, k: int, stream: int) -> bool:
+        self.engine.switches += 1
+        self.profile = k
+        return True
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        lo, _, hi = self.engine._profiles[self.profile]
+        self.shape, self.executed = tuple(shape), False
+        return all(a <= s <= b for a, s, b in zip(lo, shape, hi))
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if name == "styled" and self.executed and self.engine.lie_after_execute:
+            return self.engine.lie_after_execute
+        return self.shape
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addr[name] = ptr
+        return True
+
+    def execute_async_v3(self, stream: int) -> bool:
+        self.engine.executes += 1
+        if self.engine.fail_execute:
+            return False
+        self.engine.kernel(self.engine.cudart, self.addr["image"], self.addr["styled"], int(np.prod(self.shape)), stream)
+        self.executed = True
+        return True
+
+
+class FakeTrt:
+    """The parts of the ``tensorrt`` module the runner and the builder touch."""
+
+    __version__ = "10.13.3.9"
+    TensorIOMode = SimpleNamespace(INPUT=0, OUTPUT=1)
+    runtime_fails = False
+    engine: Any = None
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            pass
+
+    @staticmethod
+    def nptype(dtype: str) -> type:
+        if dtype in ("bf16", "fp8"):
+            raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+        return np.dtype(dtype).type
+
+    class Runtime:
+        def __init__(self, logger: Any) -> None:
+            if FakeTrt.runtime_fails:
+                raise TypeError("pybind11::init(): factory function returned nullptr")
+
+        def deserialize_cuda_engine(self, data: bytes) -> Any:
+            return FakeTrt.engine
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeCudart:
+    """Fake cuda.bindings.runtime and tensorrt for the runner (restored after the test)."""
+    cudart = FakeCudart()
+    monkeypatch.setattr(trtb, "_cudart", lambda: cudart)
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTrt)
+    monkeypatch.setattr(FakeTrt, "runtime_fails", False)
+    monkeypatch.setattr(FakeTrt, "engine", FakeEngine(cudart))
+    return cudart
+
+
+def _runner(cudart: FakeCudart, **kw: Any) -> tuple[trtb.TensorRTRunner, FakeEngine]:
+    engine = FakeEngine(cudart, **kw)
+    return trtb.TensorRTRunner.from_engine(FakeTrt, engine, "tensorrt:fake"), engine
+
+
+def _images(*shape: int) -> np.ndarray:
+    return np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_runner_splits_batches_by_the_profile_and_picks_profiles(fake_gpu: FakeCudart) -> None:
+    runner, engine = _runner(fake_gpu)
+    assert [t.name for t in runner.inputs] == ["image"] and runner.outputs[0].shape == (None, None, None, 3)
+    x = _images(10, 64, 96, 3)  # Stylizer stacks 10+ small images; the profile takes 4 per run
+    np.testing.assert_array_equal(runner.run({"image": x})["styled"], x + np.uint8(1))
+    assert engine.executes == 3 and engine.switches == 0  # 4 + 4 + 2, profile 0
+    for shape, runs in [((1, 1080, 1920, 3), 1), ((1, 1920, 1080, 3), 1), ((2, 1200, 1200, 3), 2)]:
+        engine.executes = 0
+        x = _images(*shape)
+        np.testing.assert_array_equal(runner.run({"image": x})["styled"], x + np.uint8(1))
+        assert engine.executes == runs, shape  # too large for profile 0: profile 1, one image per run
+    assert runner.choose_profile({"image": (16, 256, 256, 3)}) == (0, 4)
+    assert runner.choose_profile({"image": (1, 1920, 1080, 3)}) == (1, 1)
+    runner.close()
+
+
+def test_runner_refuses_shapes_outside_every_profile_before_any_gpu_work(fake_gpu: FakeCudart) -> None:
+    runner, engine = _runner(fake_gpu)
+    for shape in [(1, 8, 8, 3), (1, 1920, 2000, 3), (1, 64, 64, 4), (64, 64, 3)]:
+        with pytest.raises(trtb.OutsideProfileError, match=r"outside every optimization profile.*Note: expected"):
+            runner.run({"image": np.zeros(shape, np.uint8)})
+    assert engine.executes == 0 and fake_gpu.allocs == 0
+    with pytest.raises(InvalidImageError, match="dtype"):
+        runner.run({"image": np.zeros((1, 64, 64, 3), np.float32)})
+
+
+def test_runner_allocates_once_and_close_frees_everything(fake_gpu: FakeCudart) -> None:
+    runner, _ = _runner(fake_gpu)
+    x = _images(1, 256, 320, 3)
+    runner.run({"image": x})
+    allocs = fake_gpu.allocs
+    for _ in range(10):
+        runner.run({"image": x})
+        runner.run({"image": x[:, :128]})  # smaller: reuses the buffers
+    assert fake_gpu.allocs == allocs == 4  # device + pinned host, input and output
+    runner.close()
+    runner.close()  # idempotent
+    assert fake_gpu.frees == fake_gpu.allocs and fake_gpu.streams == 0 and not fake_gpu.buffers
+    with pytest.raises(BackendError, match="closed"):
+        runner.run({"image": x})
+    # never closed: the finalizer frees the buffers when the runner is collected
+    other, _ = _runner(fake_gpu)
+    other.run({"image": x})
+    del other
+    gc.collect()
+    assert fake_gpu.frees == fake_gpu.allocs and fake_gpu.streams == 0
+
+
+def test_output_larger_than_its_buffer_is_refused_before_the_copy(fake_gpu: FakeCudart) -> None:
+    runner, engine = _runner(fake_gpu)
+    x = _images(1, 64, 64, 3)
+    engine.lie_after_execute = (1, 4096, 4096, 3)
+    syncs = fake_gpu.syncs
+    with pytest.raises(BackendError, match="does not fit its buffer"):
+        runner.run({"image": x})
+    assert fake_gpu.syncs > syncs  # the stream was synchronized before raising
+    engine.lie_after_execute = None
+    np.testing.assert_array_equal(runner.run({"image": x})["styled"], x + np.uint8(1))  # still usable
+
+
+def test_runner_stays_usable_after_a_failure_mid_run(fake_gpu: FakeCudart) -> None:
+    runner, engine = _runner(fake_gpu)
+    x = _images(2, 64, 64, 3)
+    engine.fail_execute = True
+    with pytest.raises(BackendError, match="execution of tensorrt:fake failed"):
+        runner.run({"image": x})
+    engine.fail_execute = False
+    fake_gpu.fail_memcpy = 1  # the H2D copy fails
+    with pytest.raises(BackendError, match="CUDA call failed: out of memory"):
+        runner.run({"image": x})
+    syncs = fake_gpu.syncs
+    np.testing.assert_array_equal(runner.run({"image": x})["styled"], x + np.uint8(1))
+    assert fake_gpu.syncs == syncs + 1  # one synchronize per run: nothing left queued from the failures
+
+
+def test_typed_errors_for_runtime_nullptr_and_types_numpy_cannot_hold(
+        fake_gpu: FakeCudart, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    plan = tmp_path / "sm90-trt10" / "style.x.plan"
+    plan.parent.mkdir()
+    plan.write_bytes(b"plan")
+    FakeTrt.runtime_fails = True
+    with pytest.raises(BackendError, match="could not create a runtime.*nullptr"):
+        trtb.TensorRTRunner(plan)
+    FakeTrt.runtime_fails = False
+    FakeTrt.engine = FakeEngine(fake_gpu, out_dtype="bf16")
+    with pytest.raises(BackendError, match="'styled' has type bf16, which numpy cannot hold"):
+        trtb.TensorRTRunner(plan)
+    FakeTrt.engine = None  # deserialize_cuda_engine returns None for a damaged plan
+    with pytest.raises(BackendError, match="could not deserialize"):
+        trtb.TensorRTRunner(plan)
+    # at run time (runner_for): a warning and onnxruntime, or with backend="tensorrt" the reason
+    monkeypatch.setattr(trtb, "runtime_identity", lambda: (VERSION, CC, "NVIDIA H200"))
+    monkeypatch.setattr(trtb, "find_engine", lambda *a, **k: plan)
+    FakeTrt.runtime_fails = True
+    with caplog.at_level(logging.WARNING):
+        assert trtb.open_engine_runner(tmp_path, "style.x") is None
+    assert "nullptr" in caplog.text and "Falling back to onnxruntime" in caplog.text
+    with pytest.raises(BackendError, match="cannot be opened.*nullptr"):
+        trtb.open_engine_runner(tmp_path, "style.x", required=True)
+
+
+def test_stylizer_auto_falls_back_to_onnxruntime_outside_the_profile(
+        fake_gpu: FakeCudart, demo_bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        astronaut: np.ndarray) -> None:
+    """backend="auto" with an engine: in-profile images run on it, a 5 px or too-wide one in onnxruntime, one warning each."""
+    from emostyle_rt import Stylizer
+
+    engines: list[trtb.TensorRTRunner] = []
+
+    def find_runner(manifest: Any, key: str, *, required: bool = False) -> Any:
+        if key == "classifier":
+            return None
+        engines.append(trtb.TensorRTRunner.from_engine(FakeTrt, FakeEngine(fake_gpu), f"tensorrt:fake-{key}"))
+        return engines[-1]
+
+    monkeypatch.setattr(trtb, "find_runner", find_runner)
+    with Stylizer(demo_bundle) as st, caplog.at_level(logging.WARNING):
+        small = astronaut[:64, :72]
+        res = st.stylize(small, emotion="happy")
+        np.testing.assert_array_equal(res.image, small + np.uint8(1))  # the fake engine ran
+        tiny = astronaut[:5, :7]
+        for _ in range(3):
+            assert st.stylize(tiny, emotion="happy").image.shape == tiny.shape  # onnxruntime: no error
+        wide = np.ascontiguousarray(np.tile(astronaut[:64], (1, 4, 1))[:, :2000])
+        assert st.stylize(wide, emotion="happy").image.shape == wide.shape
+        assert st._style_runner(st.manifest.emotions["happy"]).name == "tensorrt:fake-" + st.manifest.emotions["happy"]
+    warned = [r.getMessage() for r in caplog.records if "outside the TensorRT engine's profiles" in r.getMessage()]
+    assert len(warned) == 2 and "8x8x3" in warned[0] and "64x2000x3" in warned[1]  # one per shape (5x7 pads to 8x8)
+    assert fake_gpu.frees == fake_gpu.allocs and fake_gpu.streams == 0  # closed by __exit__
+
+
+class _FakeBuilderTrt:
+    """A tensorrt module whose Builder fails (``fail="builder"``) or whose profile refuses its shapes."""
+
+    Logger = FakeTrt.Logger
+    NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=0)
+
+    def __init__(self, fail: str) -> None:
+        self.fail = fail
+        trt = self
+
+        class Profile:
+            def set_shape(self, *a: Any) -> None:
+                raise RuntimeError("Error Code 3: API Usage Error (minimum dimensions exceed optimum)")
+
+        class Builder:
+            def __init__(self, logger: Any) -> None:
+                if trt.fail == "builder":
+                    raise TypeError("pybind11::init(): factory function returned nullptr")
+
+            def create_network(self, flags: int) -> object:
+                return object()
+
+            def create_builder_config(self) -> object:
+                return SimpleNamespace()
+
+            def create_optimization_profile(self) -> Profile:
+                return Profile()
+
+        self.Builder = Builder
+        self.OnnxParser = lambda network, logger: SimpleNamespace(parse_from_file=lambda path: True)
+
+
+@pytest.mark.parametrize(("fail", "match"), [("builder", "could not create a builder.*nullptr"),
+                                             ("profile", "refused the optimization profile.*minimum dimensions")])
+def test_build_errors_are_typed(fail: str, match: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emostyle_export.tensorrt_build import build_engine
+    from emostyle_rt.errors import ExportError
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeBuilderTrt(fail))
+    with pytest.raises(ExportError, match=match):
+        build_engine(tmp_path / "s.fp16.onnx", [PROFILE], timing_cache=tmp_path / "timing.cache", progress=False)
