@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emostyle_rt.errors import BackendError, note, sentence
+from emostyle_rt.logutil import quiet_tensorflow
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,15 +120,10 @@ def _not_installed(what: str, exc: ImportError) -> PathUnavailable:
     return PathUnavailable(f"{what} is not installed ({exc}); {INSTALL['bench']}.")
 
 
-def _quiet_tf() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-
 def _load_keras(manifest: Manifest) -> tuple[Any, Any]:
     """Rebuild the eager classifier: the demo seed, or the user's .keras/.h5/SavedModel."""
-    _quiet_tf()
-    src = dict(manifest.raw.get("classifier", {}).get("source", {}))
+    quiet_tensorflow()
+    src = dict(manifest.classifier.source)
     fmt = src.get("format")
     try:
         import keras
@@ -163,8 +158,8 @@ def _load_torch_style(manifest: Manifest, style_id: str) -> Any:
         import torch
     except ImportError as exc:
         raise _not_installed("PyTorch", exc) from None
-    raw = dict(manifest.raw.get("styles", {}).get(style_id, {}))
-    src = dict(raw.get("source", {}))
+    spec = manifest.styles[style_id]
+    src = dict(spec.source)
     if src.get("family") == "demo":
         from emostyle_export.models.transformer import TransformerNet
 
@@ -178,7 +173,7 @@ def _load_torch_style(manifest: Manifest, style_id: str) -> Any:
         )
     from emostyle_export.checkpoints import load_style_checkpoint
 
-    return load_style_checkpoint(path, raw.get("convention")).model.eval()
+    return load_style_checkpoint(path, spec.convention).model.eval()
 
 
 # ---------------------------------------------------------------- eager Keras (classify)
@@ -196,7 +191,7 @@ def _as_probs(ctx: Context, out: Any) -> np.ndarray:
     from emostyle_export.classifiers import softmax
 
     p = np.asarray(out, np.float32)
-    if ctx.manifest.raw.get("classifier", {}).get("output", {}).get("softmax_added"):
+    if ctx.manifest.classifier.softmax_added:
         p = softmax(p.astype(np.float64)).astype(np.float32)
     return p
 
@@ -234,21 +229,19 @@ def _torch_device(device: str) -> None:
 
 
 def torch_stylize(model: Any, images: np.ndarray, convention: str, device: str = "cpu", half: bool = False) -> np.ndarray:
-    """Eager PyTorch pipeline (inference_mode): uint8 NHWC -> uint8 NHWC, in the checkpoint's convention."""
+    """Eager PyTorch pipeline (inference_mode): uint8 NHWC -> uint8 NHWC, in the checkpoint's convention.
+
+    The bundle's style contract (``emostyle_export.styles.style_contract``) around
+    ``model``; ``half``: ``model`` is already in fp16 (its parameters' dtype decides).
+    """
     import numpy as np
     import torch
-    from emostyle_export.checkpoints import IMAGENET_MEAN, IMAGENET_STD
+    from emostyle_export.styles import style_contract
 
-    dtype = torch.float16 if half else torch.float32
     with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        if convention == "imagenet":
-            x = (x / 255.0 - mean) / std
-        y = model(x.to(dtype)).float()
-        y = (y * std + mean).clamp(0.0, 1.0) * 255.0 if convention == "imagenet" else y.clamp(0.0, 255.0)
-        return y.round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        graph = style_contract(model, convention).to(device)
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        return graph(x).contiguous().cpu().numpy()
 
 
 def _torch_style_fn(device: str, half: bool) -> Callable[[Context], Callable[[np.ndarray], np.ndarray]]:
@@ -269,6 +262,59 @@ def _torch_style_fn(device: str, half: bool) -> Callable[[Context], Callable[[np
 # ---------------------------------------------------------------- our runtime
 
 
+def _torch_compile(device: str) -> Callable[[Context], Callable[[np.ndarray], np.ndarray]]:
+    """The anchor: the eager network compiled in-process by ``torch.compile`` (what a PyTorch user would do).
+
+    CPU: fp32, default mode with inductor's freezing (weights prepacked, like
+    the AOTInductor CPU packages). CUDA: fp16 with fp32 instance norms (like the
+    fp16 packages), ``mode="max-autotune-no-cudagraphs"``. Compiled on the first
+    call (the output check), which is not timed.
+    """
+
+    def build(ctx: Context) -> Callable[[np.ndarray], np.ndarray]:
+        _torch_device(device)
+        import torch
+        from emostyle_export.styles import lower_precision, style_contract
+
+        sid = ctx.style_id
+        model = copy.deepcopy(ctx.torch_model(sid))
+        graph = style_contract(lower_precision(model, "fp16" if device == "cuda" else "fp32"),
+                               ctx.manifest.styles[sid].convention).to(device).eval()
+        if device == "cpu":
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+        compiled = torch.compile(graph, mode="max-autotune-no-cudagraphs" if device == "cuda" else None)
+
+        def run(images: np.ndarray) -> np.ndarray:
+            import numpy as np
+
+            with torch.no_grad():
+                x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+                return compiled(x).cpu().numpy()
+
+        return run
+
+    return build
+
+
+def _aoti_style(device: str) -> Callable[[Context], Callable[[np.ndarray], np.ndarray]]:
+    """The bundle's AOTInductor package for ``device`` (emostyle-export --bundle DIR --aoti)."""
+
+    def build(ctx: Context) -> Callable[[np.ndarray], np.ndarray]:
+        from emostyle_rt.backends import aoti
+
+        spec = ctx.manifest.styles[ctx.style_id]
+        try:
+            r = aoti.find_runner(ctx.manifest, ctx.style_id, required=True, device=device)
+        except BackendError as exc:
+            raise PathUnavailable(str(exc)) from None
+        assert r is not None
+        return lambda images: r.run({spec.input_name: images})[spec.output_name]
+
+    return build
+
+
 def _check_provider(provider: str | None, backend: str) -> None:
     """Raise PathUnavailable unless this backend/provider can run here."""
     from emostyle_rt.backends.onnxruntime import choose_providers, cuda_device_count
@@ -276,6 +322,8 @@ def _check_provider(provider: str | None, backend: str) -> None:
     if backend == "tensorrt":
         if cuda_device_count() == 0:
             raise PathUnavailable("no CUDA GPU answers (native TensorRT engines need one).")
+        return
+    if backend == "aoti":
         return
     try:
         choose_providers(provider)
@@ -346,10 +394,10 @@ def _eager_chain(ctx: Context) -> Callable[[np.ndarray], ChainOutput]:
     Same detector, crop, padding and batching rules as the runtime's Stylizer, so
     the two chains do the same work with different inference engines.
     """
-    import cv2
     import numpy as np
 
     from emostyle_rt.faces import crop_face
+    from emostyle_rt.imageio import pad_to_multiple
     from emostyle_rt.stylizer import BATCH_PIXELS
 
     _torch_device("cpu")
@@ -375,7 +423,7 @@ def _eager_chain(ctx: Context) -> Callable[[np.ndarray], ChainOutput]:
             model, conv = ctx.torch_model(sid), m.styles[sid].convention
             for start in range(0, len(idx), per_run):
                 chunk = idx[start : start + per_run]
-                batch = np.stack([cv2.copyMakeBorder(images[i], 0, ph, 0, pw, cv2.BORDER_REFLECT_101) for i in chunk])
+                batch = np.stack([pad_to_multiple(images[i], mult) for i in chunk])
                 out[chunk] = torch_stylize(model, batch, conv)[:, :h, :w]
         return ChainOutput(emotions, out)
 
@@ -409,6 +457,7 @@ def default_paths() -> tuple[BenchPath, ...]:
     """Every path this benchmark knows, in table order (baselines first)."""
     P = BenchPath
     keras, torch, ort, trt = ("tensorflow", "keras"), ("torch",), ("onnxruntime",), ("tensorrt", "onnxruntime")
+    aoti = ("torch", "onnxruntime")
     return (
         P("mtcnn", "detect", "ours: MTCNN (bundle), onnxruntime CPU", "ours", _mtcnn, needs=("onnxruntime",)),
         P("haar", "detect", "OpenCV Haar cascade (4.x only)", "ours", _haar, needs=("cv2",)),
@@ -439,6 +488,13 @@ def default_paths() -> tuple[BenchPath, ...]:
           "fp16", "cuda", needs=ort),
         P("tensorrt", "style", "ours: native TensorRT", "ours", _ours_style("tensorrt", None), "fp16", "cuda",
           needs=trt),
+        P("aoti-cpu", "style", "ours: AOTInductor package, CPU", "ours", _aoti_style("cpu"), needs=aoti),
+        P("aoti-cuda", "style", "ours: AOTInductor package, CUDA", "ours", _aoti_style("cuda"), "fp16", "cuda",
+          needs=aoti),
+        P("torch-compile", "style", "PyTorch torch.compile CPU (in-process, freezing)", "extra", _torch_compile("cpu"),
+          needs=torch),
+        P("torch-compile-cuda", "style", "PyTorch torch.compile CUDA fp16 (max-autotune-no-cudagraphs)", "extra",
+          _torch_compile("cuda"), "fp16", "cuda", needs=torch),
         P("eager-chain", "chain", "eager chain (runtime detector + Keras model(x) + PyTorch)", "baseline", _eager_chain,
           needs=keras + torch),
         P("ort-cpu", "chain", "ours: Stylizer, onnxruntime CPU", "ours", _ours_chain("onnxruntime", "cpu"), needs=ort),
@@ -450,6 +506,10 @@ def default_paths() -> tuple[BenchPath, ...]:
           _ours_chain("onnxruntime", "tensorrt"), "fp16", "cuda", needs=ort),
         P("tensorrt", "chain", "ours: Stylizer, native TensorRT", "ours", _ours_chain("tensorrt", None), "fp16",
           "cuda", needs=trt),
+        P("aoti-cpu", "chain", "ours: Stylizer, AOTInductor packages, CPU", "ours", _ours_chain("aoti", None),
+          needs=aoti),
+        P("aoti-cuda", "chain", "ours: Stylizer, AOTInductor packages, CUDA", "ours", _ours_chain("aoti", None),
+          "fp16", "cuda", needs=aoti),
     )
 
 
@@ -485,7 +545,9 @@ def availability(p: BenchPath) -> str | None:
 
         if runtime_identity() is None:
             return "TensorRT or cuda-python cannot reach the GPU; pip install \"emostyle-rt[gpu,tensorrt]\""
-    if p.name.startswith("torch-cuda"):
+    if p.name == "aoti-cpu" and p.stage == "chain" and cuda_device_count() > 0:
+        return "on a CUDA machine backend='aoti' runs the CUDA packages (see aoti-cuda)"
+    if p.name.startswith(("torch-cuda", "torch-compile-cuda")):
         import torch
 
         if not torch.cuda.is_available():

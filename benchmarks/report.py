@@ -224,7 +224,23 @@ def compute_targets(rows: Sequence[Row], coldstarts: Sequence[ColdStart], ours: 
                     f">= {MIN_TOP1:.0%} top-1, max abs p diff <= {MAX_PROB_DIFF:g}",
                     matched.summary if matched else "not measured", matched.ok if matched else None,
                     "" if matched else "measured with the classify stage"))
+    t.append(_time_target(rows, "face detection 1280x720, the bundle's MTCNN", "detect", "1280x720", "mtcnn", 30.0))
     return tuple(t)
+
+
+def _time_target(rows: Sequence[Row], name: str, stage: str, input_: str, path: str, max_ms: float) -> Target:
+    """A median time limit for one path on one input (batch 1)."""
+    required = f"<= {max_ms:g} ms median"
+    r = _find(rows, stage, path, input_)
+    if r is None:
+        return Target(name, required, "not measured", None, "not in this run (--stages detect --sizes 720p)")
+    if r.status != "ok" or r.timing is None:
+        return Target(name, required, f"{r.path}: {r.status}", False, r.reason)
+    med = r.timing.median_ms
+    if r.timing.n < MIN_RUNS_FOR_VERDICT:
+        return Target(name, required, f"{med:.1f} ms, {r.timing.n} run(s)", None,
+                      f"too few runs for a verdict (< {MIN_RUNS_FOR_VERDICT}; time limit?)")
+    return Target(name, required, f"{med:.1f} ms", med <= max_ms, "" if med <= max_ms else f"{med / max_ms:.2f}x over")
 
 
 # ---------------------------------------------------------------- Markdown

@@ -24,7 +24,11 @@ class ImageReadError(EmostyleError, OSError):
 
 
 class ImageWriteError(EmostyleError, OSError):
-    """An output image or report cannot be written (folder not creatable, not writable, disk full)."""
+    """An output image, video or report cannot be written (folder not creatable, not writable, disk full)."""
+
+
+class VideoReadError(ImageReadError):
+    """A video file or camera cannot be opened or decoded (missing, corrupt, truncated, no video frames)."""
 
 
 class BundleError(EmostyleError):
@@ -37,18 +41,6 @@ class NoFaceError(EmostyleError):
 
 class BackendError(EmostyleError, RuntimeError):
     """A runtime backend (onnxruntime, TensorRT) cannot be used or failed to run."""
-
-
-class ExportError(EmostyleError):
-    """An export step failed: a checkpoint, a conversion or a parity check."""
-
-
-class CheckpointError(ExportError):
-    """A checkpoint file does not fit any known layout."""
-
-
-class ParityError(ExportError):
-    """A converted graph disagrees with its source model beyond tolerance."""
 
 
 def note(expected: object, available: object) -> str:
@@ -64,3 +56,16 @@ def sentence(text: object) -> str:
     """
     s = str(text).strip()
     return s if s.endswith((".", "!", "?")) else s + "."
+
+
+#: Export's errors live in ``emostyle_export.errors`` (the runtime never raises them); these names
+#: still resolve here, lazily, for code written before they moved.
+_MOVED = ("ExportError", "CheckpointError", "ParityError")
+
+
+def __getattr__(name: str) -> type:
+    if name in _MOVED:
+        from emostyle_export import errors
+
+        return getattr(errors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,17 +7,21 @@ A bundle is a folder written by ``emostyle-export``::
     styles/<style-id>.onnx
     detector/{pnet,rnet,onet}.onnx  (optional, the MTCNN face detector)
     trt/<arch-key>/...          (optional, TensorRT engines + sidecars)
+    aoti/<aoti-key>/...         (optional, AOTInductor packages + sidecars)
 
 Nothing is guessed from file names or tensor shapes: labels, the classifier's
 input spec, which style serves which emotion, the style graphs' contract and the
 face detector's conventions all come from ``manifest.json`` (documented in
 ``engines/README.md``).
+
+This module owns the format: every block has a typed spec with ``from_json`` /
+``to_json`` (engine entries and sidecars are in :mod:`emostyle_rt.engines`);
+export writes a :class:`Manifest` with :meth:`Manifest.to_json`, the runtime
+and the benchmarks read one with :func:`load_manifest`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -25,7 +29,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .engines import AotiEntry, TrtEngine
 from .errors import BundleError, InvalidArgumentError, note
+from .fsutil import read_json_object, sha256_file
+
+__all__ = ["read_json_object", "sha256_file"]  # part of this module's API since 0.1.0 (they live in fsutil)
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +42,22 @@ MANIFEST_NAME = "manifest.json"
 
 #: Label order of ExpW / FER2013 style datasets; the default classifier order.
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+#: Style graphs take sides that are multiples of this (two stride-2 convs, two x2 upsamples): the runtime pads.
+STYLE_SIZE_MULTIPLE = 4
+#: The smallest side a style graph runs (its 9x9 conv reflect-pads 4 px, which needs more than 4).
+STYLE_MIN_SIDE = 5
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def is_seven_emotions(labels: Any) -> bool:
+    """Whether ``labels`` names each of the seven emotions exactly once (any order)."""
+    return (isinstance(labels, (list, tuple)) and all(isinstance(x, str) for x in labels)
+            and sorted(labels) == sorted(EMOTIONS))
+
+
+def emotion_gaps(names: Any) -> tuple[list[str], list[str]]:
+    """(missing, unknown) emotions of a collection of emotion names (a style table, a label list)."""
+    names = list(names)
+    return [e for e in EMOTIONS if e not in names], sorted(set(map(str, names)) - set(EMOTIONS))
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,25 @@ class Fp16Graph:
     onnx: str  # relative to the bundle
     sha256: str
     source_sha256: str  # sha256 of the FP32 graph it was made from
+    report: Mapping[str, Any] = field(default_factory=dict, compare=False)  # what the check measured
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry's ``fp16`` block."""
+        return {**self.report, "onnx_fp16": self.onnx, "sha256": self.sha256, "source_sha256": self.source_sha256}
+
+    @classmethod
+    def from_json(cls, block: Any, where: str, fp32_sha256: str | None = None) -> Fp16Graph | None:
+        """The ``fp16`` block; None (with a warning) when it was made from another FP32 graph than ``fp32_sha256``."""
+        if not isinstance(block, Mapping):
+            raise BundleError(f"Manifest field {where}.fp16 has the wrong type." + note("dict", type(block).__name__))
+        graph = cls(_get(block, "onnx_fp16", f"{where}.fp16", str), _get(block, "sha256", f"{where}.fp16", str),
+                    _get(block, "source_sha256", f"{where}.fp16", str),
+                    {k: v for k, v in block.items() if k not in ("onnx_fp16", "sha256", "source_sha256")})
+        if fp32_sha256 is not None and graph.source_sha256 != fp32_sha256:
+            log.warning("%s.fp16 (%s) was made from another FP32 graph; it is not used. Rerun emostyle-export --fp16.",
+                        where, graph.onnx)
+            return None
+        return graph
 
 
 #: OpenCV's RGB -> grey weights (ITU-R BT.601). With exactly these, grey crops use cv2.cvtColor itself (bit-exact).
@@ -251,10 +285,60 @@ class ClassifierSpec:
     parity: Mapping[str, Any] = field(default_factory=dict)
     fp16: Fp16Graph | None = None  # None: the bundle has no (current) FP16 variant
     crop: CropSpec = DEFAULT_CROP  # how face crops are cut (bundles from 0.1.0: the default)
+    source: Mapping[str, Any] = field(default_factory=dict)  # {"format", "path", "sha256"} or {"format": "demo", "seed"}
+    softmax_added: bool = False  # the source model gave logits; the graph ends in a softmax
+    classes: int = len(EMOTIONS)
+    crop_recorded: bool = True  # False: a 0.1.0 bundle without a crop block (written back without one)
 
     @property
     def color(self) -> str:
         return "RGB" if self.channels == 3 else "GRAY"
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's ``classifier`` object."""
+        return {
+            "onnx": self.onnx, "sha256": self.sha256, "source": dict(self.source),
+            "input": {"name": self.input_name, "layout": "NHWC", "dtype": "uint8", "height": self.height,
+                      "width": self.width, "channels": self.channels, "color": self.color},
+            "output": {"name": self.output_name, "classes": self.classes, "softmax_added": self.softmax_added},
+            "scale": self.scale,
+            **({"crop": self.crop.to_json()} if self.crop_recorded else {}),
+            "parity": dict(self.parity),
+            **({"fp16": self.fp16.to_json()} if self.fp16 else {}),
+        }
+
+    @classmethod
+    def from_json(cls, c: Any, root: Path, mpath: Path, n_labels: int = len(EMOTIONS)) -> ClassifierSpec:
+        """The manifest's ``classifier`` object; BundleError naming the field when it is not valid."""
+        if not isinstance(c, Mapping):
+            raise BundleError("Manifest field manifest.classifier has the wrong type." + note("dict", type(c).__name__))
+        cin = _get(c, "input", "classifier", dict)
+        cout = _get(c, "output", "classifier", dict)
+        n_out = _get(cout, "classes", "classifier.output", int)
+        if n_out != n_labels:
+            raise BundleError(f"Manifest {mpath}: the classifier has {n_out} outputs but {n_labels} labels."
+                              + note(f"{n_labels} outputs", n_out))
+        channels = _get(cin, "channels", "classifier.input", int)
+        if channels not in (1, 3):
+            raise BundleError(f"Manifest {mpath}: classifier input channels must be 1 or 3." + note("1 or 3", channels))
+        sha = _get(c, "sha256", "classifier", str)
+        return cls(
+            onnx=_get(c, "onnx", "classifier", str),
+            sha256=sha,
+            input_name=_get(cin, "name", "classifier.input", str),
+            output_name=_get(cout, "name", "classifier.output", str),
+            height=_side(_get(cin, "height", "classifier.input", int), "classifier.input.height", mpath),
+            width=_side(_get(cin, "width", "classifier.input", int), "classifier.input.width", mpath),
+            channels=channels,
+            scale=_get(c, "scale", "classifier", str),
+            parity=c.get("parity", {}),
+            fp16=Fp16Graph.from_json(c["fp16"], "classifier", sha) if "fp16" in c else None,
+            crop=_classifier_crop(c, root),
+            source=c.get("source", {}),
+            softmax_added=bool(cout.get("softmax_added", False)),
+            classes=n_out,
+            crop_recorded="crop" in c,
+        )
 
 
 @dataclass(frozen=True)
@@ -269,6 +353,34 @@ class StyleSpec:
     convention: str  # the source checkpoint's convention, baked into the graph
     parity: Mapping[str, Any] = field(default_factory=dict)
     fp16: Fp16Graph | None = None  # None: the bundle has no (current) FP16 variant
+    source: Mapping[str, Any] = field(default_factory=dict)  # {"path", "sha256", "family"} or {"family": "demo", "seed"}
+    convention_source: str = "detected"  # "detected", "flag" or "demo"
+
+    def to_json(self) -> dict[str, Any]:
+        """The style's object in the manifest's ``styles`` table."""
+        return {"onnx": self.onnx, "sha256": self.sha256, "source": dict(self.source), "convention": self.convention,
+                "convention_source": self.convention_source, "parity": dict(self.parity),
+                **({"fp16": self.fp16.to_json()} if self.fp16 else {})}
+
+    @classmethod
+    def from_json(cls, style_id: str, s: Any, style_input: Mapping[str, Any]) -> StyleSpec:
+        """One entry of ``styles``; tensor names come from the manifest's ``style_input``."""
+        where = f"styles.{style_id}"
+        if not isinstance(s, Mapping):
+            raise BundleError(f"Manifest field {where} has the wrong type." + note("dict", type(s).__name__))
+        sha = _get(s, "sha256", where, str)
+        return cls(
+            style_id=style_id,
+            onnx=_get(s, "onnx", where, str),
+            sha256=sha,
+            input_name=_get(style_input, "name", "style_input", str),
+            output_name=_get(style_input, "output_name", "style_input", str),
+            convention=_get(s, "convention", where, str),
+            parity=s.get("parity", {}),
+            fp16=Fp16Graph.from_json(s["fp16"], where, sha) if "fp16" in s else None,
+            source=s.get("source", {}),
+            convention_source=str(s.get("convention_source", "detected")),
+        )
 
 
 #: ``detector.kind`` values this runtime runs, and the cascade each reproduces.
@@ -337,6 +449,11 @@ class DetectorSpec:
     @property
     def graphs(self) -> dict[str, DetectorGraph]:
         return {"pnet": self.pnet, "rnet": self.rnet, "onet": self.onet}
+
+    @classmethod
+    def from_json(cls, block: Any, mpath: Path) -> DetectorSpec:
+        """The manifest's ``detector`` object (see :func:`detector_from_json`); BundleError naming the field."""
+        return detector_from_json(block, mpath)
 
     def to_json(self) -> dict[str, Any]:
         """The manifest's ``detector`` object."""
@@ -471,7 +588,38 @@ class Manifest:
     size_multiple: int
     min_side: int
     detector: DetectorSpec | None = None  # None: the bundle has no face detector (made before issue 11)
-    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    engines: tuple[TrtEngine, ...] = ()  # TensorRT plans (trt/)
+    aoti: tuple[AotiEntry, ...] = ()  # AOTInductor packages (aoti/)
+    note: str = ""
+    created: str = ""
+    tools: Mapping[str, str] = field(default_factory=dict)  # versions of the tools that wrote the bundle
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)  # top-level keys this release does not know
+
+    def to_json(self) -> dict[str, Any]:
+        """``manifest.json`` as a dict (what :func:`load_manifest` reads back)."""
+        return {
+            "format_version": self.format_version,
+            "demo": self.demo,
+            "note": self.note,
+            "created": self.created,
+            "labels": list(self.labels),
+            "classifier": self.classifier.to_json(),
+            "style_input": self.style_input_json(),
+            "styles": {sid: s.to_json() for sid, s in self.styles.items()},
+            "emotions": {e: self.emotions[e] for e in self.labels},
+            **({"detector": self.detector.to_json()} if self.detector else {}),
+            **({"engines": [e.to_json() for e in self.engines]} if self.engines else {}),
+            **({"aoti": [e.to_json() for e in self.aoti]} if self.aoti else {}),
+            "tools": dict(self.tools),
+            **dict(self.extra),
+        }
+
+    def style_input_json(self) -> dict[str, Any]:
+        """The ``style_input`` object: the style graphs' shared contract."""
+        first = next(iter(self.styles.values()), None)
+        return {"name": first.input_name if first else "image", "output_name": first.output_name if first else "styled",
+                "layout": "NHWC", "dtype": "uint8", "color": "RGB", "size_multiple": self.size_multiple,
+                "min_side": self.min_side}
 
     def style_for(self, emotion: str) -> StyleSpec:
         """The style spec serving ``emotion``; a typed error for unknown names."""
@@ -508,31 +656,6 @@ def _side(value: int, where: str, mpath: Path) -> int:
     if not 1 <= value <= MAX_SIDE:
         raise BundleError(f"Manifest {mpath}: {where} is out of range." + note(f"1..{MAX_SIDE}", value))
     return value
-
-
-def _fp16_graph(entry: Mapping[str, Any], where: str, fp32_sha256: str) -> Fp16Graph | None:
-    """The entry's ``fp16`` block as an :class:`Fp16Graph`; None without one or when made from another FP32 graph."""
-    if "fp16" not in entry:
-        return None
-    block = _get(entry, "fp16", where, dict)
-    graph = Fp16Graph(_get(block, "onnx_fp16", f"{where}.fp16", str), _get(block, "sha256", f"{where}.fp16", str),
-                      _get(block, "source_sha256", f"{where}.fp16", str))
-    if graph.source_sha256 != fp32_sha256:
-        log.warning("%s.fp16 (%s) was made from another FP32 graph; it is not used. Rerun emostyle-export --fp16.",
-                    where, graph.onnx)
-        return None
-    return graph
-
-
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """A JSON file that must hold an object; :class:`BundleError` naming ``what`` otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{what} {path} cannot be read as JSON: {exc}.") from exc
-    if not isinstance(data, dict):
-        raise BundleError(f"{what} {path} is not a JSON object.")
-    return data
 
 
 #: Bundles already reported as having no crop spec (the message is said once per bundle and process).
@@ -580,55 +703,17 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
         )
 
     labels = tuple(_get(raw, "labels", "manifest", list))
-    if not all(isinstance(label, str) for label in labels) or sorted(labels) != sorted(EMOTIONS):
+    if not is_seven_emotions(labels):
         raise BundleError(
             f"Manifest {mpath} labels {list(labels)} are not the seven emotions."
             + note(f"a permutation of {list(EMOTIONS)}", list(labels))
         )
-
-    c = _get(raw, "classifier", "manifest", dict)
-    cin = _get(c, "input", "classifier", dict)
-    cout = _get(c, "output", "classifier", dict)
-    n_out = _get(cout, "classes", "classifier.output", int)
-    if n_out != len(labels):
-        raise BundleError(
-            f"Manifest {mpath}: the classifier has {n_out} outputs but {len(labels)} labels."
-            + note(f"{len(labels)} outputs", n_out)
-        )
-    channels = _get(cin, "channels", "classifier.input", int)
-    if channels not in (1, 3):
-        raise BundleError(f"Manifest {mpath}: classifier input channels must be 1 or 3." + note("1 or 3", channels))
-    classifier = ClassifierSpec(
-        onnx=_get(c, "onnx", "classifier", str),
-        sha256=_get(c, "sha256", "classifier", str),
-        input_name=_get(cin, "name", "classifier.input", str),
-        output_name=_get(cout, "name", "classifier.output", str),
-        height=_side(_get(cin, "height", "classifier.input", int), "classifier.input.height", mpath),
-        width=_side(_get(cin, "width", "classifier.input", int), "classifier.input.width", mpath),
-        channels=channels,
-        scale=_get(c, "scale", "classifier", str),
-        parity=c.get("parity", {}),
-        fp16=_fp16_graph(c, "classifier", _get(c, "sha256", "classifier", str)),
-        crop=_classifier_crop(c, root),
-    )
-
+    classifier = ClassifierSpec.from_json(_get(raw, "classifier", "manifest", dict), root, mpath, len(labels))
     sin = _get(raw, "style_input", "manifest", dict)
-    styles: dict[str, StyleSpec] = {}
-    for sid, s in _get(raw, "styles", "manifest", dict).items():
-        where = f"styles.{sid}"
-        styles[sid] = StyleSpec(
-            style_id=sid,
-            onnx=_get(s, "onnx", where, str),
-            sha256=_get(s, "sha256", where, str),
-            input_name=_get(sin, "name", "style_input", str),
-            output_name=_get(sin, "output_name", "style_input", str),
-            convention=_get(s, "convention", where, str),
-            parity=s.get("parity", {}),
-            fp16=_fp16_graph(s, where, _get(s, "sha256", where, str)),
-        )
+    styles = {sid: StyleSpec.from_json(sid, s, sin) for sid, s in _get(raw, "styles", "manifest", dict).items()}
 
     emotions = dict(_get(raw, "emotions", "manifest", dict))
-    missing = [e for e in labels if e not in emotions]
+    missing, _ = emotion_gaps(emotions)
     if missing:
         raise BundleError(
             f"Manifest {mpath} has no style for {missing}; every emotion needs one."
@@ -641,6 +726,8 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
                 + note("a style id", sorted(styles))
             )
 
+    known = {"format_version", "demo", "note", "created", "labels", "classifier", "style_input", "styles",
+             "emotions", "detector", "engines", "aoti", "tools"}
     manifest = Manifest(
         root=root,
         format_version=version,
@@ -652,7 +739,12 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
         size_multiple=_side(_get(sin, "size_multiple", "style_input", int), "style_input.size_multiple", mpath),
         min_side=_side(_get(sin, "min_side", "style_input", int), "style_input.min_side", mpath),
         detector=detector_from_json(raw["detector"], mpath) if "detector" in raw else None,
-        raw=raw,
+        engines=tuple(TrtEngine.from_json(e) for e in _get(raw, "engines", "manifest", list)) if "engines" in raw else (),
+        aoti=tuple(AotiEntry.from_json(e) for e in _get(raw, "aoti", "manifest", list)) if "aoti" in raw else (),
+        note=str(raw.get("note", "")),
+        created=str(raw.get("created", "")),
+        tools=dict(raw.get("tools", {})) if isinstance(raw.get("tools"), Mapping) else {},
+        extra={k: v for k, v in raw.items() if k not in known},
     )
     if manifest.demo:
         log.warning("Bundle %s holds UNTRAINED demo weights: emotions and styles are not meaningful.", root)

@@ -33,3 +33,24 @@ def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from emostyle_export.bundle import export_demo
 
     return export_demo(tmp_path_factory.mktemp("bundles") / "demo")
+
+
+@pytest.fixture(scope="session")
+def mtcnn_bundle(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo bundle with the MTCNN face detector (what ``emostyle-export --demo`` writes).
+
+    ``demo_bundle`` itself when it has one; else (an older EMOSTYLE_TEST_BUNDLE) a
+    copy with the detector added by ``emostyle-export --bundle DIR --detector mtcnn``.
+    """
+    import json
+    import shutil
+
+    if "detector" in json.loads((demo_bundle / "manifest.json").read_text()):
+        return demo_bundle
+    from emostyle_export.cli import main
+
+    copy = tmp_path_factory.mktemp("bundles") / "demo-mtcnn"
+    shutil.copytree(demo_bundle, copy)
+    if main(["--bundle", str(copy), "--detector", "mtcnn", "-q"]) != 0:
+        raise RuntimeError(f"emostyle-export --bundle {copy} --detector mtcnn failed")
+    return copy

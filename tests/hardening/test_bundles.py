@@ -29,6 +29,10 @@ def _copy_bundle(src: Path, dst: Path) -> Path:
     (dst / "styles").mkdir()
     for f in (src / "styles").iterdir():
         (dst / "styles" / f.name).symlink_to(f.resolve())
+    if (src / "detector").is_dir():  # the face detector's graphs (bundles since issue 11)
+        (dst / "detector").mkdir()
+        for f in (src / "detector").iterdir():
+            (dst / "detector" / f.name).symlink_to(f.resolve())
     return dst
 
 

@@ -174,7 +174,8 @@ def test_old_manifest_gets_the_default_spec_and_says_so_once(demo_bundle: Path, 
     (DEFAULT_CROP.to_json() | {"margin": -0.1}, "Crop margin must be"),
     (DEFAULT_CROP.to_json() | {"border": "wrap"}, "border cannot be 'wrap'"),
     (DEFAULT_CROP.to_json() | {"grey_weights": [1, 2]}, "grey_weights"),
-    (DEFAULT_CROP.to_json() | {"alignment": "eyes"}, r"alignment cannot be 'eyes'.*\['none'\]"),
+    (DEFAULT_CROP.to_json() | {"alignment": "mouth"}, r"alignment cannot be 'mouth'.*\['none', 'eyes'\]"),
+    (DEFAULT_CROP.to_json() | {"alignment": "eyes"}, r"alignment 'eyes' turns the crop.*border clip"),
     (DEFAULT_CROP.to_json() | {"border_value": 256}, "border_value"),
 ])
 def test_bad_manifest_crop_is_a_bundle_error(demo_bundle: Path, tmp_path: Path, crop: Any, match: str) -> None:
