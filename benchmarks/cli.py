@@ -45,7 +45,7 @@ a file name under a writable folder; --chart's extension picks the format (png, 
 pdf, ... as matplotlib supports). Empty lists (--stages ,) are refused.
 
 needs the bench extra: install torch (CPU or CUDA build) first, then
-  pip install "emostyle-rt[bench]"
+  pip install "emostyle-rt[cpu,bench]"
 exit status: 0 done, 1 a write or run failed, 2 bad arguments / bundle / missing extra.
 """
 
@@ -138,11 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from emostyle_export.extras import MissingExtraError, missing_error, require, stack_module
 
     from emostyle_rt.errors import EmostyleError, InvalidArgumentError
-    from emostyle_rt.logutil import setup_cli_logging
+    from emostyle_rt.logutil import quiet_tensorflow, setup_cli_logging
 
     setup_cli_logging(args.quiet, "emostyle_bench", "emostyle_rt", "emostyle_export")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    quiet_tensorflow()
     try:
         if args.list_paths:
             return _list_paths()

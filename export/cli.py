@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from emostyle_rt.errors import EmostyleError, ExportError, note, sentence
+from emostyle_rt.errors import EmostyleError, note, sentence
 from emostyle_rt.logutil import setup_cli_logging
 from emostyle_rt.manifest import EMOTIONS
+
+from .errors import ExportError
 
 EPILOG = f"""\
 examples:
@@ -35,6 +38,10 @@ examples:
 
   # the MTCNN face detector into a bundle made without one (the runtime then needs no Haar / OpenCV 4)
   emostyle-export --bundle engines/mine --detector mtcnn
+
+  # AOTInductor packages of the style networks for this machine (needs torch: the aoti extra)
+  emostyle-export --bundle engines/mine --aoti                                  # CPU, fp32
+  emostyle-export --bundle engines/mine --aoti --device cuda --precision fp16   # this GPU
 
 config file (TOML):
   classifier = "emotion.h5"
@@ -70,7 +77,7 @@ keys: margin=0.2 (of the box) or 10px, square=expand|none, border=clip|constant|
 value=0..255 (constant pad), interp=auto|area|linear|cubic|nearest, grey=R/G/B weights or cv2.
 
 needs the export extra: install torch (CPU or CUDA build) first, then
-  pip install "emostyle-rt[export]"
+  pip install "emostyle-rt[cpu,export]"
 exit status: 0 done, 2 bad arguments / inputs / missing extra / failed check, 130 interrupted.
 """
 
@@ -107,12 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="add mixed-precision FP16 graphs, verified on CPU against FP32 (PSNR >= 40 dB, same top-1)")
     fast.add_argument("--engines", action="store_true",
                       help="build FP16 TensorRT engines for this GPU (implies --fp16; needs the tensorrt extra)")
+    fast.add_argument("--aoti", action="store_true",
+                      help="build AOTInductor packages of the style networks for this machine from the bundle's "
+                           "graphs, each checked against its FP32 graph (needs torch: the aoti extra)")
+    fast.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--aoti: device of the packages (cpu)")
+    fast.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                      help="--aoti: compute precision inside the packages (default fp16 on cuda, fp32 on cpu; "
+                           "I/O stays uint8)")
+    fast.add_argument("--max-autotune", action="store_true", help="--aoti: inductor max-autotune (slower build)")
     fast.add_argument("--bundle", type=Path, metavar="DIR",
-                      help="add --fp16 / --engines / --detector / --classifier-crop to this existing bundle "
+                      help="add --fp16 / --engines / --aoti / --detector / --classifier-crop to this existing bundle "
                            "instead of exporting a new one")
-    fast.add_argument("--min-size", type=_hw, default=None, metavar="HxW", help="smallest image of the engine profile (64x64)")
-    fast.add_argument("--opt-size", type=_hw, default=None, metavar="HxW", help="image size TensorRT tunes for (720x1280)")
-    fast.add_argument("--max-size", type=_hw, default=None, metavar="HxW", help="largest image of the engine profiles, either orientation (1920x1920)")
+    fast.add_argument("--min-size", type=_hw, default=None, metavar="HxW",
+                      help="smallest image of the engine profiles / AOTI range (64x64)")
+    fast.add_argument("--opt-size", type=_hw, default=None, metavar="HxW",
+                      help="image size TensorRT tunes for / torch.export traces with (720x1280)")
+    fast.add_argument("--max-size", type=_hw, default=None, metavar="HxW",
+                      help="largest image of the engine profiles / AOTI range, either orientation (1920x1920)")
     fast.add_argument("--max-batch", type=int, default=4, metavar="N", help="largest style batch of the engines (4)")
     fast.add_argument("--workspace-mb", type=int, default=None, metavar="MB", help="TensorRT builder workspace limit")
     out = p.add_argument_group("output")
@@ -140,6 +158,37 @@ def engine_options(args: argparse.Namespace) -> Any:
     shapes = ShapeRange(max_batch=args.max_batch, min_hw=args.min_size or default.min_hw,
                         opt_hw=args.opt_size or default.opt_hw, max_hw=args.max_size or default.max_hw)
     return EngineOptions(shape_range=shapes, workspace_mb=args.workspace_mb, force=args.force)
+
+
+def aoti_options(args: argparse.Namespace) -> Any:
+    """--aoti and its flags -> AotiOptions (None without --aoti)."""
+    if not args.aoti:
+        return None
+    from .aoti import AotiOptions
+
+    default = AotiOptions()
+    opts = AotiOptions(device=args.device, precision=args.precision, max_batch=args.max_batch,
+                       min_hw=args.min_size or default.min_hw, opt_hw=args.opt_size or default.opt_hw,
+                       max_hw=args.max_size or default.max_hw, max_autotune=args.max_autotune)
+    opts.check()
+    return opts
+
+
+#: Options whose values may start with "-" (``--classifier-scale -1..1``), which argparse takes for options.
+_DASH_VALUES = ("--classifier-scale",)
+
+
+def _join_dash_values(argv: Sequence[str]) -> list[str]:
+    """``--classifier-scale -1..1`` -> ``--classifier-scale=-1..1`` (the form argparse accepts), as the README writes it."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in _DASH_VALUES:
+            value = next(it, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
 
 
 #: config key -> what its value must be (as TOML / JSON name it)
@@ -269,6 +318,7 @@ def plan_from_args(args: argparse.Namespace) -> Any:
                           + note('"mtcnn" or "none"', repr(detector)))
     return ExportPlan(classifier=classifier, styles=styles, classifier_scale=scale, labels=labels,
                       demo=args.demo, seed=args.seed, fp16=args.fp16, engines=engine_options(args),
+                      aoti=aoti_options(args),
                       classifier_crop=classifier_crop(args, cfg), detector=None if detector == "none" else detector)
 
 
@@ -288,8 +338,9 @@ def needed_modules(args: argparse.Namespace) -> list[str]:
     """The export-stack modules this command line needs (checked before any work)."""
     fp16 = ["onnx", "onnxruntime", "onnxconverter_common", "skimage"]
     detector = ["tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "skimage", "mtcnn"]
+    aoti = ["torch", "onnx", "onnxruntime", "skimage"] if args.aoti else []
     if args.bundle is not None:
-        wanted = (fp16 if args.fp16 or args.engines else []) + (detector if args.detector == "mtcnn" else [])
+        wanted = (fp16 if args.fp16 or args.engines else []) + (detector if args.detector == "mtcnn" else []) + aoti
         return list(dict.fromkeys(wanted))
     full = ["torch", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "skimage"]
     full += ["mtcnn"] if args.detector != "none" else []
@@ -298,7 +349,7 @@ def needed_modules(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the export; 0 on success, 2 for any refused input or failed check, 130 when interrupted."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
     setup_cli_logging(args.quiet, "emostyle_export", "emostyle_rt")
     from .bundle import add_to_bundle, export_bundle
     from .extras import missing_error, require, stack_module
@@ -307,15 +358,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.bundle is not None:
             if args.output or args.demo or args.classifier or args.style or args.config:
-                raise ExportError("--bundle adds FP16 graphs / engines / a face detector / a crop spec to an existing "
-                                  "bundle; it takes no -o or sources.")
-            if not (args.fp16 or args.engines or args.classifier_crop is not None or args.detector == "mtcnn"):
-                raise ExportError("--bundle needs --fp16, --engines, --detector mtcnn or --classifier-crop."
-                                  + note("--fp16, --engines, --detector mtcnn or --classifier-crop SPEC", "none of them"))
+                raise ExportError("--bundle adds FP16 graphs / engines / AOTInductor packages / a face detector / a "
+                                  "crop spec to an existing bundle; it takes no -o or sources.")
+            if not (args.fp16 or args.engines or args.aoti or args.classifier_crop is not None
+                    or args.detector == "mtcnn"):
+                raise ExportError("--bundle needs --fp16, --engines, --aoti, --detector mtcnn or --classifier-crop."
+                                  + note("--fp16, --engines, --aoti, --detector mtcnn or --classifier-crop SPEC",
+                                         "none of them"))
             crop = classifier_crop(args) if args.classifier_crop is not None else None
+            aoti = aoti_options(args)
             require("emostyle-export", needed_modules(args), "export")
             dest = add_to_bundle(args.bundle, engine_options(args), fp16=args.fp16, crop=crop,
-                                 detector=args.detector if args.detector == "mtcnn" else None)
+                                 detector=args.detector if args.detector == "mtcnn" else None, aoti=aoti)
         elif args.output is None:
             raise ExportError("No output folder." + note("-o DIR (or --bundle DIR with --fp16/--engines)", "none"))
         else:

@@ -86,7 +86,7 @@ def load_mtcnn() -> dict[str, Any]:
         from mtcnn.stages import StageONet, StagePNet, StageRNet
     except ImportError as exc:
         raise ExportError(f"The mtcnn package is not installed ({exc})."
-                          + note('pip install "emostyle-rt[export]" (it brings mtcnn)', "no mtcnn module")) from exc
+                          + note('pip install "emostyle-rt[cpu,export]" (it brings mtcnn)', "no mtcnn module")) from exc
     return {"pnet": StagePNet().model, "rnet": StageRNet().model, "onet": StageONet().model}
 
 

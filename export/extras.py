@@ -27,8 +27,9 @@ EXPORT_MODULES = {
 #: What ``emostyle-bench`` adds to the export stack.
 BENCH_MODULES = {**EXPORT_MODULES, "matplotlib": "matplotlib", "psutil": "psutil"}
 INSTALL = {
-    "export": 'install torch (CPU or CUDA build) first, then pip install "emostyle-rt[export]"',
-    "bench": 'install torch (CPU or CUDA build) first, then pip install "emostyle-rt[bench]"',
+    extra: f'install torch (CPU or CUDA build) first, then pip install "emostyle-rt[cpu,{extra}]" '
+           f'("[gpu,{extra}]" on an NVIDIA machine)'
+    for extra in ("export", "bench")
 }
 
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from emostyle_rt.errors import ExportError, ParityError, note
+from emostyle_rt.errors import note
+
+from .errors import ExportError, ParityError
 
 CLASSIFIER_TOLERANCE = 1e-4  # max abs diff of probabilities
 STYLE_TOLERANCE = 1  # grey levels on the 0..255 output
@@ -46,7 +48,7 @@ def astronaut() -> np.ndarray:
         from skimage import data
     except ImportError as exc:
         raise ExportError(
-            "scikit-image is needed for checks on real photos." + note("pip install 'emostyle-rt[export]'", exc)
+            "scikit-image is needed for checks on real photos." + note("pip install 'emostyle-rt[cpu,export]'", exc)
         ) from exc
     img = np.ascontiguousarray(data.astronaut())
     img.flags.writeable = False

@@ -46,7 +46,7 @@ what a run leaves (work folder, default: the output's name + .train):
                curves.png
 exit status: 0 done, 2 bad arguments / inputs / missing extra, 130 interrupted (a style run
 writes a checkpoint first: rerun with --resume).
-needs the train extra: install torch (CPU or CUDA build) first, then pip install "emostyle-rt[train]"
+needs the train extra: install torch (CPU or CUDA build) first, then pip install "emostyle-rt[cpu,train]"
 """
 
 STYLE_EPILOG = """\

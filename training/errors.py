@@ -16,7 +16,7 @@ TRAIN_MODULES = {
     "keras": "keras",
     "skimage": "scikit-image",
 }
-INSTALL = 'install torch (CPU or CUDA build) first, then pip install "emostyle-rt[train]"'
+INSTALL = 'install torch (CPU or CUDA build) first, then pip install "emostyle-rt[cpu,train]"'
 
 
 class TrainingError(EmostyleError):

@@ -16,7 +16,8 @@ import pytest
 
 from emostyle_bench import cli as bench_cli
 from emostyle_export import cli as export_cli
-from emostyle_rt.errors import CheckpointError, sentence
+from emostyle_rt.errors import sentence
+from emostyle_export.errors import CheckpointError
 
 
 def _typed(err: str, *needles: str) -> None:
@@ -153,7 +154,7 @@ def test_export_without_the_extra_names_it(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "keras", None)  # import keras now raises ModuleNotFoundError
     assert export_cli.main(["--demo", "-o", str(tmp_path / "out"), "-q"]) == 2
     _typed(capsys.readouterr().err, "needs the export extra", "keras is not installed", "install torch",
-           'pip install "emostyle-rt[export]"')
+           'pip install "emostyle-rt[cpu,export]"')
     assert not (tmp_path / "out").exists()
 
 
@@ -162,7 +163,7 @@ def test_export_module_missing_past_the_check_is_still_typed(tmp_path: Path, mon
     monkeypatch.setattr(export_cli, "needed_modules", lambda args: [])  # e.g. a package found but broken
     monkeypatch.setitem(sys.modules, "keras", None)
     assert export_cli.main(["--demo", "-o", str(tmp_path / "out"), "-q"]) == 2
-    _typed(capsys.readouterr().err, "keras is not installed", 'pip install "emostyle-rt[export]"')
+    _typed(capsys.readouterr().err, "keras is not installed", 'pip install "emostyle-rt[cpu,export]"')
     assert sorted(tmp_path.iterdir()) == []  # the temporary bundle folder is gone too
 
 
@@ -186,7 +187,7 @@ def test_export_demo_without_keras_in_a_fresh_process(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "emostyle_export.cli", "--demo", "-o", str(tmp_path / "out")],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
     assert proc.returncode == 2, proc.stderr
-    _typed(proc.stderr, "keras", "tensorflow", 'pip install "emostyle-rt[export]"')
+    _typed(proc.stderr, "keras", "tensorflow", 'pip install "emostyle-rt[cpu,export]"')
     assert not (tmp_path / "out").exists()
 
 
@@ -285,7 +286,9 @@ def test_bench_list_paths_says_what_runs_here(capsys: pytest.CaptureFixture[str]
     assert bench_cli.main(["--list-paths"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.split()[:1] in (["detect"], ["classify"],
                                                                                       ["style"], ["chain"])]
-    assert len(lines) == 20
+    from emostyle_bench.paths import default_paths
+
+    assert len(lines) == len(default_paths())
     assert all(ln.endswith("runs here") or " not here: " in ln for ln in lines)
     by_name = {(ln.split()[0], ln.split()[1]): ln for ln in lines}
     assert by_name[("style", "ort-cpu")].endswith("runs here")
@@ -299,8 +302,8 @@ def test_bench_path_without_torch_names_the_bench_extra(monkeypatch: pytest.Monk
 
     monkeypatch.setitem(sys.modules, "torch", None)
     eager = find_path(default_paths(), "style", "torch-eager")
-    assert 'pip install "emostyle-rt[bench]"' in (availability(eager) or "")
-    with pytest.raises(PathUnavailable, match=r"PyTorch is not installed.*emostyle-rt\[bench\]") as info:
+    assert 'pip install "emostyle-rt[cpu,bench]"' in (availability(eager) or "")
+    with pytest.raises(PathUnavailable, match=r"PyTorch is not installed.*emostyle-rt\[cpu,bench\]") as info:
         eager.build(Context(Path("unused")))
     assert "[export]" not in str(info.value)
 
@@ -313,5 +316,5 @@ def test_bench_without_the_extra_names_it(module: str, extra: list[str], demo_bu
     monkeypatch.setitem(sys.modules, module, None)
     assert bench_cli.main(["--bundle", str(demo_bundle), "--quick", *extra, "-q"]) == 2
     err = capsys.readouterr().err
-    _typed(err, "needs the bench extra", f"{module} is not installed", 'pip install "emostyle-rt[bench]"')
+    _typed(err, "needs the bench extra", f"{module} is not installed", 'pip install "emostyle-rt[cpu,bench]"')
     assert "[export]" not in err
