@@ -51,8 +51,9 @@ def child(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--input", required=True)
     a = ap.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    from emostyle_rt.logutil import quiet_tensorflow
+
+    quiet_tensorflow()
     result: dict[str, object]
     try:
         import numpy as np
@@ -82,9 +83,9 @@ def child(argv: Sequence[str] | None = None) -> int:
 
 def run_one(stage: str, path: str, bundle: Path, input_npy: Path, timeout_s: float = 600.0) -> dict[str, object]:
     """Spawn the child for one path; its JSON result plus ``wall_s`` (spawn to exit)."""
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    from emostyle_rt.logutil import quiet_tensorflow
+
+    env = quiet_tensorflow(dict(os.environ))
     cmd = [sys.executable, "-m", "emostyle_bench.coldstart", "--stage", stage, "--path", path,
            "--bundle", str(bundle), "--input", str(input_npy)]
     t0 = time.perf_counter()

@@ -1,11 +1,12 @@
 """FP16 error of the style network on a CUDA GPU, with PyTorch only.
 
-Standalone: ``python benchmarks/gpu_fp16_check.py --out result.json`` on any
-machine with a CUDA build of PyTorch (nothing else of this project, no
-scikit-image, no TensorRT). Compares, against fp32 on the same GPU:
+``python benchmarks/gpu_fp16_check.py --out result.json`` on any machine with a
+CUDA build of PyTorch and this project's ``emostyle_export`` package on the path
+(its TransformerNet and style contract; nothing else: no scikit-image, no
+TensorRT). Compares, against fp32 on the same GPU:
 
 - ``fp16_in_fp32``: fp16 weights/activations, InstanceNorm in fp32 (what the
-  bundle's FP16 ONNX graph does);
+  bundle's FP16 ONNX graph and the fp16 AOTInductor packages do);
 - ``fp16_all``: ``model.half()`` (PyTorch's own IN kernel, fp32 statistics inside);
 - ``fp16_naive_in``: fp16 with IN statistics summed in fp16 (what a kernel that
   keeps everything in fp16 does; shows variance overflow).
@@ -26,23 +27,9 @@ import time
 from pathlib import Path
 
 import torch
+from emostyle_export.models.transformer import TransformerNet
+from emostyle_export.styles import style_contract
 from torch import nn
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-
-class ConvLayer(nn.Module):
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, up: int = 0) -> None:
-        super().__init__()
-        self.up = up
-        self.pad = nn.ReflectionPad2d(k // 2)
-        self.conv2d = nn.Conv2d(cin, cout, k, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.up:
-            x = nn.functional.interpolate(x, scale_factor=float(self.up), mode="nearest")
-        return self.conv2d(self.pad(x))
 
 
 class IN(nn.InstanceNorm2d):
@@ -62,37 +49,15 @@ class IN(nn.InstanceNorm2d):
         return super().forward(x)
 
 
-class Res(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1, self.in1 = ConvLayer(c, c, 3), IN(c, affine=True)
-        self.conv2, self.in2 = ConvLayer(c, c, 3), IN(c, affine=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.in2(self.conv2(torch.relu(self.in1(self.conv1(x)))))
-
-
-class TransformerNet(nn.Module):
-    """Johnson et al. (2016), pytorch/examples parameter names."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.in1 = ConvLayer(3, 32, 9), IN(32, affine=True)
-        self.conv2, self.in2 = ConvLayer(32, 64, 3, 2), IN(64, affine=True)
-        self.conv3, self.in3 = ConvLayer(64, 128, 3, 2), IN(128, affine=True)
-        self.res1, self.res2, self.res3, self.res4, self.res5 = (Res(128) for _ in range(5))
-        self.deconv1, self.in4 = ConvLayer(128, 64, 3, up=2), IN(64, affine=True)
-        self.deconv2, self.in5 = ConvLayer(64, 32, 3, up=2), IN(32, affine=True)
-        self.deconv3 = ConvLayer(32, 3, 9)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.in1(self.conv1(x)))
-        y = torch.relu(self.in2(self.conv2(y)))
-        y = torch.relu(self.in3(self.conv3(y)))
-        y = self.res5(self.res4(self.res3(self.res2(self.res1(y)))))
-        y = torch.relu(self.in4(self.deconv1(y)))
-        y = torch.relu(self.in5(self.deconv2(y)))
-        return self.deconv3(y)
+def switchable(net: nn.Module) -> nn.Module:
+    """``net`` with every InstanceNorm2d replaced by an :class:`IN` holding the same parameters."""
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.InstanceNorm2d) and not isinstance(child, IN):
+                swap = IN(child.num_features, affine=True)
+                swap.load_state_dict(child.state_dict(), strict=False)
+                setattr(parent, name, swap)
+    return net
 
 
 def photo_like(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -128,9 +93,20 @@ def resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
 
 
+def _raw(contract: nn.Module, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 output, the network's raw output before de-normalisation) of the style contract."""
+    seen: list[torch.Tensor] = []
+    hook = contract.net.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        out = contract(img)
+    finally:
+        hook.remove()
+    return out, seen[0]
+
+
 def make_net(convention: str, checkpoint: Path | None, device: torch.device) -> TransformerNet:
     torch.manual_seed(1)  # both copies (fp32, fp16) get the same weights
-    net = TransformerNet().eval()
+    net = switchable(TransformerNet().eval())
     if checkpoint is not None:
         sd = torch.load(checkpoint, map_location="cpu")
         sd = sd.get("state_dict", sd)
@@ -142,8 +118,7 @@ def make_net(convention: str, checkpoint: Path | None, device: torch.device) -> 
             if isinstance(m, IN):
                 m.weight.copy_(1 + 0.3 * torch.randn_like(m.weight))
                 m.bias.copy_(0.3 * torch.randn_like(m.bias))
-        x = pre(photo_like(128, 128)[None], convention)
-        y = net(x)
+        _, y = _raw(style_contract(net, convention), photo_like(128, 128)[None])
         if convention == "0-255":  # spread the output over 0..255 like a trained model
             k = 60.0 / y.std()
             net.deconv3.conv2d.weight.mul_(k)
@@ -155,26 +130,6 @@ def make_net(convention: str, checkpoint: Path | None, device: torch.device) -> 
     return net.to(device)
 
 
-def pre(img: torch.Tensor, convention: str) -> torch.Tensor:
-    x = img.permute(0, 3, 1, 2).float()
-    if convention == "imagenet":
-        m = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-        s = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-        x = (x / 255 - m) / s
-    return x
-
-
-def post(y: torch.Tensor, convention: str) -> torch.Tensor:
-    y = y.float()
-    if convention == "imagenet":
-        m = torch.tensor(MEAN, device=y.device).view(1, 3, 1, 1)
-        s = torch.tensor(STD, device=y.device).view(1, 3, 1, 1)
-        y = (y * s + m).clamp(0, 1) * 255
-    else:
-        y = y.clamp(0, 255)
-    return y.round().to(torch.uint8)
-
-
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = ((a.double() - b.double()) ** 2).mean().item()
     return 100.0 if mse == 0 else min(100.0, 10 * math.log10(255.0**2 / mse))
@@ -182,25 +137,22 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def run_variant(net32: TransformerNet, net16: TransformerNet, img: torch.Tensor, convention: str,
                 mode: str, device: torch.device) -> dict:
-    x = pre(img.to(device), convention)
+    c32, c16 = style_contract(net32, convention).to(device), style_contract(net16, convention).to(device)
+    img = img.to(device)
     with torch.no_grad():
         IN.mode = "native"
-        ref = post(net32(x), convention)
+        ref = c32(img)
         IN.mode = mode
-        raw = net16(x.half())
-        IN.mode = "native"
+        out, raw = _raw(c16, img)
+        ms16 = None
         if device.type == "cuda":
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            IN.mode = mode
             for _ in range(3):
-                net16(x.half())
-            IN.mode = "native"
+                c16(img)
             torch.cuda.synchronize()
             ms16 = (time.perf_counter() - t0) / 3 * 1e3
-        else:
-            ms16 = None
-    out = post(raw, convention)
+        IN.mode = "native"
     finite = bool(torch.isfinite(raw).all())
     return {"psnr_db": round(psnr(ref, out), 2), "max_abs_diff": int((ref.int() - out.int()).abs().max()),
             "finite": finite, "nonfinite_fraction": float((~torch.isfinite(raw)).float().mean()),

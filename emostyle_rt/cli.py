@@ -1,7 +1,9 @@
-"""``emostyle``: stylise a photo or a folder of photos with a bundle.
+"""``emostyle``: stylise a photo, a video, a folder of both, or a webcam with a bundle.
 
     emostyle photo.jpg -o out.jpg
+    emostyle video.mp4 -o out.mp4
     emostyle photos/ -o styled/ --report report.json
+    emostyle --webcam 0 -o webcam.mp4 --seconds 30
 
 Nothing but the planned outputs, the report and (folder runs) the output
 folder's ``.emostyle-state.jsonl`` is ever written, and every argument is
@@ -26,10 +28,20 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .errors import BundleError, EmostyleError, ImageWriteError, InvalidArgumentError, note, sentence
+from .errors import (
+    BundleError,
+    EmostyleError,
+    ImageEncodeError,
+    ImageWriteError,
+    InvalidArgumentError,
+    note,
+    sentence,
+)
 from .imageio import clean_stale_parts, read_image_meta, write_bytes_atomic, write_image
 from .logutil import setup_cli_logging
 from .manifest import DEFAULT_BUNDLE, MANIFEST_NAME, Manifest, bundle_hint, default_bundle, load_manifest
+from .video import TemporalOptions
+from .videoio import VIDEO_SUFFIXES
 
 log = logging.getLogger("emostyle")
 
@@ -37,17 +49,37 @@ log = logging.getLogger("emostyle")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: Inputs: the output formats and GIF (first frame; a GIF's output is a PNG, OpenCV's GIF writer quantises).
 READ_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")
+#: What a folder walk picks up: photos and videos (mp4, mov, mkv, webm, avi; the output keeps the container).
+MEDIA_SUFFIXES = (*READ_SUFFIXES, *VIDEO_SUFFIXES)
 #: Per output folder: each stylised file's emotion and scores, one JSON line each, so a resumed run reports them.
 STATE_NAME = ".emostyle-state.jsonl"
 INTERRUPTED = 130
 
 
+EXAMPLES = """examples:
+  emostyle photo.jpg -o styled.jpg
+  emostyle video.mp4 -o styled.mp4 --report segments.json    # keeps timing, size, audio, rotation
+  emostyle clip.mov -o styled.mkv --max-side 512 --crossfade 8
+  emostyle media/ -o styled/                                 # photos and videos, recursively; resumable
+  emostyle --webcam 0 -o webcam.mp4 --seconds 30 [--preview]  # Ctrl-C stops and keeps the recording
+
+videos: the style follows the face's emotion over time without flickering: a frame is classified
+every --classify-every frames (and at once when the tracked face moves or is lost), the scores are
+smoothed over --smooth seconds, and the style switches only when another emotion leads by
+--switch-margin for --switch-after seconds. The report lists each video's segments (start, end,
+emotion, mean scores). Outputs appear only when complete; a killed run leaves nothing behind.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emostyle", description="Emotion-based style transfer for a photo or a folder.")
-    p.add_argument("input", type=Path, help="an image file or a folder of images (searched recursively)")
+    p = argparse.ArgumentParser(prog="emostyle", description="Emotion-based style transfer for photos, videos, "
+                                "folders of both, and webcams.", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", type=Path, nargs="?",
+                   help="an image or video file, or a folder of them (searched recursively); not with --webcam")
     p.add_argument("-o", "--output", required=True,
                    help="output file (for a file; an existing folder or a path ending in / takes the input's name) "
-                        "or folder")
+                        "or folder; a video's output is a video (.mp4 .mov .mkv .webm .avi, any of them)")
     p.add_argument("--bundle", type=Path, default=None,
                    help=f"bundle folder (default: $EMOSTYLE_BUNDLE or {DEFAULT_BUNDLE})")
     p.add_argument("--emotion", help="use this emotion's style instead of classifying")
@@ -55,8 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=None, help="JPEG / WebP quality 1..100 (default: the library's)")
     p.add_argument("--strip-metadata", action="store_true", help="do not copy the input's EXIF and ICC profile")
     p.add_argument("--no-face", default="whole", help="'whole' (classify the whole image), 'error', or an emotion")
-    p.add_argument("--detector", default=None, help="'haar' (default) or a YuNet .onnx file")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    p.add_argument("--detector", default=None, help="face detector: the bundle's MTCNN (default), 'mtcnn', 'haar' (OpenCV 4 only) "
+                                                         "or a YuNet .onnx file")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "aoti"))
     p.add_argument("--provider", default=None, choices=("tensorrt", "cuda", "cpu"), help="force an onnxruntime provider")
     p.add_argument("--report", type=Path, default=None,
                    help="write a JSON report of each file's emotion and faces (an existing file is replaced only "
@@ -66,7 +99,31 @@ def _parser() -> argparse.ArgumentParser:
                         "file (inputs are never written over)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    d = TemporalOptions()
+    v = p.add_argument_group("video and webcam")
+    v.add_argument("--webcam", type=int, metavar="N", help="record OpenCV camera N into -o (a video file)")
+    v.add_argument("--seconds", type=float, help="--webcam: stop after this many seconds (default: at Ctrl-C)")
+    v.add_argument("--preview", action="store_true", help="--webcam: show the styled frames in a window (needs a display)")
+    v.add_argument("--classify-every", type=int, default=d.classify_every, metavar="K",
+                   help=f"classify every K frames (and at least every {d.classify_seconds} s; default {d.classify_every})")
+    v.add_argument("--smooth", type=float, default=d.smooth_seconds, metavar="S",
+                   help=f"time constant of the score smoothing, seconds (default {d.smooth_seconds})")
+    v.add_argument("--switch-margin", type=float, default=d.switch_margin, metavar="P",
+                   help=f"probability lead a new emotion needs to switch the style (default {d.switch_margin})")
+    v.add_argument("--switch-after", type=float, default=d.switch_seconds, metavar="S",
+                   help=f"seconds the lead must hold (default {d.switch_seconds})")
+    v.add_argument("--crossfade", type=int, default=d.crossfade_frames, metavar="N",
+                   help="blend old and new style over N frames at a switch (default: cut)")
+    v.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="frames per style run (default 1: batching did not pay on CPU; may on a GPU)")
     return p
+
+
+def temporal_options(args: argparse.Namespace) -> TemporalOptions:
+    """The video options of the command line (a typed error for a bad value)."""
+    return TemporalOptions(classify_every=args.classify_every, smooth_seconds=args.smooth,
+                           switch_margin=args.switch_margin, switch_seconds=args.switch_after,
+                           crossfade_frames=args.crossfade)
 
 
 # -- planning: pure, nothing is created ---------------------------------------------------------
@@ -95,7 +152,7 @@ def _walk(src: Path, out_root: Path) -> list[Path]:
         dirnames[:] = keep
         for name in sorted(filenames):
             p = d / name
-            if not name.lower().endswith(READ_SUFFIXES):
+            if not name.lower().endswith(MEDIA_SUFFIXES):
                 continue
             if name.startswith("."):
                 hidden.append(p)
@@ -122,10 +179,15 @@ def plan(src: Path, dst: str | Path, *, force: bool = False) -> list[tuple[Path,
     elif src.is_file():
         as_folder = dst.is_dir() or raw.endswith(("/", os.sep))
         out = dst / _output_name(src.name) if as_folder else dst
-        if out.suffix.lower() not in IMAGE_SUFFIXES:
+        if src.suffix.lower() in VIDEO_SUFFIXES:
+            if out.suffix.lower() not in VIDEO_SUFFIXES:
+                raise InvalidArgumentError(
+                    f"Output {out} of the video {src} has no video extension we write."
+                    + note(VIDEO_SUFFIXES, out.suffix or "none"))
+        elif out.suffix.lower() not in IMAGE_SUFFIXES:
             raise InvalidArgumentError(
-                f"Output {out} has no image extension we write (GIF inputs are read, not written)."
-                + note(IMAGE_SUFFIXES, out.suffix or "none"))
+                f"Output {out} has no image extension we write (GIF inputs are read, not written; "
+                f"video outputs need a video input)." + note(IMAGE_SUFFIXES, out.suffix or "none"))
         if out.exists() and (not out.is_file() or not force):
             what = "a regular file" if out.is_file() else "not a regular file"
             raise InvalidArgumentError(
@@ -137,7 +199,7 @@ def plan(src: Path, dst: str | Path, *, force: bool = False) -> list[tuple[Path,
     else:
         raise InvalidArgumentError(f"Input {src} does not exist.")
     if not pairs:
-        log.warning("No images found in %s." + note(READ_SUFFIXES, "none"), src)
+        log.warning("No images or videos found in %s." + note(MEDIA_SUFFIXES, "none"), src)
     inputs = {f.resolve() for f, _ in pairs}
     outputs: dict[Path, Path] = {}
     for f, o in pairs:
@@ -213,6 +275,19 @@ def check_options(args: argparse.Namespace, manifest: Manifest | None) -> None:
     if manifest is None:
         if args.quality is not None and not 1 <= args.quality <= 100:
             raise InvalidArgumentError(f"--quality {args.quality} is out of range." + note("1..100", args.quality))
+        temporal_options(args)
+        if args.batch < 1:
+            raise InvalidArgumentError(f"--batch {args.batch} is below 1." + note("an integer >= 1", args.batch))
+        if (args.input is None) == (args.webcam is None):
+            raise InvalidArgumentError("Give an input file or folder, or --webcam N, not both."
+                                       + note("one of them", "both" if args.input is not None else "neither"))
+        if args.webcam is None and (args.seconds is not None or args.preview):
+            raise InvalidArgumentError("--seconds and --preview are for --webcam." + note("--webcam N", "none"))
+        if args.seconds is not None and not args.seconds > 0:
+            raise InvalidArgumentError(f"--seconds {args.seconds} must be positive." + note("> 0", args.seconds))
+        if args.preview and not _has_display():
+            raise InvalidArgumentError("--preview needs a display and an OpenCV with windows."
+                                       + note("a display (DISPLAY / WAYLAND_DISPLAY) and opencv-python", "none"))
         return
     if args.emotion is not None and args.emotion not in manifest.labels:
         raise InvalidArgumentError(f"Unknown emotion {args.emotion!r}." + note(list(manifest.labels), args.emotion))
@@ -226,14 +301,52 @@ def check_options(args: argparse.Namespace, manifest: Manifest | None) -> None:
 # -- running ------------------------------------------------------------------------------------
 
 
+def _has_display() -> bool:
+    """Whether ``cv2.imshow`` can open a window here (a display, and an OpenCV built with windows)."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    import cv2
+
+    try:
+        cv2.namedWindow("emostyle")
+        cv2.destroyWindow("emostyle")
+    except cv2.error:
+        return False
+    return True
+
+
 def _progress(items: Sequence[Any], quiet: bool) -> tuple[Iterable[Any], bool]:
     """A tqdm progress bar over ``items`` (stderr, off when quiet or not a terminal); whether it shows."""
     try:
         from tqdm import tqdm
     except ImportError:  # a dependency; kept lazy so that importing the runtime never loads it
         return items, False
-    bar = tqdm(items, unit="img", disable=True if quiet else None, file=sys.stderr)
+    bar = tqdm(items, unit="file", disable=True if quiet else None, file=sys.stderr)
     return bar, not bar.disable
+
+
+class _FrameBar:
+    """A video's own progress bar in frames per second (stderr; off when quiet or not a terminal)."""
+
+    def __init__(self, name: str, quiet: bool, nested: bool) -> None:
+        self.name, self.quiet, self.nested = name, quiet, nested
+        self.bar: Any = None
+
+    def __call__(self, frame: Any, total: int) -> None:
+        if self.bar is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                self.quiet = True
+                return
+            self.bar = tqdm(total=total or None, unit="frame", desc=self.name, leave=False, position=int(self.nested),
+                            disable=True if self.quiet else None, file=sys.stderr)
+        self.bar.set_postfix_str(frame.state.emotion, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class _StateLog:
@@ -309,10 +422,83 @@ def _mkdirs(folders: Iterable[Path]) -> None:
             ) from exc
 
 
+def _stylize_video(st: Any, src: Path, dst: Path, args: argparse.Namespace, nested: bool,
+                   commit: Any) -> Any:
+    """One video file -> ``dst`` (atomic; ``commit(result)`` runs just before the rename)."""
+    from .video import stylize_video
+
+    bar = _FrameBar(src.name, args.quiet, nested)
+    try:
+        return stylize_video(st, src, dst, emotion=args.emotion, max_side=args.max_side,
+                             options=temporal_options(args), batch=args.batch, overwrite=args.force,
+                             progress=bar, before_commit=commit)
+    finally:
+        bar.close()
+
+
+def run_webcam(args: argparse.Namespace, started: float) -> int:
+    """``--webcam N -o out.mp4``: record until --seconds or Ctrl-C (which stops and keeps the recording; a
+    second Ctrl-C abandons it); the exit status."""
+    from .video import open_camera, record_camera
+
+    dst = Path(args.output)
+    if dst.suffix.lower() not in VIDEO_SUFFIXES:
+        raise InvalidArgumentError(f"--webcam writes a video; {dst} has no video extension."
+                                   + note(VIDEO_SUFFIXES, dst.suffix or "none"))
+    if dst.exists() and (not dst.is_file() or not args.force):
+        raise InvalidArgumentError(
+            f"Output {dst} already exists; a single file is never written over without --force."
+            + note("a new path (or --force for a regular file)", "an existing path"))
+    if args.report is not None:
+        check_report_path(args.report, [(dst, dst)], None, args.force)
+    if (b := _blocked(dst.parent)) is not None:
+        raise ImageWriteError(f"Cannot create the output folder {dst.parent}: {b} is not a folder." + note("a folder", b))
+    manifest = _open_bundle(args.bundle)
+    check_options(args, manifest)
+    from .stylizer import Stylizer
+
+    st = Stylizer(manifest, backend=args.backend, provider=args.provider, detector=args.detector, no_face=args.no_face)
+    cap = open_camera(args.webcam)  # no camera N: a typed error, before anything is created
+    stop = threading.Event()
+    entry: dict[str, Any] = {"input": f"camera {args.webcam}", "output": str(dst)}
+
+    def on_sigint(*_: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("Ctrl-C: stopping the recording and finishing %s (Ctrl-C again abandons it).", dst)
+        stop.set()
+
+    bar = _FrameBar(f"camera {args.webcam}", args.quiet, False)
+    old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    try:
+        _mkdirs([dst.parent])
+        clean_stale_parts([dst.parent, *([args.report.parent] if args.report is not None else [])], started=started)
+        res = record_camera(st, cap, dst, seconds=args.seconds, stop=stop, preview=args.preview,
+                            options=temporal_options(args), emotion=args.emotion, max_side=args.max_side,
+                            progress=lambda f: bar(f, 0))
+        entry.update(status="ok", **res.summary())
+    except KeyboardInterrupt:
+        log.warning("Interrupted; nothing was written to %s.", dst)
+        return INTERRUPTED
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+        bar.close()
+        cap.release()
+    if args.report is not None:
+        report = {"bundle": str(manifest.root), "demo": manifest.demo, "interrupted": False, "files": [entry]}
+        with _hold_ctrl_c():
+            write_bytes_atomic(args.report, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    log.info("Recorded %d frames (%.1f s) to %s.", res.frames, res.seconds, dst)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Check everything, then process every planned file; the exit status."""
     started = time.time()
     check_options(args, None)
+    if args.webcam is not None:
+        return run_webcam(args, started)
     pairs = plan(args.input, args.output, force=args.force)
     out_root = Path(args.output) if args.input.is_dir() else None
     state = out_root / STATE_NAME if out_root is not None else None
@@ -348,13 +534,24 @@ def run(args: argparse.Namespace) -> int:
                 log.error("Skipping %s: %s exists and is not a regular file.", src, dst)
                 continue
             try:
-                res = st.stylize(src, emotion=args.emotion, max_side=args.max_side)
-                meta = None if args.strip_metadata else read_image_meta(src)
-                entry.update(status="ok", **res.summary())
-                states.add(rel, entry)
-                write_image(dst, res.image, quality=args.quality, meta=meta)
-            except ImageWriteError as exc:  # the destination is unusable (not writable, full): stop, do not retry each file
-                stopped = True
+                if src.suffix.lower() in VIDEO_SUFFIXES:
+                    def commit(result: Any, entry: dict[str, Any] = entry, rel: str = rel) -> None:
+                        entry.update(status="ok", **result.summary())
+                        states.add(rel, entry)
+
+                    res = _stylize_video(st, src, dst, args, bar, commit)
+                else:
+                    res = st.stylize(src, emotion=args.emotion, max_side=args.max_side)
+                    meta = None if args.strip_metadata else read_image_meta(src)
+                    entry.update(status="ok", **res.summary())
+                    states.add(rel, entry)
+                    write_image(dst, res.image, quality=args.quality, meta=meta)
+            except ImageWriteError as exc:
+                if isinstance(exc, ImageEncodeError):  # this file's format only: skip it like other bad files
+                    entries.append({"input": str(src), "output": str(dst), "status": "error", "error": str(exc)})
+                    log.error("Skipping %s: %s", src, exc)
+                    continue
+                stopped = True  # the destination is unusable (not writable, full): stop, do not retry each file
                 entries.append({"input": str(src), "output": str(dst), "status": "error", "error": str(exc)})
                 log.error("Stopping after %d of %d files: %s", i - 1, len(pairs), exc)
                 break
@@ -363,7 +560,8 @@ def run(args: argparse.Namespace) -> int:
                 log.error("Skipping %s: %s", src, exc)
                 continue
             entries.append(entry)
-            log.log(logging.DEBUG if bar else logging.INFO, "[%d/%d] %s -> %s (%s)", i, len(pairs), src, dst, res.emotion)
+            log.log(logging.DEBUG if bar else logging.INFO, "[%d/%d] %s -> %s (%s)", i, len(pairs), src, dst,
+                    res.emotion)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("Interrupted after %d of %d files; a rerun finishes the rest.", len(entries), len(pairs))
@@ -388,7 +586,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    setup_cli_logging(args.quiet, log.name, "emostyle_rt")
+    setup_cli_logging(args.quiet, log.name, library=("emostyle_rt",), verbose=args.verbose)
     if args.verbose:
         for name in (log.name, "emostyle_rt"):
             logging.getLogger(name).setLevel(logging.DEBUG)

@@ -1,7 +1,8 @@
 """Typed errors of emostyle-rt.
 
 Every error says what happened and, where it helps, ends with
-"Note: expected X, available Y" (the Polygraphy style).
+"Note: expected X, available Y" (the Polygraphy style). Export's errors
+(``ExportError``, ``CheckpointError``, ``ParityError``) are in ``emostyle_export.errors``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class ImageReadError(EmostyleError, OSError):
 
 class ImageWriteError(EmostyleError, OSError):
     """An output image, video or report cannot be written (folder not creatable, not writable, disk full)."""
+
+
+class ImageEncodeError(ImageWriteError):
+    """An image cannot be encoded in the format its file name asks for (nothing is written; other files may work)."""
 
 
 class VideoReadError(ImageReadError):
@@ -56,16 +61,3 @@ def sentence(text: object) -> str:
     """
     s = str(text).strip()
     return s if s.endswith((".", "!", "?")) else s + "."
-
-
-#: Export's errors live in ``emostyle_export.errors`` (the runtime never raises them); these names
-#: still resolve here, lazily, for code written before they moved.
-_MOVED = ("ExportError", "CheckpointError", "ParityError")
-
-
-def __getattr__(name: str) -> type:
-    if name in _MOVED:
-        from emostyle_export import errors
-
-        return getattr(errors, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

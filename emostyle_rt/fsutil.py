@@ -8,11 +8,15 @@ the one rule for removing them: :func:`stale_temp_files`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import secrets
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
+
+from .errors import BundleError
 
 PART_SUFFIX = ".part"
 TEMP_PREFIX = ".emostyle-"
@@ -52,6 +56,26 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (a manifest, a sidecar); :class:`BundleError` naming ``what`` otherwise."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{what} {path} cannot be read as JSON: {exc}.") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{what} {path} is not a JSON object.")
+    return data
 
 
 def pid_alive(pid: int) -> bool:

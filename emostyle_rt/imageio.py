@@ -21,7 +21,15 @@ import cv2
 import numpy as np
 
 from . import fsutil
-from .errors import ImageReadError, ImageWriteError, InvalidArgumentError, InvalidImageError, note, sentence
+from .errors import (
+    ImageEncodeError,
+    ImageReadError,
+    ImageWriteError,
+    InvalidArgumentError,
+    InvalidImageError,
+    note,
+    sentence,
+)
 from .fsutil import PART_SUFFIX
 from .metadata import KINDS, ImageMeta, embed_meta, file_orientation, may_have_alpha, read_meta, warn_once
 
@@ -266,11 +274,20 @@ def write_image(
     try:
         ok, buf = cv2.imencode(ext, bgr, params)
     except cv2.error as exc:
-        raise ImageReadError(f"Cannot encode an image as {ext!r} for {p}: {exc}.") from exc
+        raise ImageEncodeError(f"Cannot encode an image as {ext!r} for {p}: {exc}.") from exc
     if not ok:
-        raise ImageReadError(f"Cannot encode an image as {ext!r} for {p}.")
+        raise ImageEncodeError(f"Cannot encode an image as {ext!r} for {p}.")
     write_bytes_atomic(p, embed_meta(buf.tobytes(), ext, meta))
     return p
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """``image`` (HxWxC) reflect-padded (reflect-101, ``dcb|abcd``) at the bottom and right to sides that are
+    multiples of ``multiple``; the same array when they already are. What style graphs and engines are fed."""
+    ph, pw = -image.shape[0] % multiple, -image.shape[1] % multiple
+    if not ph and not pw:
+        return image
+    return cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

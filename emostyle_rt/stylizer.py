@@ -20,7 +20,7 @@ import numpy as np
 from .backends import CLASSIFIER, Runner, runner_for
 from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
 from .faces import Face, FaceDetector, crop_face, make_detector
-from .imageio import MAX_PIXELS, ImageInput, load_image
+from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
 from .manifest import Manifest, load_manifest
 from .mtcnn import MtcnnDetector
 
@@ -135,8 +135,9 @@ def _close_runners(*holders: dict[str, Runner]) -> None:
 class Stylizer:
     """Runs a bundle written by ``emostyle-export``.
 
-    ``backend``: "auto" (native TensorRT engine when one fits, else onnxruntime),
-    "onnxruntime" or "tensorrt". ``provider`` forces an onnxruntime provider
+    ``backend``: "auto" (native TensorRT engine when one fits, else an AOTInductor
+    package, else onnxruntime), "onnxruntime", "tensorrt" or "aoti" (style graphs
+    from AOTInductor packages; the classifier in onnxruntime). ``provider`` forces an onnxruntime provider
     ("tensorrt", "cuda", "cpu"). ``detector``: None (the bundle's MTCNN; Haar
     for bundles without one), "mtcnn", "haar" (where this OpenCV has it), a YuNet
     ``.onnx`` path or any object with ``detect(rgb) -> list[Face]``. ``no_face``: "whole"
@@ -487,8 +488,4 @@ class Stylizer:
 
     def _pad(self, rgb: np.ndarray) -> np.ndarray:
         """Reflect-pad bottom and right to the graph's size multiple."""
-        m = self.manifest.size_multiple
-        ph, pw = -rgb.shape[0] % m, -rgb.shape[1] % m
-        if not ph and not pw:
-            return rgb
-        return cv2.copyMakeBorder(rgb, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
+        return pad_to_multiple(rgb, self.manifest.size_multiple)

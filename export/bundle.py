@@ -17,17 +17,35 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from emostyle_rt.errors import ExportError, note, sentence
+from emostyle_rt.errors import note, sentence
 from emostyle_rt.fsutil import pid_alive, write_bytes_atomic
-from emostyle_rt.manifest import DEFAULT_CROP, EMOTIONS, FORMAT_VERSION, MANIFEST_NAME, CropSpec, sha256_file
+from emostyle_rt.manifest import (
+    DEFAULT_CROP,
+    EMOTIONS,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    STYLE_MIN_SIDE,
+    STYLE_SIZE_MULTIPLE,
+    ClassifierSpec,
+    CropSpec,
+    DetectorSpec,
+    Fp16Graph,
+    Manifest,
+    StyleSpec,
+    detector_from_json,
+    emotion_gaps,
+    load_manifest,
+    sha256_file,
+)
 
 from . import parity
 from .checkpoints import CONVENTIONS, StyleCheckpoint, load_style_checkpoint
+from .errors import ExportError
 
 log = logging.getLogger("emostyle_export")
 
@@ -36,8 +54,6 @@ DEMO_NOTE = (
     "architectures but fixed seeded random weights. Emotions and styles it produces are meaningless; "
     "it exists to run and measure the pipeline. Export your own checkpoints for real use."
 )
-STYLE_MIN_SIDE = 5  # reflection padding of 4 px in the first 9x9 conv needs more than 4 px
-STYLE_SIZE_MULTIPLE = 4  # two stride-2 convs, two x2 upsamples
 #: Face detectors emostyle-export can put into a bundle (None: none).
 DETECTORS = ("mtcnn", None)
 
@@ -74,6 +90,7 @@ class ExportPlan:
     opset: int = 17
     fp16: bool = False  # add verified mixed-precision FP16 graphs (CPU is enough)
     engines: EngineOptions | None = None  # build TensorRT engines for this GPU (implies fp16)
+    aoti: Any = None  # aoti.AotiOptions: build AOTInductor packages of the style graphs
     detector: str | None = "mtcnn"  # the face detector put into the bundle (None: none, Haar at run time)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -227,8 +244,7 @@ def _validate(plan: ExportPlan) -> None:
         return
     if plan.classifier is None:
         raise ExportError("No classifier given." + note("--classifier PATH (or --demo)", "none"))
-    unknown = sorted(set(plan.styles) - set(EMOTIONS))
-    missing = [e for e in EMOTIONS if e not in plan.styles]
+    missing, unknown = emotion_gaps(plan.styles)
     if unknown or missing:
         raise ExportError(
             "Every one of the seven emotions needs exactly one style"
@@ -293,9 +309,8 @@ def demo_classifier(seed: int) -> Any:
     return from_keras_model(build_classifier(), "demo", None)
 
 
-def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> dict[str, Any]:
+def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> Manifest:
     from .classifiers import convert_classifier, load_classifier, looks_like_probabilities, scale_pixels
-    from .styles import INPUT_NAME, OUTPUT_NAME
 
     step("loading TensorFlow and the classifier%s", " (demo, seeded)" if plan.demo else f" {plan.classifier}")
     clf = demo_classifier(plan.seed) if plan.demo else load_classifier(plan.classifier)  # type: ignore[arg-type]
@@ -313,50 +328,35 @@ def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> dict[str, Any]:
     c_parity = parity.check_classifier(clf, tmp / "classifier.onnx", plan.classifier_scale, add_softmax)
     step("classifier ok: max abs diff %.2g, top-1 agrees: %s", c_parity.max_abs_diff, c_parity.top1_agree)
     want_fp16 = plan.fp16 or plan.engines is not None
-    c_fp16 = _fp16(tmp, "classifier.onnx", "classifier", step) if want_fp16 else None
     classifier_source: dict[str, Any] = {"format": clf.format}
     if clf.source is not None:
         classifier_source |= {"path": str(Path(clf.source).resolve()), "sha256": source_digest(Path(clf.source))}
     else:
         classifier_source["seed"] = plan.seed
+    from .classifiers import INPUT_NAME as FACE, OUTPUT_NAME as PROBS
+
+    classifier = ClassifierSpec(
+        onnx="classifier.onnx", sha256=sha256_file(tmp / "classifier.onnx"), input_name=FACE, output_name=PROBS,
+        height=clf.height, width=clf.width, channels=clf.channels, scale=plan.classifier_scale,
+        parity=c_parity.as_dict(), fp16=_fp16(tmp, "classifier.onnx", "classifier", step) if want_fp16 else None,
+        crop=plan.classifier_crop, source=classifier_source, softmax_added=add_softmax, classes=clf.classes)
 
     (tmp / "styles").mkdir()
-    styles: dict[str, Any] = {}
+    styles: dict[str, StyleSpec] = {}
     emotions: dict[str, str] = {}
     sources = demo_styles(plan.seed) if plan.demo else _user_styles(plan)
     with _progress(_count_styles(plan), "style graphs") as advance:
         for served, sid, ckpt, source in sources:
-            _add_style(plan, tmp, step, styles, emotions, served, sid, ckpt, source, want_fp16)
+            styles[sid] = _add_style(plan, tmp, step, served, sid, ckpt, source, want_fp16)
+            emotions.update({e: sid for e in served})
             advance()
-    detector = _detector(tmp, step) if plan.detector else None
-
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "demo": plan.demo,
-        "note": DEMO_NOTE if plan.demo else "Exported from user checkpoints by emostyle-export.",
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "labels": list(plan.labels),
-        "classifier": {
-            "onnx": "classifier.onnx",
-            "sha256": sha256_file(tmp / "classifier.onnx"),
-            "source": classifier_source,
-            "input": {"name": "face", "layout": "NHWC", "dtype": "uint8", "height": clf.height, "width": clf.width,
-                      "channels": clf.channels, "color": "RGB" if clf.channels == 3 else "GRAY"},
-            "output": {"name": "probs", "classes": clf.classes, "softmax_added": add_softmax},
-            "scale": plan.classifier_scale,
-            "crop": plan.classifier_crop.to_json(),
-            "parity": c_parity.as_dict(),
-            **({"fp16": c_fp16} if c_fp16 else {}),
-        },
-        "style_input": {"name": INPUT_NAME, "output_name": OUTPUT_NAME, "layout": "NHWC", "dtype": "uint8",
-                        "color": "RGB", "size_multiple": STYLE_SIZE_MULTIPLE, "min_side": STYLE_MIN_SIDE},
-        "styles": styles,
-        "emotions": {e: emotions[e] for e in plan.labels},
-        **({"detector": detector} if detector else {}),
-        "tools": _tool_versions(),
-        **dict(plan.extra),
-    }
-    return manifest
+    return Manifest(
+        root=tmp, format_version=FORMAT_VERSION, demo=plan.demo, labels=tuple(plan.labels), classifier=classifier,
+        styles=styles, emotions={e: emotions[e] for e in plan.labels}, size_multiple=STYLE_SIZE_MULTIPLE,
+        min_side=STYLE_MIN_SIDE, detector=_detector(tmp, step) if plan.detector else None,
+        note=DEMO_NOTE if plan.demo else "Exported from user checkpoints by emostyle-export.",
+        created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        tools=_tool_versions(), extra=dict(plan.extra))
 
 
 def _count_styles(plan: ExportPlan) -> int:
@@ -366,10 +366,10 @@ def _count_styles(plan: ExportPlan) -> int:
     return len({(source_digest(Path(s.path)), s.convention) for s in plan.styles.values()})
 
 
-def _add_style(plan: ExportPlan, tmp: Path, step: _Steps, styles: dict[str, Any], emotions: dict[str, str],
-               served: list[str], sid: str, ckpt: StyleCheckpoint, source: dict[str, Any], want_fp16: bool) -> None:
-    """Export, check and record one style graph (and its FP16 variant)."""
-    from .styles import export_style
+def _add_style(plan: ExportPlan, tmp: Path, step: _Steps, served: list[str], sid: str, ckpt: StyleCheckpoint,
+               source: dict[str, Any], want_fp16: bool) -> StyleSpec:
+    """Export and check one style graph (and its FP16 variant); its spec."""
+    from .styles import INPUT_NAME, OUTPUT_NAME, export_style
 
     rel = f"styles/{sid}.onnx"
     step("style %s (%s, convention %s) for %s: exporting", sid, ckpt.family, ckpt.convention, ", ".join(served))
@@ -378,102 +378,108 @@ def _add_style(plan: ExportPlan, tmp: Path, step: _Steps, styles: dict[str, Any]
     s_parity = parity.check_style(ckpt.model, ckpt.convention, tmp / rel, sid)
     step("style %s ok: max abs diff %.2f grey levels, PSNR %s dB", sid, s_parity.max_abs_diff,
          "inf" if s_parity.psnr_db is None else f"{s_parity.psnr_db:.1f}")
-    styles[sid] = {"onnx": rel, "sha256": sha256_file(tmp / rel), "source": source,
-                   "convention": ckpt.convention, "convention_source": ckpt.convention_source,
-                   "parity": s_parity.as_dict()}
-    if want_fp16:
-        styles[sid]["fp16"] = _fp16(tmp, rel, "style", step)
-    emotions.update({e: sid for e in served})
+    return StyleSpec(style_id=sid, onnx=rel, sha256=sha256_file(tmp / rel), input_name=INPUT_NAME,
+                     output_name=OUTPUT_NAME, convention=ckpt.convention, parity=s_parity.as_dict(),
+                     fp16=_fp16(tmp, rel, "style", step) if want_fp16 else None, source=source,
+                     convention_source=ckpt.convention_source)
 
 
-def _detector(root: Path, step: _Steps) -> dict[str, Any]:
-    """Export the MTCNN face detector into ``root/detector``, checked against the mtcnn package; its manifest block."""
+def _detector(root: Path, step: _Steps) -> DetectorSpec:
+    """Export the MTCNN face detector into ``root/detector``, checked against the mtcnn package; its spec."""
     from .detectors import export_mtcnn
 
     step("face detector: MTCNN from the mtcnn package (P-Net, R-Net, O-Net)")
-    return export_mtcnn(root, step)
+    return detector_from_json(export_mtcnn(root, step), root / MANIFEST_NAME)
 
 
-def _fp16(root: Path, rel: str, kind: str, step: _Steps) -> dict[str, Any]:
-    """Make and verify the FP16 variant of ``root/rel``; its manifest block."""
+def _fp16(root: Path, rel: str, kind: str, step: _Steps) -> Fp16Graph:
+    """Make and verify the FP16 variant of ``root/rel``; its spec."""
     from .fp16 import make_fp16
 
     rel16 = rel.removesuffix(".onnx") + ".fp16.onnx"
     step("%s: FP16 variant (fp32 islands where fp16 breaks), checked against FP32 on real photos", rel)
     report = make_fp16(root / rel, root / rel16, kind, overwrite=True)  # type: ignore[arg-type]
-    block = report.to_manifest() | {"onnx_fp16": rel16}
     step("%s: FP16 ok (%s)", rel, f"min PSNR {report.min_psnr_db:.1f} dB" if report.min_psnr_db is not None
          else f"top-1 agrees: {report.top1_agree}")
-    return block
+    graph = Fp16Graph.from_json(report.to_manifest() | {"onnx_fp16": rel16}, rel)
+    assert graph is not None  # no expected source: never refused
+    return graph
 
 
-def _build_engines(root: Path, manifest: dict[str, Any], opts: EngineOptions, step: _Steps) -> list[dict[str, Any]]:
-    """Build TensorRT engines of every FP16 graph in ``manifest`` into ``root/trt/<arch>``."""
+def _build_engines(root: Path, manifest: Manifest, opts: EngineOptions, step: _Steps) -> Manifest:
+    """Build TensorRT engines of every FP16 graph of ``manifest`` into ``root/trt/<arch>``; the updated manifest."""
     from .tensorrt_build import ShapeRange, build_engines
 
     shapes = opts.shape_range or ShapeRange()
-    c = manifest["classifier"]
-    hwc = (c["input"]["height"], c["input"]["width"], c["input"]["channels"])
-    models = {"classifier": (c["fp16"]["onnx_fp16"], [shapes.classifier_profile(c["input"]["name"], hwc, opts.max_faces)])}
-    for sid, st in manifest["styles"].items():
-        models[f"style.{sid}"] = (st["fp16"]["onnx_fp16"], shapes.style_profiles(manifest["style_input"]["name"]))
+    c = manifest.classifier
+    if c.fp16 is None or any(st.fp16 is None for st in manifest.styles.values()):
+        raise ExportError("TensorRT engines are built from the FP16 graphs, and some are missing."
+                          + note("an fp16 block for every graph", "FP32 only"))
+    hwc = (c.height, c.width, c.channels)
+    models = {"classifier": (c.fp16.onnx, [shapes.classifier_profile(c.input_name, hwc, opts.max_faces)])}
+    for sid, st in manifest.styles.items():
+        models[f"style.{sid}"] = (st.fp16.onnx, shapes.style_profiles(st.input_name))  # type: ignore[union-attr]
     step("building %d TensorRT engines (strongly typed FP16)", len(models))
     records = build_engines(root, models, workspace_mb=opts.workspace_mb, force=opts.force)
-    kept = [e for e in manifest.get("engines", [])
-            if (e.get("arch_key"), e.get("model_key")) not in {(r.arch_key, r.model_key) for r in records}]
-    return kept + [r.to_manifest() for r in records]
+    built = {(r.arch_key, r.model_key) for r in records}
+    kept = [e for e in manifest.engines if (e.arch_key, e.model_key) not in built]
+    return replace(manifest, engines=(*kept, *(r.entry() for r in records)))
 
 
 def add_to_bundle(bundle: str | Path, engines: EngineOptions | None = None, *, fp16: bool = True,
-                  crop: CropSpec | None = None, detector: str | None = None) -> Path:
-    """Add FP16 graphs (where missing) and, with ``engines``, TensorRT engines to an existing bundle.
+                  crop: CropSpec | None = None, detector: str | None = None, aoti: Any = None) -> Path:
+    """Add FP16 graphs (where missing), TensorRT engines or AOTInductor packages to an existing bundle.
 
     ``fp16=False`` adds no FP16 graphs (engines still need them); ``crop`` sets
     the classifier's crop spec (``classifier.crop``), the graphs are unchanged;
-    ``detector="mtcnn"`` adds the MTCNN face detector when the bundle has none.
+    ``detector="mtcnn"`` adds the MTCNN face detector when the bundle has none;
+    ``aoti`` (:class:`emostyle_export.aoti.AotiOptions`) builds an AOTInductor
+    package of every style graph for this machine.
 
-    New files get new names; the manifest, rewritten atomically at the end, is
-    the commit point, so a failure leaves the bundle as it was.
+    New files get new names (AOTInductor packages go to a new folder swapped in
+    once all passed their gate); the manifest, rewritten atomically at the end,
+    is the commit point, so a failure leaves the bundle as it was.
     """
-    from emostyle_rt.manifest import load_manifest
-
     root = Path(bundle)
-    manifest = dict(load_manifest(root).raw)
+    m = load_manifest(root)
     if engines is not None:
         _require_tensorrt()
     step = _Steps()
     if crop is not None:
-        manifest["classifier"] = manifest["classifier"] | {"crop": crop.to_json()}
+        m = replace(m, classifier=replace(m.classifier, crop=crop, crop_recorded=True))
         step("classifier crop spec: %s", crop.summary())
     if detector not in DETECTORS:
         raise ExportError(f"Unknown face detector {detector!r}." + note(list(DETECTORS), detector))
-    if detector and "detector" in manifest:
-        step("bundle %s already has a face detector (%s); kept", root, manifest["detector"].get("kind"))
+    if detector and m.detector is not None:
+        step("bundle %s already has a face detector (%s); kept", root, m.detector.kind)
     elif detector:
-        manifest["detector"] = _detector(root, step)  # new files; the manifest below is the commit point
+        m = replace(m, detector=_detector(root, step))  # new files; the manifest below is the commit point
     fp16 = fp16 or engines is not None
-    todo = int(fp16 and "fp16" not in manifest["classifier"])
-    todo += sum(fp16 and "fp16" not in st for st in manifest["styles"].values())
+    todo = int(fp16 and m.classifier.fp16 is None) + sum(fp16 and st.fp16 is None for st in m.styles.values())
     with _progress(todo, "FP16 graphs") as advance:
-        if fp16 and "fp16" not in manifest["classifier"]:
-            manifest["classifier"] = manifest["classifier"] | {"fp16": _fp16(root, manifest["classifier"]["onnx"],
-                                                                             "classifier", step)}
+        if fp16 and m.classifier.fp16 is None:
+            m = replace(m, classifier=replace(m.classifier, fp16=_fp16(root, m.classifier.onnx, "classifier", step)))
             advance()
-        for sid, st in list(manifest["styles"].items()):
-            if fp16 and "fp16" not in st:
-                manifest["styles"] = manifest["styles"] | {sid: st | {"fp16": _fp16(root, st["onnx"], "style", step)}}
+        for sid, st in m.styles.items():
+            if fp16 and st.fp16 is None:
+                m = replace(m, styles={**m.styles, sid: replace(st, fp16=_fp16(root, st.onnx, "style", step))})
                 advance()
     if engines is not None:
-        manifest["engines"] = _build_engines(root, manifest, engines, step)
-    manifest["tools"] = manifest.get("tools", {}) | _tool_versions()
-    write_manifest(root, manifest)
+        m = _build_engines(root, m, engines, step)
+    if aoti is not None:
+        from .aoti import build_packages
+
+        m = build_packages(root, m, aoti, step)
+    m = replace(m, tools={**m.tools, **_tool_versions()})
+    write_manifest(root, m)
     step("bundle %s updated", root)
     return root
 
 
-def write_manifest(bundle: Path, manifest: Mapping[str, Any]) -> None:
+def write_manifest(bundle: Path, manifest: Manifest | Mapping[str, Any]) -> None:
     """Write ``manifest.json`` atomically (temp file + rename)."""
-    write_bytes_atomic(bundle / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
+    data = manifest.to_json() if isinstance(manifest, Manifest) else manifest
+    write_bytes_atomic(bundle / MANIFEST_NAME, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) -> Path:
@@ -494,7 +500,11 @@ def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) ->
     try:
         manifest = _build(plan, tmp, step)
         if plan.engines is not None:
-            manifest["engines"] = _build_engines(tmp, manifest, plan.engines, step)
+            manifest = _build_engines(tmp, manifest, plan.engines, step)
+        if plan.aoti is not None:
+            from .aoti import build_packages
+
+            manifest = build_packages(tmp, manifest, plan.aoti, step)
         write_manifest(tmp, manifest)
         _fsync_tree(tmp)
         _check_destination(dest, force)  # someone may have created it meanwhile

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from emostyle_rt.errors import CheckpointError, note, sentence
+from emostyle_rt.errors import note, sentence
+
+from .errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -17,20 +17,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from emostyle_rt.errors import CheckpointError, ExportError, note, sentence
-from emostyle_rt.manifest import EMOTIONS
+from emostyle_rt.errors import note, sentence
+from emostyle_rt.logutil import quiet_tensorflow
+from emostyle_rt.manifest import EMOTIONS, is_seven_emotions
+
+from .errors import CheckpointError, ExportError
+
+__all__ = ["quiet_tensorflow"]  # re-exported: training imports it from here
 
 log = logging.getLogger(__name__)
 
 SCALES = ("0..1", "-1..1", "0..255")
 INPUT_NAME = "face"
 OUTPUT_NAME = "probs"
-
-
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's start-up noise (must run before the first import)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def scale_pixels(x: Any, scale: str) -> Any:
@@ -47,7 +46,7 @@ def scale_pixels(x: Any, scale: str) -> Any:
 def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     """The classifier's output order must be a permutation of the seven emotions."""
     labels = tuple(labels)
-    if len(labels) != len(EMOTIONS) or sorted(labels) != sorted(EMOTIONS):
+    if not is_seven_emotions(labels):
         raise ExportError(
             f"Classifier labels {list(labels)} do not name the seven emotions once each."
             + note(f"a permutation of {list(EMOTIONS)}", list(labels))

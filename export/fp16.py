@@ -29,11 +29,13 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
-from emostyle_rt.errors import ExportError, ParityError, note
+from emostyle_rt.errors import note
 from emostyle_rt.fsutil import write_bytes_atomic
-from emostyle_rt.manifest import sha256_file
+from emostyle_rt.imageio import pad_to_multiple
+from emostyle_rt.manifest import STYLE_SIZE_MULTIPLE, sha256_file
 
-from .parity import astronaut, psnr
+from .errors import ExportError, ParityError
+from .parity import ASTRONAUT_FACE, astronaut, psnr
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -340,12 +342,6 @@ def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     return min(PSNR_CAP_DB, psnr(a, b))
 
 
-def _pad4(img: np.ndarray, multiple: int = 4) -> np.ndarray:
-    h, w = img.shape[:2]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else img
-
-
 def default_style_images() -> list[tuple[str, np.ndarray]]:
     """Astronaut 256x256, astronaut 255x301 padded to 256x304, seeded noise 64x96 (NHWC uint8, N=1)."""
     import cv2
@@ -354,7 +350,8 @@ def default_style_images() -> list[tuple[str, np.ndarray]]:
     rng = np.random.default_rng(0)
     imgs = [
         ("astronaut 256x256", cv2.resize(astro, (256, 256), interpolation=cv2.INTER_AREA)),
-        ("astronaut 255x301 padded to 256x304", _pad4(cv2.resize(astro, (301, 255), interpolation=cv2.INTER_AREA))),
+        ("astronaut 255x301 padded to 256x304", pad_to_multiple(
+            cv2.resize(astro, (301, 255), interpolation=cv2.INTER_AREA), STYLE_SIZE_MULTIPLE)),
         ("random 64x96", rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)),
     ]
     return [(n, np.ascontiguousarray(i)[None]) for n, i in imgs]
@@ -365,7 +362,7 @@ def default_faces(height: int, width: int, channels: int) -> list[tuple[str, np.
     import cv2
 
     astro = astronaut()
-    x, y, w, h = 177, 66, 95, 95  # where the frontal-face cascade finds it
+    x, y, w, h = ASTRONAUT_FACE
 
     def crop(dx: int, dy: int) -> np.ndarray:
         return cv2.resize(astro[y + dy : y + dy + h, x + dx : x + dx + w], (width, height), interpolation=cv2.INTER_AREA)

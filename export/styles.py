@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from emostyle_rt.errors import ExportError, note, sentence
+from emostyle_rt.errors import note, sentence
 
 from .checkpoints import CONVENTIONS, IMAGENET_MEAN, IMAGENET_STD
+from .errors import ExportError
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "styled"
@@ -41,39 +42,90 @@ def reference_stylize(model: Any, images: np.ndarray, convention: str) -> np.nda
     return np.clip(y, 0.0, 255.0)
 
 
-def _style_graph(model: Any, convention: str) -> Any:
+#: Compute precisions of the style network inside the uint8 contract, and their torch dtypes' names.
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def style_contract(model: Any, convention: str) -> Any:
+    """The bundle's style contract around ``model``: uint8 NHWC RGB -> net in its convention -> uint8 NHWC RGB.
+
+    Normalisation, layout change, clamping and rounding are inside, so the ONNX
+    graph, the AOTInductor package and the eager benchmarks all compute the same
+    function. The net runs in the dtype of its parameters (see :func:`lower_precision`);
+    pre- and post-processing stay in float32. Buffers ``mean``/``std`` and the
+    net's parameters are named ``mean``, ``std`` and ``net.*`` (the ONNX graph's
+    initializer names; :mod:`emostyle_export.aoti` reads them back).
+    """
     import torch
     from torch import nn
 
     if convention not in CONVENTIONS:
         raise ExportError(f"Unknown style convention {convention!r}." + note(list(CONVENTIONS), convention))
 
-    class StyleGraph(nn.Module):
-        """uint8 NHWC RGB -> net in its own convention -> uint8 NHWC RGB."""
-
+    class StyleContract(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.net = model
             self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+            self.dtype = next(model.parameters()).dtype
 
         def forward(self, image: torch.Tensor) -> torch.Tensor:
             x = image.permute(0, 3, 1, 2).float()
             if convention == "imagenet":
-                y = self.net((x / 255.0 - self.mean) / self.std)
+                x = (x / 255.0 - self.mean) / self.std
+            y = self.net(x if self.dtype == torch.float32 else x.to(self.dtype))
+            y = y if self.dtype == torch.float32 else y.float()
+            if convention == "imagenet":
                 y = (y * self.std + self.mean).clamp(0.0, 1.0) * 255.0
             else:
-                y = self.net(x).clamp(0.0, 255.0)
+                y = y.clamp(0.0, 255.0)
             return y.round().to(torch.uint8).permute(0, 2, 3, 1)
 
-    return StyleGraph().eval()
+    return StyleContract().eval()
+
+
+def lower_precision(model: Any, precision: str) -> Any:
+    """A copy of ``model`` computing in fp16 or bf16 with every InstanceNorm in fp32 (``model`` for fp32).
+
+    Instance-norm statistics of 0..255-scale activations overflow fp16 (22 dB on
+    an H200 against 55 dB with fp32 islands), the same reason the FP16 ONNX graph
+    keeps them in fp32.
+    """
+    import copy
+
+    import torch
+    from torch import nn
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"Unknown precision {precision!r}." + note(list(PRECISIONS), precision))
+    if precision == "fp32":
+        return model
+    dtype = getattr(torch, PRECISIONS[precision])
+
+    class Fp32InstanceNorm(nn.Module):
+        def __init__(self, norm: nn.InstanceNorm2d) -> None:
+            super().__init__()
+            self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = None if self.weight is None else self.weight.float()
+            b = None if self.bias is None else self.bias.float()
+            return nn.functional.instance_norm(x.float(), weight=w, bias=b, eps=self.eps).to(x.dtype)
+
+    low = copy.deepcopy(model).to(dtype)
+    for parent in list(low.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.InstanceNorm2d):
+                setattr(parent, name, Fp32InstanceNorm(child))
+    return low.eval()
 
 
 def export_style(model: Any, convention: str, out_path: Path, opset: int = 17) -> None:
     """Export the wrapped style network with dynamic batch, height and width."""
     import torch
 
-    graph = _style_graph(model, convention)
+    graph = style_contract(model, convention)
     dummy = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
     # The TorchScript exporter warns about Slice folding, instance_norm's train flag
     # (InstanceNorm always uses input statistics), tracer shape checks and its own

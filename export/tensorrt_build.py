@@ -19,16 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from emostyle_rt.backends.tensorrt import (
-    PRECISION,
-    SIDECAR_FORMAT,
-    Profile,
-    arch_key,
-    plan_paths,
-)
-from emostyle_rt.errors import ExportError, note
-from emostyle_rt.fsutil import write_bytes_atomic
-from emostyle_rt.manifest import sha256_file
+from emostyle_rt.engines import TRT_DIR, Profile, TrtEngine, TrtSidecar, arch_key, plan_paths
+from emostyle_rt.errors import note
+from emostyle_rt.fsutil import sha256_file, write_bytes_atomic
+from emostyle_rt.manifest import STYLE_SIZE_MULTIPLE
+
+from .errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +51,7 @@ class ShapeRange:
     min_hw: tuple[int, int] = (64, 64)
     opt_hw: tuple[int, int] = (720, 1280)
     max_hw: tuple[int, int] = (1920, 1920)
-    multiple: int = 4
+    multiple: int = STYLE_SIZE_MULTIPLE
     batch_max_hw: tuple[int, int] | None = (1024, 1024)  # None: one profile, max_batch at every size
 
     def _sides(self) -> tuple[list[int], list[int], list[int]]:
@@ -99,7 +95,7 @@ class ShapeRange:
 
 @dataclass(frozen=True)
 class EngineRecord:
-    """One built engine, as recorded in its sidecar and the manifest."""
+    """One built engine: what goes into its sidecar (:class:`TrtSidecar`) and the manifest (:class:`TrtEngine`)."""
 
     model_key: str
     plan: str  # relative to the bundle
@@ -115,11 +111,22 @@ class EngineRecord:
     profiles: tuple[Profile, ...]
     build_seconds: float
 
+    def entry(self) -> TrtEngine:
+        """The manifest's ``engines`` entry."""
+        return TrtEngine(self.model_key, self.plan, self.sidecar, self.arch_key, self.tensorrt_version, self.gpu_name,
+                         self.compute_capability, self.plan_sha256, self.profiles)
+
     def to_manifest(self) -> dict[str, Any]:
-        return {"model_key": self.model_key, "plan": self.plan, "sidecar": self.sidecar, "arch_key": self.arch_key,
-                "tensorrt_version": self.tensorrt_version, "gpu_name": self.gpu_name,
-                "compute_capability": self.compute_capability, "plan_sha256": self.plan_sha256,
-                "profiles": [p.to_json() for p in self.profiles]}
+        return self.entry().to_json()
+
+    def sidecar_entry(self, workspace_mb: int | None) -> TrtSidecar:
+        return TrtSidecar(
+            model_key=self.model_key, plan=Path(self.plan).name, plan_sha256=self.plan_sha256,
+            plan_bytes=self.plan_bytes, tensorrt_version=self.tensorrt_version, gpu_name=self.gpu_name,
+            compute_capability=self.compute_capability, source_onnx=self.source_onnx,
+            source_onnx_sha256=self.source_onnx_sha256, profiles=self.profiles, workspace_mb=workspace_mb,
+            build_seconds=self.build_seconds,
+            created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 @contextlib.contextmanager
@@ -143,23 +150,7 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool) -> None:
 
 def sidecar_dict(record: EngineRecord, workspace_mb: int | None) -> dict[str, Any]:
     """The JSON written next to a plan (read back by the runtime's ``sidecar_problems``)."""
-    return {
-        "format": SIDECAR_FORMAT,
-        "model_key": record.model_key,
-        "plan": Path(record.plan).name,
-        "plan_sha256": record.plan_sha256,
-        "plan_bytes": record.plan_bytes,
-        "precision": PRECISION,
-        "tensorrt_version": record.tensorrt_version,
-        "gpu_name": record.gpu_name,
-        "compute_capability": record.compute_capability,
-        "source_onnx": record.source_onnx,
-        "source_onnx_sha256": record.source_onnx_sha256,
-        "profiles": [p.to_json() for p in record.profiles],
-        "workspace_mb": workspace_mb,
-        "build_seconds": record.build_seconds,
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    return record.sidecar_entry(workspace_mb).to_json()
 
 
 def _progress_monitor(trt: Any) -> Any:
@@ -267,7 +258,7 @@ def build_engines(
                           + note("pip install 'emostyle-rt[tensorrt]' on a CUDA machine", "no TensorRT/GPU here"))
     version, cc, gpu = ident
     key = arch_key(version, cc)
-    timing_cache = root / "trt" / key / TIMING_CACHE
+    timing_cache = root / TRT_DIR / key / TIMING_CACHE
     records: list[EngineRecord] = []
     for model_key, (onnx_rel, profiles) in models.items():
         plan, sidecar = plan_paths(root, model_key, version, cc)

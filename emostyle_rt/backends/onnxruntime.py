@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import BackendError, note
-from . import TensorInfo
+from .base import TensorInfo
 
 log = logging.getLogger(__name__)
 

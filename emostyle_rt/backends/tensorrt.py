@@ -1,144 +1,32 @@
-"""Native TensorRT backend: engine lookup, sidecar validation and a Runner.
+"""Native TensorRT backend: the runner over one serialized engine, and its loader.
 
 Engines live in ``<bundle>/trt/<arch-key>/<model-key>.plan`` with a JSON
-sidecar ``<model-key>.plan.json`` (written by ``emostyle_export.tensorrt_build``).
-The arch key encodes the GPU's compute capability and the exact TensorRT
-version (``sm90-trt10.13.3.9``), since a plan runs only where it was built.
-
-Everything here except :class:`TensorRTRunner` and :func:`runtime_identity` is
-pure Python, so lookup and validation are tested without a GPU. ``tensorrt``
-and ``cuda.bindings`` are imported only when an engine is opened.
+sidecar; the layout and the checks that decide whether a plan fits this machine
+belong to the bundle format (:mod:`emostyle_rt.engines`). ``tensorrt`` and
+``cuda.bindings`` are imported only when an engine is opened.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import re
 import threading
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import BackendError, BundleError, InvalidImageError, note
-from ..manifest import read_json_object, sha256_file
-from . import OutsideProfileError, TensorInfo
+from ..engines import TRT_DIR, Profile, find_engine, model_key_for
+from ..errors import BackendError, InvalidImageError, note
+from .base import OutsideProfileError, TensorInfo
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = 1
-TRT_DIR = "trt"
-PRECISION = "fp16-strongly-typed"
-
-
-def arch_key(trt_version: str, compute_capability: str | tuple[int, int]) -> str:
-    """Folder name for one GPU architecture and TensorRT version, e.g. ``sm90-trt10.13.3.9``."""
-    cc = compute_capability if isinstance(compute_capability, str) else f"{compute_capability[0]}.{compute_capability[1]}"
-    if not re.fullmatch(r"\d+\.\d+", cc) or not re.fullmatch(r"[0-9][0-9A-Za-z.+-]*", trt_version):
-        raise BackendError("Bad TensorRT version or compute capability." + note("'10.13.3.9' and '9.0'", (trt_version, cc)))
-    return f"sm{cc.replace('.', '')}-trt{trt_version}"
-
-
-def plan_paths(bundle_root: str | Path, model_key: str, trt_version: str, compute_capability: str) -> tuple[Path, Path]:
-    """(plan, sidecar) paths of ``model_key`` (``classifier`` or ``style.<id>``) for this GPU."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_key) or model_key.startswith("."):
-        raise BackendError("Bad engine model key." + note("letters, digits, '_', '.', '-'", model_key))
-    folder = Path(bundle_root) / TRT_DIR / arch_key(trt_version, compute_capability)
-    return folder / f"{model_key}.plan", folder / f"{model_key}.plan.json"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """One optimization profile of one input: min/opt/max shapes."""
-
-    input: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def contains(self, shape: Sequence[int]) -> bool:
-        return len(shape) == len(self.min) and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"input": self.input, "min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Profile":
-        return cls(str(d["input"]), tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))
-
-
-def read_sidecar(sidecar: Path) -> dict[str, Any]:
-    """The sidecar as a dict; :class:`BundleError` when unreadable."""
-    return read_json_object(sidecar, "Engine sidecar")
-
-
-def sidecar_problems(
-    data: Mapping[str, Any],
-    plan: Path,
-    trt_version: str,
-    compute_capability: str,
-    *,
-    source_sha256: str | None = None,
-    check_plan_hash: bool = True,
-) -> list[str]:
-    """Reasons the plan must not be used here (empty: usable)."""
-    problems: list[str] = []
-    if data.get("format") != SIDECAR_FORMAT:
-        problems.append(f"sidecar format {data.get('format')!r}, expected {SIDECAR_FORMAT}")
-    if data.get("tensorrt_version") != trt_version:
-        problems.append(f"built with TensorRT {data.get('tensorrt_version')}, running {trt_version}")
-    if data.get("compute_capability") != compute_capability:
-        problems.append(f"built for compute capability {data.get('compute_capability')} ({data.get('gpu_name')}), "
-                        f"this GPU is {compute_capability}")
-    if data.get("precision") != PRECISION:
-        problems.append(f"precision {data.get('precision')!r}, expected {PRECISION!r}")
-    if source_sha256 is not None and data.get("source_onnx_sha256") != source_sha256:
-        problems.append("built from a different ONNX file than the bundle holds (stale engine)")
-    try:
-        profiles = [Profile.from_json(p) for p in data.get("profiles", [])]
-    except (KeyError, TypeError):
-        profiles = []
-    if not profiles:
-        problems.append("no valid optimization profiles recorded")
-    if not plan.is_file():
-        problems.append(f"plan file {plan.name} is missing")
-    elif plan.stat().st_size != data.get("plan_bytes"):
-        problems.append(f"plan is {plan.stat().st_size} bytes, sidecar says {data.get('plan_bytes')} (truncated?)")
-    elif check_plan_hash and sha256_file(plan) != data.get("plan_sha256"):
-        problems.append("plan sha256 does not match its sidecar (corrupt or replaced)")
-    return problems
-
-
-def find_engine(
-    bundle_root: str | Path,
-    model_key: str,
-    trt_version: str,
-    compute_capability: str,
-    *,
-    source_sha256: str | None = None,
-) -> Path | None:
-    """The plan to use for ``model_key`` on this GPU/TensorRT, or None (with a warning saying why)."""
-    plan, sidecar = plan_paths(bundle_root, model_key, trt_version, compute_capability)
-    if not sidecar.is_file():
-        others = sorted(p.parent.name for p in (Path(bundle_root) / TRT_DIR).glob(f"*/{model_key}.plan.json"))
-        if others:
-            log.warning("No TensorRT engine for %s on %s; falling back to onnxruntime.%s", model_key,
-                        arch_key(trt_version, compute_capability),
-                        note(arch_key(trt_version, compute_capability), others))
-        return None
-    try:
-        data = read_sidecar(sidecar)
-    except BundleError as exc:
-        log.warning("%s Falling back to onnxruntime.", exc)
-        return None
-    problems = sidecar_problems(data, plan, trt_version, compute_capability, source_sha256=source_sha256)
-    if problems:
-        log.warning("TensorRT engine %s is not usable: %s. Falling back to onnxruntime.", plan, "; ".join(problems))
-        return None
-    return plan
+#: How this backend's shape range is called in messages (see ``emostyle_rt.backends``).
+RANGE = "the TensorRT engine's profiles"
+#: Whether it builds the classifier too (see ``emostyle_rt.backends``).
+HAS_CLASSIFIER = True
 
 
 # ---------------------------------------------------------------- GPU part (needs tensorrt + cuda-python)
@@ -256,11 +144,6 @@ def _free_states(states: list[_DeviceState]) -> None:
         states.pop().free()
 
 
-def _fits_item(p: Profile, shape: Sequence[int]) -> bool:
-    """Whether one item of ``shape`` (all dims but the batch) lies inside the profile."""
-    return len(shape) == len(p.min) and all(lo <= d <= hi for lo, d, hi in zip(p.min[1:], shape[1:], p.max[1:]))
-
-
 def _nbytes(shape: Sequence[int], dtype: np.dtype) -> int:
     return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
@@ -346,7 +229,7 @@ class TensorRTRunner:
         n = sizes.pop() if len(sizes) == 1 else 0
         best: tuple[int, int] | None = None
         for k, prof in enumerate(self.profiles):
-            if not all(_fits_item(prof[name], s) for name, s in shapes.items()):
+            if not all(prof[name].fits_item(s) for name, s in shapes.items()):
                 continue
             cap = min(prof[name].max[0] for name in shapes)
             least = max(prof[name].min[0] for name in shapes)
@@ -453,11 +336,6 @@ class TensorRTRunner:
             _free_states(self._states)
             self._engine = None
             self._runtime = None
-
-
-def model_key_for(key: str) -> str:
-    """Engine model key of a runtime graph key: ``classifier`` or ``style.<style-id>``."""
-    return "classifier" if key == "classifier" else f"style.{key}"
 
 
 def find_runner(manifest: Any, key: str, *, required: bool = False) -> TensorRTRunner | None:

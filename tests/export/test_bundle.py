@@ -19,7 +19,7 @@ from emostyle_export.bundle import ExportPlan, StyleSource, export_bundle  # noq
 from emostyle_export.checkpoints import save_in_family  # noqa: E402
 from emostyle_export.cli import main as export_main  # noqa: E402
 from emostyle_export.models.transformer import TransformerNet  # noqa: E402
-from emostyle_rt.errors import ExportError, ParityError  # noqa: E402
+from emostyle_export.errors import ExportError, ParityError  # noqa: E402
 from emostyle_rt.manifest import EMOTIONS, load_manifest  # noqa: E402
 
 

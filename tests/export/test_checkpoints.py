@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from emostyle_export.checkpoints import load_style_checkpoint, save_in_family  # noqa: E402
 from emostyle_export.models.transformer import TransformerNet  # noqa: E402
-from emostyle_rt.errors import CheckpointError  # noqa: E402
+from emostyle_export.errors import CheckpointError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

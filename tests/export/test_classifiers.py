@@ -16,7 +16,7 @@ import keras  # noqa: E402
 from emostyle_export.classifiers import convert_classifier, load_classifier  # noqa: E402
 from emostyle_export.models.classifier import build_classifier  # noqa: E402
 from emostyle_export.parity import check_classifier  # noqa: E402
-from emostyle_rt.errors import CheckpointError, ExportError  # noqa: E402
+from emostyle_export.errors import CheckpointError, ExportError  # noqa: E402
 
 
 def tiny(shape: tuple[int, int, int], classes: int = 7, activation: str = "softmax") -> keras.Model:

@@ -16,7 +16,7 @@ pytest.importorskip("skimage")
 
 from emostyle_export import fp16  # noqa: E402
 from emostyle_export.models.transformer import TransformerNet  # noqa: E402
-from emostyle_rt.errors import ExportError, ParityError  # noqa: E402
+from emostyle_export.errors import ExportError, ParityError  # noqa: E402
 
 
 class _Style(torch.nn.Module):

@@ -322,3 +322,92 @@ def test_interrupted_runs_touch_nothing_else_many(tmp_path: Path, demo_bundle: P
     assert total["interrupted"] >= 8
     after = _snapshot(box)
     assert [p for p, e in decoys.items() if after.get(p) != e] == [stale]
+
+
+def _clip(path: Path, astronaut: np.ndarray, n: int, side: int = 96) -> None:
+    """A small H.264 clip with AAC audio made from the astronaut photo."""
+    av = pytest.importorskip("av")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=24)
+        vs.width, vs.height, vs.pix_fmt = side, side * 3 // 4, "yuv420p"
+        aus = out.add_stream("aac", rate=48000)
+        for i in range(n):
+            crop = astronaut[i : i + 384, i : i + 512]
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(cv2.resize(crop, (vs.width, vs.height))), format="rgb24")
+            f.pts = i
+            out.mux(vs.encode(f))
+        out.mux(vs.encode())
+        wave = np.zeros((1, 48000 * n // 24), np.float32)
+        af = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
+        af.sample_rate, af.pts = 48000, 0
+        out.mux(aus.encode(af))
+        out.mux(aus.encode())
+
+
+def test_video_runs_touch_nothing_else(tmp_path: Path, demo_bundle: Path, astronaut: np.ndarray, dead_pid: int,
+                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Videos keep every rule: single file, mixed folder, refusals, a damaged video, Ctrl-C and SIGKILL mid-video
+    (nothing at the destination until complete; the rerun removes the killed run's temporary file only)."""
+    box = tmp_path / "box"
+    stale = _sandbox(box, dead_pid, astronaut)
+    _clip(box / "media/v.mp4", astronaut, 8)
+    _clip(box / "long.mp4", astronaut, 40, side=160)
+    img = cv2.resize(astronaut, (96, 96))[:, :, ::-1]
+    (box / "media/sub").mkdir(parents=True)
+    assert cv2.imwrite(str(box / "media/sub/p.png"), np.ascontiguousarray(img))
+    (box / "media/sub/broken.mkv").write_bytes(b"\x1a\x45\xdf\xa3" + bytes(range(256)) * 4)
+    decoys = _snapshot(box)
+    bundle = demo_bundle.resolve()
+    b = ["--bundle", str(bundle), "-q"]
+    monkeypatch.chdir(box)
+
+    def step(argv: list[str], rc: int, allowed: set[str], what: str) -> set[str]:
+        before = _snapshot(box)
+        got = main([*argv, *b])
+        err = capsys.readouterr().err
+        assert got == rc, f"{what}: exit {got}\n{err}"
+        assert "Traceback" not in err
+        return _check(before, _snapshot(box), allowed, what)
+
+    step(["media/v.mp4", "-o", "styled/v.mkv", "--report", "report.json"], 0,
+         {"styled/v.mkv", "report.json", stale[""], stale["styled/"]}, "single video")
+    step(["media/v.mp4", "-o", "styled/v.mkv"], 2, set(), "existing video output")
+    for argv in (["media/v.mp4", "-o", "styled/v.png"], ["single.png", "-o", "styled/s.mp4"],
+                 ["media/v.mp4", "-o", "media/v.mp4", "--force"], ["media/v.mp4", "-o", "x.mp4", "--switch-margin", "2"],
+                 ["--webcam", "97", "-o", "cam.mp4"], ["media", "-o", "vout", "--batch", "0"]):
+        step(argv, 2, set(), " ".join(argv))
+    # A mixed folder with a damaged video: that one fails (exit 1) and leaves nothing; the rest is written.
+    outs = {"vout/v.mp4", "vout/sub/p.png", f"vout/{STATE_NAME}", "report.json"}
+    step(["media", "-o", "vout", "--report", "report.json"], 1, outs, "mixed folder")
+    entries = _report(box / "report.json")
+    assert entries["broken.mkv"]["status"] == "error" and "broken.mkv" in entries["broken.mkv"]["error"]
+    assert entries["v.mp4"]["kind"] == "video" and entries["v.mp4"]["segments"]
+    assert not (box / "vout/sub/broken.mkv").exists()
+
+    # Ctrl-C and SIGKILL once the video's temporary file exists: the destination never appears half-written.
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        before = _snapshot(box)
+        proc = subprocess.Popen(_cli(box, bundle, "long.mp4", "-o", "kill/long.mp4"), cwd=box,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not [
+                p for p in box.glob("kill/.emostyle-*") if _own_temp(p.name)]:
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), err
+        assert "Traceback" not in err
+        assert not (box / "kill/long.mp4").exists()
+        _check(before, _snapshot(box), {"kill/long.mp4"}, signal.Signals(sig).name, temps=True)
+        if sig == signal.SIGINT:
+            assert not [p for p in box.glob("kill/.emostyle-*") if _own_temp(p.name)]
+    before = _snapshot(box)
+    done = subprocess.run(_cli(box, bundle, "long.mp4", "-o", "kill/long.mp4"), cwd=box, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    after = _snapshot(box)
+    _check(before, after, {"kill/long.mp4"}, "rerun after kill", temps=True)
+    assert not [p for p in after if _own_temp(p)], "the rerun left the killed run's temporary file"
+    after = _snapshot(box)
+    assert {p for p, e in decoys.items() if after.get(p) != e} == {stale[""], stale["styled/"]}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from emostyle_rt.errors import ImageReadError, InvalidImageError
+from emostyle_rt.errors import ImageEncodeError, ImageReadError, InvalidImageError
 from emostyle_rt.imageio import header_size, load_image, read_image, to_rgb, write_image
 
 ASTRONAUT = data.astronaut()
@@ -119,7 +119,7 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     write_image(p, ASTRONAUT[:100, :100])  # replaces in one step
     assert read_image(p).shape == (100, 100, 3)
     assert [f.name for f in p.parent.iterdir()] == ["out.jpg"]
-    with pytest.raises(ImageReadError):
+    with pytest.raises(ImageEncodeError, match="Cannot encode"):  # an ImageWriteError: nothing is written
         write_image(tmp_path / "out.nope", ASTRONAUT)
     assert not (tmp_path / "out.nope").exists()
 

@@ -25,12 +25,13 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
+from emostyle_rt import engines as eng
 from emostyle_rt.backends import tensorrt as trtb
 from emostyle_rt.errors import BackendError, BundleError, InvalidImageError
 from emostyle_rt.manifest import sha256_file
 
 VERSION, CC = "10.13.3.9", "9.0"
-PROFILE = trtb.Profile("image", (1, 64, 64, 3), (1, 720, 1280, 3), (4, 1080, 1920, 3))
+PROFILE = eng.Profile("image", (1, 64, 64, 3), (1, 720, 1280, 3), (4, 1080, 1920, 3))
 
 
 def _write_engine(root: Path, key: str = "style.candy", version: str = VERSION, cc: str = CC,
@@ -38,9 +39,9 @@ def _write_engine(root: Path, key: str = "style.candy", version: str = VERSION, 
     """A fake plan + a sidecar exactly as tensorrt_build.sidecar_dict writes it."""
     from emostyle_export.tensorrt_build import EngineRecord, atomic_write, sidecar_dict
 
-    plan, side = trtb.plan_paths(root, key, version, cc)
+    plan, side = eng.plan_paths(root, key, version, cc)
     atomic_write(plan, payload, overwrite=True)
-    rec = EngineRecord(key, str(plan.relative_to(root)), str(side.relative_to(root)), trtb.arch_key(version, cc),
+    rec = EngineRecord(key, str(plan.relative_to(root)), str(side.relative_to(root)), eng.arch_key(version, cc),
                        version, "NVIDIA H200", cc, "styles/candy.fp16.onnx", "ab" * 32, sha256_file(plan),
                        plan.stat().st_size, (PROFILE,), 1.0)
     data = sidecar_dict(rec, 2048)
@@ -50,28 +51,28 @@ def _write_engine(root: Path, key: str = "style.candy", version: str = VERSION, 
 
 
 def test_arch_key_and_paths(tmp_path: Path) -> None:
-    assert trtb.arch_key("10.13.3.9", "9.0") == "sm90-trt10.13.3.9"
-    assert trtb.arch_key("11.0.0", (12, 0)) == "sm120-trt11.0.0"
-    plan, side = trtb.plan_paths(tmp_path, "classifier", "10.13.3.9", "8.9")
+    assert eng.arch_key("10.13.3.9", "9.0") == "sm90-trt10.13.3.9"
+    assert eng.arch_key("11.0.0", (12, 0)) == "sm120-trt11.0.0"
+    plan, side = eng.plan_paths(tmp_path, "classifier", "10.13.3.9", "8.9")
     assert plan == tmp_path / "trt" / "sm89-trt10.13.3.9" / "classifier.plan"
     assert side.name == "classifier.plan.json"
     for bad in ("../x", "a/b", ".hidden", ""):
         with pytest.raises(BackendError):
-            trtb.plan_paths(tmp_path, bad, VERSION, CC)
+            eng.plan_paths(tmp_path, bad, VERSION, CC)
     with pytest.raises(BackendError):
-        trtb.arch_key("10.13", "nine")
+        eng.arch_key("10.13", "nine")
 
 
 def test_profile_contains_and_roundtrip() -> None:
     assert PROFILE.contains((1, 1080, 1920, 3)) and PROFILE.contains((4, 64, 64, 3))
     assert not PROFILE.contains((5, 64, 64, 3)) and not PROFILE.contains((1, 2160, 3840, 3))
     assert not PROFILE.contains((1, 64, 64))
-    assert trtb.Profile.from_json(json.loads(json.dumps(PROFILE.to_json()))) == PROFILE
+    assert eng.Profile.from_json(json.loads(json.dumps(PROFILE.to_json()))) == PROFILE
 
 
 def test_shape_range_defaults_and_validation() -> None:
     from emostyle_export.tensorrt_build import ShapeRange
-    from emostyle_rt.errors import ExportError
+    from emostyle_export.errors import ExportError
 
     p = ShapeRange().style_profile("image")
     assert p.min == (1, 64, 64, 3) and p.opt == (1, 720, 1280, 3) and p.max == (4, 1920, 1920, 3)
@@ -96,8 +97,8 @@ def test_shape_range_defaults_and_validation() -> None:
 
 def test_find_engine_valid(tmp_path: Path) -> None:
     plan, _ = _write_engine(tmp_path)
-    assert trtb.find_engine(tmp_path, "style.candy", VERSION, CC) == plan
-    assert trtb.find_engine(tmp_path, "style.candy", VERSION, CC, source_sha256="ab" * 32) == plan
+    assert eng.find_engine(tmp_path, "style.candy", VERSION, CC) == plan
+    assert eng.find_engine(tmp_path, "style.candy", VERSION, CC, source_sha256="ab" * 32) == plan
 
 
 @pytest.mark.parametrize(
@@ -108,18 +109,18 @@ def test_other_trt_version_or_gpu_falls_back(tmp_path: Path, caplog: pytest.LogC
                                              version: str, cc: str, why: str | None) -> None:
     _write_engine(tmp_path)
     with caplog.at_level(logging.WARNING):
-        assert trtb.find_engine(tmp_path, "style.candy", version, cc) is None
+        assert eng.find_engine(tmp_path, "style.candy", version, cc) is None
     assert "falling back to onnxruntime" in caplog.text
     assert "sm90-trt10.13.3.9" in caplog.text  # says which engines exist
     # a sidecar copied into the wrong folder is caught by its content
-    plan, side = trtb.plan_paths(tmp_path, "style.candy", version, cc)
+    plan, side = eng.plan_paths(tmp_path, "style.candy", version, cc)
     plan.parent.mkdir(parents=True)
-    src_plan, src_side = trtb.plan_paths(tmp_path, "style.candy", VERSION, CC)
+    src_plan, src_side = eng.plan_paths(tmp_path, "style.candy", VERSION, CC)
     plan.write_bytes(src_plan.read_bytes())
     side.write_text(src_side.read_text())
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert trtb.find_engine(tmp_path, "style.candy", version, cc) is None
+        assert eng.find_engine(tmp_path, "style.candy", version, cc) is None
     assert (why or "built for compute capability 9.0 (NVIDIA H200), this GPU is 8.9") in caplog.text
 
 
@@ -128,35 +129,35 @@ def test_truncated_and_corrupt_plans(tmp_path: Path, caplog: pytest.LogCaptureFi
     data = plan.read_bytes()
     plan.write_bytes(data[:-7])
     with caplog.at_level(logging.WARNING):
-        assert trtb.find_engine(tmp_path, "style.candy", VERSION, CC) is None
+        assert eng.find_engine(tmp_path, "style.candy", VERSION, CC) is None
     assert "truncated" in caplog.text
     plan.write_bytes(data[:10] + b"X" + data[11:])  # same size, one byte flipped
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert trtb.find_engine(tmp_path, "style.candy", VERSION, CC) is None
+        assert eng.find_engine(tmp_path, "style.candy", VERSION, CC) is None
     assert "corrupt" in caplog.text
     plan.unlink()
-    assert trtb.find_engine(tmp_path, "style.candy", VERSION, CC) is None
+    assert eng.find_engine(tmp_path, "style.candy", VERSION, CC) is None
 
 
 def test_stale_engine_and_bad_sidecars(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _plan, side = _write_engine(tmp_path)
     with caplog.at_level(logging.WARNING):
-        assert trtb.find_engine(tmp_path, "style.candy", VERSION, CC, source_sha256="cd" * 32) is None
+        assert eng.find_engine(tmp_path, "style.candy", VERSION, CC, source_sha256="cd" * 32) is None
     assert "stale engine" in caplog.text
     side.write_text("{not json")
     with pytest.raises(BundleError, match="cannot be read"):
-        trtb.read_sidecar(side)
-    assert trtb.find_engine(tmp_path, "style.candy", VERSION, CC) is None
+        eng.read_sidecar(side)
+    assert eng.find_engine(tmp_path, "style.candy", VERSION, CC) is None
     _write_engine(tmp_path, precision="fp32", profiles=[])
-    probs = trtb.sidecar_problems(trtb.read_sidecar(side), _plan, VERSION, CC)
+    probs = eng.sidecar_problems(eng.read_sidecar(side), _plan, VERSION, CC)
     assert any("precision" in p for p in probs) and any("profiles" in p for p in probs)
-    assert trtb.find_engine(tmp_path, "classifier", VERSION, CC) is None  # nothing built: silent None
+    assert eng.find_engine(tmp_path, "classifier", VERSION, CC) is None  # nothing built: silent None
 
 
 def test_never_overwrites_user_files(tmp_path: Path) -> None:
     from emostyle_export.tensorrt_build import atomic_write
-    from emostyle_rt.errors import ExportError
+    from emostyle_export.errors import ExportError
 
     f = tmp_path / "mine.plan"
     f.write_bytes(b"user")
@@ -209,7 +210,7 @@ def test_find_runner_hook_without_tensorrt(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     m = SimpleNamespace(root=tmp_path, styles={"candy": SimpleNamespace(fp16=Fp16Graph("s.fp16.onnx", "ab" * 32, "x"))},
                         classifier=SimpleNamespace(fp16=None))
-    assert trtb.model_key_for("candy") == "style.candy" and trtb.model_key_for("classifier") == "classifier"
+    assert eng.model_key_for("candy") == "style.candy" and eng.model_key_for("classifier") == "classifier"
     assert trtb.find_runner(m, "candy") is None
     with pytest.raises(BackendError, match="no tensorrt"):
         trtb.find_runner(m, "candy", required=True)
@@ -249,7 +250,7 @@ def test_gpu_build_run_parity_vs_fp32_onnx(tmp_path: Path) -> None:
     fp16.make_fp16(src, tmp_path / "styles" / "s.fp16.onnx", "style")
     prof = ShapeRange(max_batch=2, opt_hw=(256, 256), max_hw=(512, 512)).style_profile("image")
     (rec,) = build_engines(tmp_path, {"style.s": ("styles/s.fp16.onnx", [prof])}, workspace_mb=2048, progress=False)
-    plan = trtb.find_engine(tmp_path, "style.s", rec.tensorrt_version, rec.compute_capability,
+    plan = eng.find_engine(tmp_path, "style.s", rec.tensorrt_version, rec.compute_capability,
                             source_sha256=sha256_file(tmp_path / "styles" / "s.fp16.onnx"))
     assert plan is not None
     runner = trtb.open_engine_runner(tmp_path, "style.s")
@@ -620,7 +621,7 @@ class _FakeBuilderTrt:
                                              ("profile", "refused the optimization profile.*minimum dimensions")])
 def test_build_errors_are_typed(fail: str, match: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from emostyle_export.tensorrt_build import build_engine
-    from emostyle_rt.errors import ExportError
+    from emostyle_export.errors import ExportError
 
     monkeypatch.setitem(sys.modules, "tensorrt", _FakeBuilderTrt(fail))
     with pytest.raises(ExportError, match=match):

@@ -1,0 +1,347 @@
+"""AOTInductor backend: style networks compiled ahead of time by PyTorch (``.pt2`` packages).
+
+Packages live in ``<bundle>/aoti/<device>-<arch>-torch<version>/<style-id>.pt2``
+with a JSON sidecar (layout and checks: :mod:`emostyle_rt.engines`; built by
+``emostyle-export --bundle DIR --aoti``). Each takes and returns uint8 NHWC
+like the style's ONNX graph.
+
+The lookup (:func:`find_runner`) reads the sidecars and this machine's identity
+without importing torch: the torch version from the installed distribution's
+metadata, the CPU's vector ISAs from /proc/cpuinfo, the GPU's compute capability
+from the CUDA driver. torch is imported only when a package matches. A package
+that crashed its process once must never take the user's process down, so the
+first time a package is used on a machine it is loaded and run once in a child
+process (:func:`probe`); a marker in the user cache remembers that it passed.
+The classifier has no package: at 0.7-0.8 ms per batch in onnxruntime (CPU or
+CUDA) there is nothing left to win.
+
+``python -m emostyle_rt.backends.aoti PACKAGE --device cpu --inputs in.npz --outputs out.npz``
+is the probe's child: it loads the package, runs it on every array of
+``in.npz`` and writes the outputs; export's parity gate uses it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import functools
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..engines import AotiHost, AotiSidecar, cpu_isas, find_package
+from ..errors import BackendError, InvalidImageError, note
+from .base import OutsideProfileError, TensorInfo, cache_dir
+
+log = logging.getLogger(__name__)
+
+#: How this backend's shape range is called in messages (see ``emostyle_rt.backends``).
+RANGE = "the AOTInductor package's range"
+#: Whether it builds the classifier too (see ``emostyle_rt.backends``).
+HAS_CLASSIFIER = False
+
+#: $EMOSTYLE_AOTI_PROBE=0 skips the child-process probe on first use (the build already probed the package).
+PROBE_ENV = "EMOSTYLE_AOTI_PROBE"
+PROBE_TIMEOUT_S = 300.0
+_PROBED_DIR = "aoti-probed"
+#: Packages whose probe failed in this process: package path -> why (not probed again, warned once).
+_FAILED: dict[str, str] = {}
+
+
+# ---------------------------------------------------------------- this machine, without torch
+
+
+def torch_version() -> str | None:
+    """The installed torch distribution's version (e.g. "2.13.0", "2.11.0+cu130"), or None; torch is not imported."""
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device() -> tuple[str, str] | None:
+    """(compute capability "major.minor", name) of CUDA device 0 from the driver, or None without one."""
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        found = ctypes.util.find_library("cuda")
+        if found is None:
+            return None
+        try:
+            lib = ctypes.CDLL(found)
+        except OSError:
+            return None
+    dev, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    buf = ctypes.create_string_buffer(256)
+    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
+    if (lib.cuInit(0) != 0 or lib.cuDeviceGet(ctypes.byref(dev), 0) != 0
+            or lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) != 0
+            or lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev) != 0):
+        return None
+    lib.cuDeviceGetName(buf, 256, dev)
+    return f"{major.value}.{minor.value}", buf.value.decode(errors="replace")
+
+
+@functools.lru_cache(maxsize=1)
+def host() -> AotiHost:
+    """This machine as AOTInductor packages see it (cached for the process)."""
+    gpu, flags = cuda_device(), _cpu_flags()
+    return AotiHost(torch_version(), cpu_isas(flags), gpu[0] if gpu else None, gpu[1] if gpu else None,
+                    frozenset(flags))
+
+
+# ---------------------------------------------------------------- the probe (a child process)
+
+
+def probe(package: Path, side: AotiSidecar, inputs: Mapping[str, np.ndarray] | None = None,
+          timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, np.ndarray]:
+    """Load ``package`` and run it on ``inputs`` (default: one image of the smallest size) in a child process.
+
+    Returns the outputs; :class:`BackendError` saying how the child ended when it
+    crashed, hung or failed (the calling process is never at risk).
+    """
+    if inputs is None:
+        _, h, w, c = side.profile.min
+        inputs = {"probe": np.full((1, h, w, c), 128, np.uint8)}
+    with tempfile.TemporaryDirectory(prefix="emostyle-aoti-probe-") as tmp:
+        src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(src, **inputs)
+        cmd = probe_command(package, side.device, src, dst)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"AOTInductor package {package} did not finish its probe run in {timeout_s:.0f} s."
+                               + note("load + one run", "a hang")) from None
+        if done.returncode != 0 or not dst.is_file():
+            how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
+            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            raise BackendError(f"AOTInductor package {package} failed its probe run in a child process ({how}): "
+                               f"{tail or 'no message'}." + note("load + one run that exit 0", how))
+        with np.load(dst) as out:
+            return {k: out[k] for k in out.files}
+
+
+def probe_command(package: Path, device: str, inputs: Path, outputs: Path) -> list[str]:
+    """The child process' command line (this module's ``__main__``)."""
+    return [sys.executable, "-m", __name__, str(package), "--device", device, "--inputs", str(inputs),
+            "--outputs", str(outputs)]
+
+
+def _marker(side: AotiSidecar) -> Path:
+    return cache_dir() / _PROBED_DIR / f"{side.package_sha256[:32]}-{side.key}"
+
+
+def ensure_probed(package: Path, side: AotiSidecar) -> None:
+    """Probe ``package`` in a child process unless this machine has passed it before (marker in the user cache)."""
+    if os.environ.get(PROBE_ENV) == "0":
+        return
+    marker = _marker(side)
+    if marker.is_file():
+        return
+    log.info("Probing %s in a child process (first use on this machine).", package)
+    probe(package, side)
+    mark_probed(package, side)
+
+
+def mark_probed(package: Path, side: AotiSidecar) -> None:
+    """Remember that ``package`` loaded and ran here (export's gate probes it too); best effort."""
+    marker = _marker(side)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"package": str(package), "sha256": side.package_sha256}) + "\n")
+    except OSError as exc:  # a read-only cache only costs the probe next time
+        log.debug("Cannot write probe marker %s: %s", marker, exc)
+
+
+def load_package(torch: Any, path: str | Path) -> Callable[[Any], Any]:
+    """The package's run function (one uint8 NHWC tensor in, one out).
+
+    torch's C++ package loader directly: about 0.01 s, where
+    ``torch._inductor.aoti_load_package`` first imports torch._inductor (about
+    2 s of cold start on the dev CPU) for the same loader. A torch whose
+    loader has another signature gets ``aoti_load_package``.
+    """
+    try:
+        loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    except (AttributeError, TypeError):
+        model = torch._inductor.aoti_load_package(str(path))
+        return lambda t: _first(model(t))
+    return lambda t: loader.boxed_run([t])[0]
+
+
+def _first(y: Any) -> Any:
+    return y[0] if isinstance(y, (list, tuple)) else y
+
+
+def _child(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=f"python -m {__name__}")
+    ap.add_argument("package")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--inputs", required=True)
+    ap.add_argument("--outputs", required=True)
+    a = ap.parse_args(argv)
+    import torch
+
+    run = load_package(torch, a.package)
+    out: dict[str, np.ndarray] = {}
+    with np.load(a.inputs) as feed, torch.inference_mode():
+        for name in feed.files:
+            out[name] = run(torch.from_numpy(feed[name]).to(a.device)).cpu().numpy()
+    np.savez(a.outputs, **out)
+    return 0
+
+
+# ---------------------------------------------------------------- the runner
+
+
+class AotiRunner:
+    """Runner over one AOTInductor package (``name``, ``inputs``, ``outputs``, ``run``, ``close``).
+
+    Inputs outside the package's range (or sides that are not multiples of its
+    ``multiple``) raise :class:`OutsideProfileError` before any work
+    (``backend="auto"`` then runs them in onnxruntime); a batch larger than the
+    range's maximum is split. Runs are serialized: one run already uses every
+    CPU core or the whole GPU.
+    """
+
+    def __init__(self, package: str | Path, side: AotiSidecar, input_name: str = "image",
+                 output_name: str = "styled") -> None:
+        try:
+            import torch
+        except ImportError as exc:
+            raise BackendError("AOTInductor packages need torch." + note("pip install 'emostyle-rt[aoti]'", exc)) from exc
+        self.package, self.side = Path(package), side
+        self.name = f"aoti:{side.key}:{side.precision}"
+        self._torch = torch
+        self._device = torch.device(side.device)
+        try:
+            self._model: Any = load_package(torch, self.package)
+        except Exception as exc:  # torch raises RuntimeError and others for packages it cannot load
+            raise BackendError(f"torch cannot load AOTInductor package {self.package}: {exc}") from exc
+        self._in, self._out = input_name, output_name
+        self._pinned: Any = None  # CUDA: pinned staging buffer of the last input shape
+        self._lock = threading.Lock()
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return (TensorInfo(self._in, ("batch", "height", "width", 3), "uint8"),)
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return (TensorInfo(self._out, ("batch", "height", "width", 3), "uint8"),)
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """uint8 NHWC in, uint8 NHWC out; safe from several threads (runs one at a time)."""
+        if self._in not in feed:
+            raise BackendError("Missing package input." + note(self._in, sorted(feed)))
+        x = np.asarray(feed[self._in])
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+            raise InvalidImageError(f"Input {self._in!r} of {self.name} must be uint8 NHWC RGB."
+                                    + note("uint8 [N, H, W, 3]", f"{x.dtype} {list(x.shape)}"))
+        if not self.side.accepts(x.shape) or x.shape[0] < 1:
+            raise OutsideProfileError(
+                f"Input shape {list(x.shape)} is outside the range of {self.name} (sides multiples of "
+                f"{self.side.multiple}); rebuild the packages with a larger range, or use onnxruntime."
+                + note(self.side.profile.describe(), list(x.shape)))
+        step = self.side.profile.max[0]
+        torch = self._torch
+        with self._lock:
+            if self._model is None:
+                raise BackendError(f"The AOTInductor runner {self.name} is closed." + note("an open runner", "closed"))
+            parts = []
+            with torch.inference_mode():
+                for i in range(0, x.shape[0], step):
+                    parts.append(self._model(self._tensor(x[i : i + step])).cpu().numpy())
+        return {self._out: parts[0] if len(parts) == 1 else np.concatenate(parts)}
+
+    def _tensor(self, a: np.ndarray) -> Any:
+        """The input on the package's device: CPU shares the array's memory (copied only when read-only); CUDA goes
+        through a pinned host buffer kept for the last shape, one asynchronous H2D copy (called under the lock)."""
+        torch = self._torch
+        if self._device.type == "cpu":
+            return torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C"))
+        if self._pinned is None or tuple(self._pinned.shape) != a.shape:
+            self._pinned = torch.empty(a.shape, dtype=torch.uint8, pin_memory=True)
+        self._pinned.numpy()[...] = a
+        return self._pinned.to(self._device, non_blocking=True)
+
+    def close(self) -> None:
+        """Drop the loaded package (waits for a running ``run``); idempotent."""
+        with self._lock:
+            model, self._model, self._pinned = self._model, None, None
+        if model is not None and self._device.type == "cuda":
+            del model
+            self._torch.cuda.empty_cache()
+
+
+def find_runner(manifest: Any, key: str, *, required: bool = False, device: str | None = None) -> AotiRunner | None:
+    """The hook ``runner_for`` calls: a runner, or None (or an error when ``required``).
+
+    A CUDA package is looked for when a CUDA GPU answers; a CPU package only
+    without one (onnxruntime's GPU providers beat a CPU package) or when
+    ``required`` (``backend="aoti"``). ``device`` ("cpu", "cuda") looks for that
+    device's package only (benchmarks).
+    """
+    if key == "classifier" or key not in manifest.styles:
+        if required:
+            raise BackendError(f"AOTInductor packages exist for style graphs only, not {key!r}."
+                               + note("a style id", key))
+        return None
+    spec = manifest.styles[key]
+    here = host()
+    devices = ["cuda"] if here.compute_capability else []
+    if required or not devices:
+        devices.append("cpu")
+    if device is not None:
+        devices = [device]
+    found = find_package(manifest.root, key, here, devices, source_sha256=spec.sha256) if here.torch_version else None
+    if found is None:
+        if required:
+            raise BackendError(
+                f"No usable AOTInductor package for {key!r} in bundle {manifest.root}."
+                + note(f"aoti/{' or '.join(here.keys(devices[0])) or '<key>'}/{key}.pt2 (emostyle-export --bundle DIR "
+                       "--aoti)", f"torch {here.torch_version}, CPU {list(here.cpu_isas)}, GPU "
+                                  f"{here.compute_capability or 'none'} (see the warnings above)"))
+        if here.torch_version is None:
+            log.debug("No torch here; %s uses onnxruntime.", key)
+        return None
+    package, side = found
+    try:
+        if str(package) in _FAILED:
+            raise BackendError(_FAILED[str(package)])
+        ensure_probed(package, side)
+        return AotiRunner(package, side, spec.input_name, spec.output_name)
+    except BackendError as exc:
+        if required:
+            raise
+        if str(package) not in _FAILED:
+            _FAILED[str(package)] = str(exc)
+            log.warning("%s Falling back.", exc)
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child())

@@ -1,0 +1,62 @@
+"""The runner interface every backend implements (Polygraphy-like: a loader opens, a runner runs)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import BackendError, InvalidImageError
+
+
+class OutsideProfileError(BackendError, InvalidImageError):
+    """An input shape lies outside every shape range (TensorRT profile, AOTInductor range) of a compiled engine."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (ints, or str/None for dynamic dims) and numpy dtype name of a graph input/output."""
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: str
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """One loaded graph. ``run`` must be safe to call from several threads at once."""
+
+    name: str  # e.g. "onnxruntime:CPUExecutionProvider", "tensorrt:sm90-...", "aoti:cpu-avx512-torch2.13.0:fp32"
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]: ...
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]: ...
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None:
+        """Free sessions, device buffers and streams. Idempotent; ``run`` after ``close`` raises BackendError."""
+        ...
+
+
+#: Environment variable that moves the user cache (TensorRT EP engines, AOTInductor probe markers).
+CACHE_ENV = "EMOSTYLE_CACHE_DIR"
+
+
+def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The user cache folder: ``explicit``, else $EMOSTYLE_CACHE_DIR, else $XDG_CACHE_HOME/emostyle-rt, else ~/.cache/emostyle-rt.
+
+    Caches never go into a bundle: a bundle is a verified artifact and may be
+    read-only. Nothing is created here.
+    """
+    if explicit is not None:
+        return Path(explicit)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "emostyle-rt"
