@@ -109,7 +109,10 @@ def _check_one(st: Stylizer, raw: np.ndarray, layout: str, bgr: bool, emotion: s
         return
     assert _expect_ok(image) and side_ok, "invalid input accepted"
     event("handled")
-    assert res.image.shape == (*image.shape[:2], 3) and res.image.dtype == np.uint8
+    has_alpha = image.ndim == 3 and image.shape[2] == 4
+    assert res.image.shape == (*image.shape[:2], 4 if has_alpha else 3) and res.image.dtype == np.uint8
+    if has_alpha:  # the alpha plane passes through unchanged
+        assert np.array_equal(res.image[..., 3], np.asarray(image)[..., 3])
     assert res.image.flags.c_contiguous
     assert np.array_equal(np.asarray(image), before), "the input was modified"
     if emotion is not None:
@@ -167,7 +170,7 @@ def test_very_large_and_very_thin_arrays_meet_the_pixel_limit(st_limited: Styliz
         assert "Note: expected" in str(exc)
         return
     assert h * w <= 48 * 48 and min(h, w) >= MIN_SIDE
-    assert res.image.shape == (h, w, 3)
+    assert res.image.shape == (h, w, 4 if channels == 4 else 3)  # alpha passes through
 
 
 @pytest.mark.parametrize("side", [5, 6, 7, 9, 11])
