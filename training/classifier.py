@@ -4,7 +4,8 @@ The recipe: a stratified, seeded 70/20/10 train/validation/test split; the
 minority classes of the training split topped up to the largest one with
 augmented copies (flip, small rotation/shift/zoom, brightness; drawn afresh
 every epoch); Adam, learning rate 0.001, batch 16, 50 epochs; the weights of the
-epoch with the best validation accuracy are kept. Pixels are scaled to 0..1,
+epoch with the best validation accuracy are kept (the lowest validation loss
+among equal accuracies). Pixels are scaled to 0..1,
 which is ``emostyle-export``'s default ``--classifier-scale``.
 
 One addition: at the end of each epoch, before validation, the BatchNorm
@@ -331,12 +332,18 @@ def recalibrate_batchnorm(model: Any, images: np.ndarray, batch: int = 64) -> No
 
 
 def _epoch_end(ds: Dataset, val: np.ndarray, bn_sample: np.ndarray) -> Any:
-    """Keras callback: precise BN, validation, history, and the best epoch's weights (earliest on ties)."""
+    """Keras callback: precise BN, validation, history, and the best epoch's weights.
+
+    Best: the highest validation accuracy; among equal accuracies the lowest validation
+    loss (a small validation split saturates at 100% early, and the first epoch to get
+    there is rarely the best model); earliest on exact ties.
+    """
     import keras
 
     class EpochEnd(keras.callbacks.Callback):
         def on_train_begin(self, logs: Any = None) -> None:
-            self.best, self.best_epoch, self.weights = -1.0, 0, None
+            self.best: tuple[float, float] = (-1.0, -math.inf)
+            self.best_epoch, self.weights = 0, None
             self.history: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
@@ -349,8 +356,9 @@ def _epoch_end(ds: Dataset, val: np.ndarray, bn_sample: np.ndarray) -> Any:
             logs["val_accuracy"] = float(np.mean(np.argmax(probs, axis=1) == truth))
             for key in self.history:
                 self.history[key].append(float(logs.get(key, math.nan)))
-            if logs["val_accuracy"] > self.best:
-                self.best, self.best_epoch = logs["val_accuracy"], epoch + 1
+            score = (logs["val_accuracy"], -logs["val_loss"])
+            if score > self.best:
+                self.best, self.best_epoch = score, epoch + 1
                 self.weights = self.model.get_weights()
 
     return EpochEnd()
