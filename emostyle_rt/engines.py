@@ -158,6 +158,11 @@ class TrtSidecar:
                 "profiles": [p.to_json() for p in self.profiles], "workspace_mb": self.workspace_mb,
                 "build_seconds": self.build_seconds, "created": self.created}
 
+    def entry(self, plan: str, sidecar: str, arch_key: str) -> TrtEngine:
+        """The manifest's ``engines`` entry for this sidecar (``plan``/``sidecar`` relative to the bundle)."""
+        return TrtEngine(self.model_key, plan, sidecar, arch_key, self.tensorrt_version, self.gpu_name,
+                         self.compute_capability, self.plan_sha256, self.profiles)
+
     @classmethod
     def from_json(cls, d: Any) -> TrtSidecar:
         return _from_json(cls, d, "TensorRT engine sidecar", {"profiles": _profiles})

@@ -420,10 +420,10 @@ def _build_engines(root: Path, manifest: Manifest, opts: EngineOptions, step: _S
     for sid, st in manifest.styles.items():
         models[f"style.{sid}"] = (st.fp16.onnx, shapes.style_profiles(st.input_name))  # type: ignore[union-attr]
     step("building %d TensorRT engines (strongly typed FP16)", len(models))
-    records = build_engines(root, models, workspace_mb=opts.workspace_mb, force=opts.force)
-    built = {(r.arch_key, r.model_key) for r in records}
+    entries = build_engines(root, models, workspace_mb=opts.workspace_mb, force=opts.force)
+    built = {(e.arch_key, e.model_key) for e in entries}
     kept = [e for e in manifest.engines if (e.arch_key, e.model_key) not in built]
-    return replace(manifest, engines=(*kept, *(r.entry() for r in records)))
+    return replace(manifest, engines=(*kept, *entries))
 
 
 def add_to_bundle(bundle: str | Path, engines: EngineOptions | None = None, *, fp16: bool = True,

@@ -15,7 +15,7 @@ import fcntl
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -93,42 +93,6 @@ class ShapeRange:
         return Profile(input_name, (1, *hwc), (1, *hwc), (max_faces, *hwc))
 
 
-@dataclass(frozen=True)
-class EngineRecord:
-    """One built engine: what goes into its sidecar (:class:`TrtSidecar`) and the manifest (:class:`TrtEngine`)."""
-
-    model_key: str
-    plan: str  # relative to the bundle
-    sidecar: str
-    arch_key: str
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    source_onnx: str
-    source_onnx_sha256: str
-    plan_sha256: str
-    plan_bytes: int
-    profiles: tuple[Profile, ...]
-    build_seconds: float
-
-    def entry(self) -> TrtEngine:
-        """The manifest's ``engines`` entry."""
-        return TrtEngine(self.model_key, self.plan, self.sidecar, self.arch_key, self.tensorrt_version, self.gpu_name,
-                         self.compute_capability, self.plan_sha256, self.profiles)
-
-    def to_manifest(self) -> dict[str, Any]:
-        return self.entry().to_json()
-
-    def sidecar_entry(self, workspace_mb: int | None) -> TrtSidecar:
-        return TrtSidecar(
-            model_key=self.model_key, plan=Path(self.plan).name, plan_sha256=self.plan_sha256,
-            plan_bytes=self.plan_bytes, tensorrt_version=self.tensorrt_version, gpu_name=self.gpu_name,
-            compute_capability=self.compute_capability, source_onnx=self.source_onnx,
-            source_onnx_sha256=self.source_onnx_sha256, profiles=self.profiles, workspace_mb=workspace_mb,
-            build_seconds=self.build_seconds,
-            created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-
-
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Exclusive advisory lock on ``<path>.lock`` (timing cache shared by concurrent builds)."""
@@ -148,9 +112,13 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool) -> None:
     write_bytes_atomic(path, data)
 
 
-def sidecar_dict(record: EngineRecord, workspace_mb: int | None) -> dict[str, Any]:
-    """The JSON written next to a plan (read back by the runtime's ``sidecar_problems``)."""
-    return record.sidecar_entry(workspace_mb).to_json()
+def write_sidecar(path: Path, sidecar: TrtSidecar, *, overwrite: bool) -> None:
+    """Write ``sidecar`` (stamped with the current UTC time) as the JSON next to its plan.
+
+    The runtime reads it back with ``emostyle_rt.engines.sidecar_problems``.
+    """
+    stamped = replace(sidecar, created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    atomic_write(path, json.dumps(stamped.to_json(), indent=2).encode(), overwrite=overwrite)
 
 
 def _progress_monitor(trt: Any) -> Any:
@@ -241,8 +209,8 @@ def build_engines(
     workspace_mb: int | None = None,
     force: bool = False,
     progress: bool | None = None,
-) -> list[EngineRecord]:
-    """Build one engine per ``model_key -> (fp16 onnx path relative to bundle, profiles)``.
+) -> list[TrtEngine]:
+    """Build one engine per ``model_key -> (fp16 onnx path relative to bundle, profiles)``; their manifest entries.
 
     Model keys are ``classifier`` and ``style.<id>``. Existing plans are kept
     unless ``force``. Needs TensorRT and a GPU.
@@ -259,7 +227,7 @@ def build_engines(
     version, cc, gpu = ident
     key = arch_key(version, cc)
     timing_cache = root / TRT_DIR / key / TIMING_CACHE
-    records: list[EngineRecord] = []
+    entries: list[TrtEngine] = []
     for model_key, (onnx_rel, profiles) in models.items():
         plan, sidecar = plan_paths(root, model_key, version, cc)
         if (plan.exists() or sidecar.exists()) and not force:
@@ -269,12 +237,11 @@ def build_engines(
         log.info("Building TensorRT engine %s from %s on %s (TensorRT %s)", model_key, onnx_rel, gpu, version)
         data = build_engine(src, profiles, timing_cache=timing_cache, workspace_mb=workspace_mb, progress=progress)
         atomic_write(plan, data, overwrite=force)
-        rec = EngineRecord(
-            model_key=model_key, plan=str(plan.relative_to(root)), sidecar=str(sidecar.relative_to(root)),
-            arch_key=key, tensorrt_version=version, gpu_name=gpu, compute_capability=cc, source_onnx=onnx_rel,
-            source_onnx_sha256=sha256_file(src), plan_sha256=sha256_file(plan), plan_bytes=plan.stat().st_size,
-            profiles=tuple(profiles), build_seconds=round(time.perf_counter() - t0, 1),
-        )
-        atomic_write(sidecar, json.dumps(sidecar_dict(rec, workspace_mb), indent=2).encode(), overwrite=force)
-        records.append(rec)
-    return records
+        side = TrtSidecar(
+            model_key=model_key, plan=plan.name, plan_sha256=sha256_file(plan), plan_bytes=plan.stat().st_size,
+            tensorrt_version=version, gpu_name=gpu, compute_capability=cc, source_onnx=onnx_rel,
+            source_onnx_sha256=sha256_file(src), profiles=tuple(profiles), workspace_mb=workspace_mb,
+            build_seconds=round(time.perf_counter() - t0, 1))
+        write_sidecar(sidecar, side, overwrite=force)
+        entries.append(side.entry(str(plan.relative_to(root)), str(sidecar.relative_to(root)), key))
+    return entries

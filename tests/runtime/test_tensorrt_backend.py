@@ -36,17 +36,18 @@ PROFILE = eng.Profile("image", (1, 64, 64, 3), (1, 720, 1280, 3), (4, 1080, 1920
 
 def _write_engine(root: Path, key: str = "style.candy", version: str = VERSION, cc: str = CC,
                   payload: bytes = b"\x00plan-bytes" * 100, **over: object) -> tuple[Path, Path]:
-    """A fake plan + a sidecar exactly as tensorrt_build.sidecar_dict writes it."""
-    from emostyle_export.tensorrt_build import EngineRecord, atomic_write, sidecar_dict
+    """A fake plan + a sidecar exactly as tensorrt_build.write_sidecar writes it."""
+    from emostyle_export.tensorrt_build import atomic_write, write_sidecar
 
     plan, side = eng.plan_paths(root, key, version, cc)
     atomic_write(plan, payload, overwrite=True)
-    rec = EngineRecord(key, str(plan.relative_to(root)), str(side.relative_to(root)), eng.arch_key(version, cc),
-                       version, "NVIDIA H200", cc, "styles/candy.fp16.onnx", "ab" * 32, sha256_file(plan),
-                       plan.stat().st_size, (PROFILE,), 1.0)
-    data = sidecar_dict(rec, 2048)
-    data.update(over)
-    atomic_write(side, json.dumps(data).encode(), overwrite=True)
+    record = eng.TrtSidecar(key, plan.name, sha256_file(plan), plan.stat().st_size, version, "NVIDIA H200", cc,
+                            "styles/candy.fp16.onnx", "ab" * 32, (PROFILE,), workspace_mb=2048, build_seconds=1.0)
+    write_sidecar(side, record, overwrite=True)
+    if over:
+        data = json.loads(side.read_text())
+        data.update(over)
+        atomic_write(side, json.dumps(data).encode(), overwrite=True)
     return plan, side
 
 
