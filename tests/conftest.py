@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from emostyle_rt.logutil import TF_QUIET_ENV
+
+for _name, _value in TF_QUIET_ENV.items():  # before any test imports TensorFlow
+    os.environ.setdefault(_name, _value)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from emostyle_rt.errors import sentence
 
 from .data import content_crop, list_images, resize_short_side, to_tensor, try_read
 from .errors import DatasetError
-from .losses import STYLE_LAYERS, PerceptualLoss
+from .losses import IMAGENET_MEAN, IMAGENET_STD, STYLE_LAYERS, PerceptualLoss
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ def gram_distances(checkpoint: str | Path, style: str | Path, photos: Sequence[s
         """authors'-convention in and out, whatever the network's own convention."""
         if convention == "imagenet":
             return net(x)
-        mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-        std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         y = net((x * std + mean) * 255.0).clamp(0, 255) / 255.0
         return (y - mean) / std
 

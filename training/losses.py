@@ -43,14 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emostyle_export.checkpoints import IMAGENET_MEAN, IMAGENET_STD
 from emostyle_rt.errors import note
 
 from .errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # VGG's mean pixel, BGR, 0..255
 # Johnson et al. (Caffe VGG16): content 1, style 5 per layer. The authors: content 1, style 4e5 / 4 per layer
 # (mean of 4 layers). Gram MSE scales with s**4, content MSE with s**2: (4e5 / 4) * s**2 == 5 -> s = sqrt(5e-5).
