@@ -70,4 +70,23 @@ def compare_chain(ref: Any, out: Any, precision: str = "fp32") -> Agreement:
                      top1_agree=True)
 
 
-COMPARE = {"classify": compare_probs, "style": compare_images, "chain": compare_chain}
+def compare_video(ref: Any, out: Any, precision: str = "fp32") -> Agreement:
+    """Video paths: the warping error of ``out`` (and of its input), its cut against ``ref`` (the per-frame path),
+    and the first frame, which no coherence changes, identical to the reference's."""
+    from emostyle_rt.coherence import warping_error
+
+    out_imgs = np.asarray(out.images)
+    if out_imgs.shape != np.asarray(ref.images).shape:
+        return Agreement(False, f"shape {out_imgs.shape} != {np.asarray(ref.images).shape}")
+    e = warping_error(list(out.inputs), list(out_imgs))
+    text = f"E_warp {e.styled:.2f} (input {e.input:.2f})"
+    if ref is out:
+        return Agreement(True, text)
+    r = warping_error(list(ref.inputs), list(ref.images))
+    first = compare_images(np.asarray(ref.images)[:1], out_imgs[:1], precision)
+    change = e.styled / r.styled - 1.0 if r.styled else 0.0
+    return Agreement(first.ok, f"{text}, {change:+.0%} vs {r.styled:.2f} per-frame; first frame {first.summary}",
+                     max_abs_diff=first.max_abs_diff, psnr_db=first.psnr_db)
+
+
+COMPARE = {"classify": compare_probs, "style": compare_images, "chain": compare_chain, "video": compare_video}

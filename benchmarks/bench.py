@@ -29,6 +29,9 @@ from .stats import measure_interleaved
 
 log = logging.getLogger(__name__)
 
+#: Frames of the ``video`` stage's clip (its "batch" in the tables; img/s is frames per second).
+VIDEO_FRAMES = 8
+
 
 @dataclass(frozen=True)
 class _Built:
@@ -41,8 +44,9 @@ def make_cases(stages: Sequence[str], sizes: Sequence[Size], batches: Sequence[i
                style_batches: Sequence[int] | None = None) -> tuple[Case, ...]:
     """Cases in run order, cheapest first (so a time limit cuts the most expensive ones).
 
-    The classifier once per batch (its input is a face crop), the other stages per
-    size and batch; ``style_batches`` narrows the batches of the image stages.
+    The classifier once per batch (its input is a face crop), video once per size (a clip of
+    ``VIDEO_FRAMES`` frames: its batch), the other stages per size and batch; ``style_batches``
+    narrows the batches of the image stages.
     """
     out: list[Case] = []
     for stage in STAGES:
@@ -50,6 +54,8 @@ def make_cases(stages: Sequence[str], sizes: Sequence[Size], batches: Sequence[i
             continue
         if stage == "classify":
             out += [Case(stage, None, b) for b in batches]
+        elif stage == "video":
+            out += [Case(stage, s, VIDEO_FRAMES) for s in sizes]
         else:
             out += [Case(stage, s, b) for s in sizes for b in (style_batches or batches)]
     return tuple(sorted(out, key=lambda c: ((c.size.pixels if c.size else 0) * c.batch, STAGES.index(c.stage))))
@@ -62,6 +68,10 @@ def make_input(ctx: Context, case: Case) -> Any:
     if case.stage == "classify":
         spec = ctx.manifest.classifier
         return face_crops(spec.height, spec.width, spec.channels, case.batch)
+    if case.stage == "video":  # a face crossing a still photo, with sensor noise (emostyle_bench.coherence_clips)
+        from .coherence_clips import moving_face
+
+        return np.stack(moving_face(case.size, case.batch).frames)  # type: ignore[arg-type]
     img = photo(case.size)  # type: ignore[arg-type]
     return np.ascontiguousarray(np.repeat(img[None], case.batch, axis=0))
 
@@ -146,8 +156,9 @@ class Runner:
                 agreement = Agreement(True, f"{sum(len(f) for f in out)} face(s) in {len(out)} image(s)")
             elif case.stage not in COMPARE:
                 agreement = None
-            elif p.name == ref_name:
-                ref_out, agreement = out, Agreement(True, "reference")
+            elif p.name == ref_name:  # a video path's check is its warping error: the reference has one too
+                ref_out = out
+                agreement = COMPARE["video"](out, out) if case.stage == "video" else Agreement(True, "reference")
             else:
                 if ref_out is None and not ref_note:
                     try:

@@ -16,15 +16,17 @@ from emostyle_rt.manifest import BUNDLE_ENV, DEFAULT_BUNDLE, bundle_hint, defaul
 
 log = logging.getLogger("emostyle_bench")
 
-STAGE_NAMES = ("detect", "classify", "style", "chain")
+STAGE_NAMES = ("detect", "classify", "style", "chain", "video")
 COLD_STAGES = ("classify", "style", "chain")
 SIZE_NAMES = ("256", "512", "720p", "1080p", "WxH")
-#: --quick: what it measures, sized to finish in under 3 minutes on a 2-core CPU.
-QUICK = dict(stages=STAGE_NAMES, sizes=("512", "1080p"), chain_sizes=("512",), batches=(1, 4), image_batches=(1,),
-             repeat={"detect": 5, "classify": 30, "style": 3, "chain": 3}, warmup=0, budget_s=6.0,
+#: --quick: what it measures, sized to finish in under 3 minutes on a 2-core CPU (video: ask with --stages video).
+QUICK = dict(stages=STAGE_NAMES[:4], sizes=("512", "1080p"), chain_sizes=("512",), batches=(1, 4), image_batches=(1,),
+             repeat={"detect": 5, "classify": 30, "style": 3, "chain": 3, "video": 3}, warmup=0, budget_s=6.0,
              coldstart=("chain",), time_limit_s=150.0)
+#: Clip size of the video stage when --sizes is not given (the coherence issue's 640x360).
+VIDEO_SIZES = ("640x360",)
 FULL = dict(stages=STAGE_NAMES, sizes=("256", "512", "720p", "1080p"), batches=(1, 4),
-            repeat={"detect": 20, "classify": 100, "style": 10, "chain": 5}, warmup=1, budget_s=60.0,
+            repeat={"detect": 20, "classify": 100, "style": 10, "chain": 5, "video": 3}, warmup=1, budget_s=60.0,
             coldstart=("classify", "style", "chain"), time_limit_s=None)
 
 
@@ -38,6 +40,7 @@ examples:
   emostyle-bench --stages style --sizes 512,1080p --paths ort-cpu,torch-eager --repeat 20
   emostyle-bench --list-paths                # every path, and whether it runs on this machine
   emostyle-bench --quick --json out.json --chart out.png
+  emostyle-bench --stages video              # per-frame vs coherent video at 640x360: time and E_warp
   emostyle-bench --from-json out.json --markdown out.md   # re-render, measure nothing
 
 Output paths (--json, --markdown, --chart) are checked before anything is measured:
@@ -321,6 +324,9 @@ def _plan(args: argparse.Namespace, bundle: Path) -> tuple[object, tuple[object,
                                    + note(list(COLD_STAGES), args.coldstart_stages))
     _check_numbers(args)
     cases = make_cases(stages, sizes, batches, image_batches)
+    if not args.sizes and "video" in stages:  # a clip at the size, not at every photo size
+        cases = tuple(c for c in cases if c.stage != "video") + make_cases(
+            ("video",), tuple(parse_size(s) for s in VIDEO_SIZES), batches)
     if args.quick and not args.sizes and "chain" in stages:  # the quick chain runs at 512x512 only
         chain_sizes = {parse_size(s) for s in preset["chain_sizes"]}
         cases = tuple(c for c in cases if c.stage != "chain" or c.size in chain_sizes)

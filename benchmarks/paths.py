@@ -5,7 +5,9 @@ A path turns a stage's input batch into its output:
 - ``detect``: uint8 NHWC images -> list of face lists (the bundle's MTCNN in onnxruntime, OpenCV Haar);
 - ``classify``: uint8 NHWC face crops -> float probabilities ``[N, 7]``;
 - ``style``: uint8 NHWC RGB images -> uint8 NHWC stylised images;
-- ``chain``: uint8 NHWC RGB images -> ``ChainOutput`` (emotions + stylised images).
+- ``chain``: uint8 NHWC RGB images -> ``ChainOutput`` (emotions + stylised images);
+- ``video``: the frames of a clip (uint8 NHWC) -> ``VideoOutput`` (``Stylizer.stream``, one style, coherence off
+  or flow; the output check reports each path's warping error, ``emostyle_rt.coherence``).
 
 Eager baselines rebuild the source models from the manifest's ``source`` records
 (demo seeds, or the user's Keras / PyTorch checkpoints); "ours" paths run the
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES = ("detect", "classify", "style", "chain")
+STAGES = ("detect", "classify", "style", "chain", "video")
 #: role of a path in tables: eager baselines, extra eager rows (not baselines), our runtime
 ROLES = ("baseline", "extra", "ours")
 
@@ -47,6 +49,14 @@ class ChainOutput:
     """What a whole-chain path returns: the emotion chosen for each image and the stylised images."""
 
     emotions: tuple[str, ...]
+    images: np.ndarray  # uint8 NHWC
+
+
+@dataclass(frozen=True)
+class VideoOutput:
+    """What a video path returns: the clip's frames and the styled frames (the warping error needs both)."""
+
+    inputs: np.ndarray  # uint8 NHWC
     images: np.ndarray  # uint8 NHWC
 
 
@@ -385,6 +395,26 @@ def _ours_chain(backend: str, provider: str | None, precision: str = "auto",
     return build
 
 
+def _ours_video(coherence: str) -> Callable[[Context], Callable[[np.ndarray], VideoOutput]]:
+    """``Stylizer.stream`` (onnxruntime CPU) over a clip with the ``style`` stage's style and ``coherence``."""
+    def build(ctx: Context) -> Callable[[np.ndarray], VideoOutput]:
+        import numpy as np
+
+        from emostyle_rt.stylizer import Stylizer
+
+        _check_provider("cpu", "onnxruntime")
+        st = Stylizer(ctx.manifest, backend="onnxruntime", provider="cpu")
+        emotion = ctx.manifest.labels[0]
+
+        def run(frames: np.ndarray) -> VideoOutput:
+            out = [f.image for f in st.stream(list(frames), fps=30, emotion=emotion, coherence=coherence)]
+            return VideoOutput(frames, np.stack(out))
+
+        return run
+
+    return build
+
+
 # ---------------------------------------------------------------- eager chain, detection
 
 
@@ -510,6 +540,10 @@ def default_paths() -> tuple[BenchPath, ...]:
           needs=aoti),
         P("aoti-cuda", "chain", "ours: Stylizer, AOTInductor packages, CUDA", "ours", _ours_chain("aoti", None),
           "fp16", "cuda", needs=aoti),
+        P("per-frame", "video", "ours: Stylizer.stream, coherence off", "baseline",
+          _ours_video("off"), needs=ort),
+        P("coherent", "video", "ours: Stylizer.stream, coherence flow", "ours",
+          _ours_video("flow"), needs=ort),
     )
 
 
@@ -561,9 +595,10 @@ BASELINES: dict[str, tuple[tuple[str, str], ...]] = {
     "classify": (("keras-eager", "x eager"), ("keras-tf-function", "x tf.function")),
     "style": (("torch-eager", "x eager"), ("torch-cuda-fp32", "x eager CUDA")),
     "chain": (("eager-chain", "x eager"),),
+    "video": (("per-frame", "x per-frame"),),
 }
 #: The path whose output is the reference for output agreement, per stage.
-REFERENCE = {"classify": "keras-eager", "style": "torch-eager", "chain": "eager-chain"}
+REFERENCE = {"classify": "keras-eager", "style": "torch-eager", "chain": "eager-chain", "video": "per-frame"}
 
 
 def find_path(paths: tuple[BenchPath, ...], stage: str, name: str) -> BenchPath:

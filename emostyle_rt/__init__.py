@@ -13,6 +13,7 @@ from .errors import (
     EmostyleError,
     ImageReadError,
     InvalidImageError,
+    MemoryBudgetError,
     NoFaceError,
 )
 from .faces import Face, FaceDetector, HaarDetector, YuNetDetector
@@ -37,6 +38,7 @@ __all__ = [
     "ImageReadError",
     "InvalidImageError",
     "Manifest",
+    "MemoryBudgetError",
     "MtcnnDetector",
     "NoFaceError",
     "StyleResult",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import (
+    BackendError,
     BundleError,
     EmostyleError,
     ImageEncodeError,
@@ -39,7 +40,9 @@ from .errors import (
 )
 from .imageio import clean_stale_parts, read_image_meta, write_bytes_atomic, write_image
 from .logutil import setup_cli_logging
+from .tiling import DEFAULT_TILE_MODE, TILE_MODES, parse_memory
 from .manifest import DEFAULT_BUNDLE, MANIFEST_NAME, Manifest, bundle_hint, default_bundle, load_manifest
+from .coherence import DEFAULT_STRENGTH, MODES, CoherenceOptions
 from .video import TemporalOptions
 from .videoio import VIDEO_SUFFIXES
 
@@ -60,14 +63,22 @@ EXAMPLES = """examples:
   emostyle photo.jpg -o styled.jpg
   emostyle video.mp4 -o styled.mp4 --report segments.json    # keeps timing, size, audio, rotation
   emostyle clip.mov -o styled.mkv --max-side 512 --crossfade 8
+  emostyle big.jpg -o styled.jpg --memory-budget 2GB         # any photo size: tiled, same result, bounded memory
+  emostyle clip.mp4 -o styled.mp4 --coherence off            # each frame styled on its own (flickers)
   emostyle media/ -o styled/                                 # photos and videos, recursively; resumable
+  emostyle media/ -o styled/ --ray [--actors 2]              # the same on Ray Data (ray extra; docs/ray.md)
   emostyle --webcam 0 -o webcam.mp4 --seconds 30 [--preview]  # Ctrl-C stops and keeps the recording
+  emostyle serve --bundle engines/mine --port 8000           # HTTP service (serve extra): emostyle serve --help
+                                                             # (a file named "serve" is given as ./serve)
 
 videos: the style follows the face's emotion over time without flickering: a frame is classified
 every --classify-every frames (and at once when the tracked face moves or is lost), the scores are
 smoothed over --smooth seconds, and the style switches only when another emotion leads by
 --switch-margin for --switch-after seconds. The report lists each video's segments (start, end,
 emotion, mean scores). Outputs appear only when complete; a killed run leaves nothing behind.
+Textures are kept steady (--coherence flow, the default): each styled frame is blended with the
+previous output, warped along the input's optical flow, where that flow is reliable; the report's
+"coherence" gives the output's and the input's warping error (E_warp, 8-bit levels; lower is steadier).
 """
 
 
@@ -84,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"bundle folder (default: $EMOSTYLE_BUNDLE or {DEFAULT_BUNDLE})")
     p.add_argument("--emotion", help="use this emotion's style instead of classifying")
     p.add_argument("--max-side", type=int, default=None, help="run the style network at most this many pixels wide/high")
+    p.add_argument("--memory-budget", metavar="SIZE", default=None,
+                   help="memory one style run may use, e.g. 2GB or 512MiB (default: 75%% of the available memory); "
+                        "larger photos are styled in tiles with the whole photo's InstanceNorm statistics (no seams), "
+                        "a budget too small for any tile is refused before anything runs")
+    p.add_argument("--tile-mode", choices=TILE_MODES, default=DEFAULT_TILE_MODE,
+                   help=f"how tiles share statistics: exact (= untiled, layer by layer) or fast (from a downscaled "
+                        f"copy) (default {DEFAULT_TILE_MODE}; docs/tiling.md)")
     p.add_argument("--quality", type=int, default=None, help="JPEG / WebP quality 1..100 (default: the library's)")
     p.add_argument("--strip-metadata", action="store_true", help="do not copy the input's EXIF and ICC profile")
     p.add_argument("--no-face", default="whole", help="'whole' (classify the whole image), 'error', or an emotion")
@@ -99,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
                         "file (inputs are never written over)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    r = p.add_argument_group("distributed (the ray extra; docs/ray.md)")
+    r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the files on Ray Data: parallel decoding, stylizer actors (one GPU each when the "
+                        "cluster has GPUs), the same outputs, resume and report; no ADDRESS starts a local Ray, "
+                        "'auto' joins one started with 'ray start', host:port or ray://host:10001 a cluster "
+                        "(put --ray after the input, or write --ray=ADDRESS)")
+    r.add_argument("--actors", type=int, default=None, metavar="N",
+                   help="--ray: stylizer actors (default: one per GPU, else one per CPU, each with 1 thread)")
     d = TemporalOptions()
     v = p.add_argument_group("video and webcam")
     v.add_argument("--webcam", type=int, metavar="N", help="record OpenCV camera N into -o (a video file)")
@@ -116,7 +142,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="blend old and new style over N frames at a switch (default: cut)")
     v.add_argument("--batch", type=int, default=1, metavar="N",
                    help="frames per style run (default 1: batching did not pay on CPU; may on a GPU)")
+    v.add_argument("--coherence", choices=MODES, default="flow",
+                   help="'flow' (default): blend each styled frame with the previous output warped by the "
+                        "optical flow, against texture flicker (measured: about 1%% more CPU per frame); 'off': each frame on its own")
+    v.add_argument("--coherence-strength", type=float, default=DEFAULT_STRENGTH, metavar="A",
+                   help=f"0..1: the previous output's weight where the flow is reliable (default {DEFAULT_STRENGTH}; "
+                        "lower keeps fast motion crisper, higher is steadier)")
     return p
+
+
+def coherence_options(args: argparse.Namespace) -> CoherenceOptions:
+    """The coherence options of the command line (a typed error for a bad value)."""
+    return CoherenceOptions(args.coherence, args.coherence_strength)
 
 
 def temporal_options(args: argparse.Namespace) -> TemporalOptions:
@@ -275,9 +312,21 @@ def check_options(args: argparse.Namespace, manifest: Manifest | None) -> None:
     if manifest is None:
         if args.quality is not None and not 1 <= args.quality <= 100:
             raise InvalidArgumentError(f"--quality {args.quality} is out of range." + note("1..100", args.quality))
+        if getattr(args, "memory_budget", None) is not None:
+            parse_memory(args.memory_budget)  # MemoryBudgetError naming the forms it takes
         temporal_options(args)
+        coherence_options(args)
         if args.batch < 1:
             raise InvalidArgumentError(f"--batch {args.batch} is below 1." + note("an integer >= 1", args.batch))
+        ray = getattr(args, "ray", None)
+        if ray is not None and args.input is None and args.webcam is None and Path(ray).exists():
+            raise InvalidArgumentError(f"--ray took {ray!r} as its address, so there is no input; put --ray after "
+                                       "the input or write --ray=ADDRESS." + note("an input", "none"))
+        if ray is not None and args.webcam is not None:
+            raise InvalidArgumentError("--ray runs files and folders, not --webcam." + note("an input", "--webcam"))
+        if getattr(args, "actors", None) is not None and (ray is None or args.actors < 1):
+            raise InvalidArgumentError(f"--actors {args.actors} needs --ray and at least 1."
+                                       + note("--ray with --actors N >= 1", args.actors if ray else "no --ray"))
         if (args.input is None) == (args.webcam is None):
             raise InvalidArgumentError("Give an input file or folder, or --webcam N, not both."
                                        + note("one of them", "both" if args.input is not None else "neither"))
@@ -354,15 +403,20 @@ class _StateLog:
     relative to the folder. A line is appended (and flushed) before its output is renamed into place, so a
     kill or Ctrl-C never leaves an output without its emotion; the file is rewritten whole at the end."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, *, read: bool = True) -> None:
+        """``read=False``: only append (a Ray actor's writer; the driver reads and compacts)."""
         if path is not None and (path.is_symlink() or path.exists() and not path.is_file()):
             log.warning("Not using %s: it is not a regular file; emotions of earlier runs are not kept.", path)
             path = None  # never append through a link or into something else
         self.path, self.added = path, False
         self.known: dict[str, dict[str, Any]] = {}
         self._file: Any = None
+        if read:
+            self._read()
+
+    def _read(self) -> None:
         try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path else []
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines() if self.path else []
         except OSError:
             lines = []
         for line in lines:
@@ -384,6 +438,11 @@ class _StateLog:
             self.added = True
         except OSError as exc:
             log.warning("Cannot record %s in %s: %s", rel, self.path, sentence(exc.strerror or exc))
+
+    def reread(self) -> None:
+        """Read the lines other processes appended (Ray actors, once they are gone), so that compaction keeps them."""
+        self._read()
+        self.added = self.added or bool(self.known)
 
     def close(self, compact: bool) -> None:
         """Close; with ``compact``, rewrite atomically with one line per output that exists."""
@@ -431,7 +490,7 @@ def _stylize_video(st: Any, src: Path, dst: Path, args: argparse.Namespace, nest
     try:
         return stylize_video(st, src, dst, emotion=args.emotion, max_side=args.max_side,
                              options=temporal_options(args), batch=args.batch, overwrite=args.force,
-                             progress=bar, before_commit=commit)
+                             progress=bar, before_commit=commit, coherence=coherence_options(args))
     finally:
         bar.close()
 
@@ -457,7 +516,8 @@ def run_webcam(args: argparse.Namespace, started: float) -> int:
     check_options(args, manifest)
     from .stylizer import Stylizer
 
-    st = Stylizer(manifest, backend=args.backend, provider=args.provider, detector=args.detector, no_face=args.no_face)
+    st = Stylizer(manifest, backend=args.backend, provider=args.provider, detector=args.detector, no_face=args.no_face,
+                  memory_budget=args.memory_budget, tile_mode=args.tile_mode)
     cap = open_camera(args.webcam)  # no camera N: a typed error, before anything is created
     stop = threading.Event()
     entry: dict[str, Any] = {"input": f"camera {args.webcam}", "output": str(dst)}
@@ -475,7 +535,7 @@ def run_webcam(args: argparse.Namespace, started: float) -> int:
         clean_stale_parts([dst.parent, *([args.report.parent] if args.report is not None else [])], started=started)
         res = record_camera(st, cap, dst, seconds=args.seconds, stop=stop, preview=args.preview,
                             options=temporal_options(args), emotion=args.emotion, max_side=args.max_side,
-                            progress=lambda f: bar(f, 0))
+                            progress=lambda f: bar(f, 0), coherence=coherence_options(args))
         entry.update(status="ok", **res.summary())
     except KeyboardInterrupt:
         log.warning("Interrupted; nothing was written to %s.", dst)
@@ -510,28 +570,20 @@ def run(args: argparse.Namespace) -> int:
             raise ImageWriteError(f"Cannot create the output folder {d}: {b} is not a folder." + note("a folder", b))
     manifest = _open_bundle(args.bundle)
     check_options(args, manifest)
-    from .stylizer import Stylizer
-
-    st = Stylizer(manifest, backend=args.backend, provider=args.provider, detector=args.detector, no_face=args.no_face)
-    _mkdirs(folders)
-    # Temporary files of killed runs, only where this run writes; outputs themselves are always complete.
-    clean_stale_parts([*folders, *([args.report.parent] if args.report is not None else [])], started=started)
-    states = _StateLog(state)
-    earlier = (_read_report(args.report) or {}).get("files", []) if args.report is not None else []
-    old = {e["input"]: e for e in earlier if e.get("status") in ("ok", "exists")}  # reports from before state files
+    st = make_stylizer(args, manifest)
+    if getattr(args, "ray", None) is not None:  # every check above passed: Ray Data runs the files
+        st.close()
+        return _ray_job().run_cli(args, pairs, manifest, started)
+    states, old = begin_run(args, folders, state, started)
     entries: list[dict[str, Any]] = []
-    interrupted, stopped, no_report = False, False, False
+    interrupted, stopped = False, False
     items, bar = _progress(pairs, args.quiet)
     try:
         for i, (src, dst) in enumerate(items, 1):
             entry: dict[str, Any] = {"input": str(src), "output": str(dst)}
             rel = dst.relative_to(out_root).as_posix() if out_root is not None else ""
-            if out_root is not None and dst.is_file() and not args.force:
-                entries.append({**old.get(str(src), {}), **states.known.get(rel, {}), **entry, "status": "exists"})
-                continue
-            if dst.exists() and not dst.is_file():  # a folder (or a device) where the output goes: never replaced
-                entries.append({**entry, "status": "error", "error": f"{dst} exists and is not a regular file."})
-                log.error("Skipping %s: %s exists and is not a regular file.", src, dst)
+            if (skipped := skip_entry(src, dst, out_root, args.force, states, old)) is not None:
+                entries.append(skipped)
                 continue
             try:
                 if src.suffix.lower() in VIDEO_SUFFIXES:
@@ -541,11 +593,7 @@ def run(args: argparse.Namespace) -> int:
 
                     res = _stylize_video(st, src, dst, args, bar, commit)
                 else:
-                    res = st.stylize(src, emotion=args.emotion, max_side=args.max_side)
-                    meta = None if args.strip_metadata else read_image_meta(src)
-                    entry.update(status="ok", **res.summary())
-                    states.add(rel, entry)
-                    write_image(dst, res.image, quality=args.quality, meta=meta)
+                    res = stylize_image_file(st, src, dst, entry, args, lambda e, rel=rel: states.add(rel, e))
             except ImageWriteError as exc:
                 if isinstance(exc, ImageEncodeError):  # this file's format only: skip it like other bad files
                     entries.append({"input": str(src), "output": str(dst), "status": "error", "error": str(exc)})
@@ -568,6 +616,65 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if hasattr(items, "close"):
             items.close()
+    return finish_run(args, manifest, states, entries, interrupted=interrupted, stopped=stopped)
+
+
+# -- the pieces of a run that every executor shares (this module's loop, emostyle_ray's actors) ------------
+
+
+def make_stylizer(args: argparse.Namespace, bundle: Any) -> Any:
+    """The Stylizer the command's options ask for (``bundle``: a Manifest or a folder); one place for the local
+    loop and emostyle_ray's actors, so both style alike."""
+    from .stylizer import Stylizer
+
+    return Stylizer(bundle, backend=args.backend, provider=args.provider, detector=args.detector, no_face=args.no_face,
+                    memory_budget=args.memory_budget, tile_mode=args.tile_mode)
+
+
+def begin_run(args: argparse.Namespace, folders: Sequence[Path], state: Path | None,
+              started: float) -> tuple[_StateLog, dict[str, dict[str, Any]]]:
+    """Create the output folders, remove temporary files of killed runs there, open the state file; the
+    state log and the ok entries of an earlier report (from before state files), by input."""
+    _mkdirs(folders)
+    # Temporary files of killed runs, only where this run writes; outputs themselves are always complete.
+    clean_stale_parts([*folders, *([args.report.parent] if args.report is not None else [])], started=started)
+    states = _StateLog(state)
+    earlier = (_read_report(args.report) or {}).get("files", []) if args.report is not None else []
+    return states, {e["input"]: e for e in earlier if e.get("status") in ("ok", "exists")}
+
+
+def skip_entry(src: Path, dst: Path, out_root: Path | None, force: bool, states: _StateLog,
+               old: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The report entry of a planned file that is not done now, else None: a folder run skips an output that
+    exists (resuming; its emotion from the state file), and nothing replaces a non-file at an output path."""
+    entry: dict[str, Any] = {"input": str(src), "output": str(dst)}
+    if out_root is not None and dst.is_file() and not force:
+        rel = dst.relative_to(out_root).as_posix()
+        return {**old.get(str(src), {}), **states.known.get(rel, {}), **entry, "status": "exists"}
+    if dst.exists() and not dst.is_file():  # a folder (or a device) where the output goes: never replaced
+        log.error("Skipping %s: %s exists and is not a regular file.", src, dst)
+        return {**entry, "status": "error", "error": f"{dst} exists and is not a regular file."}
+    return None
+
+
+def stylize_image_file(st: Any, image: Any, dst: Path, entry: dict[str, Any], args: argparse.Namespace,
+                       record: Any, meta: Any = None) -> Any:
+    """One photo -> ``dst`` as every run writes it: styled (``image``: its path, or its pixels as
+    ``read_image(path, alpha=True)`` gives them, with ``meta`` read from the path), ``entry`` completed and
+    ``record(entry)`` (the state file's line) before the atomic write, so an output never lacks its emotion."""
+    res = st.stylize(image, emotion=args.emotion, max_side=args.max_side)
+    if meta is None and not args.strip_metadata:
+        meta = read_image_meta(image)
+    entry.update(status="ok", **res.summary())
+    record(entry)
+    write_image(dst, res.image, quality=args.quality, meta=None if args.strip_metadata else meta)
+    return res
+
+
+def finish_run(args: argparse.Namespace, manifest: Manifest, states: _StateLog, entries: list[dict[str, Any]], *,
+               interrupted: bool, stopped: bool) -> int:
+    """Compact the state file, write the report (Ctrl-C waits), log the tally; the exit status."""
+    no_report = False
     with _hold_ctrl_c():
         states.close(compact=not stopped)  # not when the folder is unusable (full)
         if args.report is not None:
@@ -583,8 +690,48 @@ def run(args: argparse.Namespace) -> int:
     return INTERRUPTED if interrupted else 1 if failed or no_report else 0
 
 
+#: What ``--ray`` imports (the ``ray`` extra): emostyle_ray, which imports ray.
+RAY_INSTALL = 'pip install "emostyle-rt[cpu,ray]" ("[gpu,ray]" on an NVIDIA machine)'
+
+
+def _ray_job() -> Any:
+    """``emostyle_ray.job``, imported only for ``--ray``; a typed error naming the extra when it is missing."""
+    try:
+        from emostyle_ray import job
+    except ImportError as exc:
+        raise BackendError(
+            f"--ray needs the ray extra ({exc}). Install it with: {RAY_INSTALL}."
+            + note("emostyle_ray and ray installed", f"missing {exc.name or 'a module'}")) from exc
+    return job
+
+
+#: What ``emostyle serve`` imports (the ``serve`` extra); looked up, not imported, before handing over.
+SERVE_MODULES = ("emostyle_serve", "starlette", "uvicorn", "multipart", "prometheus_client")
+
+
+def _serve(argv: Sequence[str]) -> int:
+    """``emostyle serve ...``: hand over to the HTTP service (``emostyle_serve``), imported only here."""
+    import importlib.util
+
+    gone = [m for m in SERVE_MODULES if importlib.util.find_spec(m) is None]
+    if gone:
+        setup_cli_logging(False, log.name)
+        log.error("%s", BackendError(
+            f"emostyle serve needs the serve extra; {', '.join(gone)} {'is' if len(gone) == 1 else 'are'} not "
+            'installed. Install it with: pip install "emostyle-rt[cpu,serve]" ("[gpu,serve]" on an NVIDIA machine).'
+            + note("the serve extra installed", "missing " + ", ".join(gone))))
+        return 2
+    from emostyle_serve.cli import main as serve_main
+
+    return serve_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns the exit status."""
+    """Console entry point; returns the exit status. ``emostyle serve ...`` runs the HTTP service (a file
+    named ``serve`` is given as ``./serve``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     args = _parser().parse_args(argv)
     setup_cli_logging(args.quiet, log.name, library=("emostyle_rt",), verbose=args.verbose)
     if args.verbose:

@@ -48,6 +48,16 @@ class BackendError(EmostyleError, RuntimeError):
     """A runtime backend (onnxruntime, TensorRT) cannot be used or failed to run."""
 
 
+class MemoryBudgetError(EmostyleError, ValueError):
+    """A style run cannot be made to fit the memory budget (raised before anything runs), or a budget is malformed."""
+
+
+class FlowError(EmostyleError):
+    """Optical flow between two frames cannot be trusted (a flat frame, a size change, a non-finite field).
+
+    A coherent stream styles such a frame on its own and counts it (``emostyle_rt.coherence``)."""
+
+
 def note(expected: object, available: object) -> str:
     """The standard tail of an error message."""
     return f" Note: expected {expected}, available {available}."

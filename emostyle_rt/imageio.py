@@ -146,7 +146,17 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, alpha: 
     HxWx4 RGBA, its alpha scaled to 8 bits and turned like the colour.
     """
     p = Path(path)
-    data = _file_bytes(p)
+    return decode_image(_file_bytes(p), source=p, max_pixels=max_pixels, alpha=alpha)
+
+
+def decode_image(data: bytes, *, source: object = "image", max_pixels: int = MAX_PIXELS,
+                 alpha: bool = False) -> np.ndarray:
+    """Decode an encoded image (the bytes of a file or an upload) as ``read_image`` reads a file.
+
+    The pixel limit is checked from the header before decoding (a decompression
+    bomb is refused unread); ``source`` names the image in error messages.
+    """
+    p = source
     size = header_size(data)
     if size is not None:
         _check_pixels(p, *size, max_pixels)
@@ -255,7 +265,18 @@ def write_image(
     and its ICC profile into TIFF. A reader never sees a half-written file.
     """
     p = Path(path)
-    ext = p.suffix.lower() or ".png"
+    write_bytes_atomic(p, encode_image(image, p.suffix.lower() or ".png", quality=quality, meta=meta, target=p))
+    return p
+
+
+def encode_image(image: np.ndarray, ext: str, *, quality: int | None = None, meta: ImageMeta | None = None,
+                 target: object = "an image") -> bytes:
+    """The bytes ``write_image`` writes for a file ending in ``ext`` (".jpg", ".png", ...): for uploads and replies.
+
+    Same rules: alpha kept in PNG, WebP and TIFF only; ``quality`` for JPEG /
+    WebP; ``meta`` embedded. ``target`` names the destination in error messages.
+    """
+    p = target
     if quality is not None and (
         isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100
     ):
@@ -277,8 +298,7 @@ def write_image(
         raise ImageEncodeError(f"Cannot encode an image as {ext!r} for {p}: {exc}.") from exc
     if not ok:
         raise ImageEncodeError(f"Cannot encode an image as {ext!r} for {p}.")
-    write_bytes_atomic(p, embed_meta(buf.tobytes(), ext, meta))
-    return p
+    return embed_meta(buf.tobytes(), ext, meta)
 
 
 def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:

@@ -342,6 +342,156 @@ class ClassifierSpec:
 
 
 @dataclass(frozen=True)
+class TiledTensor:
+    """An activation a tiled graph takes or returns: ``scale`` input px per activation px (1, 2, 4).
+
+    The image (the style input) and the styled output are uint8 NHWC; every other one is float32 NCHW.
+    """
+
+    name: str
+    channels: int
+    scale: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "channels": self.channels, "scale": self.scale}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> TiledTensor:
+        return cls(_get(d, "name", where, str), _tiled_int(d, "channels", where), _tiled_int(d, "scale", where))
+
+
+@dataclass(frozen=True)
+class TiledNorm:
+    """One InstanceNorm of a style graph: its input ``tensor`` and the names its statistics travel under."""
+
+    tensor: str
+    channels: int
+    scale: int
+    mean: str
+    var: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tensor": self.tensor, "channels": self.channels, "scale": self.scale, "mean": self.mean,
+                "var": self.var}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> TiledNorm:
+        return cls(_get(d, "tensor", where, str), _tiled_int(d, "channels", where), _tiled_int(d, "scale", where),
+                   _get(d, "mean", where, str), _get(d, "var", where, str))
+
+
+@dataclass(frozen=True)
+class TiledGraph:
+    """One graph of tiled inference: activations in and out, its halo (input px) and activation bytes per pixel.
+
+    ``norm``: the InstanceNorm (index into ``TiledSpec.norms``) whose statistics a
+    segment takes at its start; None for the first segment, the stats and the tile graph.
+    ``stats_only``: a segment whose outputs only give statistics and are not
+    stored (the next segment recomputes them from its own inputs).
+    """
+
+    onnx: str  # relative to the bundle
+    sha256: str
+    inputs: tuple[TiledTensor, ...]
+    outputs: tuple[TiledTensor, ...]
+    halo: int
+    bytes_per_pixel: float
+    norm: int | None = None
+    stats_only: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"onnx": self.onnx, "sha256": self.sha256, "inputs": [t.to_json() for t in self.inputs],
+                "outputs": [t.to_json() for t in self.outputs], "halo": self.halo,
+                "bytes_per_pixel": self.bytes_per_pixel, "norm": self.norm, "stats_only": self.stats_only}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> TiledGraph:
+        norm = d.get("norm") if isinstance(d, Mapping) else None
+        if norm is not None and (isinstance(norm, bool) or not isinstance(norm, int) or norm < 0):
+            raise BundleError(f"Manifest field {where}.norm is not valid." + note("null or an index >= 0", repr(norm)))
+        bpp = _get(d, "bytes_per_pixel", where, (int, float))
+        if not math.isfinite(bpp) or bpp < 0:
+            raise BundleError(f"Manifest field {where}.bytes_per_pixel is not valid." + note("a number >= 0", bpp))
+        rel = _get(d, "onnx", where, str)
+        if not _bundle_relative(rel):
+            raise BundleError(f"Manifest field {where}.onnx is not a path inside the bundle." + note("a relative path", rel))
+        return cls(rel, _get(d, "sha256", where, str),
+                   tuple(TiledTensor.from_json(t, f"{where}.inputs") for t in _get(d, "inputs", where, list)),
+                   tuple(TiledTensor.from_json(t, f"{where}.outputs") for t in _get(d, "outputs", where, list)),
+                   _get(d, "halo", where, int), float(bpp), norm, bool(d.get("stats_only", False)))
+
+
+@dataclass(frozen=True)
+class TiledSpec:
+    """A style's graphs for tiled inference in bounded memory: the ``tiled`` block of its manifest entry.
+
+    Written by ``emostyle-export`` (``--tiled`` for an existing bundle); see
+    :mod:`emostyle_rt.tiling` and docs/tiling.md. ``stats`` returns every
+    InstanceNorm input's mean and variance; ``tile`` is the style graph with those
+    statistics as inputs; ``segments`` are ``tile`` cut before each InstanceNorm
+    (the exact mode). ``halo``: the tile graph's receptive field rounded up to
+    ``align`` (tiles start at multiples of ``align``). ``bytes_per_pixel``: the
+    untiled graph's largest set of live activations per input pixel.
+    """
+
+    source_sha256: str  # sha256 of the style graph it was made from
+    align: int
+    halo: int
+    receptive_field: float
+    bytes_per_pixel: float
+    norms: tuple[TiledNorm, ...]
+    stats: TiledGraph
+    tile: TiledGraph
+    segments: tuple[TiledGraph, ...]
+    parity: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def graphs(self) -> tuple[TiledGraph, ...]:
+        return (self.stats, self.tile, *self.segments)
+
+    def to_json(self) -> dict[str, Any]:
+        """The style entry's ``tiled`` block."""
+        return {"source_sha256": self.source_sha256, "align": self.align, "halo": self.halo,
+                "receptive_field": self.receptive_field, "bytes_per_pixel": self.bytes_per_pixel,
+                "norms": [n.to_json() for n in self.norms], "stats": self.stats.to_json(),
+                "tile": self.tile.to_json(), "segments": [g.to_json() for g in self.segments],
+                "parity": dict(self.parity)}
+
+    @classmethod
+    def from_json(cls, block: Any, where: str, fp32_sha256: str | None = None) -> TiledSpec | None:
+        """The ``tiled`` block; None (with a warning) when it was made from another style graph than ``fp32_sha256``."""
+        w = f"{where}.tiled"
+        if not isinstance(block, Mapping):
+            raise BundleError(f"Manifest field {w} has the wrong type." + note("dict", type(block).__name__))
+        spec = cls(
+            source_sha256=_get(block, "source_sha256", w, str), align=_tiled_int(block, "align", w),
+            halo=_get(block, "halo", w, int), receptive_field=float(_get(block, "receptive_field", w, (int, float))),
+            bytes_per_pixel=float(_get(block, "bytes_per_pixel", w, (int, float))),
+            norms=tuple(TiledNorm.from_json(n, f"{w}.norms") for n in _get(block, "norms", w, list)),
+            stats=TiledGraph.from_json(_get(block, "stats", w, dict), f"{w}.stats"),
+            tile=TiledGraph.from_json(_get(block, "tile", w, dict), f"{w}.tile"),
+            segments=tuple(TiledGraph.from_json(g, f"{w}.segments") for g in _get(block, "segments", w, list)),
+            parity=dict(block.get("parity", {})) if isinstance(block.get("parity", {}), Mapping) else {})
+        bad = [g.norm for g in spec.segments if g.norm is not None and g.norm >= len(spec.norms)]
+        if bad or spec.halo < 0 or spec.halo % spec.align:
+            raise BundleError(f"Manifest field {w} is inconsistent."
+                              + note(f"segment norms < {len(spec.norms)}, halo a multiple of align {spec.align}",
+                                     f"norms {bad}, halo {spec.halo}"))
+        if fp32_sha256 is not None and spec.source_sha256 != fp32_sha256:
+            log.warning("%s.tiled was made from another style graph; it is not used (large images cannot be tiled). "
+                        "Rerun emostyle-export --bundle DIR --tiled.", where)
+            return None
+        return spec
+
+
+def _tiled_int(d: Any, key: str, where: str) -> int:
+    v = _get(d, key, where, int)
+    if not 1 <= v <= MAX_SIDE:
+        raise BundleError(f"Manifest field {where}.{key} is out of range." + note(f"1..{MAX_SIDE}", v))
+    return v
+
+
+@dataclass(frozen=True)
 class StyleSpec:
     """One style graph: uint8 NHWC RGB in, uint8 NHWC RGB out (same padded size)."""
 
@@ -355,12 +505,14 @@ class StyleSpec:
     fp16: Fp16Graph | None = None  # None: the bundle has no (current) FP16 variant
     source: Mapping[str, Any] = field(default_factory=dict)  # {"path", "sha256", "family"} or {"family": "demo", "seed"}
     convention_source: str = "detected"  # "detected", "flag" or "demo"
+    tiled: TiledSpec | None = None  # None: no (current) tiled graphs; large images then cannot be tiled
 
     def to_json(self) -> dict[str, Any]:
         """The style's object in the manifest's ``styles`` table."""
         return {"onnx": self.onnx, "sha256": self.sha256, "source": dict(self.source), "convention": self.convention,
                 "convention_source": self.convention_source, "parity": dict(self.parity),
-                **({"fp16": self.fp16.to_json()} if self.fp16 else {})}
+                **({"fp16": self.fp16.to_json()} if self.fp16 else {}),
+                **({"tiled": self.tiled.to_json()} if self.tiled else {})}
 
     @classmethod
     def from_json(cls, style_id: str, s: Any, style_input: Mapping[str, Any]) -> StyleSpec:
@@ -380,6 +532,7 @@ class StyleSpec:
             fp16=Fp16Graph.from_json(s["fp16"], where, sha) if "fp16" in s else None,
             source=s.get("source", {}),
             convention_source=str(s.get("convention_source", "detected")),
+            tiled=TiledSpec.from_json(s["tiled"], where, sha) if "tiled" in s else None,
         )
 
 
@@ -759,6 +912,12 @@ def verify_bundle_files(manifest: Manifest) -> None:
     entries = [(s.onnx, s.sha256) for s in specs] + [(s.fp16.onnx, s.fp16.sha256) for s in specs if s.fp16]
     if manifest.detector is not None:
         entries += [(g.onnx, g.sha256) for g in manifest.detector.graphs.values()]
+    # Tiled graphs (up to 18 files a style) are only checked for presence here; their sha256 when first loaded.
+    tiled = [g.onnx for s in manifest.styles.values() if s.tiled for g in s.tiled.graphs]
+    for rel in tiled:
+        if not manifest.path(rel).is_file():
+            raise BundleError(f"Bundle {manifest.root} is missing {rel}, named in its manifest."
+                              + note("the tiled graphs of emostyle-export --bundle DIR --tiled", "no such file"))
     for rel, digest in entries:
         p = manifest.path(rel)
         if not p.is_file():

@@ -23,6 +23,8 @@ from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
 from .manifest import Manifest, load_manifest
 from .mtcnn import MtcnnDetector
+from .tiling import DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory
+from .tiling import plan as tile_plan
 
 if TYPE_CHECKING:
     from .video import StyledFrame
@@ -150,6 +152,11 @@ class Stylizer:
     for repeated input shapes (video; CUDA EP only). ``cache_dir``: the user
     cache for the TensorRT EP's engines (default $EMOSTYLE_CACHE_DIR, else
     $XDG_CACHE_HOME/emostyle-rt or ~/.cache/emostyle-rt; never the bundle).
+    ``memory_budget``: bytes (or text such as "2GB", "512MiB") one style run may
+    use on top of what the process holds; None: 75% of the memory available
+    when the run starts (host, or the GPU's for a GPU provider). A run whose
+    estimate is larger goes in tiles (``tile_mode`` "exact" or "fast", see
+    :mod:`emostyle_rt.tiling`); one that cannot fit raises ``MemoryBudgetError`` before it starts.
     ``close()`` (or ``with Stylizer(...)``) frees sessions and GPU buffers.
     """
 
@@ -167,7 +174,14 @@ class Stylizer:
         precision: str = "auto",
         cuda_graph: bool = False,
         cache_dir: str | os.PathLike | None = None,
+        memory_budget: int | str | None = None,
+        tile_mode: str = DEFAULT_TILE_MODE,
     ) -> None:
+        if tile_mode not in TILE_MODES:
+            raise InvalidArgumentError(f"Unknown tile_mode {tile_mode!r}." + note(" or ".join(TILE_MODES), repr(tile_mode)))
+        #: Bytes a style run may use (None: from the machine at each run); how over-budget runs share statistics.
+        self.memory_budget = None if memory_budget is None else parse_memory(memory_budget)
+        self.tile_mode = tile_mode
         self.manifest = bundle if isinstance(bundle, Manifest) else load_manifest(bundle, verify_files=verify)
         if no_face not in NO_FACE_POLICIES and no_face not in self.manifest.labels:
             raise InvalidArgumentError(
@@ -192,9 +206,10 @@ class Stylizer:
         self._precision, self._cuda_graph, self._cache_dir = precision, cuda_graph, cache_dir
         self._runners: dict[str, Runner] = {}  # the classifier's runner (key CLASSIFIER)
         self._styles: dict[str, Runner] = {}
+        self._tiled: dict[str, TiledStyle] = {}  # tiled graphs of a style, loaded when an image needs them
         self._lock = threading.Lock()
         # Safety net when close() is never called: free every runner when the Stylizer is collected.
-        self._finalizer = weakref.finalize(self, _close_runners, self._runners, self._styles)
+        self._finalizer = weakref.finalize(self, _close_runners, self._runners, self._styles, self._tiled)
         self._classifier_runner()  # loaded and checked now: a bad classifier graph fails here
 
     # -- public API ---------------------------------------------------------
@@ -207,6 +222,10 @@ class Stylizer:
     def classify(self, image: ImageInput, *, bgr: bool = False) -> Classification:
         """Find faces and classify the largest one (or apply the no-face policy)."""
         return self._classify_many([self._load(image, bgr)])[0]
+
+    def classify_batch(self, images: Iterable[ImageInput], *, bgr: bool = False) -> list[Classification]:
+        """Classify several images: faces found in each, every crop through the classifier in one run."""
+        return self._classify_many(self._load_batch(images, bgr, None, "classify"))
 
     def stylize(
         self, image: ImageInput, emotion: str | None = None, *, max_side: int | None = None, bgr: bool = False
@@ -233,20 +252,8 @@ class Stylizer:
         same size are stacked into one style run (up to ``BATCH_PIXELS``).
         """
         self._check_max_side(max_side)
-        if isinstance(images, (str, bytes, os.PathLike, np.ndarray)):
-            raise InvalidArgumentError(
-                f"stylize_batch takes a list of images, not one {type(images).__name__}; use stylize() for one image"
-                " (list(array) for an NxHxWxC array)." + note("a list or iterable of paths or HxWxC arrays", type(images).__name__)
-            )
-        images = list(images)
-        rgbs, alphas = [], []  # alphas[i]: image i's alpha plane, passed through unstyled, or None
-        for i, im in enumerate(images):
-            try:
-                rgbs.append(self._check_min_side(self._load(im, bgr, alphas)))
-            except EmostyleError as exc:
-                if len(images) == 1:
-                    raise
-                raise type(exc)(f"Image {i} of the batch: {exc}") from exc
+        alphas: list[np.ndarray | None] = []  # alphas[i]: image i's alpha plane, passed through unstyled, or None
+        rgbs = self._load_batch(images, bgr, alphas, "stylize")
         if emotion is not None:
             if emotion not in self.manifest.labels:
                 raise InvalidArgumentError(f"Unknown emotion {emotion!r}." + note(list(self.labels), emotion))
@@ -275,7 +282,10 @@ class Stylizer:
         threads joined by bounded queues. Options (see ``emostyle_rt.video.stream``):
         ``emotion`` (fixed style), ``max_side``, ``bgr``, ``options``
         (``TemporalOptions``: schedule, smoothing, switching, cross-fade), ``batch``
-        (frames per style run), ``live`` (a camera: drop frames while busy), ``initial``.
+        (frames per style run), ``live`` (a camera: drop frames while busy), ``initial``,
+        ``coherence`` ("off" by default, "flow" or ``emostyle_rt.coherence.CoherenceOptions``: blend each
+        styled frame with the previous output warped by the input's optical flow, against flicker),
+        ``measure`` (each frame's warping error in ``StyledFrame.coherence``).
         """
         from .video import stream
 
@@ -297,7 +307,7 @@ class Stylizer:
         ``BackendError``.
         """
         with self._lock:
-            _close_runners(self._runners, self._styles)
+            _close_runners(self._runners, self._styles, self._tiled)
         if isinstance(self._detector, MtcnnDetector):  # the bundle's detector (its graphs reload on next use)
             self._detector.close()
 
@@ -311,6 +321,7 @@ class Stylizer:
             "detector": self._detector_spec, "no_face": self.no_face, "margin": self.margin,
             "max_pixels": self.max_pixels, "verify": self._verify, "precision": self._precision,
             "cuda_graph": self._cuda_graph, "cache_dir": self._cache_dir,
+            "memory_budget": self.memory_budget, "tile_mode": self.tile_mode,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -323,6 +334,27 @@ class Stylizer:
         self.close()
 
     # -- internals ----------------------------------------------------------
+
+    def _load_batch(
+        self, images: Iterable[ImageInput], bgr: bool, alphas: list[np.ndarray | None] | None, what: str
+    ) -> list[np.ndarray]:
+        """The images of ``{what}_batch`` loaded (``_load``; "stylize": size-checked too); a bad one is named by its index."""
+        if isinstance(images, (str, bytes, os.PathLike, np.ndarray)):
+            raise InvalidArgumentError(
+                f"{what}_batch takes a list of images, not one {type(images).__name__}; use {what}() for one image"
+                " (list(array) for an NxHxWxC array)." + note("a list or iterable of paths or HxWxC arrays", type(images).__name__)
+            )
+        images = list(images)
+        rgbs = []
+        for i, im in enumerate(images):
+            try:
+                rgb = self._load(im, bgr, alphas)
+                rgbs.append(self._check_min_side(rgb) if what == "stylize" else rgb)
+            except EmostyleError as exc:
+                if len(images) == 1:
+                    raise
+                raise type(exc)(f"Image {i} of the batch: {exc}") from exc
+        return rgbs
 
     def _load(self, image: ImageInput, bgr: bool, alphas: list[np.ndarray | None] | None = None) -> np.ndarray:
         """HxWx3 RGB; with ``alphas``, the input's alpha plane (or None) is appended to that list."""
@@ -445,6 +477,24 @@ class Stylizer:
                     runner = self._styles[style_id] = self._runner(style_id)
         return runner
 
+    def _budget(self, runner: Runner) -> int:
+        """The memory budget of a style run: the caller's, else from the machine (GPU memory for a GPU runner)."""
+        if self.memory_budget is not None:
+            return self.memory_budget
+        name = runner.name.lower()
+        return default_budget(gpu="cuda" in name or "tensorrt" in name)
+
+    def _tiled_style(self, style_id: str) -> TiledStyle:
+        tiled = self._tiled.get(style_id)
+        if tiled is None:
+            with self._lock:
+                tiled = self._tiled.get(style_id)
+                if tiled is None:
+                    provider = self._provider if self._provider in ("cpu", "cuda") else None
+                    tiled = self._tiled[style_id] = TiledStyle(self.manifest.root, self.manifest.styles[style_id],
+                                                               provider=provider, verify=self._verify)
+        return tiled
+
     def _style(self, style_id: str, rgbs: list[np.ndarray], max_side: int | None) -> list[np.ndarray]:
         """Run one style graph on several images; each comes back at its own size."""
         spec = self.manifest.styles[style_id]
@@ -452,11 +502,20 @@ class Stylizer:
         inputs = [self._shrink(rgb, max_side) for rgb in rgbs]
         padded = [self._pad(x) for x in inputs]
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, p in enumerate(padded):
-            by_shape[p.shape].append(i)
         outs: list[np.ndarray | None] = [None] * len(rgbs)
+        budget = self._budget(runner)
+        # Whole if the estimate fits the budget, else tiled; MemoryBudgetError (before any run) if neither fits.
+        plans = [tile_plan(spec, p.shape[0], p.shape[1], budget, self.tile_mode) for p in padded]
+        for i, (p, plan) in enumerate(zip(padded, plans)):
+            if plan.mode == "whole":
+                by_shape[p.shape].append(i)
+                continue
+            log.info("Style %s in tiles: %s", style_id, plan.summary())
+            h, w = inputs[i].shape[:2]
+            outs[i] = self._grow(np.ascontiguousarray(self._tiled_style(style_id).run(p, plan)[:h, :w]), rgbs[i].shape)
         for shape, idx in by_shape.items():
-            per_run = max(1, BATCH_PIXELS // (shape[0] * shape[1]))
+            per_run = max(1, min(BATCH_PIXELS // (shape[0] * shape[1]),
+                                 budget // estimate_whole(spec, shape[0], shape[1])))
             for start in range(0, len(idx), per_run):
                 chunk = idx[start : start + per_run]
                 # One image: a view, no copy of the (up to 25 MB) frame; several: stacked.

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator
 import cv2
 import numpy as np
 
+from .coherence import Blender, CoherenceLog, CoherenceOptions, CoherenceReport, FlowTracker, FrameCoherence
 from .errors import InvalidArgumentError, InvalidImageError, NoFaceError, VideoReadError, note
 from .faces import Face
 
@@ -130,7 +131,8 @@ class StyledFrame:
     input's size, upright (a PyAV frame's display rotation applied). ``time``: seconds
     from the source (PyAV pts, capture position) or ``index / fps``. ``pts``,
     ``time_base``, ``rotation`` (degrees counter-clockwise, as PyAV reports it):
-    the source frame's, when it was a PyAV frame.
+    the source frame's, when it was a PyAV frame. ``coherence``: what temporal coherence did to this frame
+    (``emostyle_rt.coherence.FrameCoherence``; None when the stream neither blends nor measures).
     """
 
     image: np.ndarray
@@ -140,6 +142,7 @@ class StyledFrame:
     pts: int | None = None
     time_base: Fraction | None = None
     rotation: int = 0
+    coherence: FrameCoherence | None = None
 
 
 @dataclass(frozen=True)
@@ -393,6 +396,8 @@ class _Item:
     rotation: int = 0
     state: EmotionState | None = None
     out: np.ndarray | None = None
+    flow: Any = None  # Flow, FlowError or None (coherence): from the analysis stage
+    coherence: FrameCoherence | None = None
 
 
 @dataclass
@@ -528,8 +533,8 @@ def _run_source(frames: Any, fps: float | None, bgr: bool, live: bool, out: queu
                 pass
 
 
-def _run_analysis(timeline: EmotionTimeline | None, fixed: EmotionState | None, inq: queue.Queue,
-                  out: queue.Queue, stop: threading.Event) -> None:
+def _run_analysis(timeline: EmotionTimeline | None, fixed: EmotionState | None, flows: FlowTracker | None,
+                  inq: queue.Queue, out: queue.Queue, stop: threading.Event) -> None:
     try:
         while True:
             item = _get(inq, stop)
@@ -537,14 +542,16 @@ def _run_analysis(timeline: EmotionTimeline | None, fixed: EmotionState | None, 
                 _put(out, item, stop)
                 return
             item.state = fixed if timeline is None else timeline.step(item.rgb, item.index, item.time)
+            if flows is not None:  # the input's optical flow, overlapped with the style stage's work
+                item.flow = flows.step(item.rgb)
             if not _put(out, item, stop):
                 return
     except BaseException as exc:  # noqa: BLE001
         _put(out, _Failure(exc), stop)
 
 
-def _run_style(stylizer: Stylizer, batch: int, max_side: int | None, inq: queue.Queue, out: queue.Queue,
-               stop: threading.Event) -> None:
+def _run_style(stylizer: Stylizer, batch: int, max_side: int | None, blender: Blender | None, inq: queue.Queue,
+               out: queue.Queue, stop: threading.Event) -> None:
     pending: list[_Item] = []
 
     def key(it: _Item) -> tuple:
@@ -556,6 +563,9 @@ def _run_style(stylizer: Stylizer, batch: int, max_side: int | None, inq: queue.
             return True
         _style_items(stylizer, pending, max_side)
         for it in pending:
+            if blender is not None and it.out is not None:  # in frame order, after the (batched) style run
+                it.out, it.coherence = blender.apply(it.out, it.rgb, it.flow, it.state.emotion if it.state else "")
+                it.flow = None
             if not _put(out, it, stop):
                 return False
         pending.clear()
@@ -617,8 +627,17 @@ def stream(
     live: bool = False,
     initial: str | None = None,
     queue_frames: int = QUEUE_FRAMES,
+    coherence: str | CoherenceOptions | None = "off",
+    measure: bool = False,
 ) -> Generator[StyledFrame, None, None]:
-    """Styled frames of ``frames`` with their :class:`EmotionState`; see ``Stylizer.stream``."""
+    """Styled frames of ``frames`` with their :class:`EmotionState`; see ``Stylizer.stream``.
+
+    ``coherence``: "off", "flow" or ``CoherenceOptions`` (blend with the warped previous output,
+    ``emostyle_rt.coherence``); ``measure``: also fill each frame's warping error (``StyledFrame.coherence``).
+    """
+    coh = CoherenceOptions.of(coherence)
+    if not isinstance(measure, bool):
+        raise InvalidArgumentError("measure must be True or False." + note("a bool", repr(measure)))
     options = options or TemporalOptions()
     if not isinstance(options, TemporalOptions):
         raise InvalidArgumentError("options must be a TemporalOptions." + note("TemporalOptions", type(options).__name__))
@@ -637,22 +656,26 @@ def stream(
     else:
         timeline = EmotionTimeline(labels, styles, stylizer.classify, options, initial or default_initial(labels))
         fixed = None
-    return _pipeline(stylizer, frames, fps, bgr, live, timeline, fixed, batch, max_side, queue_frames)
+    return _pipeline(stylizer, frames, fps, bgr, live, timeline, fixed, batch, max_side, queue_frames, coh, measure)
 
 
 def _pipeline(stylizer: Stylizer, frames: Any, fps: float | None, bgr: bool, live: bool,
               timeline: EmotionTimeline | None, fixed: EmotionState | None, batch: int, max_side: int | None,
-              size: int) -> Generator[StyledFrame, None, None]:
+              size: int, coherence: CoherenceOptions, measure: bool) -> Generator[StyledFrame, None, None]:
+    # coherence state belongs to this stream alone: two streams styled at once never mix
+    tracked = coherence.mode != "off" or measure
+    flows = FlowTracker(coherence.flow_side) if tracked else None
+    blender = Blender(coherence, measure) if tracked else None
     stop = threading.Event()
     q1: queue.Queue = queue.Queue(maxsize=1 if live else size)
     q2: queue.Queue = queue.Queue(maxsize=size)
     q3: queue.Queue = queue.Queue(maxsize=size + batch)
     threads = [
         threading.Thread(target=_run_source, args=(frames, fps, bgr, live, q1, stop), name="emostyle-source", daemon=True),
-        threading.Thread(target=_run_analysis, args=(timeline, fixed, q1, q2, stop), name="emostyle-analysis",
+        threading.Thread(target=_run_analysis, args=(timeline, fixed, flows, q1, q2, stop), name="emostyle-analysis",
                          daemon=True),
-        threading.Thread(target=_run_style, args=(stylizer, batch, max_side, q2, q3, stop), name="emostyle-style",
-                         daemon=True),
+        threading.Thread(target=_run_style, args=(stylizer, batch, max_side, blender, q2, q3, stop),
+                         name="emostyle-style", daemon=True),
     ]
     for th in threads:
         th.start()
@@ -665,7 +688,8 @@ def _pipeline(stylizer: Stylizer, frames: Any, fps: float | None, bgr: bool, liv
                 return
             out, state = item.out if item.out is not None else item.rgb, item.state or fixed
             image = cv2.cvtColor(out, cv2.COLOR_RGB2BGR) if bgr else out
-            yield StyledFrame(image, item.index, item.time, state, item.pts, item.time_base, item.rotation)
+            yield StyledFrame(image, item.index, item.time, state, item.pts, item.time_base, item.rotation,
+                              item.coherence)
     finally:
         stop.set()
         for th in threads:
@@ -677,7 +701,8 @@ def _pipeline(stylizer: Stylizer, frames: Any, fps: float | None, bgr: bool, liv
 
 @dataclass(frozen=True)
 class VideoResult:
-    """What :func:`stylize_video` wrote: frame count, seconds, size (width, height), audio, style segments."""
+    """What :func:`stylize_video` wrote: frame count, seconds, size (width, height), audio, style segments,
+    and ``coherence`` (mode, frames blended / reset / flow failures, E_warp of the output and of the input)."""
 
     input: str
     output: str
@@ -689,6 +714,7 @@ class VideoResult:
     rotation: int
     segments: tuple[Segment, ...]
     wall_seconds: float
+    coherence: CoherenceReport | None = None
 
     @property
     def emotion(self) -> str:
@@ -700,10 +726,13 @@ class VideoResult:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dict (the report's entry for a video)."""
-        return {"kind": "video", "emotion": self.emotion, "frames": self.frames, "seconds": round(self.seconds, 3),
-                "fps": None if self.fps is None else round(self.fps, 3), "size": list(self.size), "audio": self.audio,
-                "rotation": self.rotation, "speed_fps": round(self.frames / self.wall_seconds, 2) if self.wall_seconds else None,
-                "segments": [s.summary() for s in self.segments]}
+        d = {"kind": "video", "emotion": self.emotion, "frames": self.frames, "seconds": round(self.seconds, 3),
+             "fps": None if self.fps is None else round(self.fps, 3), "size": list(self.size), "audio": self.audio,
+             "rotation": self.rotation, "speed_fps": round(self.frames / self.wall_seconds, 2) if self.wall_seconds else None,
+             "segments": [s.summary() for s in self.segments]}
+        if self.coherence is not None:
+            d["coherence"] = self.coherence.summary()
+        return d
 
 
 def stylize_video(
@@ -718,13 +747,17 @@ def stylize_video(
     overwrite: bool = False,
     progress: Callable[[StyledFrame, int], None] | None = None,
     before_commit: Callable[[VideoResult], None] | None = None,
+    coherence: str | CoherenceOptions | None = "off",
 ) -> VideoResult:
     """Style the video file ``src`` into ``dst`` (mp4, mov, mkv, webm, avi; the container follows ``dst``'s
     extension). Frame timing (variable too), size, audio and rotation are kept; ``dst`` appears only when
     complete (a temporary file in its folder until then). ``progress(frame, expected_frames)`` runs per
-    frame (0 when the file does not say); ``before_commit(result)`` just before the rename."""
+    frame (0 when the file does not say); ``before_commit(result)`` just before the rename. ``coherence``:
+    "off", "flow" or ``CoherenceOptions``; the result's ``coherence`` holds the output's and the input's
+    E_warp either way (measured with the stream's reduced-resolution flow)."""
     from . import videoio
 
+    coh = CoherenceOptions.of(coherence)
     dst = Path(dst)
     videoio.container_suffix(dst)
     if dst.exists() and not (overwrite and dst.is_file()):
@@ -738,9 +771,9 @@ def stylize_video(
         elif plan.mode == "drop":
             log.warning("%s: its audio is dropped: %s.", Path(src).name, plan.reason)
         sink = videoio.AudioSink(plan, reader.audio) if plan.mode in ("copy", "encode") else None
-        segs = SegmentLog()
+        segs, cohs = SegmentLog(), CoherenceLog(coh)
         frames = stream(stylizer, reader.frames(sink), fps=float(reader.fps) if reader.fps else None,
-                        emotion=emotion, max_side=max_side, options=options, batch=batch)
+                        emotion=emotion, max_side=max_side, options=options, batch=batch, coherence=coh, measure=True)
         writer: videoio.VideoWriter | None = None
         try:
             for f in frames:
@@ -749,6 +782,7 @@ def stylize_video(
                                                  display_matrix=reader.display_matrix, rotation=reader.rotation)
                 writer.write(f)
                 segs.add(f)
+                cohs.add(f.coherence)
                 if progress is not None:
                     progress(f, reader.expected_frames)
             if writer is None:
@@ -758,7 +792,7 @@ def stylize_video(
             seconds = segments[-1].end - segments[0].start if segments else 0.0
             result = VideoResult(str(src), str(dst), writer.frames, seconds, float(reader.fps) if reader.fps else None,
                                  writer.size or (0, 0), plan.summary(), reader.rotation, segments,
-                                 time.monotonic() - started)
+                                 time.monotonic() - started, cohs.report())
             if before_commit is not None:
                 before_commit(result)
             writer.commit()
@@ -803,11 +837,14 @@ def record_camera(
     max_side: int | None = None,
     progress: Callable[[StyledFrame], None] | None = None,
     before_commit: Callable[[VideoResult], None] | None = None,
+    coherence: str | CoherenceOptions | None = "off",
 ) -> VideoResult:
     """Style a camera into ``dst`` until ``seconds`` have passed, ``stop`` is set or the camera ends (frames are
-    dropped while the pipeline is busy; timestamps are the camera's arrival times). ``preview`` shows a window."""
+    dropped while the pipeline is busy; timestamps are the camera's arrival times). ``preview`` shows a window.
+    ``coherence``: as for :func:`stylize_video` (not measured: a camera has no time to spare)."""
     from . import videoio
 
+    coh = CoherenceOptions.of(coherence)
     dst = Path(dst)
     videoio.container_suffix(dst)
     stop = stop or threading.Event()
@@ -820,8 +857,9 @@ def record_camera(
                 return
             yield time.monotonic() - started, f
 
-    segs = SegmentLog()
-    out = stream(stylizer, frames(), bgr=True, live=True, options=options, emotion=emotion, max_side=max_side)
+    segs, cohs = SegmentLog(), CoherenceLog(coh)
+    out = stream(stylizer, frames(), bgr=True, live=True, options=options, emotion=emotion, max_side=max_side,
+                 coherence=coh)
     writer = videoio.VideoWriter(dst, fps=None, time_base=Fraction(1, 1000))
     try:
         for f in out:
@@ -831,6 +869,7 @@ def record_camera(
                     stop.set()
             writer.write(StyledFrame(cv2.cvtColor(f.image, cv2.COLOR_BGR2RGB), f.index, f.time, f.state))
             segs.add(f)
+            cohs.add(f.coherence)
             if progress is not None:
                 progress(f)
         if writer.frames == 0:
@@ -838,7 +877,8 @@ def record_camera(
         writer.finish()
         segments = segs.segments()
         result = VideoResult("camera", str(dst), writer.frames, segments[-1].end - segments[0].start, None,
-                             writer.size or (0, 0), "none", 0, segments, time.monotonic() - started)
+                             writer.size or (0, 0), "none", 0, segments, time.monotonic() - started,
+                             cohs.report() if coh.mode != "off" else None)
         if before_commit is not None:
             before_commit(result)
         writer.commit()

@@ -92,6 +92,7 @@ class ExportPlan:
     engines: EngineOptions | None = None  # build TensorRT engines for this GPU (implies fp16)
     aoti: Any = None  # aoti.AotiOptions: build AOTInductor packages of the style graphs
     detector: str | None = "mtcnn"  # the face detector put into the bundle (None: none, Haar at run time)
+    tiled: bool = True  # tiled-inference graphs of every style (emostyle_export.tiled), checked against the style graph
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -378,10 +379,19 @@ def _add_style(plan: ExportPlan, tmp: Path, step: _Steps, served: list[str], sid
     s_parity = parity.check_style(ckpt.model, ckpt.convention, tmp / rel, sid)
     step("style %s ok: max abs diff %.2f grey levels, PSNR %s dB", sid, s_parity.max_abs_diff,
          "inf" if s_parity.psnr_db is None else f"{s_parity.psnr_db:.1f}")
-    return StyleSpec(style_id=sid, onnx=rel, sha256=sha256_file(tmp / rel), input_name=INPUT_NAME,
+    spec = StyleSpec(style_id=sid, onnx=rel, sha256=sha256_file(tmp / rel), input_name=INPUT_NAME,
                      output_name=OUTPUT_NAME, convention=ckpt.convention, parity=s_parity.as_dict(),
                      fp16=_fp16(tmp, rel, "style", step) if want_fp16 else None, source=source,
                      convention_source=ckpt.convention_source)
+    return _tiled(tmp, spec, step) if plan.tiled else spec
+
+
+def _tiled(root: Path, spec: StyleSpec, step: _Steps) -> StyleSpec:
+    """``spec`` with its tiled-inference graphs made and checked (written into ``root``)."""
+    from .tiled import add_tiled
+
+    step("style %s: tiled-inference graphs (shared InstanceNorm statistics), checked tiled vs untiled", spec.style_id)
+    return add_tiled(root, spec, step)
 
 
 def _detector(root: Path, step: _Steps) -> DetectorSpec:
@@ -427,14 +437,17 @@ def _build_engines(root: Path, manifest: Manifest, opts: EngineOptions, step: _S
 
 
 def add_to_bundle(bundle: str | Path, engines: EngineOptions | None = None, *, fp16: bool = True,
-                  crop: CropSpec | None = None, detector: str | None = None, aoti: Any = None) -> Path:
+                  crop: CropSpec | None = None, detector: str | None = None, aoti: Any = None,
+                  tiled: bool | Sequence[str] = False) -> Path:
     """Add FP16 graphs (where missing), TensorRT engines or AOTInductor packages to an existing bundle.
 
     ``fp16=False`` adds no FP16 graphs (engines still need them); ``crop`` sets
     the classifier's crop spec (``classifier.crop``), the graphs are unchanged;
     ``detector="mtcnn"`` adds the MTCNN face detector when the bundle has none;
     ``aoti`` (:class:`emostyle_export.aoti.AotiOptions`) builds an AOTInductor
-    package of every style graph for this machine.
+    package of every style graph for this machine. ``tiled`` adds the
+    tiled-inference graphs to every style without current ones (or to the
+    style ids listed).
 
     New files get new names (AOTInductor packages go to a new folder swapped in
     once all passed their gate); the manifest, rewritten atomically at the end,
@@ -463,6 +476,16 @@ def add_to_bundle(bundle: str | Path, engines: EngineOptions | None = None, *, f
         for sid, st in m.styles.items():
             if fp16 and st.fp16 is None:
                 m = replace(m, styles={**m.styles, sid: replace(st, fp16=_fp16(root, st.onnx, "style", step))})
+                advance()
+    if tiled:
+        wanted = list(m.styles) if tiled is True else list(tiled)  # type: ignore[arg-type]
+        unknown = sorted(set(wanted) - set(m.styles))
+        if unknown:
+            raise ExportError(f"Bundle {root} has no style {unknown}." + note(sorted(m.styles), unknown))
+        todo_tiled = [sid for sid in wanted if m.styles[sid].tiled is None]
+        with _progress(len(todo_tiled), "tiled graphs") as advance:
+            for sid in todo_tiled:
+                m = replace(m, styles={**m.styles, sid: _tiled(root, m.styles[sid], step)})
                 advance()
     if engines is not None:
         m = _build_engines(root, m, engines, step)

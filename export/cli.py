@@ -39,6 +39,9 @@ examples:
   # the MTCNN face detector into a bundle made without one (the runtime then needs no Haar / OpenCV 4)
   emostyle-export --bundle engines/mine --detector mtcnn
 
+  # tiled-inference graphs (any photo size in bounded memory) into a bundle made without them
+  emostyle-export --bundle engines/mine --tiled
+
   # AOTInductor packages of the style networks for this machine (needs torch: the aoti extra)
   emostyle-export --bundle engines/mine --aoti                                  # CPU, fp32
   emostyle-export --bundle engines/mine --aoti --device cuda --precision fp16   # this GPU
@@ -66,6 +69,9 @@ when complete; an existing one is replaced only with --force.
 face detector (--detector, default mtcnn): MTCNN's P-Net, R-Net and O-Net from the mtcnn
 package, each within 1e-4 of its Keras network, the whole cascade finding the package's
 faces (IoU >= 0.9) on real photos; "none" leaves it out (the runtime then uses Haar).
+tiled graphs (default; --no-tiled leaves them out): per style, the graph cut at its InstanceNorms
+and with their statistics as inputs, so photos larger than the memory budget run in tiles with
+the whole image's statistics (no seams); checked tiled vs untiled on real photos (<= 1 grey level).
 
 classifier crop (--classifier-crop): how the classifier's TRAINING faces were cut; the
 runtime cuts its crops the same way. A preset, or key=value pairs over one
@@ -109,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=int, default=0, help="seed of the demo weights (default 0)")
     opt.add_argument("--detector", choices=("mtcnn", "none"), default=None,
                      help="face detector to put into the bundle (default mtcnn; with --bundle: add it)")
+    opt.add_argument("--tiled", action="store_true",
+                     help="with --bundle: add the tiled-inference graphs to styles without them (new exports "
+                          "have them by default)")
+    opt.add_argument("--no-tiled", action="store_true",
+                     help="new export without tiled-inference graphs (images over the memory budget then fail)")
     fast = p.add_argument_group("FP16 and TensorRT (see engines/README.md)")
     fast.add_argument("--fp16", action="store_true",
                       help="add mixed-precision FP16 graphs, verified on CPU against FP32 (PSNR >= 40 dB, same top-1)")
@@ -318,7 +329,7 @@ def plan_from_args(args: argparse.Namespace) -> Any:
                           + note('"mtcnn" or "none"', repr(detector)))
     return ExportPlan(classifier=classifier, styles=styles, classifier_scale=scale, labels=labels,
                       demo=args.demo, seed=args.seed, fp16=args.fp16, engines=engine_options(args),
-                      aoti=aoti_options(args),
+                      aoti=aoti_options(args), tiled=not args.no_tiled,
                       classifier_crop=classifier_crop(args, cfg), detector=None if detector == "none" else detector)
 
 
@@ -339,8 +350,10 @@ def needed_modules(args: argparse.Namespace) -> list[str]:
     fp16 = ["onnx", "onnxruntime", "onnxconverter_common", "skimage"]
     detector = ["tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "skimage", "mtcnn"]
     aoti = ["torch", "onnx", "onnxruntime", "skimage"] if args.aoti else []
+    tiled = ["onnx", "onnxruntime", "skimage"] if args.tiled else []
     if args.bundle is not None:
         wanted = (fp16 if args.fp16 or args.engines else []) + (detector if args.detector == "mtcnn" else []) + aoti
+        wanted += tiled
         return list(dict.fromkeys(wanted))
     full = ["torch", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "skimage"]
     full += ["mtcnn"] if args.detector != "none" else []
@@ -358,18 +371,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.bundle is not None:
             if args.output or args.demo or args.classifier or args.style or args.config:
-                raise ExportError("--bundle adds FP16 graphs / engines / AOTInductor packages / a face detector / a "
-                                  "crop spec to an existing bundle; it takes no -o or sources.")
+                raise ExportError("--bundle adds FP16 graphs / engines / AOTInductor packages / a face detector / tiled "
+                                  "graphs / a crop spec to an existing bundle; it takes no -o or sources.")
+            if args.no_tiled:
+                raise ExportError("--no-tiled is for new exports; with --bundle, tiled graphs are only added (--tiled)."
+                                  + note("--tiled or nothing", "--no-tiled"))
             if not (args.fp16 or args.engines or args.aoti or args.classifier_crop is not None
-                    or args.detector == "mtcnn"):
-                raise ExportError("--bundle needs --fp16, --engines, --aoti, --detector mtcnn or --classifier-crop."
-                                  + note("--fp16, --engines, --aoti, --detector mtcnn or --classifier-crop SPEC",
+                    or args.detector == "mtcnn" or args.tiled):
+                raise ExportError("--bundle needs --fp16, --engines, --aoti, --detector mtcnn, --tiled or --classifier-crop."
+                                  + note("--fp16, --engines, --aoti, --detector mtcnn, --tiled or --classifier-crop SPEC",
                                          "none of them"))
             crop = classifier_crop(args) if args.classifier_crop is not None else None
             aoti = aoti_options(args)
             require("emostyle-export", needed_modules(args), "export")
             dest = add_to_bundle(args.bundle, engine_options(args), fp16=args.fp16, crop=crop,
-                                 detector=args.detector if args.detector == "mtcnn" else None, aoti=aoti)
+                                 detector=args.detector if args.detector == "mtcnn" else None, aoti=aoti,
+                                 tiled=args.tiled)
         elif args.output is None:
             raise ExportError("No output folder." + note("-o DIR (or --bundle DIR with --fp16/--engines)", "none"))
         else:

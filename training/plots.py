@@ -70,7 +70,7 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
 def loss_curves(path: Path, history: Mapping[str, Sequence[float]], title: str) -> Path:
     """One panel per loss term (log scale): raw per-step values faint, a moving average on top."""
     plt = _pyplot()
-    terms = [k for k in ("total", "content", "style", "tv") if k in history and any(history[k])]
+    terms = [k for k in ("total", "content", "style", "tv", "temporal") if k in history and any(history[k])]
     fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)  # type: ignore[attr-defined]
     steps = np.arange(1, len(history["total"]) + 1)
     window = max(1, len(steps) // 50)

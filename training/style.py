@@ -70,6 +70,7 @@ class StyleConfig:
     content_weight: float = 1.0
     style_weight: float = 4e5
     tv_weight: float = 0.0
+    temporal_weight: float = 0.0  # temporal loss on synthetic motion (see .temporal); 0: off, the paper's
     content_layer: str = CONTENT_LAYER
     style_layers: tuple[str, ...] = STYLE_LAYERS
     style_layer_weights: tuple[float, ...] | None = None
@@ -142,7 +143,7 @@ def plan_style(config: StyleConfig, output: Path, work: Path | None = None) -> _
         _positive("steps", config.steps, integer=True)
     if config.style_size is not None:
         _positive("style_size", config.style_size, integer=True)
-    for name in ("content_weight", "style_weight", "tv_weight"):
+    for name in ("content_weight", "style_weight", "tv_weight", "temporal_weight"):
         value = getattr(config, name)
         if not (value >= 0 and math.isfinite(value)):
             raise TrainingError(f"--{name.replace('_', '-')} must be a number >= 0." + note(">= 0", value))
@@ -187,8 +188,11 @@ def plan_style(config: StyleConfig, output: Path, work: Path | None = None) -> _
 def _fingerprint(plan: _Plan) -> dict[str, Any]:
     cfg = plan.config.to_json()
     names = hashlib.sha256("\n".join(str(p.relative_to(plan.config.content)) for p in plan.files).encode())
-    return {**{k: cfg[k] for k in FINGERPRINT_FIELDS}, "style_sha256": plan.style_sha256,
-            "content_files": len(plan.files), "content_names_sha256": names.hexdigest()}
+    out = {**{k: cfg[k] for k in FINGERPRINT_FIELDS}, "style_sha256": plan.style_sha256,
+           "content_files": len(plan.files), "content_names_sha256": names.hexdigest()}
+    if plan.config.temporal_weight:  # only when on: checkpoints from before the option resume as they were
+        out["temporal_weight"] = cfg["temporal_weight"]
+    return out
 
 
 # ---------------------------------------------------------------- devices
@@ -329,8 +333,15 @@ class _Run:
             style, self.cfg.content_layer, self.cfg.style_layers, self.cfg.style_layer_weights,
             self.cfg.content_weight, self.cfg.style_weight, self.cfg.tv_weight,
         ).to(device, memory_format=self.memory_format)
+        self.motion = None
+        if self.cfg.temporal_weight:
+            from .temporal import MotionRange
+
+            self.motion = MotionRange()
         self.step = 0
         self.history: dict[str, list[float]] = {"content": [], "style": [], "tv": [], "total": []}
+        if self.motion is not None:  # a fifth curve only when the term is on
+            self.history = {"content": [], "style": [], "tv": [], "temporal": [], "total": []}
         self.skipped = SkipLog()
         self.step_seconds: list[float] = []
         self.preview_inputs: list[np.ndarray] = []
@@ -439,11 +450,24 @@ class _Run:
         with self._autocast():
             y = self.net(x)
             terms = self.loss(y, x)
-        terms.total.backward()
+            parts, total = [terms.content, terms.style, terms.tv], terms.total
+            if self.motion is not None:
+                parts.append(self.cfg.temporal_weight * self.temporal_term(x, y))
+                total = total + parts[-1]
+        total.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        values = torch.stack([terms.content, terms.style, terms.tv]).float().tolist()  # one device sync
-        return {"content": values[0], "style": values[1], "tv": values[2], "total": sum(values)}
+        values = torch.stack([p.float() for p in parts]).tolist()  # one device sync
+        out = dict(zip(("content", "style", "tv", "temporal"), values))
+        return {**out, "total": sum(values)}
+
+    def temporal_term(self, x: Any, y: Any) -> Any:
+        """Unweighted temporal loss: a synthetic next frame of ``x`` (motion drawn from the step-seeded RNG)."""
+        from .temporal import synthetic_next, temporal_loss
+
+        moved = synthetic_next(x.float(), self.motion)
+        y_next = self.net(moved.next.contiguous(memory_format=self.memory_format))
+        return temporal_loss(y_next, y, moved)
 
     def batches(self) -> Any:
         import torch
@@ -460,8 +484,9 @@ class _Run:
         """One log line per checkpoint (what the progress bar shows, for logs of unattended runs)."""
         n = min(self.cfg.checkpoint_every, len(self.step_seconds))
         recent = {k: float(np.nanmean(v[-n:])) for k, v in self.history.items()}
-        log.info("step %d/%d: content %.4g, style %.4g, tv %.4g (mean of the last %d steps), %.3g steps/s",
-                 self.step, self.plan.total_steps, recent["content"], recent["style"], recent["tv"], n,
+        log.info("step %d/%d: content %.4g, style %.4g, tv %.4g%s (mean of the last %d steps), %.3g steps/s",
+                 self.step, self.plan.total_steps, recent["content"], recent["style"], recent["tv"],
+                 f", temporal {recent['temporal']:.4g}" if "temporal" in recent else "", n,
                  n / max(sum(self.step_seconds[-n:]), 1e-9))
 
     def run(self, progress: bool) -> None:
@@ -490,7 +515,8 @@ class _Run:
                 for k, v in values.items():
                     self.history[k].append(v)
                 bar.update(1)
-                bar.set_postfix({k: f"{values[k]:.3g}" for k in ("content", "style", "tv")}, refresh=False)
+                shown = ("content", "style", "tv", "temporal")
+                bar.set_postfix({k: f"{values[k]:.3g}" for k in shown if k in values}, refresh=False)
                 if not math.isfinite(values["total"]) and x is not None:
                     self.save_checkpoint()
                     raise TrainingError(
@@ -513,6 +539,20 @@ def _median_steady(seconds: Sequence[float]) -> float | None:
     return float(np.median(s)) if s else None
 
 
+def _temporal_report(cfg: StyleConfig, first: dict[str, float], last: dict[str, float]) -> dict[str, Any]:
+    """The temporal loss's settings and figures for report.json (what it costs: benchmarks/temporal_training.py)."""
+    from .temporal import MotionRange
+
+    w = cfg.temporal_weight
+    return {"weight": w, "motion": dataclasses.asdict(MotionRange()),
+            "unweighted_first": first["temporal"] / w if "temporal" in first else None,
+            "unweighted_last": last["temporal"] / w if "temporal" in last else None,
+            "share_of_last_total": last["temporal"] / last["total"] if last.get("total") else None,
+            "what": "mean squared RGB difference (0..1) between the styled synthetic next frame and the styled "
+                    "crop warped by the known motion, over pixels kept in view; the weighted term is in "
+                    "last_losses.temporal"}
+
+
 def _output_dict(run: _Run) -> dict[str, Any]:
     """The authors' checkpoint layout: metadata + ``state_dict`` (up1/up2/up3 keys) + ``optimizer_state``."""
     cfg, plan = run.cfg, run.plan
@@ -523,6 +563,7 @@ def _output_dict(run: _Run) -> dict[str, Any]:
         "content_weight": float(cfg.content_weight),
         "style_weight": float(cfg.style_weight),
         "tv_weight": float(cfg.tv_weight),
+        "temporal_weight": float(cfg.temporal_weight),
         "num_of_datapoints": len(plan.files) - run.skipped.count,
         "state_dict": authors_state_dict(run.net),
         "optimizer_state": run.optimizer.state_dict(),
@@ -604,6 +645,8 @@ def train_style(config: StyleConfig, output: str | Path, *, work: str | Path | N
               "skipped_images": {"count": run.skipped.count, "files": run.skipped.files},
               "first_losses": first, "last_losses": last, "median_step_s": result.median_step_s,
               "device": str(device), "seconds_this_session": round(result.seconds, 2)}
+    if config.temporal_weight:
+        report["temporal"] = _temporal_report(config, first, last)
     write_bytes_atomic(plan.work / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     if run.skipped.count:
         log.warning("%d unreadable content image(s) skipped; see %s", run.skipped.count, plan.work / "report.json")

@@ -77,6 +77,9 @@ CPU_MEMORY_ENV = "EMOSTYLE_CPU_MEMORY"
 #: uses every core (intra-op threads), so 2 at a time loses no throughput.
 DEFAULT_CPU_CONCURRENCY = 2
 CPU_CONCURRENCY_ENV = "EMOSTYLE_CPU_CONCURRENCY"
+#: Intra-op threads of each session ($EMOSTYLE_CPU_THREADS; unset or 0: onnxruntime's default, one per
+#: physical core). Processes that share the cores set a share each: emostyle_ray's CPU actors set 1.
+CPU_THREADS_ENV = "EMOSTYLE_CPU_THREADS"
 #: With the shared arena, a run with more input pixels than this shrinks the arena
 #: afterwards, so one huge photo does not pin gigabytes for the process' life.
 SHRINK_ABOVE_PIXELS = 1 << 23  # 8.4 Mpx, e.g. 3840x2160; a 1080p run keeps its memory
@@ -282,6 +285,14 @@ _cpu_slots_lock = threading.Lock()
 _cpu_slots: threading.BoundedSemaphore | None = None
 
 
+def cpu_threads() -> int:
+    """Intra-op threads for sessions that were given none: $EMOSTYLE_CPU_THREADS, else 0 (onnxruntime's default)."""
+    text = os.environ.get(CPU_THREADS_ENV) or "0"
+    if not text.isdigit():
+        raise BackendError(f"Bad {CPU_THREADS_ENV}={text!r}." + note("an integer >= 0 (0: one per core)", text))
+    return int(text)
+
+
 def cpu_slots() -> threading.BoundedSemaphore:
     """The process' CPU run slots (created on first use from $EMOSTYLE_CPU_CONCURRENCY)."""
     global _cpu_slots
@@ -441,7 +452,7 @@ class OrtRunner:
             memory = "shrink"
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: no per-node placement warnings
-        opts.intra_op_num_threads = intra_op_threads
+        opts.intra_op_num_threads = intra_op_threads or cpu_threads()
         if memory == "shared":
             opts.add_session_config_entry("session.use_env_allocators", "1")
         provider_options = dict(provider_options or {})

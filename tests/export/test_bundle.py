@@ -80,7 +80,11 @@ def test_user_bundle_dedup_families_and_grey_classifier(sources: dict[str, Path]
     c = raw["classifier"]
     assert (c["input"]["channels"], c["input"]["height"], c["scale"]) == (1, 64, "-1..1")
     assert c["source"]["sha256"] == bundle_mod.source_digest(sources["classifier"])
-    assert sorted(p.name for p in (dest / "styles").iterdir()) == sorted(Path(s["onnx"]).name for s in raw["styles"].values())
+    assert sorted(p.name for p in (dest / "styles").iterdir() if p.is_file()) == sorted(
+        Path(s["onnx"]).name for s in raw["styles"].values())
+    # every style also has its tiled-inference graphs (issue 16), in a folder named after it
+    assert sorted(p.name for p in (dest / "styles").iterdir() if p.is_dir()) == sorted(
+        Path(s["onnx"]).stem + ".tiled" for s in raw["styles"].values())
     load_manifest(dest)
 
 

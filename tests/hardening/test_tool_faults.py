@@ -285,7 +285,7 @@ def test_bench_list_paths_says_what_runs_here(capsys: pytest.CaptureFixture[str]
 
     assert bench_cli.main(["--list-paths"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.split()[:1] in (["detect"], ["classify"],
-                                                                                      ["style"], ["chain"])]
+                                                                                      ["style"], ["chain"], ["video"])]
     from emostyle_bench.paths import default_paths
 
     assert len(lines) == len(default_paths())

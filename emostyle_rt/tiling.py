@@ -1,0 +1,649 @@
+"""Tiled style inference in bounded memory, with the InstanceNorm statistics of the whole image.
+
+A style network's memory grows with the pixels (about 1.1 kB per pixel on CPU:
+12 MP needs 13 GB). Cut into tiles, each tile would get its own InstanceNorm
+statistics and the tiles would differ in tone (seams). So every tile is given
+the same statistics, in one of two ways (:data:`TILE_MODES`):
+
+- ``"exact"``: the graph runs layer by layer (``segments``: the style graph cut
+  before each InstanceNorm), each over the whole image in strips with that
+  layer's small halo; the per-channel sums and sums of squares of the next
+  InstanceNorm's input are accumulated over the strips (float64). Whole-image
+  activations are spooled to a temporary folder on disk (float32 files read and
+  written with ``pread``/``pwrite``, never mapped, removed at the end, also on
+  error). The result equals the untiled run up to float error.
+- ``"fast"``: the statistics come from one run of the ``stats`` graph on a copy
+  downscaled to a long side of :data:`STATS_SIDE`; the ``tile`` graph (statistics
+  as inputs) then runs on overlapping full-resolution tiles of one fixed shape
+  with a halo of the network's receptive field, whose interiors are stitched.
+
+:func:`plan` decides: a run whose estimate fits the memory budget goes whole
+(unchanged); one that does not is tiled with tiles sized to the budget; one that
+cannot be made to fit is refused with :class:`MemoryBudgetError` naming the
+minimum, before anything runs. Estimates: activation bytes per pixel come from
+the graphs (``bytes_per_pixel`` in the manifest's ``tiled`` blocks, the largest
+set of tensors alive at once), times :data:`CALIBRATION` (measured against
+onnxruntime's peak RSS on CPU), plus the image buffers.
+
+Only numpy, OpenCV and onnxruntime are used. See docs/tiling.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import cv2
+import numpy as np
+
+from .backends.onnxruntime import OrtRunner
+from .errors import BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
+from .fsutil import sha256_file
+from .manifest import StyleSpec, TiledGraph, TiledSpec
+
+log = logging.getLogger(__name__)
+
+#: The two ways tiles share statistics. The default is chosen by measurement (docs/tiling.md, benchmarks/tiling.py).
+TILE_MODES = ("exact", "fast")
+DEFAULT_TILE_MODE = "exact"
+#: Long side of the copy the fast mode takes its statistics from.
+STATS_SIDE = 1024
+#: The smallest statistics copy the fast mode shrinks to when the budget is small.
+MIN_STATS_SIDE = 256
+#: The exact mode's strips hold the working set of this many pixels of its heaviest segment (lighter segments
+#: get taller strips; all get smaller ones when the budget asks): big enough that onnxruntime runs at full
+#: speed, small enough to leave most of the budget to the spool's RAM part.
+STRIP_PIXELS = 1 << 18
+#: Peak RSS growth of an onnxruntime CPU run per byte of the graph's live activations (``bytes_per_pixel``):
+#: onnxruntime's arena rounding and convolution buffers. Measured on the demo style graph (517 B/px of live
+#: activations; benchmarks/tiling.py --calibrate): untiled 2.14x at 0.26-2.1 MP, 2.52x at 4.2 MP (the arena
+#: grows by powers of two); the tile graph 2.0x (slope) at 0.26-1 MP. Rounded up, so estimates err high.
+CALIBRATION = 2.5
+#: The same for the exact mode's segments (one or two convolutions each, plus the strip buffers numpy holds:
+#: input copy, output, statistics temporaries): 3.2x slope + 78 MB measured at 64-256 rows of 2048 px.
+SEGMENT_CALIBRATION = 3.5
+#: Bytes per pixel of the image buffers a style run holds besides the graph's activations:
+#: the padded input copy, the output and its cropped copy (uint8 RGB each).
+IMAGE_BYTES_PER_PIXEL = 9
+#: Memory a run needs whatever its size (session buffers, arena chunks, numpy temporaries).
+RUN_OVERHEAD = 64 << 20
+#: Activation bytes per pixel assumed for a style graph whose bundle has no tiled graphs (the
+#: TransformerNet of export/models, as the export measures it).
+FALLBACK_BYTES_PER_PIXEL = 517.0
+#: The default budget is this fraction of the memory available when the run starts.
+BUDGET_FRACTION = 0.75
+#: Device budget when a GPU provider runs and its free memory cannot be read.
+GPU_DEFAULT_BUDGET = 4 << 30
+#: Where the exact mode spools activations ($EMOSTYLE_SPOOL_DIR, else the system's temp folder).
+SPOOL_ENV = "EMOSTYLE_SPOOL_DIR"
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_memory(value: int | float | str) -> int:
+    """A memory size in bytes: an int, or text such as "2GB", "512MiB", "1.5G", "3000000000"."""
+    if isinstance(value, bool):
+        raise MemoryBudgetError("A memory size cannot be a bool." + note('bytes, or text such as "2GB"', repr(value)))
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value <= 0:
+            raise MemoryBudgetError("A memory size must be positive." + note("bytes > 0", repr(value)))
+        return int(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        unit = m.group(2).lower() if m else ""
+        if m and unit in _UNITS and float(m.group(1)) > 0:
+            return int(float(m.group(1)) * _UNITS[unit])
+    raise MemoryBudgetError(f"Cannot read the memory size {value!r}."
+                            + note('a positive size such as "2GB", "512MiB", "1.5G" or bytes', repr(value)))
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people: "1.9 GB", "412 MB"."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def host_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (Linux); None elsewhere."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def gpu_free(device: int = 0) -> int | None:
+    """Free memory of CUDA device ``device`` from the driver (cuMemGetInfo in its primary context); None if unknown."""
+    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1"]
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        dev, ctx = ctypes.c_int(0), ctypes.c_void_p()
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        try:
+            if lib.cuInit(0) or lib.cuDeviceGet(ctypes.byref(dev), device) \
+                    or lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev):
+                return None
+            try:
+                if lib.cuCtxPushCurrent_v2(ctx):
+                    return None
+                ok = lib.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)) == 0
+                lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+                return int(free.value) if ok else None
+            finally:
+                lib.cuDevicePrimaryCtxRelease_v2(dev)
+        except AttributeError:
+            return None
+    return None
+
+
+def default_budget(gpu: bool = False) -> int:
+    """The budget when none is given: :data:`BUDGET_FRACTION` of the available host memory (or GPU memory).
+
+    Without /proc/meminfo (not Linux) the host budget is unlimited (the run goes
+    whole, as before tiling existed); a GPU whose free memory cannot be read gets
+    :data:`GPU_DEFAULT_BUDGET`.
+    """
+    if gpu:
+        free = gpu_free()
+        return int(free * BUDGET_FRACTION) if free else GPU_DEFAULT_BUDGET
+    avail = host_available()
+    return int(avail * BUDGET_FRACTION) if avail else 1 << 62
+
+
+# -- planning -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one style run goes: ``mode`` "whole", "fast" or "exact"; estimates in bytes.
+
+    ``window``: the fast mode's fixed tile shape (h, w) incl. halos; ``strips``:
+    the exact mode's rows per strip, one per segment; ``tiles``: runs of the tile
+    graph (fast) or of all segments (exact); ``minimum``: the smallest budget
+    this image runs in with ``mode`` (0 for "whole").
+    """
+
+    mode: str
+    height: int  # padded to the graph's size multiple
+    width: int
+    estimate: int
+    budget: int
+    window: tuple[int, int] | None = None
+    strips: tuple[int, ...] = ()
+    tiles: int = 1
+    halo: int = 0
+    minimum: int = 0
+    spool_ram: int = 0  # exact: bytes of whole-image activations kept in RAM (the rest goes to disk)
+    spool_disk: int = 0  # exact: bytes written to the spool folder
+    stats_side: int | None = None  # fast: long side of the statistics copy
+
+    def summary(self) -> str:
+        """One line for logs: mode, tiles, estimate against budget."""
+        if self.mode == "fast" and self.window:
+            what = (f"fast, {self.tiles} tiles of {self.window[0]}x{self.window[1]}, statistics from a "
+                    f"{self.stats_side} px copy")
+        elif self.mode == "exact":
+            what = f"exact, {self.tiles} strip runs, spool {format_bytes(self.spool_disk)} on disk"
+        else:
+            what = "untiled"
+        return (f"{self.width}x{self.height}: {what}, estimate {format_bytes(self.estimate)} of a "
+                f"{format_bytes(self.budget)} budget")
+
+
+def activation_bytes(bytes_per_pixel: float, pixels: int, calibration: float = CALIBRATION) -> int:
+    """Estimated peak memory of one onnxruntime run of a graph with ``bytes_per_pixel`` live activations."""
+    return int(calibration * bytes_per_pixel * pixels) + RUN_OVERHEAD
+
+
+def estimate_whole(style: StyleSpec, height: int, width: int, batch: int = 1) -> int:
+    """Estimated peak memory (bytes) of running ``style`` untiled on ``batch`` padded images of height x width."""
+    bpp = style.tiled.bytes_per_pixel if style.tiled else FALLBACK_BYTES_PER_PIXEL
+    px = height * width * batch
+    return activation_bytes(bpp, px) + IMAGE_BYTES_PER_PIXEL * px
+
+
+def cells(length: int, window: int, halo: int, align: int) -> list[tuple[int, int, int]]:
+    """Split ``length`` into cells (start, end) and a window start each: windows of ``window`` px hold cell + halo.
+
+    Cells are multiples of ``align`` (so are ``length``, ``window`` and ``halo``);
+    every window has the same size (shifted inward at the borders), unless it
+    covers the whole length. Deterministic: it depends on the sizes only.
+    """
+    if window >= length:
+        return [(0, length, 0)]
+    units = length // align
+    for n in range(2, units + 1):
+        base, rem = divmod(units, n)
+        bounds = [0]
+        for i in range(n):
+            bounds.append(bounds[-1] + (base + (i < rem)) * align)
+        spans = [(max(0, a - halo), min(length, b + halo)) for a, b in zip(bounds, bounds[1:])]
+        if all(e - s <= window for s, e in spans):
+            return [(a, b, min(max(0, a - halo), length - window)) for a, b in zip(bounds, bounds[1:])]
+    raise MemoryBudgetError(f"A tile of {window} px cannot hold one {align} px cell with a {halo} px halo on each side."
+                            + note(f"tiles >= {align + 2 * halo} px", window))
+
+
+def _floor(x: float, align: int) -> int:
+    return int(x // align) * align
+
+
+def plan(style: StyleSpec, height: int, width: int, budget: int, mode: str = DEFAULT_TILE_MODE, *,
+         force: bool = False, stats_side: int = STATS_SIDE) -> TilePlan:
+    """The plan for one padded ``height`` x ``width`` image: whole if it fits ``budget`` (and not ``force``), else tiled.
+
+    MemoryBudgetError, naming the smallest budget that works, when neither fits;
+    also when the bundle has no tiled graphs for ``style`` and the whole run does not fit.
+    """
+    if mode not in TILE_MODES:
+        raise InvalidArgumentError(f"Unknown tile mode {mode!r}." + note(" or ".join(TILE_MODES), repr(mode)))
+    whole = estimate_whole(style, height, width)
+    if whole <= budget and not force:
+        return TilePlan("whole", height, width, whole, budget)
+    spec = style.tiled
+    if spec is None:
+        raise MemoryBudgetError(
+            f"A {width}x{height} image needs about {format_bytes(whole)} untiled, over the memory budget of "
+            f"{format_bytes(budget)}, and style {style.style_id!r} has no tiled graphs to run it in tiles. Add them "
+            f"with: emostyle-export --bundle DIR --tiled (or pass max_side / --max-side)."
+            + note(f"a budget >= {format_bytes(whole)}, or tiled graphs", format_bytes(budget)))
+    images = IMAGE_BYTES_PER_PIXEL * height * width
+    a, h = spec.align, spec.halo
+    if mode == "fast":
+        # The statistics run and the tile runs share onnxruntime's arena, which keeps the first's chunks: the
+        # estimate is their sum (measured: 2.29 GB peak with 20 tiles of 1084x1088 after a 768 px statistics
+        # run, where the larger of the two was 1.46 GB). The statistics copy shrinks (from stats_side down
+        # to MIN_STATS_SIDE) while it takes more than half of what is left.
+        side = stats_side
+        while True:
+            s = stats_shape(height, width, side, a)
+            stats = activation_bytes(spec.stats.bytes_per_pixel, s[0] * s[1])
+            if 2 * stats + images <= budget or side <= MIN_STATS_SIDE:
+                break
+            side = max(MIN_STATS_SIDE, side * 3 // 4)
+        min_win = (min(height, a + 2 * h), min(width, a + 2 * h))
+        s_min = stats_shape(height, width, MIN_STATS_SIDE, a)
+        minimum = images + activation_bytes(spec.stats.bytes_per_pixel, s_min[0] * s_min[1]) \
+            + activation_bytes(spec.tile.bytes_per_pixel, min_win[0] * min_win[1])
+        room = (budget - images - stats - RUN_OVERHEAD) / (CALIBRATION * max(spec.tile.bytes_per_pixel, 1.0))
+        if budget < minimum:
+            raise _too_small(height, width, budget, minimum, mode)
+        side = max(_floor(math.sqrt(max(room, 0)), a), min_win[0], min_win[1])
+        wh = min(height, side)
+        ww = min(width, max(_floor(room / wh, a), min_win[1]))
+        while wh > min_win[0] and wh * ww > room:
+            wh -= a
+        ys, xs = cells(height, wh, h, a), cells(width, ww, h, a)
+        est = images + stats + activation_bytes(spec.tile.bytes_per_pixel, wh * ww)
+        if est > budget:  # the smallest tile beside this statistics run does not fit
+            raise _too_small(height, width, budget, max(minimum, est), mode)
+        return TilePlan("fast", height, width, est, budget, window=(wh, ww), tiles=len(ys) * len(xs), halo=h,
+                        minimum=minimum, stats_side=max(s))
+    strips, worst, minimum, runs = [], 0, images, 0
+    # Every segment's strip (halos included) holds about the working set of STRIP_PIXELS of the heaviest
+    # segment: light ones (quarter resolution, most of the arithmetic) get taller strips, so their halo
+    # rows are recomputed less often (64-row strips with 4-row halos recompute 12.5%).
+    cap = SEGMENT_CALIBRATION * max(max(g.bytes_per_pixel, 1.0) for g in spec.segments) * STRIP_PIXELS
+    for g in spec.segments:
+        per_row = SEGMENT_CALIBRATION * max(g.bytes_per_pixel, 1.0) * width
+        minimum = max(minimum, images + activation_bytes(g.bytes_per_pixel, width * min(height, a + 2 * g.halo),
+                                                         SEGMENT_CALIBRATION))
+        target = _floor(cap / per_row - 2 * g.halo, a)
+        rows = min(height, target, _floor((budget - images - RUN_OVERHEAD) / per_row - 2 * g.halo, a))
+        rows = max(rows, a)
+        strips.append(rows)
+        runs += math.ceil(height / rows)
+        worst = max(worst, activation_bytes(g.bytes_per_pixel, width * min(height, rows + 2 * g.halo),
+                                            SEGMENT_CALIBRATION))
+    if budget < minimum:
+        raise _too_small(height, width, budget, minimum, mode)
+    ram = max(0, budget - images - worst)
+    peak, disk, _ = spool_layout(spec, height, width, ram)
+    return TilePlan("exact", height, width, images + worst + peak, budget, strips=tuple(strips), tiles=runs, halo=h,
+                    minimum=minimum, spool_ram=ram, spool_disk=disk)
+
+
+def _too_small(height: int, width: int, budget: int, minimum: int, mode: str) -> MemoryBudgetError:
+    return MemoryBudgetError(
+        f"The memory budget of {format_bytes(budget)} is too small to style a {width}x{height} image, even in the "
+        f"smallest tiles ({mode} mode)." + note(f"a budget of at least {format_bytes(minimum)} ({minimum} bytes)",
+                                                format_bytes(budget)))
+
+
+def stats_shape(height: int, width: int, side: int | None, align: int) -> tuple[int, int]:
+    """The padded size of the fast mode's statistics copy: long side ``side`` (None or larger: the image itself)."""
+    if side is None or max(height, width) <= side:
+        return height, width
+    s = side / max(height, width)
+    h, w = max(align, round(height * s)), max(align, round(width * s))
+    return h + (-h % align), w + (-w % align)
+
+
+# -- the spool (exact mode) ---------------------------------------------------
+
+
+class _Spool:
+    """Whole-image float32 activations (C x H x W each): in RAM up to ``ram_limit`` bytes, else in files.
+
+    A tensor goes to RAM when it fits beside those already there when it is
+    created, else to a file in a temporary folder, written and read by rows with
+    pwrite/preadv (not memory-mapped: mapped pages would count in the process'
+    RSS). The decision depends on the sizes only (:func:`spool_layout` predicts
+    it). :meth:`close` removes the folder (also on error).
+    """
+
+    def __init__(self, ram_limit: int = 0, root: str | None = None) -> None:
+        self.ram_limit, self.ram_used, self.ram_peak, self.disk_bytes = ram_limit, 0, 0, 0
+        self._root = root
+        self.dir: str | None = None
+        self._ram: dict[str, np.ndarray] = {}
+        self._free: dict[tuple[int, ...], np.ndarray] = {}
+        self._files: dict[str, tuple[int, int, int, int]] = {}  # name -> (fd, C, H, W)
+        self._made = 0
+
+    def create(self, name: str, channels: int, height: int, width: int) -> None:
+        size = 4 * channels * height * width
+        shape = (channels, height, width)
+        if self.ram_used + size <= self.ram_limit:
+            # a dropped tensor's buffer of the same shape is reused (its pages are mapped already); another
+            # shape's is let go first if both would not fit (held memory never exceeds the limit)
+            buf = self._free.pop(shape, None)
+            if buf is None and sum(b.nbytes for b in self._free.values()) + self.ram_used + size > self.ram_limit:
+                self._free = {}
+            self._ram[name] = buf if buf is not None else np.empty(shape, np.float32)
+            self.ram_used += size
+            self.ram_peak = max(self.ram_peak, self.ram_used)
+            return
+        if self.dir is None:
+            self.dir = tempfile.mkdtemp(prefix="emostyle-tiles-", dir=spool_root(self._root))
+        path = os.path.join(self.dir, f"t{self._made}.f32")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._made += 1
+        try:  # unlinked at once: its space comes back when it is dropped, or when the process dies
+            os.unlink(path)
+        except OSError:  # Windows cannot unlink an open file: close() removes the folder
+            pass
+        self.disk_bytes += size
+        self._files[name] = (fd, channels, height, width)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._files or name in self._ram
+
+    def write(self, name: str, row: int, block: np.ndarray) -> None:
+        """Rows ``row:row + block.shape[1]`` of every channel from ``block`` (C x rows x W, float32)."""
+        if name in self._ram:
+            self._ram[name][:, row:row + block.shape[1]] = block
+            return
+        fd, c, h, w = self._files[name]
+        for ch in range(c):
+            data = memoryview(np.ascontiguousarray(block[ch], np.float32)).cast("B")
+            offset, done = (ch * h + row) * w * 4, 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], offset + done)
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of every channel as a 1 x C x rows x W float32 array."""
+        if name in self._ram:
+            return np.ascontiguousarray(self._ram[name][:, start:stop])[None]
+        fd, c, h, w = self._files[name]
+        out = np.empty((1, c, stop - start, w), np.float32)
+        for ch in range(c):
+            view = memoryview(out[0, ch]).cast("B")
+            offset, done = (ch * h + start) * w * 4, 0
+            while done < len(view):
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n <= 0:
+                    raise EmostyleError(f"The tile spool {self.dir} was truncated while running (disk full?)."
+                                        + note(f"{len(view)} bytes", done))
+                done += n
+        return out
+
+    def drop(self, name: str) -> None:
+        if name in self._ram:
+            buf = self._ram.pop(name)
+            self.ram_used -= buf.nbytes
+            self._free = {buf.shape: buf}  # kept for reuse; create() lets it go before the limit is passed
+        else:
+            os.close(self._files.pop(name)[0])
+
+    def close(self) -> None:
+        for name in list(self._files) + list(self._ram):
+            self.drop(name)
+        self._free = {}
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _spool_events(spec: TiledSpec) -> Iterator[tuple[int, str, Any]]:
+    """(segment, "create" | "drop", tensor) in the order the exact mode does them."""
+    segs = spec.segments
+    last_use = {t.name: i for i, g in enumerate(segs) for t in g.inputs}
+    for i, g in enumerate(segs):
+        if i < len(segs) - 1 and not g.stats_only:
+            for t in g.outputs:
+                yield i, "create", t
+        for t in g.inputs:
+            if last_use.get(t.name) == i and t.name != segs[0].inputs[0].name:
+                yield i, "drop", t
+
+
+def spool_layout(spec: TiledSpec, height: int, width: int, ram_limit: int) -> tuple[int, int, int]:
+    """(peak RAM, bytes written to disk, peak bytes on disk) of the exact mode's spool, as :class:`_Spool` places it."""
+    used = peak = disk = on_disk = disk_peak = 0
+    where: dict[str, int] = {}
+    files: dict[str, int] = {}
+    for _, what, t in _spool_events(spec):
+        size = 4 * t.channels * (height // t.scale) * (width // t.scale)
+        if what == "create":
+            if used + size <= ram_limit:
+                used += size
+                peak = max(peak, used)
+                where[t.name] = size
+            else:
+                disk += size
+                on_disk += size
+                files[t.name] = size
+                disk_peak = max(disk_peak, on_disk)
+        elif t.name in where:
+            used -= where.pop(t.name)
+        elif t.name in files:
+            on_disk -= files.pop(t.name)
+    return peak, disk, disk_peak
+
+
+def spool_root(spool_dir: str | None = None) -> str:
+    """The folder the spool's temporary folder goes into: ``spool_dir``, else $EMOSTYLE_SPOOL_DIR, else the temp folder."""
+    return spool_dir or os.environ.get(SPOOL_ENV) or tempfile.gettempdir()
+
+
+# -- running ------------------------------------------------------------------
+
+
+class TiledStyle:
+    """The tiled graphs of one style, loaded on first use (onnxruntime; sha256 checked when a graph loads).
+
+    ``provider``: as ``make_runner`` ("cpu", "cuda", None: the best usable; the
+    TensorRT EP is not used for these graphs: CUDA instead). ``threads``:
+    onnxruntime intra-op threads (0: onnxruntime's default).
+    """
+
+    def __init__(self, bundle: str | os.PathLike, style: StyleSpec, *, provider: str | None = None,
+                 threads: int = 0, verify: bool = True) -> None:
+        if style.tiled is None:
+            raise BundleError(f"Style {style.style_id!r} has no tiled graphs."
+                              + note("a tiled block (emostyle-export --bundle DIR --tiled)", "none"))
+        self.root, self.style, self.spec = Path(bundle), style, style.tiled
+        if provider is None:
+            from .backends.onnxruntime import choose_providers
+
+            provider = "cuda" if "CUDAExecutionProvider" in choose_providers(None) else "cpu"
+        self.provider, self.threads, self.verify = provider, threads, verify
+        self._runners: dict[str, OrtRunner] = {}
+        self._lock = threading.Lock()
+        self.last_spool: tuple[int, int] = (0, 0)  # (peak RAM, bytes on disk) of the last exact run
+
+    def runner(self, graph: TiledGraph) -> OrtRunner:
+        r = self._runners.get(graph.onnx)
+        if r is None:
+            with self._lock:
+                r = self._runners.get(graph.onnx)
+                if r is None:
+                    path = self.root / graph.onnx
+                    if self.verify and sha256_file(path) != graph.sha256:
+                        raise BundleError(f"Bundle file {path} does not match its manifest (damaged or replaced)."
+                                          + note(f"sha256 {graph.sha256[:16]}...", "another file"))
+                    r = self._runners[graph.onnx] = OrtRunner(path, provider=self.provider,
+                                                              intra_op_threads=self.threads)
+        return r
+
+    def close(self) -> None:
+        with self._lock:
+            runners, self._runners = list(self._runners.values()), {}
+        for r in runners:
+            r.close()
+
+    def run(self, padded: np.ndarray, p: TilePlan) -> np.ndarray:
+        """Style one padded HxWx3 uint8 image as planned (``p.mode`` "fast" or "exact")."""
+        if p.mode == "fast":
+            return self.run_fast(padded, window=p.window, stats_side=p.stats_side)
+        if p.mode == "exact":
+            return self.run_exact(padded, strips=p.strips, spool_ram=p.spool_ram)
+        raise InvalidArgumentError(f"A {p.mode!r} plan is not a tiled one." + note("fast or exact", p.mode))
+
+    # fast ------------------------------------------------------------------
+
+    def statistics(self, padded: np.ndarray, stats_side: int | None = STATS_SIDE) -> dict[str, np.ndarray]:
+        """Mean and variance of every InstanceNorm input, from a copy with long side ``stats_side`` (None: the image)."""
+        spec = self.spec
+        h, w = stats_shape(padded.shape[0], padded.shape[1], stats_side, spec.align)
+        small = padded if (h, w) == padded.shape[:2] else cv2.resize(padded, (w, h), interpolation=cv2.INTER_AREA)
+        outs = self.runner(spec.stats).run({spec.stats.inputs[0].name: np.ascontiguousarray(small)[None]})
+        return {name: outs[name].astype(np.float32).reshape(1, -1, 1, 1) for n in spec.norms for name in (n.mean, n.var)}
+
+    def run_fast(self, padded: np.ndarray, *, window: tuple[int, int] | None = None, tile: int | None = None,
+                 stats_side: int | None = STATS_SIDE, stats: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Tiles of one fixed ``window`` (or interiors of about ``tile`` px), statistics from a downscaled copy."""
+        spec, g = self.spec, self.spec.tile
+        hgt, wid = padded.shape[:2]
+        if window is None:
+            t = max(spec.align, _floor(tile or STATS_SIDE, spec.align)) + 2 * spec.halo
+            window = (min(hgt, t), min(wid, t))
+        stats = dict(stats) if stats is not None else self.statistics(padded, stats_side)
+        runner = self.runner(g)
+        name_in, name_out = g.inputs[0].name, g.outputs[0].name
+        out = np.empty_like(padded)
+        for (y0, y1, wy), (x0, x1, wx) in self._grid(hgt, wid, window):
+            tile_in = np.ascontiguousarray(padded[wy:wy + min(window[0], hgt), wx:wx + min(window[1], wid)])[None]
+            res = runner.run({name_in: tile_in, **stats})[name_out][0]
+            out[y0:y1, x0:x1] = res[y0 - wy:y1 - wy, x0 - wx:x1 - wx]
+        return out
+
+    def _grid(self, hgt: int, wid: int, window: tuple[int, int]) -> Iterator[tuple[tuple[int, int, int], ...]]:
+        a, h = self.spec.align, self.spec.halo
+        for ycell in cells(hgt, window[0], h, a):
+            for xcell in cells(wid, window[1], h, a):
+                yield ycell, xcell
+
+    # exact -----------------------------------------------------------------
+
+    def run_exact(self, padded: np.ndarray, *, strips: tuple[int, ...] | None = None, strip_rows: int | None = None,
+                  spool_ram: int = 0, spool_dir: str | None = None, progress: Any = None) -> np.ndarray:
+        """Layer by layer over the whole image in full-width strips, statistics accumulated exactly.
+
+        ``strips``: rows per strip for each segment (a plan's); ``strip_rows``: the
+        same for all. ``spool_ram``: bytes of activations kept in RAM (the rest
+        goes to files in ``spool_dir``). ``progress``: called once per segment.
+        """
+        spec = self.spec
+        hgt, wid = padded.shape[:2]
+        a = spec.align
+        segs = spec.segments
+        rows_per = strips if strips is not None else (max(a, _floor(strip_rows or hgt, a)),) * len(segs)
+        image = segs[0].inputs[0].name
+        norm_of = {n.tensor: k for k, n in enumerate(spec.norms)}
+        stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        disk_peak = spool_layout(spec, hgt, wid, spool_ram)[2]
+        if disk_peak:
+            root = spool_root(spool_dir)
+            try:
+                free = shutil.disk_usage(root).free
+            except OSError as exc:
+                raise MemoryBudgetError(f"The spool folder {root} cannot be used: {exc}."
+                                        + note(f"a writable folder ({SPOOL_ENV})", "none")) from exc
+            if free < disk_peak + (256 << 20):
+                raise MemoryBudgetError(
+                    f"The exact mode needs {format_bytes(disk_peak)} of spool space in {root} for a {wid}x{hgt} image "
+                    f"within this memory budget, and the disk has less free. Set {SPOOL_ENV} to a larger disk, or "
+                    f"give a larger memory budget (more of the spool stays in RAM)."
+                    + note(format_bytes(disk_peak + (256 << 20)), f"{format_bytes(free)} free"))
+        out = np.empty_like(padded)
+        spool = _Spool(spool_ram, spool_dir)
+        events = list(_spool_events(spec))
+        try:
+            for i, g in enumerate(segs):
+                runner = self.runner(g)
+                feed_stats: dict[str, np.ndarray] = {}
+                if g.norm is not None:
+                    n = spec.norms[g.norm]
+                    feed_stats = dict(zip((n.mean, n.var), stats[g.norm]))
+                for _, what, t in (e for e in events if e[0] == i and e[1] == "create"):
+                    spool.create(t.name, t.channels, hgt // t.scale, wid // t.scale)
+                sums = {t.name: [0.0, 0.0] for t in g.outputs if t.name in norm_of}
+                step = min(hgt, rows_per[i])
+                for y0 in range(0, hgt, step):
+                    y1 = min(hgt, y0 + step)
+                    ya, yb = max(0, y0 - g.halo), min(hgt, y1 + g.halo)
+                    feed = dict(feed_stats)
+                    for t in g.inputs:
+                        feed[t.name] = (np.ascontiguousarray(padded[ya:yb])[None] if t.name == image
+                                        else spool.read(t.name, ya // t.scale, yb // t.scale))
+                    res = runner.run(feed)
+                    del feed
+                    for t in g.outputs:
+                        r0, r1 = (y0 - ya) // t.scale, (y1 - ya) // t.scale
+                        if i == len(segs) - 1:  # the styled image (NHWC uint8)
+                            out[y0:y1] = res[t.name][0, r0:r1]
+                            continue
+                        block = res[t.name][0, :, r0:r1]
+                        if t.name in sums:  # float32 pairwise sums per strip, accumulated in float64
+                            flat = block.reshape(block.shape[0], -1)
+                            sums[t.name][0] += flat.sum(axis=1).astype(np.float64)
+                            sums[t.name][1] += np.square(flat).sum(axis=1).astype(np.float64)
+                        if not g.stats_only:
+                            spool.write(t.name, y0 // t.scale, block)
+                    del res
+                for name, (s1, s2) in sums.items():
+                    t = next(t for t in g.outputs if t.name == name)
+                    count = (hgt // t.scale) * (wid // t.scale)
+                    mean = s1 / count
+                    var = np.maximum(s2 / count - mean * mean, 0.0)
+                    stats[norm_of[name]] = (mean.astype(np.float32).reshape(1, -1, 1, 1),
+                                            var.astype(np.float32).reshape(1, -1, 1, 1))
+                for _, what, t in (e for e in events if e[0] == i and e[1] == "drop"):
+                    spool.drop(t.name)
+                log.debug("exact mode: segment %d/%d done (%s in RAM, %s on disk)", i + 1, len(segs),
+                          format_bytes(spool.ram_used), format_bytes(spool.disk_bytes))
+                if progress is not None:
+                    progress()
+            log.debug("exact mode: spool peak %s in RAM, %s on disk", format_bytes(spool.ram_peak),
+                      format_bytes(spool.disk_bytes))
+            self.last_spool = (spool.ram_peak, spool.disk_bytes)
+        finally:
+            spool.close()
+        return out

@@ -1,0 +1,86 @@
+"""The service's settings: one frozen dataclass, checked once, passed to the app (and to uvicorn workers as JSON)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from emostyle_rt.errors import InvalidArgumentError, note
+
+#: Environment variable that carries the config to ``--workers N`` processes (uvicorn imports the app by name).
+CONFIG_ENV = "EMOSTYLE_SERVE_CONFIG"
+#: The service's pixel limit per image: 40 Mpx (a 7.3k x 5.5k photo). The library's 100 Mpx would let one
+#: request hold 300 MB decoded; this keeps (queue x largest image) within a server's memory.
+SERVE_MAX_PIXELS = 40_000_000
+#: Largest request body: 32 MiB (a 40 Mpx JPEG is 10-20 MB).
+SERVE_MAX_BODY = 32 << 20
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``create_app`` needs. Defaults suit one CPU machine; ``check()`` refuses values that cannot work.
+
+    ``max_batch`` images at most go into one classifier / style run; the batcher
+    waits at most ``max_wait_ms`` after the first request for others to join it.
+    ``queue``: requests admitted at once (reading, waiting, running); one more is
+    answered 429 with Retry-After, so memory stays within about ``queue x``
+    (``max_body`` + the decoded image). ``max_pixels``: per image, checked from
+    the header before decoding. ``warmup``: run every graph once before /readyz
+    says ready.
+    """
+
+    bundle: str
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    queue: int = 32
+    max_body: int = SERVE_MAX_BODY
+    max_pixels: int = SERVE_MAX_PIXELS
+    backend: str = "auto"
+    provider: str | None = None
+    detector: str | None = None
+    no_face: str = "whole"
+    quality: int | None = None
+    strip_metadata: bool = False
+    warmup: bool = True
+
+    def check(self) -> ServeConfig:
+        """Raise ``InvalidArgumentError`` for a value that cannot work; the config itself otherwise."""
+        ints = {"max_batch": 1, "queue": 1, "max_body": 1, "max_pixels": 1}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise InvalidArgumentError(f"{name} must be an integer >= {low}." + note(f">= {low}", repr(v)))
+        if isinstance(self.max_wait_ms, bool) or not isinstance(self.max_wait_ms, (int, float)) \
+                or not 0 <= self.max_wait_ms <= 1000:
+            raise InvalidArgumentError(
+                "max_wait_ms must be from 0 to 1000 (milliseconds a batch waits for more requests)."
+                + note("0..1000 (a few ms)", repr(self.max_wait_ms)))
+        if self.quality is not None and (isinstance(self.quality, bool) or not isinstance(self.quality, int)
+                                         or not 1 <= self.quality <= 100):
+            raise InvalidArgumentError("quality must be an integer from 1 to 100." + note("1..100", repr(self.quality)))
+        return self
+
+    def to_env(self) -> str:
+        """The config as JSON, for ``CONFIG_ENV``."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        """The config a parent ``emostyle serve`` put in ``CONFIG_ENV``."""
+        raw = os.environ.get(CONFIG_ENV)
+        if not raw:
+            raise InvalidArgumentError(
+                f"No service config in ${CONFIG_ENV}." + note("the JSON that `emostyle serve` sets", "nothing"))
+        try:
+            data: dict[str, Any] = json.loads(raw)
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in known}).check()
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgumentError(f"${CONFIG_ENV} is not a service config: {exc}." + note("JSON", raw[:80])) from exc
+
+    @property
+    def bundle_path(self) -> Path:
+        return Path(self.bundle)

@@ -1,0 +1,300 @@
+"""Tiled style inference (emostyle_rt.tiling): same result as untiled, bounded memory, typed refusals.
+
+Small real images (scikit-image's astronaut, odd sizes) with tiles forced far
+smaller than the image, against the untiled style graph of the demo bundle.
+The bundle's tiled graphs are added to one style of a copy when the session's
+bundle has none (an older EMOSTYLE_TEST_BUNDLE). Speed and the 12/48 MP targets
+are measured by benchmarks/tiling.py, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from emostyle_bench.tiling import naive, seam_ratio
+from emostyle_rt import Stylizer
+from emostyle_rt.backends import make_runner
+from emostyle_rt.errors import EmostyleError
+from emostyle_rt.imageio import pad_to_multiple
+from emostyle_rt.manifest import StyleSpec, TiledSpec, load_manifest
+from emostyle_rt.tiling import (
+    TILE_MODES,
+    MemoryBudgetError,
+    TiledStyle,
+    cells,
+    estimate_whole,
+    parse_memory,
+    plan,
+    spool_layout,
+)
+
+EMOTION = "angry"
+
+
+@pytest.fixture(scope="session")
+def tiled_bundle(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo bundle when its ``angry`` style has tiled graphs; else a copy with them added to that style only."""
+    m = load_manifest(demo_bundle, verify_files=False)
+    sid = m.emotions[EMOTION]
+    if m.styles[sid].tiled is not None:
+        return demo_bundle
+    from emostyle_export.bundle import add_to_bundle
+
+    copy = tmp_path_factory.mktemp("bundles") / "demo-tiled"
+    shutil.copytree(demo_bundle, copy)
+    add_to_bundle(copy, fp16=False, tiled=[sid])
+    return copy
+
+
+@pytest.fixture(scope="module")
+def style(tiled_bundle: Path) -> StyleSpec:
+    m = load_manifest(tiled_bundle)
+    return m.style_for(EMOTION)
+
+
+@pytest.fixture(scope="module")
+def tiled(tiled_bundle: Path, style: StyleSpec):
+    t = TiledStyle(tiled_bundle, style, provider="cpu")
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope="module")
+def whole(tiled_bundle: Path, style: StyleSpec):
+    r = make_runner(tiled_bundle / style.onnx, provider="cpu")
+    yield lambda img: r.run({style.input_name: img[None]})[style.output_name][0]
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def photo(astronaut: np.ndarray) -> np.ndarray:
+    """A real photo of an odd size (301 x 203): the face and its surroundings."""
+    return cv2.resize(astronaut, (301, 203), interpolation=cv2.INTER_AREA)
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+def test_manifest_block_round_trips_and_stale_blocks_are_dropped(style: StyleSpec, caplog) -> None:
+    spec = style.tiled
+    assert spec is not None and spec.halo >= spec.receptive_field and spec.halo % spec.align == 0
+    again = TiledSpec.from_json(json.loads(json.dumps(spec.to_json())), "styles.x", style.sha256)
+    assert again == spec and again.parity == spec.parity
+    assert len(spec.segments) == len(spec.norms) + 1 and spec.segments[0].stats_only
+    with caplog.at_level(logging.WARNING):
+        assert TiledSpec.from_json(spec.to_json(), "styles.x", "0" * 64) is None  # made from another graph
+    assert "another style graph" in caplog.text
+
+
+def test_exact_mode_equals_untiled(tiled: TiledStyle, whole, photo: np.ndarray) -> None:
+    padded = pad_to_multiple(photo, 4)
+    ref = whole(padded)
+    out = tiled.run_exact(padded, strip_rows=24)  # 9 strips per layer
+    assert out.shape == ref.shape and _diff(out, ref) <= 1
+    assert np.mean(out != ref) < 0.01  # float error flips a rounding here and there, nothing more
+
+
+def test_fast_mode_tiles_share_statistics(tiled: TiledStyle, whole, photo: np.ndarray) -> None:
+    """Tiles of one fixed shape: with the image's own statistics the stitched result is the untiled one."""
+    padded = pad_to_multiple(photo, 4)
+    ref = whole(padded)
+    a, h = tiled.spec.align, tiled.spec.halo
+    window = (min(padded.shape[0], 64 + 2 * h), min(padded.shape[1], 64 + 2 * h))
+    out = tiled.run_fast(padded, window=window, stats_side=None)
+    assert len(cells(padded.shape[1], window[1], h, a)) > 1  # really tiled
+    assert _diff(out, ref) <= 1
+
+
+def test_seam_metric_sees_naive_tiles_and_none_in_shared_ones(tiled: TiledStyle, whole, astronaut: np.ndarray) -> None:
+    """Naive tiles (each its own InstanceNorm statistics) show seams; tiles with shared statistics do not."""
+    padded = astronaut  # 2 x 2 tiles
+    spec = tiled.spec
+    window = (256 + 2 * spec.halo, 256 + 2 * spec.halo)
+    ys = cells(padded.shape[0], window[0], spec.halo, spec.align)
+    xs = cells(padded.shape[1], window[1], spec.halo, spec.align)
+    rows, cols = [c[0] for c in ys[1:]], [c[0] for c in xs[1:]]
+    nai_runner = make_runner(tiled.root / tiled.style.onnx, provider="cpu")
+    try:
+        nai = naive(nai_runner, padded, window, spec.halo, spec.align)
+    finally:
+        nai_runner.close()
+    fast = tiled.run_fast(padded, window=window, stats_side=None)
+    seams_naive, seams_fast = seam_ratio(nai, rows, cols), seam_ratio(fast, rows, cols)
+    assert max(seams_naive.values()) > 1.10, seams_naive
+    assert max(seams_fast.values()) <= 1.10, seams_fast
+
+
+def test_results_do_not_depend_on_threads(tiled_bundle: Path, style: StyleSpec, photo: np.ndarray) -> None:
+    padded = pad_to_multiple(photo[:120, :200], 4)
+    outs = {}
+    for threads in (1, 2):
+        t = TiledStyle(tiled_bundle, style, provider="cpu", threads=threads)
+        try:
+            outs[threads] = (t.run_exact(padded, strip_rows=32), t.run_fast(padded, tile=64, stats_side=64))
+        finally:
+            t.close()
+    assert np.array_equal(outs[1][0], outs[2][0]) and np.array_equal(outs[1][1], outs[2][1])
+
+
+def test_spool_on_disk_equals_ram_and_is_removed(tiled: TiledStyle, photo: np.ndarray, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    padded = pad_to_multiple(photo, 4)
+    in_ram = tiled.run_exact(padded, strip_rows=32, spool_ram=1 << 30)
+    assert tiled.last_spool[1] == 0
+    on_disk = tiled.run_exact(padded, strip_rows=32, spool_ram=0, spool_dir=str(tmp_path))
+    assert np.array_equal(in_ram, on_disk)
+    assert tiled.last_spool == (0, spool_layout(tiled.spec, *padded.shape[:2], 0)[1]) and tiled.last_spool[1] > 0
+    assert list(tmp_path.iterdir()) == []  # the spool folder is gone
+
+    calls = []
+    original = type(tiled.runner(tiled.spec.segments[3])).run
+
+    def failing(self, feed):
+        calls.append(1)
+        if len(calls) > 12:
+            raise EmostyleError("simulated failure")
+        return original(self, feed)
+
+    monkeypatch.setattr(type(tiled.runner(tiled.spec.segments[3])), "run", failing)
+    with pytest.raises(EmostyleError, match="simulated"):
+        tiled.run_exact(padded, strip_rows=32, spool_ram=0, spool_dir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # removed on error too
+
+
+def test_plan_whole_when_it_fits_tiles_sized_to_budget(style: StyleSpec) -> None:
+    h, w = 3000, 4000
+    need = estimate_whole(style, h, w)
+    assert plan(style, h, w, need).mode == "whole"
+    for mode in TILE_MODES:
+        p = plan(style, h, w, parse_memory("1.5GB"), mode)
+        assert p.mode == mode and p.estimate <= p.budget and p.minimum <= p.budget
+    fast = plan(style, h, w, parse_memory("1.5GB"), "fast")
+    small = plan(style, h, w, parse_memory("600MB"), "fast")
+    assert small.window[0] * small.window[1] < fast.window[0] * fast.window[1]  # tiles follow the budget
+    assert all(x % style.tiled.align == 0 for x in (*fast.window, *small.window))
+    exact = plan(style, h, w, parse_memory("400MB"), "exact")
+    assert exact.spool_disk > 0 and exact.estimate <= exact.budget
+
+
+def test_cells_cover_every_pixel_once_with_fixed_windows() -> None:
+    for length, window, halo in ((1000, 300, 64), (1024, 1024, 64), (204, 136, 32), (4000, 1100, 64)):
+        cs = cells(length, window, halo, 4)
+        assert cs[0][0] == 0 and cs[-1][1] == length
+        assert all(a[1] == b[0] for a, b in zip(cs, cs[1:]))
+        for a, b, start in cs:
+            size = min(window, length)
+            assert 0 <= start and start + size <= length  # every window has the same size, inside the image
+            assert start <= max(0, a - halo) and min(length, b + halo) <= start + size  # cell + halo inside it
+    with pytest.raises(MemoryBudgetError, match="halo"):
+        cells(1000, 100, 64, 4)
+
+
+def test_budget_too_small_is_refused_before_running(tiled_bundle: Path, astronaut: np.ndarray) -> None:
+    st = Stylizer(tiled_bundle, memory_budget="20MB")
+    try:
+        with pytest.raises(MemoryBudgetError, match=r"at least \d+ MB") as err:
+            st.stylize(astronaut, emotion=EMOTION)
+        assert "Note: expected" in str(err.value)
+        assert not st._tiled  # nothing was loaded, nothing ran
+    finally:
+        st.close()
+    with pytest.raises(MemoryBudgetError, match="at least"):
+        plan(load_manifest(tiled_bundle).style_for(EMOTION), 3000, 4000, 10_000_000, "fast")
+
+
+def test_stylizer_tiles_over_budget_and_keeps_small_images_whole(tiled_bundle: Path, style: StyleSpec, whole,
+                                                                  photo: np.ndarray, caplog) -> None:
+    ref = whole(pad_to_multiple(photo, 4))[:photo.shape[0], :photo.shape[1]]
+    with Stylizer(tiled_bundle) as st:  # default budget: this small photo goes whole, unchanged
+        assert np.array_equal(st.stylize(photo, emotion=EMOTION).image, ref)
+        assert not st._tiled
+    budget = estimate_whole(style, *pad_to_multiple(photo, 4).shape[:2]) - 1
+    with caplog.at_level(logging.INFO, logger="emostyle_rt.stylizer"), \
+            Stylizer(tiled_bundle, memory_budget=budget) as st:
+        res = st.stylize(photo, emotion=EMOTION)
+        assert st._tiled  # went tiled
+    assert "in tiles" in caplog.text and res.image.shape == photo.shape
+    assert _diff(res.image, ref) <= 1  # exact mode: the untiled result
+
+
+
+def test_stylizer_fast_mode_keeps_alpha(tiled_bundle: Path, astronaut: np.ndarray) -> None:
+    rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 77, np.uint8)])
+    with Stylizer(tiled_bundle, memory_budget="380MB", tile_mode="fast") as st:
+        out = st.stylize(rgba, emotion=EMOTION).image
+        assert st._tiled  # went tiled
+    assert out.shape == rgba.shape and (out[..., 3] == 77).all()
+
+
+def test_style_without_tiled_graphs_over_budget_names_the_fix(tiled_bundle: Path, astronaut: np.ndarray) -> None:
+    m = load_manifest(tiled_bundle)
+    m = replace(m, styles={k: replace(v, tiled=None) for k, v in m.styles.items()})
+    with Stylizer(m, memory_budget="100MB") as st:
+        with pytest.raises(MemoryBudgetError, match="--tiled"):
+            st.stylize(astronaut, emotion=EMOTION)
+
+
+@pytest.mark.parametrize("text,expected", [("2GB", 2 * 10**9), ("512MiB", 512 << 20), ("1.5G", 1_500_000_000),
+                                           ("3000000", 3_000_000), (" 64 mib ", 64 << 20)])
+def test_parse_memory(text: str, expected: int) -> None:
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1GB", "0", "2 parsecs", "", True])
+def test_parse_memory_refuses(bad) -> None:
+    with pytest.raises(MemoryBudgetError, match="Note: expected"):
+        parse_memory(bad)
+    with pytest.raises(MemoryBudgetError):
+        Stylizer.__new__(Stylizer).__init__("unused", memory_budget=bad)
+
+
+def test_cli_memory_budget(tiled_bundle: Path, tmp_path: Path, astronaut: np.ndarray, capsys) -> None:
+    from emostyle_rt.cli import main
+    from emostyle_rt.imageio import write_image
+
+    src = tmp_path / "in.png"
+    write_image(src, cv2.resize(astronaut, (301, 203), interpolation=cv2.INTER_AREA))
+    assert main([str(src), "-o", str(tmp_path / "bad.png"), "--bundle", str(tiled_bundle),
+                 "--memory-budget", "lots"]) == 2
+    assert "memory size" in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
+    assert main([str(src), "-o", str(tmp_path / "tiny.png"), "--bundle", str(tiled_bundle), "--emotion", EMOTION,
+                 "--memory-budget", "10MB"]) != 0
+    assert "at least" in capsys.readouterr().err and not (tmp_path / "tiny.png").exists()
+    assert main([str(src), "-o", str(tmp_path / "out.png"), "--bundle", str(tiled_bundle), "--emotion", EMOTION,
+                 "--memory-budget", "150MB", "--tile-mode", "fast"]) == 0
+    assert (tmp_path / "out.png").is_file()
+
+
+@pytest.mark.gpu
+def test_tiled_on_gpu_matches_cpu(tiled_bundle: Path, style: StyleSpec, photo: np.ndarray) -> None:
+    from emostyle_rt.backends.onnxruntime import cuda_device_count, import_onnxruntime
+
+    if cuda_device_count() == 0 or "CUDAExecutionProvider" not in import_onnxruntime().get_available_providers():
+        pytest.skip("needs onnxruntime-gpu and a CUDA GPU")
+    padded = pad_to_multiple(photo, 4)
+    gpu, cpu = TiledStyle(tiled_bundle, style, provider="cuda"), TiledStyle(tiled_bundle, style, provider="cpu")
+    try:
+        assert _diff(gpu.run_exact(padded, strip_rows=48), cpu.run_exact(padded, strip_rows=48)) <= 2
+    finally:
+        gpu.close()
+        cpu.close()
+
+
+def test_exact_mode_refuses_a_spool_the_disk_cannot_hold(tiled: TiledStyle, photo: np.ndarray, monkeypatch) -> None:
+    import shutil as _shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(_shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1 << 20))
+    with pytest.raises(MemoryBudgetError, match="spool space") as err:
+        tiled.run_exact(pad_to_multiple(photo, 4), strip_rows=32, spool_ram=0)
+    assert "Note: expected" in str(err.value)
