@@ -734,9 +734,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(argv[1:])
     args = _parser().parse_args(argv)
     setup_cli_logging(args.quiet, log.name, library=("emostyle_rt",), verbose=args.verbose)
-    if args.verbose:
-        for name in (log.name, "emostyle_rt"):
-            logging.getLogger(name).setLevel(logging.DEBUG)
     try:
         return run(args)
     except EmostyleError as exc:

@@ -42,7 +42,8 @@ def setup_cli_logging(quiet: bool, *loggers: str, library: Sequence[str] = (), v
 
     ``library`` loggers (e.g. ``emostyle_rt`` under the ``emostyle`` command) say only
     warnings and errors unless ``verbose``: their INFO lines (providers chosen,
-    graphs loaded) are detail a command prints with ``-v``.
+    graphs loaded) are detail a command prints with ``-v``, which turns on DEBUG
+    for every logger named here (over ``quiet``).
     """
     for name in (*loggers, *library):
         logger = logging.getLogger(name)
@@ -51,5 +52,5 @@ def setup_cli_logging(quiet: bool, *loggers: str, library: Sequence[str] = (), v
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         quieter = quiet or (name in library and not verbose)
-        logger.setLevel(logging.WARNING if quieter else logging.INFO)
+        logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quieter else logging.INFO)
         logger.propagate = False

@@ -153,9 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``emostyle serve`` entry point; the exit status."""
     args = _parser().parse_args(argv)
     setup_cli_logging(args.quiet, log.name, library=("emostyle_rt",), verbose=args.verbose)
-    if args.verbose:
-        for name in (log.name, "emostyle_rt"):
-            logging.getLogger(name).setLevel(logging.DEBUG)
     try:
         config = _config(args)
         _check_address(args.host, args.port)

@@ -47,9 +47,11 @@ def test_sigterm_finishes_the_requests_in_flight(mtcnn_bundle: Path, astronaut: 
     answers: list[Any] = []
     try:
         deadline = time.monotonic() + 180  # two processes load and warm up the bundle (slow on a busy machine)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # /readyz answers for one worker: wait for both (livemin gauge)
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+                both = len([f for d in _metric_dirs(tmp_path) for f in d.glob("gauge_livemin_*.db")]) == 2
+                if ready and both and metric(httpx.get(f"{url}/metrics", timeout=5).text, "emostyle_ready") == 1:
                     break
             except httpx.TransportError:
                 pass
