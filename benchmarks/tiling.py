@@ -216,7 +216,7 @@ def picture(args: argparse.Namespace) -> dict[str, Any]:
     fast = tiled.run(padded, fast_plan)
     exact = tiled.run(padded, tile_plan(style, padded.shape[0], padded.shape[1], args.budget, "exact", force=True))
     crops = [x[region[0]:region[1], region[2]:region[3]] for x in (ref, nai, fast, exact)]
-    labels = ["untiled", "naive tiles: their own statistics", f"fast: statistics of a {fast_plan.stats_side} px copy",
+    labels = ["untiled", "naive tiles: their own statistics", f"fast: statistics of a {fast_plan.stats_side} px sample",
               "exact: layer by layer"]
     panels = []
     for c, label in zip(crops, labels):
@@ -253,6 +253,8 @@ def vm(f):
 t = TiledStyle(m.root, st, provider="cpu")
 if kind == "whole":
     r = make_runner(m.path(st.onnx), provider="cpu"); b = vm("VmRSS"); r.run({"image": img[None]}); bpp = st.tiled.bytes_per_pixel; px = side * side
+elif kind == "stats":
+    r = t.runner(st.tiled.stats); b = vm("VmRSS"); r.run({"image": img[None]}); bpp = st.tiled.stats.bytes_per_pixel; px = side * side
 elif kind == "tile":
     stats = t.statistics(img, 64); r = t.runner(st.tiled.tile); b = vm("VmRSS"); r.run({"image": img[None], **stats}); bpp = st.tiled.tile.bytes_per_pixel; px = side * side
 else:
@@ -261,7 +263,8 @@ else:
 print(json.dumps({"kind": kind, "side": side, "delta_mb": round((vm("VmHWM") - b) / 2**20), "ratio": round((vm("VmHWM") - b) / px / bpp, 2)}))
 """
     rows = []
-    for kind, side in (("whole", 512), ("whole", 1024), ("whole", 1448), ("tile", 512), ("tile", 1024),
+    for kind, side in (("whole", 512), ("whole", 1024), ("whole", 1448), ("tile", 512), ("tile", 1024), ("tile", 1448),
+                       ("stats", 512), ("stats", 1024),
                        ("segments", 1024), ("segments", 2048)):
         out = subprocess.run([sys.executable, "-c", code, str(args.bundle), kind, str(side)], check=True,
                              capture_output=True, text=True)

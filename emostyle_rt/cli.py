@@ -100,8 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                         "larger photos are styled in tiles with the whole photo's InstanceNorm statistics (no seams), "
                         "a budget too small for any tile is refused before anything runs")
     p.add_argument("--tile-mode", choices=TILE_MODES, default=DEFAULT_TILE_MODE,
-                   help=f"how tiles share statistics: exact (= untiled, layer by layer) or fast (from a downscaled "
-                        f"copy) (default {DEFAULT_TILE_MODE}; docs/tiling.md)")
+                   help=f"how tiles share statistics: exact (= untiled, layer by layer) or fast (from a sample of "
+                        f"full-resolution crops) (default {DEFAULT_TILE_MODE}; docs/tiling.md)")
     p.add_argument("--quality", type=int, default=None, help="JPEG / WebP quality 1..100 (default: the library's)")
     p.add_argument("--strip-metadata", action="store_true", help="do not copy the input's EXIF and ICC profile")
     p.add_argument("--no-face", default="whole", help="'whole' (classify the whole image), 'error', or an emotion")

@@ -490,9 +490,11 @@ class Stylizer:
             with self._lock:
                 tiled = self._tiled.get(style_id)
                 if tiled is None:
-                    provider = self._provider if self._provider in ("cpu", "cuda") else None
+                    # "tensorrt": the tile graph at fixed windows on the TensorRT EP, engines in the user cache
+                    provider = self._provider if self._provider in ("cpu", "cuda", "tensorrt") else None
                     tiled = self._tiled[style_id] = TiledStyle(self.manifest.root, self.manifest.styles[style_id],
-                                                               provider=provider, verify=self._verify)
+                                                               provider=provider, verify=self._verify,
+                                                               cache_dir=self._cache_dir)
         return tiled
 
     def _style(self, style_id: str, rgbs: list[np.ndarray], max_side: int | None) -> list[np.ndarray]:
@@ -505,7 +507,8 @@ class Stylizer:
         outs: list[np.ndarray | None] = [None] * len(rgbs)
         budget = self._budget(runner)
         # Whole if the estimate fits the budget, else tiled; MemoryBudgetError (before any run) if neither fits.
-        plans = [tile_plan(spec, p.shape[0], p.shape[1], budget, self.tile_mode) for p in padded]
+        plans = [tile_plan(spec, p.shape[0], p.shape[1], budget, self.tile_mode,
+                           fixed_windows=self._provider == "tensorrt") for p in padded]
         for i, (p, plan) in enumerate(zip(padded, plans)):
             if plan.mode == "whole":
                 by_shape[p.shape].append(i)

@@ -12,10 +12,17 @@ the same statistics, in one of two ways (:data:`TILE_MODES`):
   activations are spooled to a temporary folder on disk (float32 files read and
   written with ``pread``/``pwrite``, never mapped, removed at the end, also on
   error). The result equals the untiled run up to float error.
-- ``"fast"``: the statistics come from one run of the ``stats`` graph on a copy
-  downscaled to a long side of :data:`STATS_SIDE`; the ``tile`` graph (statistics
-  as inputs) then runs on overlapping full-resolution tiles of one fixed shape
-  with a halo of the network's receptive field, whose interiors are stitched.
+- ``"fast"``: the statistics are those of a sample of the image about
+  :data:`STATS_SIDE` px on its long side: full-resolution crops of
+  :data:`STATS_CROP` px from a regular grid, side by side (:func:`stats_sample`),
+  taken in one run of the ``stats`` graph when the budget allows, else like the
+  exact mode in strips. The ``tile`` graph (statistics as inputs) then runs on
+  overlapping full-resolution tiles of one fixed shape with a halo of the
+  network's receptive field, whose interiors are stitched. InstanceNorm
+  statistics depend on the scale of the content, so a sample at the image's own
+  scale gives closer ones than a downscaled copy of the same size (measured at
+  12 MP: 34-35.5 dB PSNR against untiled, where a 1536 px copy gave 28.6-29.4
+  dB; docs/tiling.md); both are approximations.
 
 :func:`plan` decides: a run whose estimate fits the memory budget goes whole
 (unchanged); one that does not is tiled with tiles sized to the budget; one that
@@ -43,7 +50,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import cv2
 import numpy as np
 
 from .backends.onnxruntime import OrtRunner
@@ -56,22 +62,35 @@ log = logging.getLogger(__name__)
 #: The two ways tiles share statistics. The default is chosen by measurement (docs/tiling.md, benchmarks/tiling.py).
 TILE_MODES = ("exact", "fast")
 DEFAULT_TILE_MODE = "exact"
-#: Long side of the copy the fast mode takes its statistics from.
-STATS_SIDE = 1024
-#: The smallest statistics copy the fast mode shrinks to when the budget is small.
+#: Long side of the sample the fast mode takes its statistics from: at 12 MP, 1536 px (24 crops) gave 34-35.5 dB
+#: against untiled where 1024 px (12 crops) gave 26-29 dB (benchmarks/tiling_stats.py, docs/tiling.md).
+STATS_SIDE = 1536
+#: The smallest statistics sample the fast mode shrinks to when the budget is small.
 MIN_STATS_SIDE = 256
+#: Side of the full-resolution crops of the fast mode's statistics sample (measured best of 128, 256, 512 px:
+#: smaller crops sample the image more evenly but their borders, which the network sees, weigh more).
+STATS_CROP = 256
 #: The exact mode's strips hold the working set of this many pixels of its heaviest segment (lighter segments
 #: get taller strips; all get smaller ones when the budget asks): big enough that onnxruntime runs at full
 #: speed, small enough to leave most of the budget to the spool's RAM part.
 STRIP_PIXELS = 1 << 18
+#: The same for the fast mode's statistics sample: a quarter, so that the working set onnxruntime's arena keeps
+#: after it is small and the tiles get most of the budget (the sample is a few % of a large photo's pixels,
+#: so recomputing more halo rows there costs little).
+SAMPLE_STRIP_PIXELS = STRIP_PIXELS // 4
 #: Peak RSS growth of an onnxruntime CPU run per byte of the graph's live activations (``bytes_per_pixel``):
 #: onnxruntime's arena rounding and convolution buffers. Measured on the demo style graph (517 B/px of live
 #: activations; benchmarks/tiling.py --calibrate): untiled 2.14x at 0.26-2.1 MP, 2.52x at 4.2 MP (the arena
 #: grows by powers of two); the tile graph 2.0x (slope) at 0.26-1 MP. Rounded up, so estimates err high.
 CALIBRATION = 2.5
 #: The same for the exact mode's segments (one or two convolutions each, plus the strip buffers numpy holds:
-#: input copy, output, statistics temporaries): 3.2x slope + 78 MB measured at 64-256 rows of 2048 px.
-SEGMENT_CALIBRATION = 3.5
+#: input copy, output, statistics temporaries): 3.2x slope + 78 MB measured for one strip shape (64-256 rows
+#: of 2048 px), but 4.4x in whole runs, whose segments' strips have different shapes (onnxruntime's arena
+#: keeps chunks of each): 579 MB for 458 MB estimated at 3.5 (2 MP, 500 MB budget), 660 for 515 (12 MP).
+SEGMENT_CALIBRATION = 4.5
+#: The same for the stats graph (whose reductions keep more alive than its nodes' order shows): 4.21x at
+#: 0.26 MP, 4.4x at 1 MP (benchmarks/tiling.py --calibrate).
+STATS_CALIBRATION = 4.5
 #: Bytes per pixel of the image buffers a style run holds besides the graph's activations:
 #: the padded input copy, the output and its cropped copy (uint8 RGB each).
 IMAGE_BYTES_PER_PIXEL = 9
@@ -86,6 +105,15 @@ BUDGET_FRACTION = 0.75
 GPU_DEFAULT_BUDGET = 4 << 30
 #: Where the exact mode spools activations ($EMOSTYLE_SPOOL_DIR, else the system's temp folder).
 SPOOL_ENV = "EMOSTYLE_SPOOL_DIR"
+#: Square fast-mode windows (tile interior + halo on both sides, px) that ``plan(..., fixed_windows=True)`` snaps
+#: to, so that a compiled engine (a TensorRT EP engine with a static profile) is built once per window and reused
+#: for every photo size: interiors of 512, 1024 and 2048 px plus the paper network's 64 px halo each side. Three
+#: sides, each about 3.5x the pixels of the one below: at most three engines per style (a build takes minutes),
+#: and the recomputed halo costs 1.56x / 1.27x / 1.13x the interior's pixels. Larger windows save little (13%
+#: at 2176) and need ~6 GB per tile at CALIBRATION (517 B/px); below 640 the halo would be most of the work.
+#: Multiples of 64, so of any align the export finds (4 for the TransformerNet); a graph whose halo leaves no
+#: align cell in a side does not use that side.
+FIXED_WINDOWS = (640, 1152, 2176)
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
@@ -191,13 +219,16 @@ class TilePlan:
     minimum: int = 0
     spool_ram: int = 0  # exact: bytes of whole-image activations kept in RAM (the rest goes to disk)
     spool_disk: int = 0  # exact: bytes written to the spool folder
-    stats_side: int | None = None  # fast: long side of the statistics copy
+    stats_side: int | None = None  # fast: long side of the statistics sample
+    stats_plan: TilePlan | None = None  # fast: the exact-mode plan of its statistics sample (None: one stats run)
+    working: int = 0  # exact: the strips' working set (onnxruntime's arena keeps it after the run)
 
     def summary(self) -> str:
         """One line for logs: mode, tiles, estimate against budget."""
         if self.mode == "fast" and self.window:
+            how = f"in {self.stats_plan.tiles} strip runs" if self.stats_plan else "in one run"
             what = (f"fast, {self.tiles} tiles of {self.window[0]}x{self.window[1]}, statistics from a "
-                    f"{self.stats_side} px copy")
+                    f"{self.stats_side} px sample {how}")
         elif self.mode == "exact":
             what = f"exact, {self.tiles} strip runs, spool {format_bytes(self.spool_disk)} on disk"
         else:
@@ -244,9 +275,76 @@ def _floor(x: float, align: int) -> int:
     return int(x // align) * align
 
 
+def _window(height: int, width: int, room: float, halo: int, align: int, smallest: tuple[int, int]) -> tuple[int, int]:
+    """The fast mode's window (h, w) of at most ``room`` pixels that computes the fewest pixels in all.
+
+    For each number of tile rows: the window height those rows need, the widest
+    window the room then allows, shrunk to what its columns need (a window larger
+    than its cells plus halos only recomputes more). Deterministic; checked
+    against :func:`cells`, the tiler's own split.
+    """
+    def span(length: int, n: int) -> int:  # the window n cells need (edge cells have one halo)
+        if n == 1:
+            return length
+        return min(length, math.ceil(length / align / n) * align + (halo if n == 2 else 2 * halo))
+
+    def count(length: int, window: int) -> int | None:  # cells of at most ``window`` px with their halos
+        if window >= length:
+            return 1
+        if span(length, 2) <= window:
+            return 2
+        per = (window - 2 * halo) // align
+        return max(3, math.ceil(length / align / per)) if per > 0 else None
+
+    best: tuple[int, int, int] | None = None
+    for rows in range(1, height // align + 1):
+        wh = span(height, rows)
+        if wh < smallest[0]:
+            break
+        cols = count(width, min(width, _floor(room / wh, align)))
+        if cols is None or wh * smallest[1] > room:
+            continue
+        ww = span(width, cols)
+        if best is None or rows * cols * wh * ww < best[0]:
+            best = (rows * cols * wh * ww, wh, ww)
+    if best is not None:
+        wh, ww = best[1], best[2]
+        try:
+            if wh * ww <= room and wh >= smallest[0] and ww >= smallest[1]:
+                cells(height, wh, halo, align), cells(width, ww, halo, align)
+                return wh, ww
+        except MemoryBudgetError:
+            pass
+    side = max(_floor(math.sqrt(max(room, 0)), align), smallest[0], smallest[1])  # the plain square fallback
+    wh = min(height, side)
+    ww = min(width, max(_floor(room / wh, align), smallest[1]))
+    while wh > smallest[0] and wh * ww > room:
+        wh -= align
+    return wh, ww
+
+
+def fixed_window(room: float, align: int, halo: int) -> int | None:
+    """The largest of :data:`FIXED_WINDOWS` whose square fits ``room`` pixels and holds an ``align`` cell with its
+    ``halo`` each side; None when none does."""
+    fits = [s for s in FIXED_WINDOWS if s * s <= room and s % align == 0 and s >= align + 2 * halo]
+    return max(fits, default=None)
+
+
+def is_fixed_window(window: tuple[int, int]) -> bool:
+    """Whether a tile shape (h, w) is one of the fixed square windows (a TensorRT EP engine is built for those)."""
+    return window[0] == window[1] and window[0] in FIXED_WINDOWS
+
+
 def plan(style: StyleSpec, height: int, width: int, budget: int, mode: str = DEFAULT_TILE_MODE, *,
-         force: bool = False, stats_side: int = STATS_SIDE) -> TilePlan:
+         force: bool = False, stats_side: int = STATS_SIDE, fixed_windows: bool = False,
+         strip_pixels: int = STRIP_PIXELS) -> TilePlan:
     """The plan for one padded ``height`` x ``width`` image: whole if it fits ``budget`` (and not ``force``), else tiled.
+
+    ``fixed_windows`` (fast mode; for compiled engines such as the TensorRT EP's):
+    the tile window snaps down to the largest of :data:`FIXED_WINDOWS` that fits
+    the budget, so every photo size uses one of a few shapes; an image smaller
+    than that window in a direction, or a budget no fixed window fits, keeps the
+    window it would get without. Ignored by the exact mode.
 
     MemoryBudgetError, naming the smallest budget that works, when neither fits;
     also when the bundle has no tiled graphs for ``style`` and the whole run does not fit.
@@ -266,40 +364,50 @@ def plan(style: StyleSpec, height: int, width: int, budget: int, mode: str = DEF
     images = IMAGE_BYTES_PER_PIXEL * height * width
     a, h = spec.align, spec.halo
     if mode == "fast":
-        # The statistics run and the tile runs share onnxruntime's arena, which keeps the first's chunks: the
-        # estimate is their sum (measured: 2.29 GB peak with 20 tiles of 1084x1088 after a 768 px statistics
-        # run, where the larger of the two was 1.46 GB). The statistics copy shrinks (from stats_side down
-        # to MIN_STATS_SIDE) while it takes more than half of what is left.
+        # The statistics of the sample come from one run of the stats graph when that takes at most a quarter
+        # of the budget (fast, but 4.5x its activations), else from the exact mode run on the sample (strips,
+        # bounded memory; its spool is freed before the tiles run). What stays is onnxruntime's arena holding
+        # that run's working set, so the tiles get the budget less the images and that. The exact run gets half
+        # the budget (its strips shrink to fit), and the sample shrinks (from stats_side down to
+        # MIN_STATS_SIDE) only when even its smallest strips do not fit in that.
         side = stats_side
         while True:
             s = stats_shape(height, width, side, a)
-            stats = activation_bytes(spec.stats.bytes_per_pixel, s[0] * s[1])
-            if 2 * stats + images <= budget or side <= MIN_STATS_SIDE:
+            try:
+                sp = plan(style, s[0], s[1], (budget - images) // 2, "exact", force=True,
+                          strip_pixels=SAMPLE_STRIP_PIXELS)
                 break
-            side = max(MIN_STATS_SIDE, side * 3 // 4)
+            except MemoryBudgetError:
+                if side <= MIN_STATS_SIDE:
+                    raise _too_small(height, width, budget, images + 2 * _exact_minimum(spec, *s), mode) from None
+                side = max(MIN_STATS_SIDE, side * 3 // 4)
+        one_run = activation_bytes(spec.stats.bytes_per_pixel, s[0] * s[1], STATS_CALIBRATION)
+        kept, stats_est, stats_plan = sp.working, sp.estimate, sp
+        if one_run <= (budget - images) // 4:
+            kept, stats_est, stats_plan = one_run, one_run, None
         min_win = (min(height, a + 2 * h), min(width, a + 2 * h))
         s_min = stats_shape(height, width, MIN_STATS_SIDE, a)
-        minimum = images + activation_bytes(spec.stats.bytes_per_pixel, s_min[0] * s_min[1]) \
-            + activation_bytes(spec.tile.bytes_per_pixel, min_win[0] * min_win[1])
-        room = (budget - images - stats - RUN_OVERHEAD) / (CALIBRATION * max(spec.tile.bytes_per_pixel, 1.0))
+        minimum = images + max(2 * _exact_minimum(spec, *s_min), _exact_minimum(spec, *s_min)
+                               + activation_bytes(spec.tile.bytes_per_pixel, min_win[0] * min_win[1]))
+        room = (budget - images - kept - RUN_OVERHEAD) / (CALIBRATION * max(spec.tile.bytes_per_pixel, 1.0))
         if budget < minimum:
             raise _too_small(height, width, budget, minimum, mode)
-        side = max(_floor(math.sqrt(max(room, 0)), a), min_win[0], min_win[1])
-        wh = min(height, side)
-        ww = min(width, max(_floor(room / wh, a), min_win[1]))
-        while wh > min_win[0] and wh * ww > room:
-            wh -= a
+        fixed = fixed_window(room, a, h) if fixed_windows else None
+        if fixed is not None and fixed <= min(height, width):  # one engine per fixed window, for every photo size
+            wh = ww = fixed
+        else:
+            wh, ww = _window(height, width, room, h, a, min_win)
         ys, xs = cells(height, wh, h, a), cells(width, ww, h, a)
-        est = images + stats + activation_bytes(spec.tile.bytes_per_pixel, wh * ww)
-        if est > budget:  # the smallest tile beside this statistics run does not fit
+        est = max(images + stats_est, images + kept + activation_bytes(spec.tile.bytes_per_pixel, wh * ww))
+        if est > budget:  # the smallest tile beside the statistics run's arena does not fit
             raise _too_small(height, width, budget, max(minimum, est), mode)
         return TilePlan("fast", height, width, est, budget, window=(wh, ww), tiles=len(ys) * len(xs), halo=h,
-                        minimum=minimum, stats_side=max(s))
+                        minimum=minimum, stats_side=max(s), stats_plan=stats_plan)
     strips, worst, minimum, runs = [], 0, images, 0
-    # Every segment's strip (halos included) holds about the working set of STRIP_PIXELS of the heaviest
+    # Every segment's strip (halos included) holds about the working set of strip_pixels of the heaviest
     # segment: light ones (quarter resolution, most of the arithmetic) get taller strips, so their halo
     # rows are recomputed less often (64-row strips with 4-row halos recompute 12.5%).
-    cap = SEGMENT_CALIBRATION * max(max(g.bytes_per_pixel, 1.0) for g in spec.segments) * STRIP_PIXELS
+    cap = SEGMENT_CALIBRATION * max(max(g.bytes_per_pixel, 1.0) for g in spec.segments) * strip_pixels
     for g in spec.segments:
         per_row = SEGMENT_CALIBRATION * max(g.bytes_per_pixel, 1.0) * width
         minimum = max(minimum, images + activation_bytes(g.bytes_per_pixel, width * min(height, a + 2 * g.halo),
@@ -316,7 +424,14 @@ def plan(style: StyleSpec, height: int, width: int, budget: int, mode: str = DEF
     ram = max(0, budget - images - worst)
     peak, disk, _ = spool_layout(spec, height, width, ram)
     return TilePlan("exact", height, width, images + worst + peak, budget, strips=tuple(strips), tiles=runs, halo=h,
-                    minimum=minimum, spool_ram=ram, spool_disk=disk)
+                    minimum=minimum, spool_ram=ram, spool_disk=disk, working=worst)
+
+
+def _exact_minimum(spec: TiledSpec, height: int, width: int) -> int:
+    """The smallest budget the exact mode runs a padded ``height`` x ``width`` image in (its thinnest strips)."""
+    return IMAGE_BYTES_PER_PIXEL * height * width + max(
+        activation_bytes(g.bytes_per_pixel, width * min(height, spec.align + 2 * g.halo), SEGMENT_CALIBRATION)
+        for g in spec.segments)
 
 
 def _too_small(height: int, width: int, budget: int, minimum: int, mode: str) -> MemoryBudgetError:
@@ -327,12 +442,43 @@ def _too_small(height: int, width: int, budget: int, minimum: int, mode: str) ->
 
 
 def stats_shape(height: int, width: int, side: int | None, align: int) -> tuple[int, int]:
-    """The padded size of the fast mode's statistics copy: long side ``side`` (None or larger: the image itself)."""
+    """The size of the fast mode's statistics sample: long side about ``side`` (None or larger: the image itself).
+
+    A grid of :func:`stats_crop` px crops, as many rows and columns as the image's
+    shape scaled to a long side of ``side`` holds (at least one each).
+    """
     if side is None or max(height, width) <= side:
         return height, width
+    crop = stats_crop(height, width, side, align)
     s = side / max(height, width)
-    h, w = max(align, round(height * s)), max(align, round(width * s))
-    return h + (-h % align), w + (-w % align)
+    return max(1, round(height * s / crop)) * crop, max(1, round(width * s / crop)) * crop
+
+
+def stats_crop(height: int, width: int, side: int, align: int) -> int:
+    """Side of the statistics sample's crops: :data:`STATS_CROP`, less when the image or ``side`` is smaller."""
+    return max(align, _floor(min(STATS_CROP, side, height, width), align))
+
+
+def stats_sample(image: np.ndarray, side: int | None, align: int) -> np.ndarray:
+    """The fast mode's statistics image: full-resolution crops from a regular grid over ``image``, side by side.
+
+    Crop (i, j) is the one centred in cell (i, j) of a rows x columns grid over
+    the image, so neighbouring crops come from neighbouring places. The image
+    itself when it is no larger than ``side``. Deterministic (sizes only).
+    """
+    hgt, wid = image.shape[:2]
+    sh, sw = stats_shape(hgt, wid, side, align)
+    if (sh, sw) == (hgt, wid):
+        return image
+    crop = stats_crop(hgt, wid, side or max(hgt, wid), align)
+    rows, cols = sh // crop, sw // crop
+    out = np.empty((sh, sw) + image.shape[2:], image.dtype)
+    for i in range(rows):
+        y = min(max(0, round((i + 0.5) * hgt / rows) - crop // 2), hgt - crop)
+        for j in range(cols):
+            x = min(max(0, round((j + 0.5) * wid / cols) - crop // 2), wid - crop)
+            out[i * crop:(i + 1) * crop, j * crop:(j + 1) * crop] = image[y:y + crop, x:x + crop]
+    return out
 
 
 # -- the spool (exact mode) ---------------------------------------------------
@@ -478,25 +624,55 @@ def spool_root(spool_dir: str | None = None) -> str:
 class TiledStyle:
     """The tiled graphs of one style, loaded on first use (onnxruntime; sha256 checked when a graph loads).
 
-    ``provider``: as ``make_runner`` ("cpu", "cuda", None: the best usable; the
-    TensorRT EP is not used for these graphs: CUDA instead). ``threads``:
-    onnxruntime intra-op threads (0: onnxruntime's default).
+    ``provider``: as ``make_runner`` ("cpu", "cuda", None: the best usable, the
+    TensorRT EP aside), or "tensorrt": the tile graph runs on onnxruntime's
+    TensorRT EP at the fixed windows (:data:`FIXED_WINDOWS`), one engine per
+    window with a static profile, cached under ``cache_dir`` (the user cache
+    folder, never the bundle); every other window, the stats graph and the exact
+    mode's segments (shapes that change with each photo) run on the CUDA EP.
+    Without a usable TensorRT EP: one warning, and all run on CUDA (else CPU).
+    ``threads``: onnxruntime intra-op threads (0: onnxruntime's default).
     """
 
     def __init__(self, bundle: str | os.PathLike, style: StyleSpec, *, provider: str | None = None,
-                 threads: int = 0, verify: bool = True) -> None:
+                 threads: int = 0, verify: bool = True, cache_dir: str | os.PathLike | None = None) -> None:
         if style.tiled is None:
             raise BundleError(f"Style {style.style_id!r} has no tiled graphs."
                               + note("a tiled block (emostyle-export --bundle DIR --tiled)", "none"))
         self.root, self.style, self.spec = Path(bundle), style, style.tiled
-        if provider is None:
+        self.tensorrt = provider == "tensorrt"  # tile graph at fixed windows on the TensorRT EP
+        if provider in (None, "tensorrt"):
             from .backends.onnxruntime import choose_providers
 
-            provider = "cuda" if "CUDAExecutionProvider" in choose_providers(None) else "cpu"
-        self.provider, self.threads, self.verify = provider, threads, verify
+            rest = "cuda" if "CUDAExecutionProvider" in choose_providers(None) else "cpu"
+            if self.tensorrt:
+                try:
+                    choose_providers("tensorrt")
+                    log.info("Tiled graphs of %s: the tile graph at fixed windows (%s px squares) on the TensorRT "
+                             "EP; other windows, the statistics graph and the exact mode's segments on %s (their "
+                             "shapes change with each photo: an engine each would be rebuilt for every size).",
+                             style.style_id, ", ".join(map(str, FIXED_WINDOWS)), rest)
+                except EmostyleError as exc:
+                    log.warning("The TensorRT EP is not usable for the tiled graphs of %s (%s); they run on %s.",
+                                style.style_id, exc, rest)
+                    self.tensorrt = False
+            provider = rest
+        self.provider, self.threads, self.verify, self.cache_dir = provider, threads, verify, cache_dir
         self._runners: dict[str, OrtRunner] = {}
-        self._lock = threading.Lock()
+        self._tile_runners: dict[tuple[int, int], OrtRunner] = {}  # TensorRT EP, one per fixed window
+        self._verified: set[str] = set()
+        self._lock = threading.RLock()
         self.last_spool: tuple[int, int] = (0, 0)  # (peak RAM, bytes on disk) of the last exact run
+
+    def _path(self, graph: TiledGraph) -> Path:
+        """The graph's file, its sha256 checked against the manifest once (when ``verify``)."""
+        path = self.root / graph.onnx
+        if self.verify and graph.onnx not in self._verified:
+            if sha256_file(path) != graph.sha256:
+                raise BundleError(f"Bundle file {path} does not match its manifest (damaged or replaced)."
+                                  + note(f"sha256 {graph.sha256[:16]}...", "another file"))
+            self._verified.add(graph.onnx)
+        return path
 
     def runner(self, graph: TiledGraph) -> OrtRunner:
         r = self._runners.get(graph.onnx)
@@ -504,24 +680,60 @@ class TiledStyle:
             with self._lock:
                 r = self._runners.get(graph.onnx)
                 if r is None:
-                    path = self.root / graph.onnx
-                    if self.verify and sha256_file(path) != graph.sha256:
-                        raise BundleError(f"Bundle file {path} does not match its manifest (damaged or replaced)."
-                                          + note(f"sha256 {graph.sha256[:16]}...", "another file"))
-                    r = self._runners[graph.onnx] = OrtRunner(path, provider=self.provider,
+                    r = self._runners[graph.onnx] = OrtRunner(self._path(graph), provider=self.provider,
                                                               intra_op_threads=self.threads)
         return r
 
+    def tile_runner(self, window: tuple[int, int]) -> OrtRunner:
+        """The tile graph's runner for tiles of ``window`` (h, w): a TensorRT EP engine for a fixed window, else
+        :meth:`runner`'s (CUDA EP or CPU)."""
+        if not (self.tensorrt and is_fixed_window(window)):
+            return self.runner(self.spec.tile)
+        r = self._tile_runners.get(window)
+        if r is None:
+            with self._lock:
+                r = self._tile_runners.get(window)
+                if r is None and self.tensorrt:
+                    r = self._tensorrt_runner(window)
+                    if r is not None:
+                        self._tile_runners[window] = r
+        return r if r is not None else self.runner(self.spec.tile)
+
+    def _tensorrt_runner(self, window: tuple[int, int]) -> OrtRunner | None:
+        """The tile graph on the TensorRT EP with the static profile min = opt = max = (1, h, w, C); None (one
+        warning, and the TensorRT EP is not tried again) when onnxruntime cannot create it."""
+        from .backends import onnxruntime as ortb
+        from .backends.base import cache_dir
+        from .engines import Profile
+
+        g = self.spec.tile
+        path = self._path(g)
+        shape = (1, window[0], window[1], g.inputs[0].channels)
+        opts = ortb.trt_ep_options(cache_dir(self.cache_dir), graph_sha256=g.sha256,
+                                   profile=Profile(g.inputs[0].name, shape, shape, shape))
+        # one engine file per window: the EP's cache key is the graph, not its input shapes, so windows sharing a
+        # prefix would overwrite (and rebuild) each other's engine
+        opts["trt_engine_cache_prefix"] += f"_{window[0]}x{window[1]}"
+        try:
+            return OrtRunner(path, provider="tensorrt", intra_op_threads=self.threads,
+                             provider_options={ortb.PROVIDERS["tensorrt"]: opts})
+        except EmostyleError as exc:
+            log.warning("The TensorRT EP cannot run the tile graph of %s at %dx%d (%s); the tiles run on %s.",
+                        self.style.style_id, window[1], window[0], exc, self.provider)
+            self.tensorrt = False
+            return None
+
     def close(self) -> None:
         with self._lock:
-            runners, self._runners = list(self._runners.values()), {}
+            runners = list(self._runners.values()) + list(self._tile_runners.values())
+            self._runners, self._tile_runners = {}, {}
         for r in runners:
             r.close()
 
     def run(self, padded: np.ndarray, p: TilePlan) -> np.ndarray:
         """Style one padded HxWx3 uint8 image as planned (``p.mode`` "fast" or "exact")."""
         if p.mode == "fast":
-            return self.run_fast(padded, window=p.window, stats_side=p.stats_side)
+            return self.run_fast(padded, window=p.window, stats_side=p.stats_side, stats_plan=p.stats_plan)
         if p.mode == "exact":
             return self.run_exact(padded, strips=p.strips, spool_ram=p.spool_ram)
         raise InvalidArgumentError(f"A {p.mode!r} plan is not a tiled one." + note("fast or exact", p.mode))
@@ -529,23 +741,39 @@ class TiledStyle:
     # fast ------------------------------------------------------------------
 
     def statistics(self, padded: np.ndarray, stats_side: int | None = STATS_SIDE) -> dict[str, np.ndarray]:
-        """Mean and variance of every InstanceNorm input, from a copy with long side ``stats_side`` (None: the image)."""
+        """Mean and variance of every InstanceNorm input, from :func:`stats_sample` (``stats_side`` None: the image)."""
         spec = self.spec
-        h, w = stats_shape(padded.shape[0], padded.shape[1], stats_side, spec.align)
-        small = padded if (h, w) == padded.shape[:2] else cv2.resize(padded, (w, h), interpolation=cv2.INTER_AREA)
-        outs = self.runner(spec.stats).run({spec.stats.inputs[0].name: np.ascontiguousarray(small)[None]})
+        sample = stats_sample(padded, stats_side, spec.align)
+        outs = self.runner(spec.stats).run({spec.stats.inputs[0].name: np.ascontiguousarray(sample)[None]})
         return {name: outs[name].astype(np.float32).reshape(1, -1, 1, 1) for n in spec.norms for name in (n.mean, n.var)}
 
+    def sample_statistics(self, padded: np.ndarray, stats_side: int | None = STATS_SIDE,
+                          stats_plan: TilePlan | None = None) -> dict[str, np.ndarray]:
+        """The fast mode's statistics: those of :func:`stats_sample`.
+
+        ``stats_plan``: the exact-mode plan for the sample (a fast plan's: strips,
+        bounded memory); None: one run of the stats graph.
+        """
+        if stats_plan is None:
+            return self.statistics(padded, stats_side)
+        sample = stats_sample(padded, stats_side, self.spec.align)
+        if stats_plan is not None and (stats_plan.height, stats_plan.width) != sample.shape[:2]:
+            raise InvalidArgumentError("The statistics plan is for another sample size."
+                                       + note(f"{sample.shape[1]}x{sample.shape[0]}",
+                                              f"{stats_plan.width}x{stats_plan.height}"))
+        return self.exact_statistics(sample, strips=stats_plan.strips, spool_ram=stats_plan.spool_ram)
+
     def run_fast(self, padded: np.ndarray, *, window: tuple[int, int] | None = None, tile: int | None = None,
-                 stats_side: int | None = STATS_SIDE, stats: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-        """Tiles of one fixed ``window`` (or interiors of about ``tile`` px), statistics from a downscaled copy."""
+                 stats_side: int | None = STATS_SIDE, stats: Mapping[str, np.ndarray] | None = None,
+                 stats_plan: TilePlan | None = None) -> np.ndarray:
+        """Tiles of one fixed ``window`` (or interiors of about ``tile`` px), statistics of :func:`stats_sample`."""
         spec, g = self.spec, self.spec.tile
         hgt, wid = padded.shape[:2]
         if window is None:
             t = max(spec.align, _floor(tile or STATS_SIDE, spec.align)) + 2 * spec.halo
             window = (min(hgt, t), min(wid, t))
-        stats = dict(stats) if stats is not None else self.statistics(padded, stats_side)
-        runner = self.runner(g)
+        stats = dict(stats) if stats is not None else self.sample_statistics(padded, stats_side, stats_plan)
+        runner = self.tile_runner((min(window[0], hgt), min(window[1], wid)))
         name_in, name_out = g.inputs[0].name, g.outputs[0].name
         out = np.empty_like(padded)
         for (y0, y1, wy), (x0, x1, wx) in self._grid(hgt, wid, window):
@@ -570,10 +798,23 @@ class TiledStyle:
         same for all. ``spool_ram``: bytes of activations kept in RAM (the rest
         goes to files in ``spool_dir``). ``progress``: called once per segment.
         """
+        return self._layers(padded, strips, strip_rows, spool_ram, spool_dir, progress, output=True)[0]
+
+    def exact_statistics(self, padded: np.ndarray, *, strips: tuple[int, ...] | None = None,
+                         strip_rows: int | None = None, spool_ram: int = 0,
+                         spool_dir: str | None = None) -> dict[str, np.ndarray]:
+        """The exact mode up to the last InstanceNorm: every one's mean and variance, as the tile graph's feed."""
+        stats = self._layers(padded, strips, strip_rows, spool_ram, spool_dir, None, output=False)[1]
+        return {name: value for k, n in enumerate(self.spec.norms) for name, value in zip((n.mean, n.var), stats[k])}
+
+    def _layers(self, padded: np.ndarray, strips: tuple[int, ...] | None, strip_rows: int | None, spool_ram: int,
+                spool_dir: str | None, progress: Any, *, output: bool
+                ) -> tuple[np.ndarray | None, dict[int, tuple[np.ndarray, np.ndarray]]]:
+        """Run the segments in strips (all, or without the last when not ``output``): (styled image, statistics)."""
         spec = self.spec
         hgt, wid = padded.shape[:2]
         a = spec.align
-        segs = spec.segments
+        segs = spec.segments if output else spec.segments[:-1]
         rows_per = strips if strips is not None else (max(a, _floor(strip_rows or hgt, a)),) * len(segs)
         image = segs[0].inputs[0].name
         norm_of = {n.tensor: k for k, n in enumerate(spec.norms)}
@@ -592,17 +833,19 @@ class TiledStyle:
                     f"within this memory budget, and the disk has less free. Set {SPOOL_ENV} to a larger disk, or "
                     f"give a larger memory budget (more of the spool stays in RAM)."
                     + note(format_bytes(disk_peak + (256 << 20)), f"{format_bytes(free)} free"))
-        out = np.empty_like(padded)
+        out = np.empty_like(padded) if output else None
         spool = _Spool(spool_ram, spool_dir)
         events = list(_spool_events(spec))
         try:
             for i, g in enumerate(segs):
                 runner = self.runner(g)
+                # statistics only: the last segment run gives the last statistics; nothing reads its outputs
+                store = not g.stats_only and (output or i < len(segs) - 1)
                 feed_stats: dict[str, np.ndarray] = {}
                 if g.norm is not None:
                     n = spec.norms[g.norm]
                     feed_stats = dict(zip((n.mean, n.var), stats[g.norm]))
-                for _, what, t in (e for e in events if e[0] == i and e[1] == "create"):
+                for _, what, t in (e for e in events if e[0] == i and e[1] == "create" and store):
                     spool.create(t.name, t.channels, hgt // t.scale, wid // t.scale)
                 sums = {t.name: [0.0, 0.0] for t in g.outputs if t.name in norm_of}
                 step = min(hgt, rows_per[i])
@@ -617,7 +860,7 @@ class TiledStyle:
                     del feed
                     for t in g.outputs:
                         r0, r1 = (y0 - ya) // t.scale, (y1 - ya) // t.scale
-                        if i == len(segs) - 1:  # the styled image (NHWC uint8)
+                        if out is not None and i == len(segs) - 1:  # the styled image (NHWC uint8)
                             out[y0:y1] = res[t.name][0, r0:r1]
                             continue
                         block = res[t.name][0, :, r0:r1]
@@ -625,7 +868,7 @@ class TiledStyle:
                             flat = block.reshape(block.shape[0], -1)
                             sums[t.name][0] += flat.sum(axis=1).astype(np.float64)
                             sums[t.name][1] += np.square(flat).sum(axis=1).astype(np.float64)
-                        if not g.stats_only:
+                        if store:
                             spool.write(t.name, y0 // t.scale, block)
                     del res
                 for name, (s1, s2) in sums.items():
@@ -636,7 +879,8 @@ class TiledStyle:
                     stats[norm_of[name]] = (mean.astype(np.float32).reshape(1, -1, 1, 1),
                                             var.astype(np.float32).reshape(1, -1, 1, 1))
                 for _, what, t in (e for e in events if e[0] == i and e[1] == "drop"):
-                    spool.drop(t.name)
+                    if t.name in spool:
+                        spool.drop(t.name)
                 log.debug("exact mode: segment %d/%d done (%s in RAM, %s on disk)", i + 1, len(segs),
                           format_bytes(spool.ram_used), format_bytes(spool.disk_bytes))
                 if progress is not None:
@@ -646,4 +890,4 @@ class TiledStyle:
             self.last_spool = (spool.ram_peak, spool.disk_bytes)
         finally:
             spool.close()
-        return out
+        return out, stats

@@ -34,6 +34,8 @@ from emostyle_rt.tiling import (
     parse_memory,
     plan,
     spool_layout,
+    stats_sample,
+    stats_shape,
 )
 
 EMOTION = "angry"
@@ -181,8 +183,48 @@ def test_plan_whole_when_it_fits_tiles_sized_to_budget(style: StyleSpec) -> None
     small = plan(style, h, w, parse_memory("600MB"), "fast")
     assert small.window[0] * small.window[1] < fast.window[0] * fast.window[1]  # tiles follow the budget
     assert all(x % style.tiled.align == 0 for x in (*fast.window, *small.window))
+    # the window shape computes few pixels beyond the photo's: at 1.5 GB the 64 px halos add < 45%, where a
+    # square window of the same area would need 1.67x (measured for the fixed squares this replaced)
+    computed = fast.tiles * fast.window[0] * fast.window[1]
+    assert computed < 1.45 * h * w, (fast.summary(), computed / (h * w))
+    assert fast.tiles == len(cells(h, fast.window[0], fast.halo, 4)) * len(cells(w, fast.window[1], fast.halo, 4))
     exact = plan(style, h, w, parse_memory("400MB"), "exact")
     assert exact.spool_disk > 0 and exact.estimate <= exact.budget
+
+
+def test_statistics_sample_is_full_resolution_crops_from_a_grid(astronaut: np.ndarray) -> None:
+    """The fast mode's statistics image: crops of the photo at its own scale (not resized), spread over it."""
+    big = cv2.resize(astronaut, (1200, 800), interpolation=cv2.INTER_CUBIC)
+    sample = stats_sample(big, 512, 4)
+    assert sample.shape == (*stats_shape(800, 1200, 512, 4), 3) == (256, 512, 3)  # 1 x 2 crops of 256 px
+    assert sample.dtype == big.dtype and np.array_equal(sample, stats_sample(big, 512, 4))
+    # each crop is a block of the photo's own pixels, from its grid cell: the left one from the left half
+    for j, (x_lo, x_hi) in enumerate(((0, 600), (600, 1200))):
+        crop = sample[:, j * 256:(j + 1) * 256]
+        hits = [(y, x) for y in range(0, 800 - 255, 2) for x in range(0, 1200 - 255, 2)
+                if np.array_equal(big[y:y + 256, x:x + 256], crop)]
+        assert hits and all(x_lo <= x + 128 <= x_hi for _, x in hits), (j, hits[:3])
+    wide = stats_sample(big, 1024, 4)  # 3 rows x 4 columns of 256 px
+    assert wide.shape == (768, 1024, 3)
+    assert stats_sample(astronaut, 1024, 4) is astronaut  # small enough: the image's own statistics
+    assert stats_sample(big, None, 4) is big
+    tiny = stats_sample(big[:100, :3000 // 10], 64, 4)  # crops shrink to the budgeted side
+    assert tiny.shape[0] % 4 == 0 and max(tiny.shape[:2]) <= 128
+
+
+def test_fast_statistics_in_strips_equal_one_run(tiled: TiledStyle, style: StyleSpec, astronaut: np.ndarray) -> None:
+    """The fast mode takes the sample's statistics in one stats-graph run when the budget allows, else in strips:
+    both give the same numbers, and the plan says which (a large budget: one run; a small one: strips)."""
+    big = cv2.resize(astronaut, (1200, 800), interpolation=cv2.INTER_CUBIC)
+    small_budget = plan(style, 800, 1200, parse_memory("250MB"), "fast", force=True, stats_side=512)
+    large_budget = plan(style, 800, 1200, parse_memory("8GB"), "fast", force=True, stats_side=512)
+    assert small_budget.stats_plan is not None and small_budget.stats_plan.tiles > 2  # several strips
+    assert large_budget.stats_plan is None
+    in_strips = tiled.sample_statistics(big, 512, small_budget.stats_plan)
+    one_run = tiled.sample_statistics(big, 512, None)
+    assert in_strips.keys() == one_run.keys() and len(one_run) == 2 * len(tiled.spec.norms)
+    for name, value in one_run.items():
+        np.testing.assert_allclose(in_strips[name], value, rtol=2e-3, atol=1e-4 * float(np.abs(value).max()), err_msg=name)
 
 
 def test_cells_cover_every_pixel_once_with_fixed_windows() -> None:
