@@ -53,7 +53,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from .backends.onnxruntime import OrtRunner
-from .errors import BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
+from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
 from .fsutil import sha256_file
 from .manifest import StyleSpec, TiledGraph, TiledSpec
 
@@ -773,14 +773,32 @@ class TiledStyle:
             t = max(spec.align, _floor(tile or STATS_SIDE, spec.align)) + 2 * spec.halo
             window = (min(hgt, t), min(wid, t))
         stats = dict(stats) if stats is not None else self.sample_statistics(padded, stats_side, stats_plan)
-        runner = self.tile_runner((min(window[0], hgt), min(window[1], wid)))
+        shape = (min(window[0], hgt), min(window[1], wid))
+        runner = self.tile_runner(shape)
         name_in, name_out = g.inputs[0].name, g.outputs[0].name
         out = np.empty_like(padded)
         for (y0, y1, wy), (x0, x1, wx) in self._grid(hgt, wid, window):
-            tile_in = np.ascontiguousarray(padded[wy:wy + min(window[0], hgt), wx:wx + min(window[1], wid)])[None]
-            res = runner.run({name_in: tile_in, **stats})[name_out][0]
+            tile_in = np.ascontiguousarray(padded[wy:wy + shape[0], wx:wx + shape[1]])[None]
+            try:
+                res = runner.run({name_in: tile_in, **stats})[name_out][0]
+            except BackendError as exc:  # the TensorRT EP may build (and fail) on the first run, not at load
+                if runner is self.runner(g):
+                    raise
+                runner = self._drop_tensorrt(shape, exc)
+                res = runner.run({name_in: tile_in, **stats})[name_out][0]
             out[y0:y1, x0:x1] = res[y0 - wy:y1 - wy, x0 - wx:x1 - wx]
         return out
+
+    def _drop_tensorrt(self, window: tuple[int, int], exc: Exception) -> OrtRunner:
+        """After a TensorRT EP tile run failed: one warning, the engine runners closed, the tiles on :meth:`runner`."""
+        log.warning("The TensorRT EP failed to run the tile graph of %s at %dx%d (%s); the tiles run on %s.",
+                    self.style.style_id, window[1], window[0], exc, self.provider)
+        with self._lock:
+            self.tensorrt = False
+            runners, self._tile_runners = list(self._tile_runners.values()), {}
+        for r in runners:
+            r.close()
+        return self.runner(self.spec.tile)
 
     def _grid(self, hgt: int, wid: int, window: tuple[int, int]) -> Iterator[tuple[tuple[int, int, int], ...]]:
         a, h = self.spec.align, self.spec.halo

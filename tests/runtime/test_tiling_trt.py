@@ -259,6 +259,35 @@ def test_tensorrt_unavailable_falls_back_with_one_warning(
     assert caplog.text.count("cannot run the tile graph") == 1
 
 
+def test_tensorrt_failing_at_its_first_run_falls_back_with_one_warning(
+        tiled_bundle: Path, style: StyleSpec, photo: np.ndarray, tmp_path: Path, fake_trt: type[_Recorder],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The TensorRT EP may build its engine at the first run and fail there: the tiles then run on the CUDA EP
+    (here the CPU stand-in), with one warning, and the result is the same."""
+    class FailsToRun(_Recorder):
+        def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if self.name == "fake:tensorrt":
+                raise BackendError("onnxruntime failed to run tile.onnx: TensorRT engine build failed")
+            return super().run(feed)
+
+    monkeypatch.setattr(tiling, "OrtRunner", FailsToRun)
+    padded = pad_to_multiple(photo, style.tiled.align)
+    cpu = TiledStyle(tiled_bundle, style, provider="cpu")
+    t = TiledStyle(tiled_bundle, style, provider="tensorrt", cache_dir=tmp_path)
+    try:
+        stats = cpu.statistics(padded, None)
+        with caplog.at_level(logging.WARNING, logger="emostyle_rt.tiling"):
+            for _ in range(2):  # the second run goes to the CUDA EP at once
+                out = t.run_fast(padded, window=(640, 640), stats=stats)
+                assert np.array_equal(out, cpu.run_fast(padded, window=(640, 640), stats=stats))
+        assert caplog.text.count("failed to run the tile graph") == 1 and not t.tensorrt
+        assert [c["provider"] for c in fake_trt.calls if c["path"] == tiled_bundle / style.tiled.tile.onnx
+                and c["provider"] != "cpu"] == ["tensorrt", "cuda"]
+    finally:
+        t.close()
+        cpu.close()
+
+
 @pytest.mark.filterwarnings("ignore:Specified provider 'TensorrtExecutionProvider'")  # this onnxruntime has none
 def test_stylizer_with_tensorrt_plans_fixed_windows_and_passes_the_cache(
         tiled_bundle: Path, style: StyleSpec, astronaut: np.ndarray, tmp_path: Path,
