@@ -64,11 +64,6 @@ def collage(width: int, height: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return round(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)), 2)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emostyle_bench.tiling_stats", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     args = p.parse_args(argv)
 
+    from emostyle_export.parity import psnr
     from emostyle_rt.backends import make_runner
     from emostyle_rt.imageio import pad_to_multiple
     from emostyle_rt.manifest import load_manifest
@@ -114,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         took = time.perf_counter() - t0
         out = tiled.run_fast(img, window=(WINDOW, WINDOW), stats=stats)
         rows.append({"statistics": name, "source_px": list(source.shape[:2]), "seconds": round(took, 2),
-                     "psnr_db": psnr(out, ref), "max_abs_diff": int(np.abs(out.astype(int) - ref).max())})
+                     "psnr_db": round(min(psnr(out, ref), 999.0), 2), "max_abs_diff": int(np.abs(out.astype(int) - ref).max())})
         print(json.dumps(rows[-1]), flush=True)
     tiled.close()
     result = {"bundle": str(args.bundle), "style": style.style_id, "size": args.size, "photo": args.photo,

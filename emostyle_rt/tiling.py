@@ -403,15 +403,13 @@ def plan(style: StyleSpec, height: int, width: int, budget: int, mode: str = DEF
             raise _too_small(height, width, budget, max(minimum, est), mode)
         return TilePlan("fast", height, width, est, budget, window=(wh, ww), tiles=len(ys) * len(xs), halo=h,
                         minimum=minimum, stats_side=max(s), stats_plan=stats_plan)
-    strips, worst, minimum, runs = [], 0, images, 0
+    strips, worst, runs = [], 0, 0
     # Every segment's strip (halos included) holds about the working set of strip_pixels of the heaviest
     # segment: light ones (quarter resolution, most of the arithmetic) get taller strips, so their halo
     # rows are recomputed less often (64-row strips with 4-row halos recompute 12.5%).
     cap = SEGMENT_CALIBRATION * max(max(g.bytes_per_pixel, 1.0) for g in spec.segments) * strip_pixels
     for g in spec.segments:
         per_row = SEGMENT_CALIBRATION * max(g.bytes_per_pixel, 1.0) * width
-        minimum = max(minimum, images + activation_bytes(g.bytes_per_pixel, width * min(height, a + 2 * g.halo),
-                                                         SEGMENT_CALIBRATION))
         target = _floor(cap / per_row - 2 * g.halo, a)
         rows = min(height, target, _floor((budget - images - RUN_OVERHEAD) / per_row - 2 * g.halo, a))
         rows = max(rows, a)
@@ -419,6 +417,7 @@ def plan(style: StyleSpec, height: int, width: int, budget: int, mode: str = DEF
         runs += math.ceil(height / rows)
         worst = max(worst, activation_bytes(g.bytes_per_pixel, width * min(height, rows + 2 * g.halo),
                                             SEGMENT_CALIBRATION))
+    minimum = _exact_minimum(spec, height, width)
     if budget < minimum:
         raise _too_small(height, width, budget, minimum, mode)
     ram = max(0, budget - images - worst)

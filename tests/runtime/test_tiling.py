@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,28 +37,7 @@ from emostyle_rt.tiling import (
     stats_shape,
 )
 
-EMOTION = "angry"
-
-
-@pytest.fixture(scope="session")
-def tiled_bundle(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo bundle when its ``angry`` style has tiled graphs; else a copy with them added to that style only."""
-    m = load_manifest(demo_bundle, verify_files=False)
-    sid = m.emotions[EMOTION]
-    if m.styles[sid].tiled is not None:
-        return demo_bundle
-    from emostyle_export.bundle import add_to_bundle
-
-    copy = tmp_path_factory.mktemp("bundles") / "demo-tiled"
-    shutil.copytree(demo_bundle, copy)
-    add_to_bundle(copy, fp16=False, tiled=[sid])
-    return copy
-
-
-@pytest.fixture(scope="module")
-def style(tiled_bundle: Path) -> StyleSpec:
-    m = load_manifest(tiled_bundle)
-    return m.style_for(EMOTION)
+EMOTION = "angry"  # the style conftest.py gives tiled graphs (TILED_EMOTION)
 
 
 @pytest.fixture(scope="module")

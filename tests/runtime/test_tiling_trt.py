@@ -11,7 +11,6 @@ machine that has both; it skips elsewhere.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +22,13 @@ from emostyle_rt import Stylizer
 from emostyle_rt.backends import onnxruntime as ortb
 from emostyle_rt.errors import BackendError
 from emostyle_rt.imageio import pad_to_multiple
-from emostyle_rt.manifest import StyleSpec, load_manifest
+from emostyle_rt.manifest import StyleSpec
 from emostyle_rt import tiling
 from emostyle_rt.tiling import FIXED_WINDOWS, TiledStyle, estimate_whole, is_fixed_window, parse_memory, plan
 
-EMOTION = "angry"
+EMOTION = "angry"  # the style conftest.py gives tiled graphs (TILED_EMOTION)
 TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 _PROVIDERS = {None: [TRT, CUDA, CPU], "tensorrt": [TRT, CPU], "cuda": [CUDA, CPU], "cpu": [CPU]}
-
-
-@pytest.fixture(scope="module")
-def tiled_bundle(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo bundle when its ``angry`` style has tiled graphs; else a copy with them added (an older bundle)."""
-    m = load_manifest(demo_bundle, verify_files=False)
-    sid = m.emotions[EMOTION]
-    if m.styles[sid].tiled is not None:
-        return demo_bundle
-    from emostyle_export.bundle import add_to_bundle
-
-    copy = tmp_path_factory.mktemp("bundles") / "demo-tiled-trt"
-    shutil.copytree(demo_bundle, copy)
-    add_to_bundle(copy, fp16=False, tiled=[sid])
-    return copy
-
-
-@pytest.fixture(scope="module")
-def style(tiled_bundle: Path) -> StyleSpec:
-    return load_manifest(tiled_bundle).style_for(EMOTION)
 
 
 @pytest.fixture(scope="module")
