@@ -299,11 +299,13 @@ def _open_bundle(explicit: Path | None) -> Manifest:
     """The bundle's manifest (files verified); a missing bundle says how to choose or make one."""
     bundle = default_bundle(explicit)
     try:
-        return load_manifest(bundle)
+        manifest = load_manifest(bundle)
     except BundleError as exc:
         if (bundle / MANIFEST_NAME).is_file():
             raise
         raise BundleError(f"No bundle at {bundle}." + bundle_hint()) from exc
+    log.info("Classifier: %s.", manifest.classifier.describe())  # where the emotions come from
+    return manifest
 
 
 def check_options(args: argparse.Namespace, manifest: Manifest | None) -> None:
@@ -546,7 +548,8 @@ def run_webcam(args: argparse.Namespace, started: float) -> int:
         bar.close()
         cap.release()
     if args.report is not None:
-        report = {"bundle": str(manifest.root), "demo": manifest.demo, "interrupted": False, "files": [entry]}
+        report = {"bundle": str(manifest.root), "demo": manifest.demo, "classifier": manifest.classifier.describe(),
+                  "interrupted": False, "files": [entry]}
         with _hold_ctrl_c():
             write_bytes_atomic(args.report, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     log.info("Recorded %d frames (%.1f s) to %s.", res.frames, res.seconds, dst)
@@ -678,7 +681,8 @@ def finish_run(args: argparse.Namespace, manifest: Manifest, states: _StateLog, 
     with _hold_ctrl_c():
         states.close(compact=not stopped)  # not when the folder is unusable (full)
         if args.report is not None:
-            report = {"bundle": str(manifest.root), "demo": manifest.demo, "interrupted": interrupted, "files": entries}
+            report = {"bundle": str(manifest.root), "demo": manifest.demo,
+                      "classifier": manifest.classifier.describe(), "interrupted": interrupted, "files": entries}
             try:
                 write_bytes_atomic(args.report, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
             except ImageWriteError as exc:
