@@ -119,7 +119,8 @@ class CropSpec:
     colour of the image's bottom two rows (what the ``fer`` package pads with),
     "reflect" mirrors the image (reflect-101, ``dcb|abcd``); ``border_width``
     (pixels, None: unlimited) is how far the padding reaches beyond the image,
-    the crop is cut beyond it (fer pads a 40 px frame); then it is resized with
+    the crop is cut beyond it (fer pads a 40 px frame; an eye-aligned crop's
+    rectangle is cut the same way before it is turned); then it is resized with
     ``interpolation`` ("auto": area when shrinking, else linear). Crop edges
     that fall on a half pixel are rounded as ``rounding`` says: "half-even"
     (0.1.0's), or "half-up", which is what integer code such as fer's
@@ -163,11 +164,10 @@ class CropSpec:
             if isinstance(bw, bool) or not isinstance(bw, int) or not 0 <= bw <= MAX_CROP_MARGIN["px"]:
                 raise InvalidArgumentError("Crop border_width must be a whole number of pixels, or None."
                                            + note(f"None (no limit) or 0..{MAX_CROP_MARGIN['px']:g}", repr(bw)))
-            if self.border == "clip" or self.alignment == "eyes":
+            if self.border == "clip":
                 raise InvalidArgumentError(
-                    "Crop border_width limits how far a padding border reaches; it needs a padding border and "
-                    "an unaligned crop." + note("border constant, mean, bottom-rows-mean or reflect with alignment "
-                                               "none", f"border {self.border}, alignment {self.alignment}"))
+                    "Crop border_width limits how far a padding border reaches; border clip pads nothing."
+                    + note("border constant, mean, bottom-rows-mean or reflect", "border clip"))
         v = self.border_value
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
             raise InvalidArgumentError("Crop border_value must be an integer grey level." + note("0..255", repr(v)))
