@@ -74,7 +74,8 @@ EXAMPLES = """examples:
 videos: the style follows the face's emotion over time without flickering: a frame is classified
 every --classify-every frames (and at once when the tracked face moves or is lost), the scores are
 smoothed over --smooth seconds, and the style switches only when another emotion leads by
---switch-margin for --switch-after seconds. The report lists each video's segments (start, end,
+--switch-margin for --switch-after seconds, and not sooner than --min-segment seconds after the last switch
+(docs/emotion-over-time.md says how the defaults were measured). The report lists each video's segments (start, end,
 emotion, mean scores). Outputs appear only when complete; a killed run leaves nothing behind.
 Textures are kept steady (--coherence flow, the default): each styled frame is blended with the
 previous output, warped along the input's optical flow, where that flow is reliable; the report's
@@ -138,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"probability lead a new emotion needs to switch the style (default {d.switch_margin})")
     v.add_argument("--switch-after", type=float, default=d.switch_seconds, metavar="S",
                    help=f"seconds the lead must hold (default {d.switch_seconds})")
+    v.add_argument("--min-segment", type=float, default=d.min_segment_seconds, metavar="S",
+                   help=f"keep a style at least S seconds after a switch (default {d.min_segment_seconds})")
     v.add_argument("--crossfade", type=int, default=d.crossfade_frames, metavar="N",
                    help="blend old and new style over N frames at a switch (default: cut)")
     v.add_argument("--batch", type=int, default=1, metavar="N",
@@ -160,7 +163,7 @@ def temporal_options(args: argparse.Namespace) -> TemporalOptions:
     """The video options of the command line (a typed error for a bad value)."""
     return TemporalOptions(classify_every=args.classify_every, smooth_seconds=args.smooth,
                            switch_margin=args.switch_margin, switch_seconds=args.switch_after,
-                           crossfade_frames=args.crossfade)
+                           min_segment_seconds=args.min_segment, crossfade_frames=args.crossfade)
 
 
 # -- planning: pure, nothing is created ---------------------------------------------------------
