@@ -81,10 +81,13 @@ def test_never_writes_over_inputs(demo_bundle: Path, photos: Path, tmp_path: Pat
     assert main([str(photos / "a.png"), "-o", str(photos / "a.png"), *b]) == 2
     assert main([str(photos / "a.png"), "-o", str(photos), *b]) == 2  # same name in the same folder
     assert _snapshot(photos) == before
-    # An output folder inside the input folder is not read back as input on a rerun.
-    assert main([str(photos), "-o", str(photos / "styled"), "--emotion", "sad", *b]) == 1
-    assert main([str(photos), "-o", str(photos / "styled"), "--emotion", "sad", *b]) == 1
-    assert _outputs(photos / "styled") == ["a.png", "sub/b.jpg"]
+    # The input and output trees are kept apart: an output folder inside the input folder (whose files would be
+    # taken for outputs, and whose outputs the next run would read) or above it (outputs mixed with what is
+    # around the input folder) is refused, and nothing is created.
+    for out in (photos / "styled", photos / "sub", photos / "sub" / "deep", photos.parent, photos.parent.parent):
+        assert main([str(photos), "-o", str(out), "--emotion", "sad", *b]) == 2, out
+    assert _snapshot(photos) == before and not (photos / "styled").exists() and not (photos / "sub" / "deep").exists()
+    assert sorted(p.name for p in photos.parent.iterdir()) == ["in"]
 
 
 def test_options_and_usage_errors(demo_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
