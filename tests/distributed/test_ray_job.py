@@ -252,3 +252,22 @@ def test_gpu_actors_take_a_gpu_each(demo_bundle: Path, tmp_path: Path) -> None:
     assert r.placement is not None and r.placement.actor_gpus == 1.0 and r.done == 4
     assert main([str(src), "-o", str(local), "--bundle", str(demo_bundle), "-q"]) == 0
     assert _tree(tmp_path / "out").keys() == _tree(local).keys()
+
+
+def test_rays_constructor_argument_notice_is_filtered_and_the_rest_passes(capfd: pytest.CaptureFixture[str]) -> None:
+    """Ray's core worker writes an error line per actor to the driver's stderr (ray issue 53727; harmless for this
+    job): the job's stderr filter drops that line only, and passes the rest, partial lines included."""
+    notice = (b"[2026-12-07 04:03:34,278 E 17527 17527] core_worker.cc:2465: Actor with class name: "
+              b"'MapWorker(MapBatches(StyleActor))' and ID: 'feb0' has constructor arguments in the object store and "
+              b"max_restarts > 0. If the arguments in the object store go out of scope or are lost, the actor restart "
+              b"will fail. See https://github.com/ray-project/ray/issues/53727 for more details.\n")
+    with job.filtered_stderr(job.RAY_NOISE):
+        os.write(2, b"before\n" + notice + b"[2026-12-07 E 1 1] core_worker.cc:10: something real\n")
+        os.write(2, b"\r 40%|####  | 2/5")  # a progress bar: no newline, passed at once
+        os.write(2, b"\r 60%|######| 3/5\nlast")
+    err = capfd.readouterr().err
+    assert err == ("before\n[2026-12-07 E 1 1] core_worker.cc:10: something real\n\r 40%|####  | 2/5"
+                   "\r 60%|######| 3/5\nlast"), err
+    with job.filtered_stderr(job.RAY_NOISE, enabled=False):  # -v: nothing is filtered
+        os.write(2, notice)
+    assert "max_restarts" in capfd.readouterr().err
