@@ -227,7 +227,7 @@ def ray_session(address: str | None, *, verbose: bool = False) -> Iterator[str]:
             ray.init(address=LOCAL, include_dashboard=False, **kwargs)
         else:
             ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # OSError: ConnectionError, TimeoutError, a socket path too long
         what = "start a local Ray" if local else f"connect to the Ray cluster at {address}"
         raise BackendError(f"Cannot {what}: {sentence(exc)}" + note(
             "a running cluster ('ray start --head' there; 'auto' for one on this machine)" if not local
