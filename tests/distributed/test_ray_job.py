@@ -271,3 +271,21 @@ def test_rays_constructor_argument_notice_is_filtered_and_the_rest_passes(capfd:
     with job.filtered_stderr(job.RAY_NOISE, enabled=False):  # -v: nothing is filtered
         os.write(2, notice)
     assert "max_restarts" in capfd.readouterr().err
+
+
+def test_a_ray_that_cannot_start_is_a_typed_error(demo_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """ray.init raises OSError for a socket path over 107 bytes (a long $TMPDIR): exit 2 with the reason, no
+    traceback (it was one), and nothing written."""
+    import ray
+
+    def fail(*a: object, **k: object) -> None:
+        raise OSError("validate_socket_filename failed: AF_UNIX path length cannot exceed 107 bytes")
+
+    monkeypatch.setattr(ray, "init", fail)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    _photos(tmp_path / "in", 1)
+    assert main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ray", "--bundle", str(demo_bundle), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "Cannot start a local Ray: validate_socket_filename failed" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
