@@ -21,7 +21,6 @@ import threading
 import socket
 import sys
 import tempfile
-from pathlib import Path
 from typing import Iterator, Sequence
 
 from emostyle_rt.errors import BundleError, EmostyleError, InvalidArgumentError, note, sentence

@@ -346,6 +346,7 @@ def find_runner(manifest: Any, key: str, *, required: bool = False, device: str 
     if found is None:
         return None
     package, side = found
+    spec = manifest.styles[key]
     try:
         if str(package) in _FAILED:
             raise BackendError(_FAILED[str(package)])
