@@ -524,7 +524,8 @@ def test_serve_writes_nothing_but_what_it_says(tmp_path: Path, mtcnn_bundle: Pat
     env = {**os.environ, "TMPDIR": str(box / "tmp"), "XDG_CACHE_HOME": str(box / "cache"), "HOME": str(box / "home")}
     proc = subprocess.Popen([sys.executable, "-m", "emostyle_rt.cli", "serve", "--bundle", str(mtcnn_bundle.resolve()),
                              "--port", str(port), "--workers", "2", "--body-timeout", "5", "-q"], cwd=box, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: a failed test stops the workers too
     url = f"http://127.0.0.1:{port}"
 
     def live_workers() -> float:
@@ -563,10 +564,24 @@ def test_serve_writes_nothing_but_what_it_says(tmp_path: Path, mtcnn_bundle: Pat
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop_group(proc)
     assert _snapshot(box) == before, sorted(_changed(before, _snapshot(box)))
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session``, its worker processes included: SIGTERM (a clean
+    shutdown), then SIGKILL for whatever of its group is left (killing the parent alone orphans its workers)."""
+    try:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the whole group is gone
+        pass
+    proc.wait()
 
 
 def test_ray_runs_touch_nothing_else(tmp_path: Path, demo_bundle: Path, astronaut: np.ndarray, dead_pid: int) -> None:

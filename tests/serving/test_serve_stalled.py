@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -96,7 +97,8 @@ def test_stalled_clients_get_408_and_real_requests_are_served(mtcnn_bundle: Path
         [sys.executable, "-m", "emostyle_rt.cli", "serve", "--bundle", str(mtcnn_bundle), "--port", str(port),
          "--queue", str(QUEUE), "--max-batch", "1", "--http", http, "--header-timeout", str(HEADER_S),
          "--body-timeout", str(BODY_S), "-q"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "TMPDIR": str(tmp_path)},
+        start_new_session=True)  # its own process group, stopped whole below
     png = encode(cv2.resize(astronaut, (96, 96), interpolation=cv2.INTER_AREA))
     client = httpx.Client(base_url=url, timeout=PATIENCE_S)
     real = {"content": png, "headers": {"content-type": "image/png"}}
@@ -155,10 +157,14 @@ def test_stalled_clients_get_408_and_real_requests_are_served(mtcnn_bundle: Path
         assert metric(page, "emostyle_requests_total", endpoint="stylize", status="200") == 4
     finally:
         client.close()
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        try:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    pass
+            os.killpg(proc.pid, signal.SIGKILL)  # anything of its group left
+        except ProcessLookupError:
+            pass
+        proc.wait()
