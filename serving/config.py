@@ -29,7 +29,7 @@ class ServeConfig:
     answered 429 with Retry-After, so memory stays within about ``queue x``
     (``max_body`` + the decoded image). ``max_pixels``: per image, checked from
     the header before decoding. ``warmup``: run every graph once before /readyz
-    says ready.
+    says ready. ``ui``: serve the page at ``GET /`` (``emostyle_serve.ui``; ``--no-ui`` turns it off).
     """
 
     bundle: str
@@ -45,6 +45,7 @@ class ServeConfig:
     quality: int | None = None
     strip_metadata: bool = False
     warmup: bool = True
+    ui: bool = True
 
     def check(self) -> ServeConfig:
         """Raise ``InvalidArgumentError`` for a value that cannot work; the config itself otherwise."""
