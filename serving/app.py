@@ -10,6 +10,7 @@
     GET  /readyz       200 once the bundle is loaded and every graph has run once, and while a request would be
                        admitted; else 503 (loading, failed, shutting down, or busy: --queue requests held).
     GET  /metrics      Prometheus text format.
+    GET  /             a page to try it in a browser (photo and webcam; ``emostyle_serve.ui``); not with ``ui=False``.
 
 Errors are JSON ``{"error": type, "message": ...}`` with the status of ``errors.http_status``.
 Nothing blocks the event loop: decoding and encoding run in the thread pool,
@@ -40,7 +41,7 @@ from starlette.routing import Route
 from emostyle_rt.errors import InvalidArgumentError, note
 from emostyle_rt.stylizer import StyleResult, Stylizer
 
-from . import codec
+from . import codec, ui
 from .batcher import Batcher, BatchStats, Job
 from .config import ServeConfig
 from .errors import (
@@ -376,6 +377,8 @@ def create_app(config: ServeConfig, *, stylizer: Stylizer | None = None) -> Star
         Route("/readyz", endpoint(service, "readyz", readyz), methods=["GET"]),
         Route("/metrics", endpoint(service, "metrics", metrics), methods=["GET"]),
     ]
+    if config.ui:
+        routes += [Route(path, endpoint(service, name, h), methods=["GET"]) for path, name, h in ui.routes(service)]
     app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers={HTTPException: _not_found})
     app.state.service = service
     return app

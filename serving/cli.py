@@ -42,6 +42,7 @@ EXAMPLES = """examples:
        'localhost:8000/v1/stylize?max_side=512&format=webp'       # JSON: emotion, scores, faces, base64 image
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' localhost:8000/v1/classify
   curl localhost:8000/readyz ; curl localhost:8000/metrics
+  open http://localhost:8000/ in a browser: photo (pick, drop or paste) and webcam, side by side (--no-ui: none)
 
 batching: requests that arrive within --max-wait-ms of each other (up to --max-batch) share one
 classifier run and one style run per style. --queue bounds the requests held at once (reading,
@@ -58,7 +59,8 @@ Scale-out with Ray Serve (replicas of the same app): see docs/serving.md.
 def _parser() -> argparse.ArgumentParser:
     d = ServeConfig(bundle="")
     p = argparse.ArgumentParser(prog="emostyle serve", description="Serve a bundle over HTTP: POST /v1/stylize, "
-                                "POST /v1/classify, GET /healthz, /readyz, /metrics.", epilog=EXAMPLES,
+                                "POST /v1/classify, GET /healthz, /readyz, /metrics, and a page to try it at GET /.",
+                                epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=nonempty_path, default=None,
                    help=f"bundle folder (default: $EMOSTYLE_BUNDLE or {DEFAULT_BUNDLE})")
@@ -85,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", default=None, choices=("tensorrt", "cuda", "cpu"), help="force an onnxruntime provider")
     p.add_argument("--quality", type=int, default=None, help="JPEG / WebP quality of answers 1..100 (default: the library's)")
     p.add_argument("--strip-metadata", action="store_true", help="do not copy the upload's EXIF and ICC profile")
+    p.add_argument("--no-ui", action="store_true",
+                   help="no page at GET / (by default a browser there gets a page to try photos and the webcam)")
     p.add_argument("--no-warmup", action="store_true", help="say ready without running every graph once first")
     p.add_argument("--header-timeout", type=float, default=d.header_timeout, metavar="S",
                    help=f"seconds a client has to send a request's line and headers, from the connection (or the "
@@ -161,7 +165,7 @@ def _config(args: argparse.Namespace) -> ServeConfig:
                        max_body=int(args.max_body_mb * (1 << 20)), max_pixels=args.max_pixels, backend=args.backend,
                        provider=args.provider, detector=args.detector, no_face=args.no_face, quality=args.quality,
                        strip_metadata=args.strip_metadata, warmup=not args.no_warmup,
-                       header_timeout=args.header_timeout, body_timeout=args.body_timeout).check()
+                       header_timeout=args.header_timeout, body_timeout=args.body_timeout, ui=not args.no_ui).check()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,7 +37,8 @@ class ServeConfig:
     the header before decoding. ``warmup``: run every graph once before /readyz
     says ready. ``header_timeout`` / ``body_timeout``: seconds a client may take
     to send a request's line and headers / its whole body; then 408, and the
-    connection (and its queue slot) is freed.
+    connection (and its queue slot) is freed. ``ui``: serve the page at ``GET /``
+    (``emostyle_serve.ui``; ``--no-ui`` turns it off).
     """
 
     bundle: str
@@ -55,6 +56,7 @@ class ServeConfig:
     warmup: bool = True
     header_timeout: float = HEADER_TIMEOUT_S
     body_timeout: float = BODY_TIMEOUT_S
+    ui: bool = True
 
     def check(self) -> ServeConfig:
         """Raise ``InvalidArgumentError`` for a value that cannot work; the config itself otherwise."""
