@@ -158,3 +158,15 @@ def test_unknown_stages_and_a_missing_bundle_are_refused(tmp_path: Path, capsys:
     assert "nope" in capsys.readouterr().err
     assert gc.main(["--bundle", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
     assert "--make-bundle" in capsys.readouterr().err
+
+
+def test_the_docs_give_the_stages_and_caps_the_driver_uses_within_eight_minutes() -> None:
+    import re
+
+    text = (REPO / "docs" / "gpu-check.md").read_text()
+    table = dict(re.findall(r"^\| ([a-z0-9]+) \| (\d+) \|", text, flags=re.M))
+    assert {k: int(v) for k, v in table.items()} == {s.name: s.cap_s for s in gc.STAGES}
+    assert gc.DEFAULT_DEADLINE_S + 10 <= 8 * 60  # the 8 minutes, with the unpack of the wheels
+    assert "bash scripts/gpu/check.sh" in text and '`[".gpucheck"]`' in text and "timeout_s" in text
+    pack = (REPO / "scripts" / "gpu" / "pack.sh").read_text()
+    assert "onnxruntime-gpu==1.31.1" in pack and "av==" in pack and "starlette==" in pack

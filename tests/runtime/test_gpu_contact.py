@@ -143,11 +143,18 @@ def test_a_probe_child_killed_by_a_signal_names_it_and_shows_where(
                      "faulthandler._sigsegv()\n")
     monkeypatch.setattr(aotib, "probe_command",
                         lambda package, device, src, dst: [*aotib.child_interpreter(), str(crash)])
+    package = tmp_path / "build" / "style.pt2"
+    package.parent.mkdir()
+    package.write_bytes(b"a package")
+    monkeypatch.setenv(aotib.KEEP_FAILED_ENV, str(tmp_path / "kept"))
     with pytest.raises(BackendError) as info:
-        aotib.probe(tmp_path / "style.pt2", _side(), {"probe": np.zeros((1, 8, 8, 3), np.uint8)}, timeout_s=60)
+        aotib.probe(package, _side(), {"probe": np.zeros((1, 8, 8, 3), np.uint8)}, timeout_s=60)
     text = str(info.value)
     assert "SIGSEGV" in text and "step: load package" in text and "Fatal Python error" in text
     assert "crash.py" in text  # faulthandler's traceback names the file and line that crashed
+    # kept for a closer look (a failed build removes its folder), with everything the child said
+    assert (tmp_path / "kept" / "style.pt2").read_bytes() == b"a package" and str(tmp_path / "kept") in text
+    assert "Fatal Python error" in (tmp_path / "kept" / "style.pt2.probe.log").read_text()
 
 
 def test_a_probe_child_that_fails_gives_its_python_traceback(tmp_path: Path) -> None:
@@ -158,3 +165,69 @@ def test_a_probe_child_that_fails_gives_its_python_traceback(tmp_path: Path) -> 
     text = str(info.value)
     assert "exit status 1" in text and "load package" in text  # the step it was at
     assert "Error" in text  # the exception's type and message, not only "no message"
+
+
+# ---------------------------------------------------------------- the driver calls, against a fake libcuda
+
+
+class _FakeCuda:
+    """libcuda.so.1 as ctypes sees it: each call recorded, pointers filled like the driver's."""
+
+    def __init__(self, free: int = 5 << 30, fail: str | None = None) -> None:
+        self.calls: list[str] = []
+        self.free, self.fail = free, fail
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("cu"):
+            raise AttributeError(name)
+
+        def call(*args: Any) -> int:
+            self.calls.append(name)
+            if name == self.fail:
+                return 201  # CUDA_ERROR_INVALID_CONTEXT
+            if name == "cuDeviceGetCount":
+                args[0]._obj.value = 1
+            elif name == "cuDevicePrimaryCtxRetain":
+                args[0]._obj.value = 0x1234
+            elif name == "cuMemGetInfo_v2":
+                args[0]._obj.value, args[1]._obj.value = self.free, 80 << 30
+            elif name == "cuDeviceGetAttribute":
+                args[0]._obj.value = {75: 9, 76: 0}[args[1]]
+            elif name == "cuDeviceGetName":
+                args[0].value = b"NVIDIA H100 80GB HBM3"
+            return 0
+
+        return call
+
+
+def test_tiling_reads_free_gpu_memory_in_the_primary_context_and_always_releases_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    from emostyle_rt import tiling
+
+    fake = _FakeCuda()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **k: fake)
+    assert tiling.gpu_free() == 5 << 30
+    assert fake.calls == ["cuInit", "cuDeviceGet", "cuDevicePrimaryCtxRetain", "cuCtxPushCurrent_v2",
+                          "cuMemGetInfo_v2", "cuCtxPopCurrent_v2", "cuDevicePrimaryCtxRelease_v2"]
+    assert tiling.default_budget(gpu=True) == int((5 << 30) * tiling.BUDGET_FRACTION)
+    fake = _FakeCuda(fail="cuCtxPushCurrent_v2")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **k: fake)
+    assert tiling.gpu_free() is None and fake.calls[-1] == "cuDevicePrimaryCtxRelease_v2"  # retained, so released
+    assert tiling.default_budget(gpu=True) == tiling.GPU_DEFAULT_BUDGET
+
+
+def test_the_gpu_identity_comes_from_the_driver_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    fake = _FakeCuda()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **k: fake)
+    aotib.cuda_device.cache_clear()
+    ortb.cuda_device_count.cache_clear()
+    try:
+        assert aotib.cuda_device() == ("9.0", "NVIDIA H100 80GB HBM3")
+        assert ortb.cuda_device_count() == 1
+    finally:
+        aotib.cuda_device.cache_clear()
+        ortb.cuda_device_count.cache_clear()
