@@ -248,7 +248,8 @@ def preload_cuda_libraries() -> str:
             return f"preload failed: {exc}"
         if printed.getvalue().strip():
             log.debug("onnxruntime.preload_dlls said: %s", printed.getvalue().strip())
-        what = f"preloaded from {site / 'nvidia'}" if site is not None else "preloaded from the default library path"
+        what = (f"onnxruntime.preload_dlls from {site / 'nvidia'}" if site is not None
+                else "onnxruntime.preload_dlls from the default library path")
     log.info("CUDA libraries for onnxruntime: %s.", what)
     return what
 

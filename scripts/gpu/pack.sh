@@ -10,6 +10,7 @@
 #  2. .dev/p1 .. .dev/pN: the wheels the GPU machine lacks, in parts of <= 56 MiB (../shared/tools/device-pack):
 #     onnxruntime-gpu (CUDA 13), PyAV (emostyle video), starlette + uvicorn + python-multipart (emostyle serve).
 #     About 9 minutes on 2 cores (xz).
+#     When the work tree leaves less than 56 MiB beside a part, the parts are cut again (scripts/gpu/resplit.sh).
 #  3. prints what each device call carries against the 64 MiB limit.
 # Both folders are git-ignored: they travel only with `carry`. Run it in a main checkout (device-pack writes
 # .git/info/exclude, which a `git worktree` checkout does not have as a folder).
@@ -25,6 +26,11 @@ fi
 mib() { echo $(( ($1 + 1048575) / 1048576 )); }
 tree=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
 bundle=$(du -sb .gpucheck | cut -f1)
+# One part and the work tree must fit 63 MiB (64, less a margin): device-pack's 56 MiB parts leave 7 for the tree.
+room=$(( 63 - $(mib "$tree") ))
+if [ -d .dev/p1 ] && [ "$(du -sm .dev/p1 | cut -f1)" -gt "$room" ]; then
+  bash scripts/gpu/resplit.sh "$room" .dev
+fi
 echo
 echo "what travels (limit 64 MiB a call):"
 echo "  the work tree alone: $(mib "$tree") MiB (every call)"

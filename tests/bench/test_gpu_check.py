@@ -170,3 +170,41 @@ def test_the_docs_give_the_stages_and_caps_the_driver_uses_within_eight_minutes(
     assert "bash scripts/gpu/check.sh" in text and '`[".gpucheck"]`' in text and "timeout_s" in text
     pack = (REPO / "scripts" / "gpu" / "pack.sh").read_text()
     assert "onnxruntime-gpu==1.31.1" in pack and "av==" in pack and "starlette==" in pack
+
+
+def test_wheel_parts_are_recut_smaller_and_still_unpack(tmp_path: Path) -> None:
+    """A work tree larger than device-pack's 8 MiB of room gets smaller parts; unpack.sh's checksum still holds."""
+    import hashlib
+    import tarfile
+
+    payload = tmp_path / "site"
+    (payload / "pkg").mkdir(parents=True)
+    (payload / "pkg" / "blob.bin").write_bytes(os.urandom(5 << 20))
+    tar = tmp_path / "site.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(payload / "pkg", arcname="pkg")
+    data = tar.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    dev = tmp_path / ".dev"
+    half = len(data) // 2 + 1
+    for i, chunk in enumerate((data[:half], data[half:]), 1):  # two parts, as device-pack writes them
+        (dev / f"p{i}").mkdir(parents=True)
+        (dev / f"p{i}" / f"part{i}").write_bytes(chunk)
+    parts, site = tmp_path / "dvparts", tmp_path / "unpacked"
+    (dev / "p1" / "unpack.sh").write_text(  # device-pack's unpack.sh with the paths of this test (and no xz)
+        f'set -euo pipefail\n[ "$(cat {parts}/part* | sha256sum | cut -d" " -f1)" = "{sha}" ] || exit 3\n'
+        f'mkdir -p {site} && cat {parts}/part* | tar -x -C {site}\n')
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu" / "resplit.sh"), "2", str(dev)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cut = sorted(dev.glob("p*"))
+    assert len(cut) == 3 and all((d / f"part{d.name[1:]}").stat().st_size <= 2 << 20 for d in cut)
+    parts.mkdir()
+    for d in cut:  # what the part calls do: cp .dev/pN/* /tmp/dvparts/
+        for f in d.iterdir():
+            (parts / f.name).write_bytes(f.read_bytes())
+    assert subprocess.run(["bash", str(parts / "unpack.sh")], check=False).returncode == 0
+    assert (site / "pkg" / "blob.bin").read_bytes() == (payload / "pkg" / "blob.bin").read_bytes()
+    refused = subprocess.run(["bash", str(REPO / "scripts" / "gpu" / "resplit.sh"), "0", str(dev)],
+                              capture_output=True, text=True, check=False)
+    assert refused.returncode == 2 and "MAX_MIB" in refused.stdout and len(sorted(dev.glob("p*"))) == 3

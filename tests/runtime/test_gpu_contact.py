@@ -59,7 +59,7 @@ def test_wheels_beside_onnxruntime_are_preloaded_once_and_its_notes_stay_off_std
     _nvidia(tmp_path, "cu13", "cudnn")
     fake = _FakeOrt(tmp_path)
     monkeypatch.setattr(ortb, "import_onnxruntime", lambda: fake)
-    assert "preloaded from" in ortb.preload_cuda_libraries()
+    assert "preload_dlls from" in ortb.preload_cuda_libraries()
     ortb.preload_cuda_libraries()
     assert fake.calls == [{"directory": None}]  # onnxruntime's own search, once per process
     assert capsys.readouterr().out == ""  # an image piped to stdout must not get "Failed to load ..." lines
