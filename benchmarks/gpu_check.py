@@ -400,6 +400,12 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [f"# GPU check: {title}", ""]
     if m:
         lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in m.items() if not isinstance(v, (dict, list))]
+        env = data.get("env", {})
+        for key, what in (("classifier_runner", "classifier runner (torch imported first)"),
+                          ("torch_free_runner", "classifier runner in a process without torch (the slim runtime)"),
+                          ("bundle", "bundle")):
+            if key in env:
+                lines.append(f"| {what} | {json.dumps(env[key], default=str).replace('|', '/')} |")
         lines.append("")
     lines += [f"Started {c['started']}; deadline {c['deadline_s']:.0f} s"
               + (f"; took {c['seconds']} s" if "seconds" in c else " (still running or cut off)")
@@ -629,6 +635,23 @@ def stage_env(ctx: Ctx) -> None:
     ctx.rec.set("cuda_libraries", ortb.preload_cuda_libraries() if not ctx.dry else "dry run")
     if not ctx.dry and "CUDA" not in r.name:
         problems.append(f"the classifier runs on {r.name}, not the CUDA EP")
+    # The slim runtime never imports torch (emostyle, emostyle serve, Ray actors): its CUDA EP must load anyway.
+    probe = ("import json, sys\n"
+             "from emostyle_rt.backends import onnxruntime as ortb, runner_for\n"
+             "from emostyle_rt.manifest import load_manifest\n"
+             f"r = runner_for(load_manifest({str(ctx.bundle)!r}), 'classifier', backend='onnxruntime', "
+             f"provider={ctx.provider!r})\n"
+             "print(json.dumps({'runner': r.name, 'cuda_libraries': ortb.preload_cuda_libraries(), "
+             "'torch_imported': 'torch' in sys.modules}))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    try:
+        slim = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        slim = {"error": (done.stderr or done.stdout)[-800:]}
+    ctx.rec.set("torch_free_runner", slim)
+    if not ctx.dry and "CUDA" not in str(slim.get("runner")):
+        problems.append(f"without torch imported the classifier runs on {slim.get('runner')} ({slim}): the CUDA "
+                        "libraries were not found (see cuda_libraries)")
     if not all(v["fp16"] for v in bundle["styles"].values()):
         problems.append("the bundle has styles without FP16 graphs: FP16 rows will be skipped")
     ctx.rec.set("problems", problems)
@@ -1134,7 +1157,8 @@ def tiled_child(ctx: Ctx, mode: str, image_path: Path, out_path: Path, budget: s
     _gpu_first(ctx)
     free0 = None if ctx.dry else gpu_free()
     img = np.load(image_path)
-    st = Stylizer(ctx.bundle, backend="onnxruntime", provider=ctx.provider,
+    # FP32 graphs in every mode (the tiled graphs are FP32), so that the untiled reference differs only by tiling
+    st = Stylizer(ctx.bundle, backend="onnxruntime", provider=ctx.provider, precision="fp32",
                   memory_budget=budget if mode != "untiled" else "1TB", tile_mode="exact" if mode == "untiled" else mode)
     sid = st.manifest.emotions[st.manifest.labels[0]]
     row: dict[str, Any] = {"mode": mode, "budget": budget if mode != "untiled" else None,
