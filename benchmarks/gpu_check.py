@@ -466,7 +466,8 @@ def _aoti_md(a: dict[str, Any]) -> list[str]:
         lines.append(f"- load {d.get('loader')} ({', '.join(f'{k}={v}' for k, v in d.get('env', {}).items())}): "
                      f"{d.get('status')}, last step `{d.get('last_step')}`"
                      + (f"; {d['said'][:600]}" if d.get("said") else "")
-                     + (f"; steps (s): {_steps(d['steps'])}" if d.get("steps") else ""))
+                     + (f"; steps (s): {_steps(d['steps'])}" if d.get("steps") else "")
+                     + (f"; package metadata differs from this machine: {d['mismatch']}" if d.get("mismatch") else ""))
     if a.get("gdb"):
         lines.append(f"- cuda-gdb backtrace: {a['gdb'][:1500]}")
     if a.get("verdict"):
@@ -925,11 +926,12 @@ def aoti_diag_child(package: str, device: str, loader: str, sizes: list[tuple[in
 
     faulthandler.enable()
     steps: list[dict[str, Any]] = []
+    info: dict[str, Any] = {}
     crash_at = os.environ.get(CRASH_AT_ENV)
 
     def step(name: str) -> None:
         steps.append({"step": name, "t": round(time.perf_counter() - t0, 3)})
-        write_json_atomic(Path(result), {"steps": steps})
+        write_json_atomic(Path(result), {"steps": steps, **info})
         print(f"step: {name}", file=sys.stderr, flush=True)
         if crash_at and crash_at in name:
             faulthandler._sigsegv()
@@ -941,6 +943,19 @@ def aoti_diag_child(package: str, device: str, loader: str, sizes: list[tuple[in
 
     from emostyle_rt.backends import aoti
 
+    if loader != "cpp":  # the cpp attempt stays what the runtime does: no torch._inductor imported before the load
+        step("read the package's metadata")
+        try:  # what torch's own loader compares with this machine (it only warns on a mismatch; ours skips it)
+            meta = dict(torch._C._aoti.AOTIModelPackageLoader.load_metadata_from_package(package, "model"))
+            from torch._inductor.codecache import get_device_information
+
+            here = get_device_information(meta.get("AOTI_DEVICE_KEY", device))
+            info = {"metadata": {k: v for k, v in meta.items() if k.startswith("AOTI")},
+                    "mismatch": {k: [meta[k], v] for k, v in here.items() if k in meta and meta[k] != v}}
+        except Exception as exc:  # noqa: BLE001 - an older torch, or a damaged package (the load says more)
+            info = {"metadata_error": f"{type(exc).__name__}: {exc}"}
+        write_json_atomic(Path(result), {"steps": steps, **info})
+        print(f"package metadata: {json.dumps(info)}", file=sys.stderr, flush=True)
     if device == "cuda":
         step("create the CUDA context")
         aoti.cuda_context(torch, torch.device("cuda"))
@@ -981,9 +996,10 @@ def _aoti_attempt(ctx: Ctx, package: Path, loader: str, extra_env: dict[str, str
     except subprocess.TimeoutExpired as exc:
         rc, said = None, exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
     sys.stderr.write(said)
-    steps = json.loads(result.read_text())["steps"] if result.is_file() else []
+    found = json.loads(result.read_text()) if result.is_file() else {}
+    steps = found.get("steps", [])
     status = "timeout" if rc is None else "ok" if rc == 0 else "crashed" if rc < 0 else "failed"
-    return {"loader": loader, "env": {k: v for k, v in {**AOTI_ENV, **extra_env}.items() if k != "PYTHONFAULTHANDLER"},
+    return {**{k: v for k, v in found.items() if k != "steps"}, "loader": loader, "env": {k: v for k, v in {**AOTI_ENV, **extra_env}.items() if k != "PYTHONFAULTHANDLER"},
             "status": status, "exit": exit_description(rc), "seconds": round(time.monotonic() - t0, 1),
             "last_step": steps[-1]["step"] if steps else None, "steps": steps,
             **({"said": tail_text(said)} if status != "ok" else {}), "command": " ".join(cmd)}
