@@ -234,7 +234,7 @@ def test_budget_too_small_is_refused_before_running(tiled_bundle: Path, astronau
 def test_stylizer_tiles_over_budget_and_keeps_small_images_whole(tiled_bundle: Path, style: StyleSpec, whole,
                                                                   photo: np.ndarray, caplog) -> None:
     ref = whole(pad_to_multiple(photo, 4))[:photo.shape[0], :photo.shape[1]]
-    with Stylizer(tiled_bundle) as st:  # default budget: this small photo goes whole, unchanged
+    with Stylizer(tiled_bundle, backend="onnxruntime") as st:  # default budget: this small photo goes whole, unchanged
         assert np.array_equal(st.stylize(photo, emotion=EMOTION).image, ref)
         assert not st._tiled
     budget = estimate_whole(style, *pad_to_multiple(photo, 4).shape[:2]) - 1
