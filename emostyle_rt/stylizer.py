@@ -23,7 +23,7 @@ from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
 from .manifest import Manifest, load_manifest
 from .mtcnn import MtcnnDetector
-from .tiling import DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory
+from .tiling import CALIBRATION, DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory
 from .tiling import plan as tile_plan
 
 if TYPE_CHECKING:
@@ -492,9 +492,11 @@ class Stylizer:
                 if tiled is None:
                     # "tensorrt": the tile graph at fixed windows on the TensorRT EP, engines in the user cache
                     provider = self._provider if self._provider in ("cpu", "cuda", "tensorrt") else None
+                    # OpenVINO runs the whole graph: it runs the tiled graphs too (onnxruntime's are 1.3-1.8x slower)
+                    engine = "openvino" if self._style_runner(style_id).name.startswith("openvino:") else "onnxruntime"
                     tiled = self._tiled[style_id] = TiledStyle(self.manifest.root, self.manifest.styles[style_id],
                                                                provider=provider, verify=self._verify,
-                                                               cache_dir=self._cache_dir)
+                                                               cache_dir=self._cache_dir, engine=engine)
         return tiled
 
     def _style(self, style_id: str, rgbs: list[np.ndarray], max_side: int | None) -> list[np.ndarray]:
@@ -506,9 +508,10 @@ class Stylizer:
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         outs: list[np.ndarray | None] = [None] * len(rgbs)
         budget = self._budget(runner)
+        calibration = getattr(runner, "memory_calibration", CALIBRATION)  # the engine's RSS per activation byte
         # Whole if the estimate fits the budget, else tiled; MemoryBudgetError (before any run) if neither fits.
         plans = [tile_plan(spec, p.shape[0], p.shape[1], budget, self.tile_mode,
-                           fixed_windows=self._provider == "tensorrt") for p in padded]
+                           fixed_windows=self._provider == "tensorrt", whole_calibration=calibration) for p in padded]
         for i, (p, plan) in enumerate(zip(padded, plans)):
             if plan.mode == "whole":
                 by_shape[p.shape].append(i)
@@ -518,7 +521,7 @@ class Stylizer:
             outs[i] = self._grow(np.ascontiguousarray(self._tiled_style(style_id).run(p, plan)[:h, :w]), rgbs[i].shape)
         for shape, idx in by_shape.items():
             per_run = max(1, min(BATCH_PIXELS // (shape[0] * shape[1]),
-                                 budget // estimate_whole(spec, shape[0], shape[1])))
+                                 budget // estimate_whole(spec, shape[0], shape[1], calibration=calibration)))
             for start in range(0, len(idx), per_run):
                 chunk = idx[start : start + per_run]
                 # One image: a view, no copy of the (up to 25 MB) frame; several: stacked.

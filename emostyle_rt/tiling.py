@@ -242,11 +242,15 @@ def activation_bytes(bytes_per_pixel: float, pixels: int, calibration: float = C
     return int(calibration * bytes_per_pixel * pixels) + RUN_OVERHEAD
 
 
-def estimate_whole(style: StyleSpec, height: int, width: int, batch: int = 1) -> int:
-    """Estimated peak memory (bytes) of running ``style`` untiled on ``batch`` padded images of height x width."""
+def estimate_whole(style: StyleSpec, height: int, width: int, batch: int = 1, calibration: float = CALIBRATION) -> int:
+    """Estimated peak memory (bytes) of running ``style`` untiled on ``batch`` padded images of height x width.
+
+    ``calibration``: the engine's peak RSS per byte of live activations (:data:`CALIBRATION` for onnxruntime;
+    a runner may say its own as ``memory_calibration``, e.g. OpenVINO's 1.2).
+    """
     bpp = style.tiled.bytes_per_pixel if style.tiled else FALLBACK_BYTES_PER_PIXEL
     px = height * width * batch
-    return activation_bytes(bpp, px) + IMAGE_BYTES_PER_PIXEL * px
+    return activation_bytes(bpp, px, calibration) + IMAGE_BYTES_PER_PIXEL * px
 
 
 def cells(length: int, window: int, halo: int, align: int) -> list[tuple[int, int, int]]:
@@ -337,21 +341,22 @@ def is_fixed_window(window: tuple[int, int]) -> bool:
 
 def plan(style: StyleSpec, height: int, width: int, budget: int, mode: str = DEFAULT_TILE_MODE, *,
          force: bool = False, stats_side: int = STATS_SIDE, fixed_windows: bool = False,
-         strip_pixels: int = STRIP_PIXELS) -> TilePlan:
+         strip_pixels: int = STRIP_PIXELS, whole_calibration: float = CALIBRATION) -> TilePlan:
     """The plan for one padded ``height`` x ``width`` image: whole if it fits ``budget`` (and not ``force``), else tiled.
 
     ``fixed_windows`` (fast mode; for compiled engines such as the TensorRT EP's):
     the tile window snaps down to the largest of :data:`FIXED_WINDOWS` that fits
     the budget, so every photo size uses one of a few shapes; an image smaller
     than that window in a direction, or a budget no fixed window fits, keeps the
-    window it would get without. Ignored by the exact mode.
+    window it would get without. Ignored by the exact mode. ``whole_calibration``:
+    the whole-graph engine's calibration (see :func:`estimate_whole`).
 
     MemoryBudgetError, naming the smallest budget that works, when neither fits;
     also when the bundle has no tiled graphs for ``style`` and the whole run does not fit.
     """
     if mode not in TILE_MODES:
         raise InvalidArgumentError(f"Unknown tile mode {mode!r}." + note(" or ".join(TILE_MODES), repr(mode)))
-    whole = estimate_whole(style, height, width)
+    whole = estimate_whole(style, height, width, calibration=whole_calibration)
     if whole <= budget and not force:
         return TilePlan("whole", height, width, whole, budget)
     spec = style.tiled
@@ -631,10 +636,18 @@ class TiledStyle:
     mode's segments (shapes that change with each photo) run on the CUDA EP.
     Without a usable TensorRT EP: one warning, and all run on CUDA (else CPU).
     ``threads``: onnxruntime intra-op threads (0: onnxruntime's default).
+    ``engine``: "onnxruntime", or "openvino" (CPU: the stats, tile and segment
+    graphs on OpenVINO's CPU plugin at f32, as the whole graph runs when
+    OpenVINO is the style's engine; the GPU providers are then not used).
     """
 
     def __init__(self, bundle: str | os.PathLike, style: StyleSpec, *, provider: str | None = None,
-                 threads: int = 0, verify: bool = True, cache_dir: str | os.PathLike | None = None) -> None:
+                 threads: int = 0, verify: bool = True, cache_dir: str | os.PathLike | None = None,
+                 engine: str = "onnxruntime") -> None:
+        if engine not in ("onnxruntime", "openvino"):
+            raise InvalidArgumentError(f"Unknown engine {engine!r} for tiled graphs."
+                                       + note("onnxruntime or openvino", repr(engine)))
+        self.engine = engine
         if style.tiled is None:
             raise BundleError(f"Style {style.style_id!r} has no tiled graphs."
                               + note("a tiled block (emostyle-export --bundle DIR --tiled)", "none"))
@@ -679,8 +692,13 @@ class TiledStyle:
             with self._lock:
                 r = self._runners.get(graph.onnx)
                 if r is None:
-                    r = self._runners[graph.onnx] = OrtRunner(self._path(graph), provider=self.provider,
-                                                              intra_op_threads=self.threads)
+                    if self.engine == "openvino":
+                        from .backends.openvino import OvRunner
+
+                        r = OvRunner(self._path(graph), threads=self.threads or None, cache=self.cache_dir)
+                    else:
+                        r = OrtRunner(self._path(graph), provider=self.provider, intra_op_threads=self.threads)
+                    self._runners[graph.onnx] = r
         return r
 
     def tile_runner(self, window: tuple[int, int]) -> OrtRunner:

@@ -159,6 +159,12 @@ class FallbackRunner:
         self._warned: set[tuple[tuple[int, ...], ...]] = set()
         self._lock = threading.Lock()
 
+    def __getattr__(self, name: str) -> object:
+        """``memory_calibration`` (the tiling planner's) is the engine's, where it says one."""
+        if name == "memory_calibration":
+            return getattr(self._primary, name)
+        raise AttributeError(name)
+
     @property
     def inputs(self) -> tuple[TensorInfo, ...]:
         return self._primary.inputs

@@ -62,6 +62,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 BF16_MIN_PSNR = 40.0
 #: The precision hint given to the CPU plugin (its own default is bf16 on AVX512-BF16 / AMX CPUs).
 INFERENCE_PRECISION = "f32"
+#: Peak RSS growth of a whole-graph run per byte of the graph's live activations (the tiling planner's estimate,
+#: ``emostyle_rt.tiling.estimate_whole``): 557 B/px measured for the paper's network (517 B/px live) at 1.0, 2.0 and
+#: 4.2 MP alike, i.e. 1.08 (onnxruntime's arena: 833-1302 B/px, calibrated at 2.5). Rounded up.
+MEMORY_CALIBRATION = 1.2
 #: Folders under the user cache: OpenVINO's compiled blobs, and the markers of graphs that passed the gate.
 BLOBS_DIR, VERIFIED_DIR = "openvino/blobs", "openvino/verified"
 #: Graphs whose compile or gate failed in this process: path -> why (tried once, warned once).
@@ -166,6 +170,7 @@ class OvRunner:
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self.name = f"openvino:CPU:{precision}"
+        self.memory_calibration = MEMORY_CALIBRATION
         log.info("Loaded %s with OpenVINO %s (CPU, %s, %s threads).", self.path.name, version(), precision, n or "all")
 
     @property
@@ -337,5 +342,5 @@ def find_runner(manifest: Any, key: str, *, required: bool = False, precision: s
             first = path not in _FAILED
             _FAILED[path] = str(exc)
         if first:
-            log.warning("%s Using onnxruntime for %s.", exc, key)
+            log.warning("%s. Using onnxruntime for %s.", str(exc).rstrip("."), key)
         return None

@@ -9,6 +9,7 @@ are measured by benchmarks/tiling.py, not here.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import replace
@@ -21,10 +22,11 @@ import pytest
 from emostyle_bench.tiling import naive, seam_ratio
 from emostyle_rt import Stylizer
 from emostyle_rt.backends import make_runner
-from emostyle_rt.errors import EmostyleError
+from emostyle_rt.errors import EmostyleError, InvalidArgumentError
 from emostyle_rt.imageio import pad_to_multiple
 from emostyle_rt.manifest import StyleSpec, TiledSpec, load_manifest
 from emostyle_rt.tiling import (
+    CALIBRATION,
     TILE_MODES,
     MemoryBudgetError,
     TiledStyle,
@@ -237,7 +239,9 @@ def test_stylizer_tiles_over_budget_and_keeps_small_images_whole(tiled_bundle: P
     with Stylizer(tiled_bundle, backend="onnxruntime") as st:  # default budget: this small photo goes whole, unchanged
         assert np.array_equal(st.stylize(photo, emotion=EMOTION).image, ref)
         assert not st._tiled
-    budget = estimate_whole(style, *pad_to_multiple(photo, 4).shape[:2]) - 1
+    with Stylizer(tiled_bundle) as st:  # the engine's own estimate (OpenVINO's is lower than onnxruntime's)
+        calibration = getattr(st._style_runner(style.style_id), "memory_calibration", CALIBRATION)
+    budget = estimate_whole(style, *pad_to_multiple(photo, 4).shape[:2], calibration=calibration) - 1
     with caplog.at_level(logging.INFO, logger="emostyle_rt.stylizer"), \
             Stylizer(tiled_bundle, memory_budget=budget) as st:
         res = st.stylize(photo, emotion=EMOTION)
@@ -247,9 +251,10 @@ def test_stylizer_tiles_over_budget_and_keeps_small_images_whole(tiled_bundle: P
 
 
 
-def test_stylizer_fast_mode_keeps_alpha(tiled_bundle: Path, astronaut: np.ndarray) -> None:
+def test_stylizer_fast_mode_keeps_alpha(tiled_bundle: Path, style: StyleSpec, astronaut: np.ndarray) -> None:
     rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 77, np.uint8)])
-    with Stylizer(tiled_bundle, memory_budget="380MB", tile_mode="fast") as st:
+    budget = estimate_whole(style, 512, 512, calibration=1.2) - 1  # under OpenVINO's (and onnxruntime's) estimate
+    with Stylizer(tiled_bundle, memory_budget=budget, tile_mode="fast") as st:
         out = st.stylize(rgba, emotion=EMOTION).image
         assert st._tiled  # went tiled
     assert out.shape == rgba.shape and (out[..., 3] == 77).all()
@@ -318,3 +323,25 @@ def test_exact_mode_refuses_a_spool_the_disk_cannot_hold(tiled: TiledStyle, phot
     with pytest.raises(MemoryBudgetError, match="spool space") as err:
         tiled.run_exact(pad_to_multiple(photo, 4), strip_rows=32, spool_ram=0)
     assert "Note: expected" in str(err.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_tiled_graphs_on_openvino_equal_untiled(tiled_bundle: Path, style: StyleSpec, whole, photo: np.ndarray,
+                                                caplog) -> None:
+    """OpenVINO runs the tiled graphs where it runs the whole one: exact mode within 1 grey level of untiled."""
+    padded = pad_to_multiple(photo, 4)
+    ref = whole(padded)
+    tiled = TiledStyle(tiled_bundle, style, engine="openvino")
+    assert _diff(tiled.run_exact(padded, strip_rows=24), ref) <= 1  # 9 strips per layer
+    assert next(iter(tiled._runners.values())).name == "openvino:CPU:fp32"
+    ort = TiledStyle(tiled_bundle, style)
+    assert _diff(tiled.run_fast(padded, tile=96, stats_side=None), ort.run_fast(padded, tile=96, stats_side=None)) <= 1
+    with pytest.raises(InvalidArgumentError, match="engine"):
+        TiledStyle(tiled_bundle, style, engine="tvm")
+    # The Stylizer gives its tiled runs to the engine of its whole runs.
+    budget = estimate_whole(style, *padded.shape[:2], calibration=1.2) - 1  # OpenVINO's estimate, less 1 byte
+    with Stylizer(tiled_bundle, memory_budget=budget) as st:
+        engine = st._style_runner(style.style_id).name
+        out = st.stylize(photo, emotion=EMOTION).image
+        assert st._tiled[style.style_id].engine == ("openvino" if engine.startswith("openvino:") else "onnxruntime")
+    assert _diff(out, ref[:photo.shape[0], :photo.shape[1]]) <= 1
