@@ -23,7 +23,8 @@ from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
 from .manifest import Manifest, load_manifest
 from .mtcnn import MtcnnDetector
-from .tiling import CALIBRATION, DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory
+from .tiling import (CALIBRATION, DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory,
+                     process_rss)
 from .tiling import plan as tile_plan
 
 if TYPE_CHECKING:
@@ -153,8 +154,10 @@ class Stylizer:
     cache for the TensorRT EP's engines (default $EMOSTYLE_CACHE_DIR, else
     $XDG_CACHE_HOME/emostyle-rt or ~/.cache/emostyle-rt; never the bundle).
     ``memory_budget``: bytes (or text such as "2GB", "512MiB") one style run may
-    use on top of what the process holds; None: 75% of the memory available
-    when the run starts (host, or the GPU's for a GPU provider). A run whose
+    use on top of what the process holds; None: what keeps the process' peak
+    RSS at about 2.5 GB (``DEFAULT_PEAK_RSS`` less what the process held when this
+    Stylizer opened), and at most 75% of the memory available when the run
+    starts (for a GPU provider: 75% of the GPU's free memory). A run whose
     estimate is larger goes in tiles (``tile_mode`` "exact" or "fast", see
     :mod:`emostyle_rt.tiling`); one that cannot fit raises ``MemoryBudgetError`` before it starts.
     ``close()`` (or ``with Stylizer(...)``) frees sessions and GPU buffers.
@@ -211,6 +214,9 @@ class Stylizer:
         # Safety net when close() is never called: free every runner when the Stylizer is collected.
         self._finalizer = weakref.finalize(self, _close_runners, self._runners, self._styles, self._tiled)
         self._classifier_runner()  # loaded and checked now: a bad classifier graph fails here
+        #: What the process held once this Stylizer opened: the default budget keeps a run's peak RSS at about
+        #: this plus the budget (``emostyle_rt.tiling.default_budget``).
+        self._held = process_rss()
 
     # -- public API ---------------------------------------------------------
 
@@ -482,7 +488,7 @@ class Stylizer:
         if self.memory_budget is not None:
             return self.memory_budget
         name = runner.name.lower()
-        return default_budget(gpu="cuda" in name or "tensorrt" in name)
+        return default_budget(gpu="cuda" in name or "tensorrt" in name, held=self._held)
 
     def _tiled_style(self, style_id: str) -> TiledStyle:
         tiled = self._tiled.get(style_id)

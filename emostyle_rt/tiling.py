@@ -99,8 +99,18 @@ RUN_OVERHEAD = 64 << 20
 #: Activation bytes per pixel assumed for a style graph whose bundle has no tiled graphs (the
 #: TransformerNet of export/models, as the export measures it).
 FALLBACK_BYTES_PER_PIXEL = 517.0
-#: The default budget is this fraction of the memory available when the run starts.
+#: The default budget is at most this fraction of the memory available when the run starts.
 BUDGET_FRACTION = 0.75
+#: ... and at most what keeps the process' peak RSS at about this (the process' RSS when its Stylizer opened, plus
+#: the run): a 12 MP photo no longer takes 10 GB untiled because the machine has them. Chosen by measurement at 2,
+#: 12 and 48 MP (docs/tiling.md, benchmarks/results/memory-defaults.md): with OpenVINO (557 B/px) photos up to about
+#: 3.5 MP still run whole, where tiling costs the most time; larger ones go in tiles.
+DEFAULT_PEAK_RSS = 2_500_000_000
+#: The least default budget, whatever the process already holds (tiles of the exact mode need about 200 MB).
+MIN_DEFAULT_BUDGET = 512 << 20
+#: What a process holds besides a run, for budgets planned before it exists (a Stylizer with its classifier,
+#: detector and a style loaded: 200-300 MB measured).
+TYPICAL_HELD = 300 << 20
 #: Device budget when a GPU provider runs and its free memory cannot be read.
 GPU_DEFAULT_BUDGET = 4 << 30
 #: Where the exact mode spools activations ($EMOSTYLE_SPOOL_DIR, else the system's temp folder).
@@ -180,18 +190,49 @@ def gpu_free(device: int = 0) -> int | None:
     return None
 
 
-def default_budget(gpu: bool = False) -> int:
-    """The budget when none is given: :data:`BUDGET_FRACTION` of the available host memory (or GPU memory).
+def process_rss() -> int | None:
+    """This process' resident memory (VmRSS of /proc/self/status) in bytes; None where it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
-    Without /proc/meminfo (not Linux) the host budget is unlimited (the run goes
-    whole, as before tiling existed); a GPU whose free memory cannot be read gets
-    :data:`GPU_DEFAULT_BUDGET`.
+
+def default_budget(gpu: bool = False, *, held: int | None = None) -> int:
+    """The budget when none is given.
+
+    Host: the smaller of :data:`BUDGET_FRACTION` of the available memory and
+    :data:`DEFAULT_PEAK_RSS` less ``held`` (what the process held when its
+    Stylizer opened; default: its RSS now), at least :data:`MIN_DEFAULT_BUDGET`.
+    Without /proc (not Linux) only the peak rule applies, with ``held`` 0
+    unless given. GPU: :data:`BUDGET_FRACTION` of the device's free memory, or
+    :data:`GPU_DEFAULT_BUDGET` when it cannot be read.
     """
     if gpu:
         free = gpu_free()
         return int(free * BUDGET_FRACTION) if free else GPU_DEFAULT_BUDGET
+    held = process_rss() if held is None else held
+    budget = max(MIN_DEFAULT_BUDGET, DEFAULT_PEAK_RSS - (held or 0))
     avail = host_available()
-    return int(avail * BUDGET_FRACTION) if avail else 1 << 62
+    return min(budget, int(avail * BUDGET_FRACTION)) if avail else budget
+
+
+def worker_budget(workers: int, available: int | None = None) -> int:
+    """The default budget of each of ``workers`` processes sharing one machine (``emostyle serve --workers``, Ray
+    actors): :data:`BUDGET_FRACTION` of ``available`` (default: MemAvailable now) split between them, at most what
+    one process gets by default (:data:`DEFAULT_PEAK_RSS` less a typical 300 MB held), at least
+    :data:`MIN_DEFAULT_BUDGET`; so the workers' budgets add up to what the machine has."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidArgumentError("workers must be an integer >= 1." + note(">= 1", repr(workers)))
+    one = DEFAULT_PEAK_RSS - TYPICAL_HELD
+    avail = host_available() if available is None else available
+    if not avail:
+        return one
+    return max(MIN_DEFAULT_BUDGET, min(one, int(avail * BUDGET_FRACTION) // workers))
 
 
 # -- planning -----------------------------------------------------------------

@@ -29,7 +29,10 @@ class ServeConfig:
     answered 429 with Retry-After, so memory stays within about ``queue x``
     (``max_body`` + the decoded image). ``max_pixels``: per image, checked from
     the header before decoding. ``warmup``: run every graph once before /readyz
-    says ready.
+    says ready. ``memory_budget``: bytes one style run of this process may use
+    (None: the library's default, which keeps one process' peak RSS at about 2.5
+    GB; ``emostyle serve --workers N`` gives each worker its share of the
+    machine: ``emostyle_rt.tiling.worker_budget``).
     """
 
     bundle: str
@@ -45,10 +48,13 @@ class ServeConfig:
     quality: int | None = None
     strip_metadata: bool = False
     warmup: bool = True
+    memory_budget: int | None = None
 
     def check(self) -> ServeConfig:
         """Raise ``InvalidArgumentError`` for a value that cannot work; the config itself otherwise."""
         ints = {"max_batch": 1, "queue": 1, "max_body": 1, "max_pixels": 1}
+        if self.memory_budget is not None:
+            ints["memory_budget"] = 1
         for name, low in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:

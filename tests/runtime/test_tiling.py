@@ -345,3 +345,35 @@ def test_tiled_graphs_on_openvino_equal_untiled(tiled_bundle: Path, style: Style
         out = st.stylize(photo, emotion=EMOTION).image
         assert st._tiled[style.style_id].engine == ("openvino" if engine.startswith("openvino:") else "onnxruntime")
     assert _diff(out, ref[:photo.shape[0], :photo.shape[1]]) <= 1
+
+
+def test_default_budget_keeps_a_photo_near_the_peak_target(style: StyleSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default keeps peak RSS at about DEFAULT_PEAK_RSS on a machine with plenty free; 75% of it when not."""
+    from emostyle_rt import tiling as t
+
+    monkeypatch.setattr(t, "host_available", lambda: 20 << 30)  # a roomy machine: the peak rule decides
+    assert t.default_budget(held=300 << 20) == t.DEFAULT_PEAK_RSS - (300 << 20)
+    assert t.default_budget(held=5 << 30) == t.MIN_DEFAULT_BUDGET  # never below the smallest useful budget
+    monkeypatch.setattr(t, "host_available", lambda: 1 << 30)  # a small machine: 75% of what it has
+    assert t.default_budget(held=300 << 20) == int(0.75 * (1 << 30))
+    monkeypatch.setattr(t, "host_available", lambda: None)  # no /proc/meminfo: the peak rule alone
+    assert t.default_budget(held=0) == t.DEFAULT_PEAK_RSS
+    # What that means for photos (planner only): with OpenVINO's estimate a 2 MP photo runs whole, 12 MP in tiles.
+    budget = t.DEFAULT_PEAK_RSS - (300 << 20)
+    assert t.plan(style, 1224, 1632, budget, whole_calibration=1.2).mode == "whole"
+    assert t.plan(style, 3000, 4000, budget, whole_calibration=1.2).mode == "exact"
+    assert t.plan(style, 6000, 8000, budget).estimate <= budget  # 48 MP: tiled within it
+
+
+def test_worker_budgets_add_up_to_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from emostyle_rt import tiling as t
+
+    one = t.DEFAULT_PEAK_RSS - t.TYPICAL_HELD
+    assert t.worker_budget(1, available=64 << 30) == one  # plenty: each worker as one process alone
+    assert t.worker_budget(8, available=8 << 30) == int(0.75 * (8 << 30)) // 8  # shared: a share each
+    assert 8 * t.worker_budget(8, available=8 << 30) <= 8 << 30
+    assert t.worker_budget(64, available=8 << 30) == t.MIN_DEFAULT_BUDGET
+    monkeypatch.setattr(t, "host_available", lambda: 4 << 30)
+    assert t.worker_budget(2) == int(0.75 * (4 << 30)) // 2
+    with pytest.raises(InvalidArgumentError):
+        t.worker_budget(0)
