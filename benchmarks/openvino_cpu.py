@@ -34,6 +34,9 @@ from typing import Any, Callable
 import numpy as np
 
 SIZES = {"512": (512, 512), "720p": (1280, 720), "1080p": (1920, 1080)}
+#: Style cases with more pixels than this per run are left out (1080p at batch 4: onnxruntime's arena alone takes
+#: about 11 GB there, and the Stylizer never runs such a batch: it stacks images up to 1 MP per run).
+MAX_CASE_PIXELS = 4_000_000
 #: Real photos the int8 graph is calibrated on (scikit-image), and others it is judged on.
 CALIBRATION = ("astronaut", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel")
 HELD_OUT = ("coffee", "cat")
@@ -99,6 +102,8 @@ def bench_style(m: Any, sizes: list[str], batches: list[int], rounds: int, bf16:
     for size in sizes:
         w, h = SIZES[size]
         for b in batches:
+            if w * h * b > MAX_CASE_PIXELS:
+                continue
             x = np.stack([np.roll(_resized(base, w, h), 37 * i, axis=1) for i in range(b)])
             outs = {n: r.run({spec.input_name: x})[spec.output_name] for n, r in runners.items()}
             t = interleave({n: (lambda r=r: r.run({spec.input_name: x})) for n, r in runners.items()}, rounds)

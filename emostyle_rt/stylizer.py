@@ -139,8 +139,10 @@ class Stylizer:
     """Runs a bundle written by ``emostyle-export``.
 
     ``backend``: "auto" (native TensorRT engine when one fits, else an AOTInductor
-    package, else onnxruntime), "onnxruntime", "tensorrt" or "aoti" (style graphs
-    from AOTInductor packages; the classifier in onnxruntime). ``provider`` forces an onnxruntime provider
+    package, else OpenVINO for the style graphs on a machine without a GPU
+    provider where it is installed, else onnxruntime), "onnxruntime", "tensorrt",
+    "aoti" (style graphs from AOTInductor packages; the classifier in onnxruntime)
+    or "openvino" (every graph in OpenVINO's CPU plugin). ``provider`` forces an onnxruntime provider
     ("tensorrt", "cuda", "cpu"). ``detector``: None (the bundle's MTCNN; Haar
     for bundles without one), "mtcnn", "haar" (where this OpenCV has it), a YuNet
     ``.onnx`` path or any object with ``detect(rgb) -> list[Face]``. ``no_face``: "whole"
@@ -149,7 +151,8 @@ class Stylizer:
     (``manifest.classifier.crop``); a number replaces only its margin (a
     fraction of the box on each side).
     ``precision``: "auto" (the bundle's verified FP16 graph on a GPU provider when
-    it has one, else FP32), "fp32" or "fp16". ``cuda_graph``: replay CUDA graphs
+    it has one, else FP32), "fp32", "fp16" or "bf16" (style graphs in OpenVINO at
+    bfloat16 on a CPU with AVX512-BF16 / AMX, gated at PSNR >= 40 dB against FP32). ``cuda_graph``: replay CUDA graphs
     for repeated input shapes (video; CUDA EP only). ``cache_dir``: the user
     cache for the TensorRT EP's engines (default $EMOSTYLE_CACHE_DIR, else
     $XDG_CACHE_HOME/emostyle-rt or ~/.cache/emostyle-rt; never the bundle).
