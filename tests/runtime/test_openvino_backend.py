@@ -204,7 +204,7 @@ def test_bf16_is_gated_and_close_to_fp32_on_a_real_photo(manifest: Manifest, ast
 
 
 @needs_openvino
-def test_threads_concurrency_and_big_runs(manifest: Manifest, astronaut: np.ndarray, cache: Path,
+def test_threads_and_concurrency(manifest: Manifest, astronaut: np.ndarray, cache: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     spec = manifest.styles[_sid(manifest)]
     monkeypatch.setenv(ortb.CPU_THREADS_ENV, "1")
@@ -224,12 +224,6 @@ def test_threads_concurrency_and_big_runs(manifest: Manifest, astronaut: np.ndar
         t.join()
     assert all(np.array_equal(got[i], want[i]) for i in range(4))
     assert r._requests.qsize() <= ortb.DEFAULT_CPU_CONCURRENCY  # one request per concurrent run, reused
-    # A run over SHRINK_ABOVE_PIXELS drops its infer request (and the activations it holds).
-    monkeypatch.setattr(ortb, "SHRINK_ABOVE_PIXELS", 128 * 160 - 1)
-    while r._requests.qsize():
-        r._requests.get_nowait()
-    r.run({spec.input_name: images[0]})
-    assert r._requests.qsize() == 0
     with pytest.raises(BackendError, match="Wrong inputs"):
         r.run({"nope": images[0]})
 
@@ -238,3 +232,32 @@ def test_probe_images_are_deterministic() -> None:
     a, b = ovb.probe_images(), ovb.probe_images()
     assert a.dtype == np.uint8 and a.shape == (2, 96, 128, 3) and np.array_equal(a, b)
     assert a[1].std() > 50 and len(np.unique(a[0][..., 0])) > 100  # texture and gradients, not flat
+
+
+@needs_openvino
+def test_kept_activations_are_bounded_process_wide(manifest: Manifest, cache: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled models keep a run's activations; only the latest runners' up to KEEP_PIXELS stay, the rest released."""
+    spec = manifest.styles[_sid(manifest)]
+    runners = [ovb.OvRunner(manifest.path(spec.onnx)) for _ in range(3)]
+    released: list[int] = []
+    for i, r in enumerate(runners):
+        real = r._compiled
+        r._compiled = type("Spy", (), {"create_infer_request": real.create_infer_request,
+                                       "release_memory": lambda self, i=i: released.append(i)})()
+    monkeypatch.setattr(ovb, "_kept_runs", {})
+    monkeypatch.setattr(ovb, "KEEP_PIXELS", 2 * 64 * 64)
+    x = np.full((1, 64, 64, 3), 90, np.uint8)
+    runners[0].run({spec.input_name: x})
+    runners[1].run({spec.input_name: x})
+    assert released == []  # two 64x64 runs fit
+    runners[2].run({spec.input_name: x})
+    assert released == [0]  # the oldest gives its memory back
+    runners[0].run({spec.input_name: x})  # and allocates it again on its next run
+    assert released == [0, 1]
+    monkeypatch.setattr(ortb, "SHRINK_ABOVE_PIXELS", 64 * 64 - 1)  # a "huge" run releases its own at once
+    runners[1].run({spec.input_name: x})
+    assert released[-1] == 1 and id(runners[1]) not in ovb._kept_runs
+    for r in runners:
+        r.close()
+    assert ovb._kept_runs == {}
