@@ -37,7 +37,7 @@ SIZES = {"512": (512, 512), "720p": (1280, 720), "1080p": (1920, 1080)}
 #: Style cases with more pixels than this per run are left out (1080p at batch 4: onnxruntime's arena alone takes
 #: about 11 GB there, and the Stylizer never runs such a batch: it stacks images up to 1 MP per run).
 MAX_CASE_PIXELS = 4_000_000
-#: Real photos the int8 graph is calibrated on (scikit-image), and others it is judged on.
+#: Real photos the int8 graph is calibrated on (scikit-image), and others (not among them) it is judged on.
 CALIBRATION = ("astronaut", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel")
 HELD_OUT = ("coffee", "cat")
 
