@@ -836,6 +836,11 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
     its recorded sha256, so a damaged bundle fails when it is opened, not on the
     hundredth image.
     """
+    if isinstance(bundle, bytes) or not isinstance(bundle, (str, os.PathLike)) or not os.fspath(bundle).strip():
+        raise InvalidArgumentError(
+            "A bundle is a folder path; an empty path would mean the working folder."
+            + note("a str or os.PathLike naming the bundle folder, such as 'engines/demo'",
+                   f"{bundle!r} ({type(bundle).__name__})"))
     root = Path(bundle)
     mpath = root / MANIFEST_NAME
     if not root.is_dir():

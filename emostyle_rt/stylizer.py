@@ -12,12 +12,12 @@ import threading
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
-from .backends import CLASSIFIER, Runner, runner_for
+from .backends import CLASSIFIER, Runner, check_engines, runner_for
 from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
 from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
@@ -183,6 +183,10 @@ class Stylizer:
         memory_budget: int | str | None = None,
         tile_mode: str = DEFAULT_TILE_MODE,
     ) -> None:
+        if isinstance(bundle, bytes) or not isinstance(bundle, (str, os.PathLike, Manifest)):
+            raise InvalidArgumentError(
+                "A Stylizer's bundle is a bundle folder or a Manifest."
+                + note("a path (str or os.PathLike) or a Manifest", f"{bundle!r} ({type(bundle).__name__})"))
         if tile_mode not in TILE_MODES:
             raise InvalidArgumentError(f"Unknown tile_mode {tile_mode!r}." + note(" or ".join(TILE_MODES), repr(tile_mode)))
         #: Bytes a style run may use (None: from the machine at each run); how over-budget runs share statistics.
@@ -217,6 +221,8 @@ class Stylizer:
         # Safety net when close() is never called: free every runner when the Stylizer is collected.
         self._finalizer = weakref.finalize(self, _close_runners, self._runners, self._styles, self._tiled)
         self._classifier_runner()  # loaded and checked now: a bad classifier graph fails here
+        # backend="tensorrt" / "aoti" without an engine for some style: refused now, once, not at each image
+        check_engines(self.manifest, backend)
         #: What the process held once this Stylizer opened: the default budget keeps a run's peak RSS at about
         #: this plus the budget (``emostyle_rt.tiling.default_budget``).
         self._held = process_rss()
@@ -237,15 +243,21 @@ class Stylizer:
         return self._classify_many(self._load_batch(images, bgr, None, "classify"))
 
     def stylize(
-        self, image: ImageInput, emotion: str | None = None, *, max_side: int | None = None, bgr: bool = False
+        self, image: ImageInput, emotion: str | None = None, *, max_side: int | None = None, bgr: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> StyleResult:
         """Stylise one image with its emotion's style (``emotion`` skips classification).
 
         ``max_side`` runs the style graph on a copy downscaled to that longer side
         and scales the result back. The result has the input's size; ``bgr=True``
         means the input array and the result are in OpenCV's BGR order.
+        ``progress(done, total)``: called after each step of an image styled in tiles
+        (a tile, or a strip of the exact mode; not called for an image styled whole).
         """
-        return self.stylize_batch([image], emotion=emotion, max_side=max_side, bgr=bgr)[0]
+        if progress is not None and not callable(progress):
+            raise InvalidArgumentError("progress must be a callable progress(done, total) or None."
+                                       + note("a callable", type(progress).__name__))
+        return self._stylize_many([image], emotion, max_side, bgr, progress)[0]
 
     def stylize_batch(
         self,
@@ -260,6 +272,10 @@ class Stylizer:
         Faces of all images go through the classifier in one run; images of the
         same size are stacked into one style run (up to ``BATCH_PIXELS``).
         """
+        return self._stylize_many(images, emotion, max_side, bgr, None)
+
+    def _stylize_many(self, images: Iterable[ImageInput], emotion: str | None, max_side: int | None, bgr: bool,
+                      progress: Callable[[int, int], None] | None) -> list[StyleResult]:
         self._check_max_side(max_side)
         alphas: list[np.ndarray | None] = []  # alphas[i]: image i's alpha plane, passed through unstyled, or None
         rgbs = self._load_batch(images, bgr, alphas, "stylize")
@@ -274,7 +290,7 @@ class Stylizer:
             groups[self.manifest.emotions[c.emotion]].append(i)
         styled: list[np.ndarray | None] = [None] * len(rgbs)
         for style_id, idx in groups.items():
-            for i, out in zip(idx, self._style(style_id, [rgbs[i] for i in idx], max_side)):
+            for i, out in zip(idx, self._style(style_id, [rgbs[i] for i in idx], max_side, progress)):
                 styled[i] = self._finish(out, alphas[i], bgr)
         return [
             StyleResult(img, c.emotion, c.scores, c.face, c.faces, c.source, self.manifest.emotions[c.emotion])
@@ -394,7 +410,9 @@ class Stylizer:
     def _check_max_side(self, max_side: int | None) -> None:
         m = self.manifest.min_side
         if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < m):
-            raise InvalidArgumentError(f"max_side must be an integer >= {m} or None." + note(f">= {m}", max_side))
+            got = repr(max_side) if isinstance(max_side, (int, np.integer)) and not isinstance(max_side, bool) \
+                else f"{max_side!r} (a {type(max_side).__name__})"
+            raise InvalidArgumentError(f"max_side must be an integer >= {m} or None." + note(f"an int >= {m}", got))
 
     def _classify_many(self, rgbs: Sequence[np.ndarray]) -> list[Classification]:
         """Detect faces in every image, then classify all crops in one classifier run."""
@@ -508,8 +526,9 @@ class Stylizer:
                                                                cache_dir=self._cache_dir)
         return tiled
 
-    def _style(self, style_id: str, rgbs: list[np.ndarray], max_side: int | None) -> list[np.ndarray]:
-        """Run one style graph on several images; each comes back at its own size."""
+    def _style(self, style_id: str, rgbs: list[np.ndarray], max_side: int | None,
+               progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+        """Run one style graph on several images; each comes back at its own size (``progress``: a tiled one's steps)."""
         spec = self.manifest.styles[style_id]
         runner = self._style_runner(style_id)
         inputs = [self._shrink(rgb, max_side) for rgb in rgbs]
@@ -527,7 +546,8 @@ class Stylizer:
                 continue
             log.info("Style %s in tiles: %s", style_id, plan.summary())
             h, w = inputs[i].shape[:2]
-            outs[i] = self._grow(np.ascontiguousarray(self._tiled_style(style_id).run(p, plan)[:h, :w]), rgbs[i].shape)
+            tiled = self._tiled_style(style_id).run(p, plan, progress)
+            outs[i] = self._grow(np.ascontiguousarray(tiled[:h, :w]), rgbs[i].shape)
         for shape, idx in by_shape.items():
             per_run = max(1, min(BATCH_PIXELS // (shape[0] * shape[1]),
                                  budget // estimate_whole(spec, shape[0], shape[1], calibration=calibration)))

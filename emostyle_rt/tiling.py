@@ -48,7 +48,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -666,6 +666,21 @@ def spool_root(spool_dir: str | None = None) -> str:
 # -- running ------------------------------------------------------------------
 
 
+#: ``progress(done, total)``: the steps of one tiled image.
+Progress = Callable[[int, int], None]
+
+
+class _Ticks:
+    """Counts steps and tells ``progress(done, total)`` after each."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        self.progress(self.done, self.total)
+
+
 class TiledStyle:
     """The tiled graphs of one style, loaded on first use (onnxruntime; sha256 checked when a graph loads).
 
@@ -791,12 +806,14 @@ class TiledStyle:
         for r in runners:
             r.close()
 
-    def run(self, padded: np.ndarray, p: TilePlan) -> np.ndarray:
-        """Style one padded HxWx3 uint8 image as planned (``p.mode`` "fast" or "exact")."""
+    def run(self, padded: np.ndarray, p: TilePlan, progress: Progress | None = None) -> np.ndarray:
+        """Style one padded HxWx3 uint8 image as planned (``p.mode`` "fast" or "exact"). ``progress(done, total)``
+        after each step (a tile, or a strip of a segment; the statistics' strips included)."""
         if p.mode == "fast":
-            return self.run_fast(padded, window=p.window, stats_side=p.stats_side, stats_plan=p.stats_plan)
+            return self.run_fast(padded, window=p.window, stats_side=p.stats_side, stats_plan=p.stats_plan,
+                                 progress=progress)
         if p.mode == "exact":
-            return self.run_exact(padded, strips=p.strips, spool_ram=p.spool_ram)
+            return self.run_exact(padded, strips=p.strips, spool_ram=p.spool_ram, progress=progress)
         raise InvalidArgumentError(f"A {p.mode!r} plan is not a tiled one." + note("fast or exact", p.mode))
 
     # fast ------------------------------------------------------------------
@@ -809,36 +826,55 @@ class TiledStyle:
         return {name: outs[name].astype(np.float32).reshape(1, -1, 1, 1) for n in spec.norms for name in (n.mean, n.var)}
 
     def sample_statistics(self, padded: np.ndarray, stats_side: int | None = STATS_SIDE,
-                          stats_plan: TilePlan | None = None) -> dict[str, np.ndarray]:
+                          stats_plan: TilePlan | None = None, tick: Callable[[], None] | None = None
+                          ) -> dict[str, np.ndarray]:
         """The fast mode's statistics: those of :func:`stats_sample`.
 
         ``stats_plan``: the exact-mode plan for the sample (a fast plan's: strips,
-        bounded memory); None: one run of the stats graph.
+        bounded memory); None: one run of the stats graph. ``tick()`` after each step.
         """
         if stats_plan is None:
-            return self.statistics(padded, stats_side)
+            stats = self.statistics(padded, stats_side)
+            if tick is not None:
+                tick()
+            return stats
         sample = stats_sample(padded, stats_side, self.spec.align)
         if stats_plan is not None and (stats_plan.height, stats_plan.width) != sample.shape[:2]:
             raise InvalidArgumentError("The statistics plan is for another sample size."
                                        + note(f"{sample.shape[1]}x{sample.shape[0]}",
                                               f"{stats_plan.width}x{stats_plan.height}"))
-        return self.exact_statistics(sample, strips=stats_plan.strips, spool_ram=stats_plan.spool_ram)
+        return self.exact_statistics(sample, strips=stats_plan.strips, spool_ram=stats_plan.spool_ram, tick=tick)
+
+    def _strip_count(self, hgt: int, strips: tuple[int, ...] | None, strip_rows: int | None, output: bool) -> int:
+        """How many strips :meth:`_layers` runs (its steps)."""
+        a = self.spec.align
+        segs = self.spec.segments if output else self.spec.segments[:-1]
+        rows_per = strips if strips is not None else (max(a, _floor(strip_rows or hgt, a)),) * len(segs)
+        return sum(math.ceil(hgt / min(hgt, rows_per[i])) for i in range(len(segs)))
 
     def run_fast(self, padded: np.ndarray, *, window: tuple[int, int] | None = None, tile: int | None = None,
                  stats_side: int | None = STATS_SIDE, stats: Mapping[str, np.ndarray] | None = None,
-                 stats_plan: TilePlan | None = None) -> np.ndarray:
-        """Tiles of one fixed ``window`` (or interiors of about ``tile`` px), statistics of :func:`stats_sample`."""
+                 stats_plan: TilePlan | None = None, progress: Progress | None = None) -> np.ndarray:
+        """Tiles of one fixed ``window`` (or interiors of about ``tile`` px), statistics of :func:`stats_sample`.
+        ``progress(done, total)`` after each tile and each step of the statistics."""
         spec, g = self.spec, self.spec.tile
         hgt, wid = padded.shape[:2]
         if window is None:
             t = max(spec.align, _floor(tile or STATS_SIDE, spec.align)) + 2 * spec.halo
             window = (min(hgt, t), min(wid, t))
-        stats = dict(stats) if stats is not None else self.sample_statistics(padded, stats_side, stats_plan)
+        grid = list(self._grid(hgt, wid, window))
+        tick = None
+        if progress is not None:
+            side = stats_sample(padded, stats_side, spec.align).shape[0] if stats_plan is not None else 0
+            first = 0 if stats is not None else self._strip_count(side, stats_plan.strips, None, False) \
+                if stats_plan is not None else 1
+            tick = _Ticks(progress, first + len(grid))
+        stats = dict(stats) if stats is not None else self.sample_statistics(padded, stats_side, stats_plan, tick)
         shape = (min(window[0], hgt), min(window[1], wid))
         runner = self.tile_runner(shape)
         name_in, name_out = g.inputs[0].name, g.outputs[0].name
         out = np.empty_like(padded)
-        for (y0, y1, wy), (x0, x1, wx) in self._grid(hgt, wid, window):
+        for (y0, y1, wy), (x0, x1, wx) in grid:
             tile_in = np.ascontiguousarray(padded[wy:wy + shape[0], wx:wx + shape[1]])[None]
             try:
                 res = runner.run({name_in: tile_in, **stats})[name_out][0]
@@ -848,6 +884,8 @@ class TiledStyle:
                 runner = self._drop_tensorrt(shape, exc)
                 res = runner.run({name_in: tile_in, **stats})[name_out][0]
             out[y0:y1, x0:x1] = res[y0 - wy:y1 - wy, x0 - wx:x1 - wx]
+            if tick is not None:
+                tick()
         return out
 
     def _drop_tensorrt(self, window: tuple[int, int], exc: Exception) -> OrtRunner:
@@ -870,24 +908,27 @@ class TiledStyle:
     # exact -----------------------------------------------------------------
 
     def run_exact(self, padded: np.ndarray, *, strips: tuple[int, ...] | None = None, strip_rows: int | None = None,
-                  spool_ram: int = 0, spool_dir: str | None = None, progress: Any = None) -> np.ndarray:
+                  spool_ram: int = 0, spool_dir: str | None = None, progress: Progress | None = None) -> np.ndarray:
         """Layer by layer over the whole image in full-width strips, statistics accumulated exactly.
 
         ``strips``: rows per strip for each segment (a plan's); ``strip_rows``: the
         same for all. ``spool_ram``: bytes of activations kept in RAM (the rest
-        goes to files in ``spool_dir``). ``progress``: called once per segment.
+        goes to files in ``spool_dir``). ``progress(done, total)``: after each strip of each segment.
         """
-        return self._layers(padded, strips, strip_rows, spool_ram, spool_dir, progress, output=True)[0]
+        tick = None if progress is None else _Ticks(
+            progress, self._strip_count(padded.shape[0], strips, strip_rows, True))
+        return self._layers(padded, strips, strip_rows, spool_ram, spool_dir, tick, output=True)[0]
 
     def exact_statistics(self, padded: np.ndarray, *, strips: tuple[int, ...] | None = None,
-                         strip_rows: int | None = None, spool_ram: int = 0,
-                         spool_dir: str | None = None) -> dict[str, np.ndarray]:
-        """The exact mode up to the last InstanceNorm: every one's mean and variance, as the tile graph's feed."""
-        stats = self._layers(padded, strips, strip_rows, spool_ram, spool_dir, None, output=False)[1]
+                         strip_rows: int | None = None, spool_ram: int = 0, spool_dir: str | None = None,
+                         tick: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+        """The exact mode up to the last InstanceNorm: every one's mean and variance, as the tile graph's feed
+        (``tick()`` after each strip)."""
+        stats = self._layers(padded, strips, strip_rows, spool_ram, spool_dir, tick, output=False)[1]
         return {name: value for k, n in enumerate(self.spec.norms) for name, value in zip((n.mean, n.var), stats[k])}
 
     def _layers(self, padded: np.ndarray, strips: tuple[int, ...] | None, strip_rows: int | None, spool_ram: int,
-                spool_dir: str | None, progress: Any, *, output: bool
+                spool_dir: str | None, progress: Callable[[], None] | None, *, output: bool
                 ) -> tuple[np.ndarray | None, dict[int, tuple[np.ndarray, np.ndarray]]]:
         """Run the segments in strips (all, or without the last when not ``output``): (styled image, statistics)."""
         spec = self.spec
@@ -950,6 +991,8 @@ class TiledStyle:
                         if store:
                             spool.write(t.name, y0 // t.scale, block)
                     del res
+                    if progress is not None:
+                        progress()
                 for name, (s1, s2) in sums.items():
                     t = next(t for t in g.outputs if t.name == name)
                     count = (hgt // t.scale) * (wid // t.scale)
@@ -962,8 +1005,6 @@ class TiledStyle:
                         spool.drop(t.name)
                 log.debug("exact mode: segment %d/%d done (%s in RAM, %s on disk)", i + 1, len(segs),
                           format_bytes(spool.ram_used), format_bytes(spool.disk_bytes))
-                if progress is not None:
-                    progress()
             log.debug("exact mode: spool peak %s in RAM, %s on disk", format_bytes(spool.ram_peak),
                       format_bytes(spool.disk_bytes))
             self.last_spool = (spool.ram_peak, spool.disk_bytes)

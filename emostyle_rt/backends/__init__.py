@@ -12,6 +12,7 @@ An engine backend is a module that provides::
     RANGE: str  # how its shape range is called in messages, e.g. "the TensorRT engine's profiles"
     HAS_CLASSIFIER: bool  # False: it builds style graphs only; the classifier always runs in onnxruntime
     def find_runner(manifest: Manifest, key: str, *, required: bool = False) -> Runner | None
+    def check(manifest: Manifest, key: str) -> None  # find_runner(required=True)'s refusal, loading nothing
     PRECISIONS: tuple[str, ...]  # optional: the ``precision=`` values it serves, passed to find_runner as
                                  # ``precision=``; absent: auto/fp32/fp16 (its build decides), not passed
 
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
     from ..manifest import ClassifierSpec, Manifest, StyleSpec
 
 __all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FallbackRunner", "OutsideProfileError",
-           "Runner", "TensorInfo", "cache_dir", "choose_precision", "make_runner", "ort_runner_for", "runner_for"]
+           "Runner", "TensorInfo", "cache_dir", "check_engines", "choose_precision", "make_runner", "ort_runner_for",
+           "runner_for"]
 
 log = logging.getLogger(__name__)
 
@@ -263,3 +265,27 @@ def runner_for(
                                                                      cuda_graph=cuda_graph, cache=cache),
                                       key, engine.RANGE)
     return ort_runner_for(manifest, key, provider=provider, precision=precision, cuda_graph=cuda_graph, cache=cache)
+
+
+def check_engines(manifest: Manifest, backend: str) -> None:
+    """Refuse now a required engine backend (``"tensorrt"``, ``"aoti"``) without a usable engine here for every
+    graph it would run (each style; the classifier too where it builds one): one ``BackendError`` naming all
+    that are missing, before any image, instead of one failure per image. Looked up, not loaded (the same
+    lookup as :func:`runner_for`); other backends pass."""
+    engine = ENGINES.get(backend)
+    if engine is None:
+        return
+    keys = ([CLASSIFIER] if engine.HAS_CLASSIFIER else []) + list(manifest.styles)
+    missing: dict[str, BackendError] = {}
+    for key in keys:
+        try:
+            engine.check(manifest, key)
+        except BackendError as exc:
+            missing[key] = exc
+    if not missing:
+        return
+    if len(missing) == 1:
+        raise next(iter(missing.values()))
+    first_key, first = next(iter(missing.items()))
+    raise BackendError(f"backend={backend!r} has no usable engine here for {len(missing)} of the bundle's {len(keys)} "
+                       f"graphs ({', '.join(repr(k) for k in missing)}); for {first_key!r}: {first}")

@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..engines import AotiHost, AotiSidecar, cpu_isas, find_package
+from ..engines import AOTI_DIR, AotiHost, AotiSidecar, cpu_isas, find_package
 from ..errors import BackendError, InvalidImageError, note
 from .base import OutsideProfileError, TensorInfo, cache_dir
 
@@ -297,14 +297,9 @@ class AotiRunner:
             self._torch.cuda.empty_cache()
 
 
-def find_runner(manifest: Any, key: str, *, required: bool = False, device: str | None = None) -> AotiRunner | None:
-    """The hook ``runner_for`` calls: a runner, or None (or an error when ``required``).
-
-    A CUDA package is looked for when a CUDA GPU answers; a CPU package only
-    without one (onnxruntime's GPU providers beat a CPU package) or when
-    ``required`` (``backend="aoti"``). ``device`` ("cpu", "cuda") looks for that
-    device's package only (benchmarks).
-    """
+def _locate(manifest: Any, key: str, *, required: bool, device: str | None = None) -> tuple[Path, AotiSidecar] | None:
+    """The package (and its sidecar) ``find_runner`` would load, found without importing torch; None (or, when
+    ``required``, the ``BackendError`` saying what is missing)."""
     if key == "classifier" or key not in manifest.styles:
         if required:
             raise BackendError(f"AOTInductor packages exist for style graphs only, not {key!r}."
@@ -324,11 +319,34 @@ def find_runner(manifest: Any, key: str, *, required: bool = False, device: str 
                 f"No usable AOTInductor package for {key!r} in bundle {manifest.root}."
                 + note(f"aoti/{' or '.join(here.keys(devices[0])) or '<key>'}/{key}.pt2 (emostyle-export --bundle DIR "
                        "--aoti)", f"torch {here.torch_version}, CPU {list(here.cpu_isas)}, GPU "
-                                  f"{here.compute_capability or 'none'} (see the warnings above)"))
+                                  f"{here.compute_capability or 'none'}; " + (
+                                      "see the warnings above" if any(Path(manifest.root).glob(f"{AOTI_DIR}/*/{key}.pt2.json"))
+                                      else "the bundle has no package for it")))
         if here.torch_version is None:
             log.debug("No torch here; %s uses onnxruntime.", key)
         return None
+    return found
+
+
+def check(manifest: Any, key: str) -> None:
+    """Raise the ``BackendError`` that ``find_runner(required=True)`` would for a missing package, loading nothing
+    (``backend="aoti"`` is refused when a Stylizer is made, not at the first image of that style)."""
+    _locate(manifest, key, required=True)
+
+
+def find_runner(manifest: Any, key: str, *, required: bool = False, device: str | None = None) -> AotiRunner | None:
+    """The hook ``runner_for`` calls: a runner, or None (or an error when ``required``).
+
+    A CUDA package is looked for when a CUDA GPU answers; a CPU package only
+    without one (onnxruntime's GPU providers beat a CPU package) or when
+    ``required`` (``backend="aoti"``). ``device`` ("cpu", "cuda") looks for that
+    device's package only (benchmarks).
+    """
+    found = _locate(manifest, key, required=required, device=device)
+    if found is None:
+        return None
     package, side = found
+    spec = manifest.styles[key]
     try:
         if str(package) in _FAILED:
             raise BackendError(_FAILED[str(package)])

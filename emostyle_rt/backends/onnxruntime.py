@@ -100,8 +100,16 @@ _OOM = re.compile(r"Failed to allocate memory|out of memory|Available memory of 
                   r"bad allocation", re.IGNORECASE)
 
 
+#: onnxruntime (1.32 seen) writes a device id and an event store to ~/.cache/Microsoft/DeveloperTools/.onnxruntime
+#: when it is imported, for its telemetry; the runtime writes nothing but what its caller asked for, so it is off
+#: unless the environment says otherwise (as the --ray job does with Ray's usage statistics).
+TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
 def import_onnxruntime() -> Any:
-    """The onnxruntime module, or a typed error saying which extra installs it."""
+    """The onnxruntime module (its telemetry off unless $ORT_DISABLE_TELEMETRY is set), or a typed error saying
+    which extra installs it."""
+    os.environ.setdefault(TELEMETRY_ENV, "1")  # read when onnxruntime is first imported
     try:
         import onnxruntime
     except ImportError as exc:

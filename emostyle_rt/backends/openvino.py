@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import queue
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Mapping
@@ -80,7 +81,16 @@ def installed() -> bool:
 
 
 def import_openvino() -> Any:
-    """The openvino module, or a typed error naming the extra that installs it."""
+    """The openvino module, or a typed error naming the extra that installs it.
+
+    OpenVINO's telemetry is kept off: reading an ONNX graph initialises it, which
+    writes ``~/intel/openvino_ga_cid`` and ``~/intel/stats`` (and would send usage
+    data) unless a consent file or CI=true says no. With ``openvino_telemetry``
+    made unimportable (unless the process imported it already), OpenVINO uses its
+    own no-op stub (``openvino.tools.ovc.telemetry_stub``), so a Stylizer writes
+    nothing in the user's home, as with onnxruntime (ORT_DISABLE_TELEMETRY).
+    """
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
     try:
         import openvino
     except ImportError as exc:
@@ -362,6 +372,16 @@ def verified_runner(manifest: Any, key: str, spec: Any, *, style: bool, precisio
     log.info("%s: OpenVINO %s agrees with onnxruntime (max |diff| %g%s).", key, precision, result["max_abs_diff"],
              f", {result['psnr_db']} dB" if "psnr_db" in result else "")
     return runner
+
+
+def check(manifest: Any, key: str) -> None:
+    """Raise the ``BackendError`` that ``find_runner(required=True)`` would for a graph it cannot serve, loading
+    nothing (``backend="openvino"`` is refused when a Stylizer is made): OpenVINO missing, or no such graph."""
+    if key not in manifest.styles and key != "classifier":
+        raise BackendError(f"Bundle {manifest.root} has no graph {key!r}."
+                           + note("'classifier' or a style id", sorted(manifest.styles)))
+    if not installed():
+        import_openvino()
 
 
 def find_runner(manifest: Any, key: str, *, required: bool = False, precision: str = "auto") -> OvRunner | None:

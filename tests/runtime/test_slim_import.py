@@ -39,6 +39,23 @@ def test_import_and_stylize_load_no_heavy_frameworks(demo_bundle: Path, tmp_path
     assert found["shape"] == [96, 96, 3]
 
 
+def test_the_runtime_writes_nothing_in_the_users_home(demo_bundle: Path, tmp_path: Path) -> None:
+    """onnxruntime 1.32 writes a device id and a telemetry store under ~/.cache/Microsoft when imported; the
+    runtime turns that off (ORT_DISABLE_TELEMETRY=1 unless set), so a Stylizer run leaves the home untouched."""
+    import os
+
+    home = tmp_path / "home"
+    home.mkdir()
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), cv2.resize(data.astronaut(), (96, 96))[:, :, ::-1])
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    done = subprocess.run([sys.executable, "-c", CODE.format(forbidden=FORBIDDEN), str(demo_bundle), str(photo)],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []
+
+
 ORT_ONLY = """
 import json, sys
 import emostyle_rt

@@ -376,3 +376,39 @@ def test_worker_budgets_add_up_to_the_machine(monkeypatch: pytest.MonkeyPatch) -
     assert t.worker_budget(2) == int(0.75 * (4 << 30)) // 2
     with pytest.raises(InvalidArgumentError):
         t.worker_budget(0)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_a_tiled_image_reports_its_steps(tiled_bundle: Path, style: StyleSpec, astronaut: np.ndarray,
+                                         mode: str) -> None:
+    """progress(done, total) after each step of a tiled image (a 24 MP photo took minutes at "0/1 file"):
+    every step counted once, in order, ending at the total; a photo styled whole takes no steps."""
+    photo = np.ascontiguousarray(astronaut)
+    budget = estimate_whole(style, 512, 512, calibration=1.2) - 1  # under OpenVINO's (and onnxruntime's) estimate
+    calls: list[tuple[int, int]] = []
+    with Stylizer(tiled_bundle, memory_budget=budget, tile_mode=mode) as st:
+        st.stylize(photo, emotion=EMOTION, progress=lambda d, t: calls.append((d, t)))
+        assert st._tiled  # went tiled
+        total = calls[0][1]
+        assert total > 1 and calls == [(k, total) for k in range(1, total + 1)], calls
+        with pytest.raises(InvalidArgumentError, match="progress must be a callable"):
+            st.stylize(photo, emotion=EMOTION, progress="bar")
+    calls.clear()
+    with Stylizer(tiled_bundle) as st:
+        st.stylize(photo, emotion=EMOTION, progress=lambda d, t: calls.append((d, t)))
+    assert calls == []
+
+
+def test_cli_shows_the_steps_of_a_tiled_photo(tiled_bundle: Path, style: StyleSpec, tmp_path: Path,
+                                              astronaut: np.ndarray,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from emostyle_rt import cli
+    from emostyle_rt.imageio import write_image
+
+    seen: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(cli._StepBar, "__call__", lambda self, d, t: seen.append((self.name, d, t)))
+    src = write_image(tmp_path / "big.png", astronaut)
+    assert cli.main([str(src), "-o", str(tmp_path / "out.png"), "--bundle", str(tiled_bundle), "--emotion", EMOTION,
+                     "--memory-budget", str(estimate_whole(style, 512, 512, calibration=1.2) - 1),
+                     "--tile-mode", "fast", "-q"]) == 0
+    assert seen and seen[-1][1] == seen[-1][2] and {n for n, _, _ in seen} == {"big.png"}
