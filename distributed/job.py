@@ -53,6 +53,7 @@ from emostyle_rt.errors import (
 )
 from emostyle_rt.imageio import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image, read_image_meta
 from emostyle_rt.manifest import Manifest
+from emostyle_rt.tiling import worker_budget
 from emostyle_rt.videoio import VIDEO_SUFFIXES
 
 log = logging.getLogger("emostyle")
@@ -79,7 +80,9 @@ RAY_NOISE = (re.compile(rb"core_worker\.cc:\d+\S? Actor with class name: .* has 
 @dataclass(frozen=True)
 class Placement:
     """How the job sits on the cluster: ``actors`` stylizer actors of ``actor_cpus`` CPUs and ``actor_gpus``
-    GPUs each, running ``threads`` intra-op threads; decode tasks of ``decode_cpus``, at most ``decode_tasks`` at once."""
+    GPUs each, running ``threads`` intra-op threads; decode tasks of ``decode_cpus``, at most ``decode_tasks`` at once.
+    ``memory_budget``: bytes one style run of a CPU actor may use (the cluster's memory split between the actors,
+    ``emostyle_rt.tiling.worker_budget``); None for GPU actors (their budget is the GPU's free memory)."""
 
     actors: int
     actor_cpus: float
@@ -87,16 +90,18 @@ class Placement:
     threads: int
     decode_cpus: float
     decode_tasks: int
+    memory_budget: int | None = None
 
 
-def placement(cpus: float, gpus: float, files: int, actors: int | None = None) -> Placement:
+def placement(cpus: float, gpus: float, files: int, actors: int | None = None, memory: float | None = None) -> Placement:
     """The placement for a cluster of ``cpus`` CPUs and ``gpus`` GPUs and ``files`` files to do.
 
     Actors: ``actors``, else one per GPU, else one per CPU; never more than files.
     With GPUs each actor takes one (a share when there are more actors than GPUs);
     on CPUs each takes one CPU (a share when there are more actors than CPUs, so
     that all of them start: Ray would otherwise wait for CPUs that never free up)
-    and runs one intra-op thread per CPU it holds.
+    and runs one intra-op thread per CPU it holds. ``memory``: the cluster's memory in bytes (Ray's ``memory``
+    resource; None: this machine's available memory), split between CPU actors as their memory budgets.
     """
     if actors is not None and actors < 1:
         raise InvalidArgumentError(f"actors={actors} is below 1." + note("an integer >= 1", actors))
@@ -110,7 +115,8 @@ def placement(cpus: float, gpus: float, files: int, actors: int | None = None) -
     free = cpus - n * actor_cpus
     return Placement(actors=n, actor_cpus=actor_cpus, actor_gpus=actor_gpus, threads=max(1, int(actor_cpus)),
                      decode_cpus=DECODE_CPUS if free >= DECODE_CPUS else 0.0,
-                     decode_tasks=max(1, min(max(files, 1), max(2, math.ceil(cpus)))))
+                     decode_tasks=max(1, min(max(files, 1), max(2, math.ceil(cpus)))),
+                     memory_budget=None if gpu else worker_budget(n, int(memory) if memory else None))
 
 
 @dataclass(frozen=True)
@@ -354,6 +360,13 @@ def cluster_size() -> tuple[float, float]:
     return float(res.get("CPU", 0)), float(res.get("GPU", 0))
 
 
+def cluster_memory() -> float | None:
+    """The connected Ray cluster's ``memory`` resource in bytes (what Ray lets tasks and actors use), or None."""
+    import ray
+
+    return ray.cluster_resources().get("memory") or None
+
+
 def _progress(total: int, quiet: bool) -> Any:
     try:
         from tqdm import tqdm
@@ -385,9 +398,13 @@ def run_cli(args: argparse.Namespace, pairs: list[tuple[Path, Path]], manifest: 
     if todo:
         with ray_session(args.ray, verbose=args.verbose) as address, \
                 filtered_stderr(RAY_NOISE, enabled=not args.verbose):  # Ray's processes keep the real stderr
-            place = placement(*cluster_size(), len(todo), args.actors)
-            log.info("Styling %d file(s) on %s: %d actor(s) (%.2g CPU, %.2g GPU, %d thread(s) each).",
-                     len(todo), address, place.actors, place.actor_cpus, place.actor_gpus, place.threads)
+            place = placement(*cluster_size(), len(todo), args.actors, cluster_memory())
+            if getattr(args, "memory_budget", None) is None and place.memory_budget is not None:
+                args = copy.copy(args)  # each actor's share of the cluster's memory (they add up to what it has)
+                args.memory_budget = place.memory_budget
+            log.info("Styling %d file(s) on %s: %d actor(s) (%.2g CPU, %.2g GPU, %d thread(s), memory budget %s each).",
+                     len(todo), address, place.actors, place.actor_cpus, place.actor_gpus, place.threads,
+                     args.memory_budget or "the GPU's")
             t1 = time.perf_counter()
             ds = build_dataset(_rows(pairs, todo, out_root), args, str(manifest.root.resolve()), state, place)
             bar, rows = _progress(len(todo), args.quiet), None

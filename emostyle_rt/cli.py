@@ -118,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--emotion", help="use this emotion's style instead of classifying")
     p.add_argument("--max-side", type=int, default=None, help="run the style network at most this many pixels wide/high")
     p.add_argument("--memory-budget", metavar="SIZE", default=None,
-                   help="memory one style run may use, e.g. 2GB or 512MiB (default: 75%% of the available memory); "
+                   help="memory one style run may use, e.g. 2GB or 512MiB (default: what keeps the process near 2.5 GB "
+                        "peak RSS, at most 75%% of the available memory); "
                         "larger photos are styled in tiles with the whole photo's InstanceNorm statistics (no seams), "
                         "a budget too small for any tile is refused before anything runs")
     p.add_argument("--tile-mode", choices=TILE_MODES, default=DEFAULT_TILE_MODE,
@@ -133,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-face", default="whole", help="'whole' (classify the whole image), 'error', or an emotion")
     p.add_argument("--detector", default=None, help="face detector: the bundle's MTCNN (default), 'mtcnn', 'haar' (OpenCV 4 only) "
                                                          "or a YuNet .onnx file")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "aoti"))
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "aoti", "openvino"))
     p.add_argument("--provider", default=None, choices=("tensorrt", "cuda", "cpu"), help="force an onnxruntime provider")
     p.add_argument("--report", type=nonempty_path, default=None,
                    help="write a JSON report of each file's emotion and faces (an existing file is replaced only "

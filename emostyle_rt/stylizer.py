@@ -23,7 +23,8 @@ from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
 from .manifest import Manifest, load_manifest
 from .mtcnn import MtcnnDetector
-from .tiling import DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory
+from .tiling import (CALIBRATION, DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory,
+                     process_rss)
 from .tiling import plan as tile_plan
 
 if TYPE_CHECKING:
@@ -138,8 +139,10 @@ class Stylizer:
     """Runs a bundle written by ``emostyle-export``.
 
     ``backend``: "auto" (native TensorRT engine when one fits, else an AOTInductor
-    package, else onnxruntime), "onnxruntime", "tensorrt" or "aoti" (style graphs
-    from AOTInductor packages; the classifier in onnxruntime). ``provider`` forces an onnxruntime provider
+    package, else OpenVINO for the style graphs on a machine without a GPU
+    provider where it is installed, else onnxruntime), "onnxruntime", "tensorrt",
+    "aoti" (style graphs from AOTInductor packages; the classifier in onnxruntime)
+    or "openvino" (every graph in OpenVINO's CPU plugin). ``provider`` forces an onnxruntime provider
     ("tensorrt", "cuda", "cpu"). ``detector``: None (the bundle's MTCNN; Haar
     for bundles without one), "mtcnn", "haar" (where this OpenCV has it), a YuNet
     ``.onnx`` path or any object with ``detect(rgb) -> list[Face]``. ``no_face``: "whole"
@@ -148,13 +151,16 @@ class Stylizer:
     (``manifest.classifier.crop``); a number replaces only its margin (a
     fraction of the box on each side).
     ``precision``: "auto" (the bundle's verified FP16 graph on a GPU provider when
-    it has one, else FP32), "fp32" or "fp16". ``cuda_graph``: replay CUDA graphs
+    it has one, else FP32), "fp32", "fp16" or "bf16" (style graphs in OpenVINO at
+    bfloat16 on a CPU with AVX512-BF16 / AMX, gated at PSNR >= 40 dB against FP32). ``cuda_graph``: replay CUDA graphs
     for repeated input shapes (video; CUDA EP only). ``cache_dir``: the user
     cache for the TensorRT EP's engines (default $EMOSTYLE_CACHE_DIR, else
     $XDG_CACHE_HOME/emostyle-rt or ~/.cache/emostyle-rt; never the bundle).
     ``memory_budget``: bytes (or text such as "2GB", "512MiB") one style run may
-    use on top of what the process holds; None: 75% of the memory available
-    when the run starts (host, or the GPU's for a GPU provider). A run whose
+    use on top of what the process holds; None: what keeps the process' peak
+    RSS at about 2.5 GB (``DEFAULT_PEAK_RSS`` less what the process held when this
+    Stylizer opened), and at most 75% of the memory available when the run
+    starts (for a GPU provider: 75% of the GPU's free memory). A run whose
     estimate is larger goes in tiles (``tile_mode`` "exact" or "fast", see
     :mod:`emostyle_rt.tiling`); one that cannot fit raises ``MemoryBudgetError`` before it starts.
     ``close()`` (or ``with Stylizer(...)``) frees sessions and GPU buffers.
@@ -217,6 +223,9 @@ class Stylizer:
         self._classifier_runner()  # loaded and checked now: a bad classifier graph fails here
         # backend="tensorrt" / "aoti" without an engine for some style: refused now, once, not at each image
         check_engines(self.manifest, backend)
+        #: What the process held once this Stylizer opened: the default budget keeps a run's peak RSS at about
+        #: this plus the budget (``emostyle_rt.tiling.default_budget``).
+        self._held = process_rss()
 
     # -- public API ---------------------------------------------------------
 
@@ -500,7 +509,7 @@ class Stylizer:
         if self.memory_budget is not None:
             return self.memory_budget
         name = runner.name.lower()
-        return default_budget(gpu="cuda" in name or "tensorrt" in name)
+        return default_budget(gpu="cuda" in name or "tensorrt" in name, held=self._held)
 
     def _tiled_style(self, style_id: str) -> TiledStyle:
         tiled = self._tiled.get(style_id)
@@ -510,6 +519,8 @@ class Stylizer:
                 if tiled is None:
                     # "tensorrt": the tile graph at fixed windows on the TensorRT EP, engines in the user cache
                     provider = self._provider if self._provider in ("cpu", "cuda", "tensorrt") else None
+                    # Tiled graphs run in onnxruntime, also when OpenVINO runs the whole graph: in OpenVINO the exact
+                    # mode's 235 strip runs at 12 MP peaked at 5.8 GB for a 2.3 GB budget (onnxruntime: within it)
                     tiled = self._tiled[style_id] = TiledStyle(self.manifest.root, self.manifest.styles[style_id],
                                                                provider=provider, verify=self._verify,
                                                                cache_dir=self._cache_dir)
@@ -525,9 +536,10 @@ class Stylizer:
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         outs: list[np.ndarray | None] = [None] * len(rgbs)
         budget = self._budget(runner)
+        calibration = getattr(runner, "memory_calibration", CALIBRATION)  # the engine's RSS per activation byte
         # Whole if the estimate fits the budget, else tiled; MemoryBudgetError (before any run) if neither fits.
         plans = [tile_plan(spec, p.shape[0], p.shape[1], budget, self.tile_mode,
-                           fixed_windows=self._provider == "tensorrt") for p in padded]
+                           fixed_windows=self._provider == "tensorrt", whole_calibration=calibration) for p in padded]
         for i, (p, plan) in enumerate(zip(padded, plans)):
             if plan.mode == "whole":
                 by_shape[p.shape].append(i)
@@ -538,7 +550,7 @@ class Stylizer:
             outs[i] = self._grow(np.ascontiguousarray(tiled[:h, :w]), rgbs[i].shape)
         for shape, idx in by_shape.items():
             per_run = max(1, min(BATCH_PIXELS // (shape[0] * shape[1]),
-                                 budget // estimate_whole(spec, shape[0], shape[1])))
+                                 budget // estimate_whole(spec, shape[0], shape[1], calibration=calibration)))
             for start in range(0, len(idx), per_run):
                 chunk = idx[start : start + per_run]
                 # One image: a view, no copy of the (up to 25 MB) frame; several: stacked.

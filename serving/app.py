@@ -90,7 +90,7 @@ class Service:
             c = self.config
             if self.stylizer is None:
                 self.stylizer = Stylizer(c.bundle, backend=c.backend, provider=c.provider, detector=c.detector,
-                                         no_face=c.no_face, max_pixels=c.max_pixels)
+                                         no_face=c.no_face, max_pixels=c.max_pixels, memory_budget=c.memory_budget)
             for label in self.stylizer.labels:
                 self.metrics.emotions.labels(label, "face")
             if c.warmup:

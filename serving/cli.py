@@ -82,9 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-face", default=d.no_face, help="'whole' (classify the whole image), 'error' (422), or an emotion")
     p.add_argument("--detector", default=None, help="face detector: the bundle's MTCNN (default), 'mtcnn', 'haar' or a "
                                                      "YuNet .onnx file")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "aoti"),
-                   help="runtime backend, as for emostyle (default auto: TensorRT engine, AOTInductor package, onnxruntime)")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "aoti", "openvino"),
+                   help="runtime backend, as for emostyle (default auto: TensorRT engine, AOTInductor package, "
+                        "OpenVINO on a CPU-only machine, onnxruntime)")
     p.add_argument("--provider", default=None, choices=("tensorrt", "cuda", "cpu"), help="force an onnxruntime provider")
+    p.add_argument("--memory-budget", metavar="SIZE", default=None,
+                   help="memory one style run of each worker may use, e.g. 2GB (default: the machine's available "
+                        "memory split between the workers, at most what keeps a worker near 2.5 GB peak RSS; larger "
+                        "photos go in tiles)")
     p.add_argument("--quality", type=int, default=None, help="JPEG / WebP quality of answers 1..100 (default: the library's)")
     p.add_argument("--strip-metadata", action="store_true", help="do not copy the upload's EXIF and ICC profile")
     p.add_argument("--no-ui", action="store_true",
@@ -154,6 +159,11 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         raise InvalidArgumentError(f"--graceful-timeout {args.graceful_timeout} is negative." + note(">= 0", args.graceful_timeout))
     if not args.keep_alive > 0:
         raise InvalidArgumentError(f"--keep-alive {args.keep_alive} must be positive." + note("> 0", args.keep_alive))
+    from emostyle_rt.tiling import parse_memory, worker_budget
+
+    # Each worker's share of the machine (they add up to what it has); one worker: the library's own default.
+    budget = parse_memory(args.memory_budget) if args.memory_budget is not None else \
+        worker_budget(args.workers) if args.workers > 1 else None
     bundle = default_bundle(args.bundle)
     try:
         load_manifest(bundle)
@@ -165,7 +175,8 @@ def _config(args: argparse.Namespace) -> ServeConfig:
                        max_body=int(args.max_body_mb * (1 << 20)), max_pixels=args.max_pixels, backend=args.backend,
                        provider=args.provider, detector=args.detector, no_face=args.no_face, quality=args.quality,
                        strip_metadata=args.strip_metadata, warmup=not args.no_warmup,
-                       header_timeout=args.header_timeout, body_timeout=args.body_timeout, ui=not args.no_ui).check()
+                       header_timeout=args.header_timeout, body_timeout=args.body_timeout, ui=not args.no_ui,
+                       memory_budget=budget).check()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # Opened here so that a bad bundle, detector or --no-face fails now, with exit status 2.
         stylizer = Stylizer(config.bundle, backend=config.backend, provider=config.provider, detector=config.detector,
-                            no_face=config.no_face, max_pixels=config.max_pixels)
+                            no_face=config.no_face, max_pixels=config.max_pixels, memory_budget=config.memory_budget)
     except EmostyleError as exc:
         log.error("%s", exc)
         return 2
@@ -209,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     metrics_dir = tempfile.mkdtemp(prefix="emostyle-serve-metrics-")
     os.environ.update({CONFIG_ENV: config.to_env(), MULTIPROC_ENV: metrics_dir, QUIET_ENV: "1" if args.quiet else "0"})
-    log.info("Serving %s on http://%s:%d with %d worker processes.", config.bundle, args.host, args.port, args.workers)
+    log.info("Serving %s on http://%s:%d with %d worker processes (memory budget %s each).", config.bundle, args.host,
+             args.port, args.workers, "default" if config.memory_budget is None else f"{config.memory_budget / 1e9:.2f} GB")
     try:
         with _clean_exit_on_signals():
             uvicorn.run("emostyle_serve.app:app_from_env", factory=True, workers=args.workers, **common)

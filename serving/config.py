@@ -38,7 +38,10 @@ class ServeConfig:
     says ready. ``header_timeout`` / ``body_timeout``: seconds a client may take
     to send a request's line and headers / its whole body; then 408, and the
     connection (and its queue slot) is freed. ``ui``: serve the page at ``GET /``
-    (``emostyle_serve.ui``; ``--no-ui`` turns it off).
+    (``emostyle_serve.ui``; ``--no-ui`` turns it off). ``memory_budget``: bytes
+    one style run of this process may use (None: the library's default, which
+    keeps one process' peak RSS at about 2.5 GB; ``emostyle serve --workers N``
+    gives each worker its share of the machine: ``emostyle_rt.tiling.worker_budget``).
     """
 
     bundle: str
@@ -57,10 +60,13 @@ class ServeConfig:
     header_timeout: float = HEADER_TIMEOUT_S
     body_timeout: float = BODY_TIMEOUT_S
     ui: bool = True
+    memory_budget: int | None = None
 
     def check(self) -> ServeConfig:
         """Raise ``InvalidArgumentError`` for a value that cannot work; the config itself otherwise."""
         ints = {"max_batch": 1, "queue": 1, "max_body": 1, "max_pixels": 1}
+        if self.memory_budget is not None:
+            ints["memory_budget"] = 1
         for name, low in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:

@@ -14,6 +14,13 @@ for _name, _value in TF_QUIET_ENV.items():  # before any test imports TensorFlow
     os.environ.setdefault(_name, _value)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never write the developer's user cache (OpenVINO blobs and gate markers, TensorRT EP engines)."""
+    if not os.environ.get("EMOSTYLE_CACHE_DIR"):
+        os.environ["EMOSTYLE_CACHE_DIR"] = str(tmp_path_factory.mktemp("user-cache"))
+
+
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     """scikit-image's astronaut: a real 512x512 RGB photo, face at about (177, 66, 95, 95)."""

@@ -64,6 +64,15 @@ def test_placement_cpu_gpu_and_shares() -> None:
         job.placement(2, 0, files=3, actors=0)
 
 
+def test_placement_splits_the_cluster_memory_between_cpu_actors() -> None:
+    from emostyle_rt.tiling import worker_budget
+
+    p = job.placement(16, 0, files=200, memory=8 << 30)  # 16 actors on 8 GB: a share each, adding up to it
+    assert p.memory_budget == worker_budget(16, 8 << 30) and 16 * p.memory_budget <= 8 << 30
+    assert job.placement(2, 0, files=200, memory=64 << 30).memory_budget == worker_budget(1, 64 << 30)  # capped
+    assert job.placement(16, 2, files=200, memory=8 << 30).memory_budget is None  # GPU actors: the GPU's memory
+
+
 # -- the stages, in this process -------------------------------------------------------------------------------
 
 
@@ -83,7 +92,9 @@ def test_decode_gives_the_pixels_and_metadata_the_local_command_reads(tmp_path: 
 
 def test_actor_writes_what_the_local_command_writes(demo_bundle: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(CPU_THREADS_ENV, "0")  # the actor sets it; restored after the test
+    # The actor sets 1; the local run uses 1 too: OpenVINO's results depend on its thread count (within 1 grey
+    # level; onnxruntime's do not), and this test wants byte-identical files. Restored after the test.
+    monkeypatch.setenv(CPU_THREADS_ENV, "1")
     src = tmp_path / "in"
     paths = _photos(src, 3)
     if importlib.util.find_spec("av") is not None:  # the video extra: a video goes to one actor whole
