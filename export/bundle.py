@@ -115,6 +115,7 @@ class ExportPlan:
     demo: bool = False
     seed: int = 0
     demo_weights: Path | None = None  # --demo: the trained weights' folder (default DEMO_WEIGHTS)
+    demo_trained_styles: bool = True  # --demo: False ignores the trained styles (every style seeded, untrained)
     opset: int = 17
     fp16: bool = False  # add verified mixed-precision FP16 graphs (CPU is enough)
     engines: EngineOptions | None = None  # build TensorRT engines for this GPU (implies fp16)
@@ -290,13 +291,14 @@ def _validate(plan: ExportPlan) -> None:
             raise ExportError(f"Style checkpoint for {emotion!r} not found: {src.path}.")
 
 
-def demo_styles(seed: int, weights: str | Path | None = None,
+def demo_styles(seed: int, weights: str | Path | None = None, trained: bool = True,
                 ) -> Iterator[tuple[list[str], str, StyleCheckpoint, dict[str, Any]]]:
     """(emotions served, style id, checkpoint, source record) of each demo style network.
 
     An emotion with a trained checkpoint (:func:`demo_style_path`) gets it, loaded
-    as any user checkpoint is; the others get seeded untrained weights (source
-    family "demo"). The style ids are ``demo-<emotion>`` either way.
+    as any user checkpoint is; the others (all of them with ``trained=False``) get
+    seeded untrained weights (source family "demo"). The style ids are
+    ``demo-<emotion>`` either way.
     """
     import torch
 
@@ -304,7 +306,7 @@ def demo_styles(seed: int, weights: str | Path | None = None,
 
     for i, emotion in enumerate(EMOTIONS):
         path = demo_style_path(emotion, weights)
-        if path.is_file():
+        if trained and path.is_file():
             digest = source_digest(path)
             ckpt = load_style_checkpoint(path)
             yield [emotion], f"demo-{emotion}", ckpt, _checkpoint_source(path, digest, ckpt)
@@ -390,7 +392,7 @@ def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> Manifest:
     (tmp / "styles").mkdir()
     styles: dict[str, StyleSpec] = {}
     emotions: dict[str, str] = {}
-    sources = demo_styles(plan.seed, plan.demo_weights) if plan.demo else _user_styles(plan)
+    sources = demo_styles(plan.seed, plan.demo_weights, plan.demo_trained_styles) if plan.demo else _user_styles(plan)
     untrained: list[str] = []
     with _progress(_count_styles(plan), "style graphs") as advance:
         for served, sid, ckpt, source in sources:
@@ -592,11 +594,13 @@ def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) ->
     return dest
 
 
-def export_demo(out_dir: str | Path, force: bool = False, seed: int = 0, weights: str | Path | None = None) -> Path:
-    """Export the demo bundle: the paper's architectures with the trained demo weights that exist
-    (``weights``, default :data:`DEMO_WEIGHTS`) and seeded, untrained weights for the rest."""
-    return export_bundle(ExportPlan(classifier=None, styles={}, demo=True, seed=seed, demo_weights=weights),
-                         out_dir, force=force)
+def export_demo(out_dir: str | Path, force: bool = False, seed: int = 0, weights: str | Path | None = None,
+                trained_styles: bool = True) -> Path:
+    """Export the demo bundle: the paper's architectures with the trained demo styles that exist
+    (``weights``, default :data:`DEMO_WEIGHTS`; none with ``trained_styles=False``) and seeded,
+    untrained weights for the rest."""
+    return export_bundle(ExportPlan(classifier=None, styles={}, demo=True, seed=seed, demo_weights=weights,
+                                    demo_trained_styles=trained_styles), out_dir, force=force)
 
 
 def parse_labels(text: str | Sequence[str]) -> tuple[str, ...]:

@@ -178,8 +178,9 @@ def test_demo_note_and_warning_name_what_is_untrained(demo_bundle: Path, tmp_pat
     assert "UNTRAINED" not in demo_note(False, []) and "trained demo weights" in demo_note(False, [])
 
     raw = json.loads((demo_bundle / "manifest.json").read_text())
-    for e in ("angry", "happy"):  # as if these two styles had been exported from trained checkpoints
-        raw["styles"][raw["emotions"][e]]["source"] = {"family": "authors", "path": "/x.pth", "sha256": "0" * 64}
+    for e in EMOTIONS:  # as if angry and happy had been exported from trained checkpoints, the others seeded
+        raw["styles"][raw["emotions"][e]]["source"] = ({"family": "authors", "path": "/x.pth", "sha256": "0" * 64}
+                                                       if e in ("angry", "happy") else {"family": "demo", "seed": 0})
     copy = tmp_path / "b"
     copy.mkdir()
     (copy / "manifest.json").write_text(json.dumps(raw))
