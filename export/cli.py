@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("what to export")
     src.add_argument("--demo", action="store_true",
                      help="the demo bundle: fer's trained emotion classifier (vendored, MIT) and the paper's style "
-                          "networks with seeded UNTRAINED weights")
+                          "networks, with the trained demo styles of weights/demo/styles where present and seeded "
+                          "UNTRAINED weights elsewhere")
     src.add_argument("--classifier", type=Path, metavar="PATH", help="Keras classifier: .keras, .h5 or SavedModel folder")
     src.add_argument("--style", action="append", default=[], metavar="EMOTION=PATH",
                      help="style checkpoint for an emotion (repeat for all seven)")
