@@ -14,7 +14,8 @@ TensorRT). Compares, against fp32 on the same GPU:
 Both conventions (``imagenet`` and ``0-255``) on a synthetic photo-like image
 (or ``--image`` a .npy/.png/.jpg), at 256x256, 256x304 and 1080x1920. Weights are
 seeded random, scaled so the output spans 0..255 like a trained model, or
-``--checkpoint`` a pytorch/examples state_dict.
+``--checkpoint`` a style checkpoint of either family (loaded by emostyle_export,
+run in its own convention).
 """
 
 from __future__ import annotations
@@ -108,10 +109,10 @@ def make_net(convention: str, checkpoint: Path | None, device: torch.device) -> 
     torch.manual_seed(1)  # both copies (fp32, fp16) get the same weights
     net = switchable(TransformerNet().eval())
     if checkpoint is not None:
-        sd = torch.load(checkpoint, map_location="cpu")
-        sd = sd.get("state_dict", sd)
-        sd = {k: v for k, v in sd.items() if "running_" not in k}
-        net.load_state_dict(sd, strict=False)
+        # the exporter's loader: either family (authors' up1/up2/up3 keys too), every key checked
+        from emostyle_export.checkpoints import load_style_checkpoint
+
+        net.load_state_dict(load_style_checkpoint(checkpoint).model.state_dict())
         return net.to(device)
     with torch.no_grad():
         for m in net.modules():
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="JSON result path")
     ap.add_argument("--image", type=Path, help=".npy/.png/.jpg RGB image (default: synthetic photo-like)")
-    ap.add_argument("--checkpoint", type=Path, help="pytorch/examples fast_neural_style state_dict (0-255 convention)")
+    ap.add_argument("--checkpoint", type=Path, help="a style checkpoint of either family (its own convention: "
+                    "authors' dicts imagenet, pytorch/examples state_dicts 0-255)")
     ap.add_argument("--sizes", default="256x256,256x304,1080x1920", help="HxW list, multiples of 4")
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke test only)")
     args = ap.parse_args(argv)
@@ -183,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         "weights": str(args.checkpoint) if args.checkpoint else "seeded random, output spread over 0..255",
         "runs": [],
     }
-    conventions = ["0-255"] if args.checkpoint else ["imagenet", "0-255"]
+    if args.checkpoint:
+        from emostyle_export.checkpoints import load_style_checkpoint
+
+        conventions = [load_style_checkpoint(args.checkpoint).convention]
+    else:
+        conventions = ["imagenet", "0-255"]
     for conv in conventions:
         net32 = make_net(conv, args.checkpoint, device)
         net16 = make_net(conv, args.checkpoint, device).half()

@@ -3,6 +3,7 @@
     python benchmarks/peak_rss.py --bundle engines/demo --photos 50 --size 1280x720
     python benchmarks/peak_rss.py --cpu-memory session --photos 14          # another CPU memory strategy
     python benchmarks/peak_rss.py --paired shared,session --pairs 5 --photos 14
+    python benchmarks/peak_rss.py --backend onnxruntime --photos 50      # style graphs in onnxruntime, not OpenVINO
 
 Runs in this process only what a user's process would: ``emostyle_rt`` and
 OpenCV (plus scikit-image for the photo: its astronaut, resized and shifted so
@@ -36,14 +37,14 @@ def _vm(field: str) -> float:
     return float("nan")
 
 
-def measure(bundle: str, photos: int, w: int, h: int) -> dict:
+def measure(bundle: str, photos: int, w: int, h: int, backend: str = "auto") -> dict:
     """Stylize ``photos`` photos of ``w`` x ``h`` cycling through the emotions; times and memory."""
     import numpy as np
 
     from emostyle_rt import Stylizer
 
     rss_import = _vm("VmRSS")
-    st = Stylizer(bundle)
+    st = Stylizer(bundle, backend=backend)
     rss_open = _vm("VmRSS")
     import cv2
     from skimage import data
@@ -56,7 +57,8 @@ def measure(bundle: str, photos: int, w: int, h: int) -> dict:
         t = time.perf_counter()
         st.stylize(photo, emotion=st.labels[i % len(st.labels)])
         per_photo.append(time.perf_counter() - t)
-    return {"photos": photos, "size": f"{w}x{h}", "cpu_memory": os.environ.get("EMOSTYLE_CPU_MEMORY") or "shared",
+    engines = sorted({r.name for r in st._styles.values()})
+    return {"photos": photos, "size": f"{w}x{h}", "backend": backend, "style_engines": engines, "cpu_memory": os.environ.get("EMOSTYLE_CPU_MEMORY") or "shared",
             "seconds": round(time.perf_counter() - t0, 1),
             "median_photo_s": round(statistics.median(per_photo), 3),
             # the first pass over the 7 emotions loads the graphs; later photos are the steady state
@@ -71,7 +73,8 @@ def paired(args: argparse.Namespace) -> dict:
     runs: dict[str, list[dict]] = {a: [], b: []}
     for i in range(args.pairs):
         for mode in ((a, b) if i % 2 == 0 else (b, a)):  # ABBA order: drift hits both alike
-            cmd = [sys.executable, __file__, "--bundle", args.bundle, "--photos", str(args.photos), "--size", args.size]
+            cmd = [sys.executable, __file__, "--bundle", args.bundle, "--photos", str(args.photos), "--size", args.size,
+                   "--backend", args.backend]
             out = subprocess.run(cmd, env={**os.environ, "EMOSTYLE_CPU_MEMORY": mode}, capture_output=True, text=True,
                                  check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1280x720", help="WxH of each photo")
     p.add_argument("--cpu-memory", choices=("shared", "shrink", "session"), default=None,
                    help="CPU memory strategy for this run (sets EMOSTYLE_CPU_MEMORY)")
+    p.add_argument("--backend", default="auto", help="Stylizer backend (auto: OpenVINO for style graphs where installed)")
     p.add_argument("--paired", default=None, metavar="A,B", help="compare two strategies in alternating subprocesses")
     p.add_argument("--pairs", type=int, default=5)
     args = p.parse_args(argv)
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_memory:
         os.environ["EMOSTYLE_CPU_MEMORY"] = args.cpu_memory
     w, h = (int(v) for v in args.size.lower().split("x"))
-    print(json.dumps(measure(args.bundle, args.photos, w, h)))
+    print(json.dumps(measure(args.bundle, args.photos, w, h, args.backend)))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Tiled style inference: peak RSS, time against untiled, fidelity, seams, and the README picture.
 
     python -m emostyle_bench.tiling --bundle DIR --size 4000x3000 --budget 1.6GB --modes untiled,fast,exact
+    python -m emostyle_bench.tiling --bundle DIR --size 4000x3000 --modes untiled,default --pairs 2   # the defaults
     python -m emostyle_bench.tiling --bundle DIR --size 8000x6000 --budget 2GB --modes exact
     python -m emostyle_bench.tiling --bundle DIR --size 1632x1224 --budget 300MB --picture docs/img/tiling-seams.png
     python -m emostyle_bench.tiling --bundle DIR --calibrate        # activation bytes/pixel vs measured RSS
@@ -33,8 +34,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-#: Tile modes a run can be (untiled: the whole image in one run, the budget set high enough).
-MODES = ("untiled", "fast", "exact")
+#: Tile modes a run can be (untiled: the whole image in one run, the budget set high enough; default: the
+#: Stylizer's defaults, no budget given: whole or tiled as the default budget decides).
+MODES = ("untiled", "default", "fast", "exact")
 SEAM_TARGET = 1.10
 
 
@@ -113,14 +115,19 @@ def _vm(field: str) -> int:
 def child(args: argparse.Namespace) -> None:
     """One run in this fresh process: style the photo in ``args.child`` mode, print a JSON line, save the output."""
     from emostyle_rt import Stylizer
+    from emostyle_rt.tiling import CALIBRATION, DEFAULT_TILE_MODE
     from emostyle_rt.tiling import plan as tile_plan
 
     w, h = args.size
     img = photo(w, h)
-    budget = args.budget if args.child != "untiled" else 1 << 50
-    st = Stylizer(args.bundle, memory_budget=budget, tile_mode="exact" if args.child == "untiled" else args.child)
+    budget = None if args.child == "default" else args.budget if args.child != "untiled" else 1 << 50
+    mode = DEFAULT_TILE_MODE if args.child in ("untiled", "default") else args.child
+    st = Stylizer(args.bundle, memory_budget=budget, tile_mode=mode, backend=args.backend)
     style = st.manifest.style_for(args.emotion)
-    p = tile_plan(style, h + (-h % 4), w + (-w % 4), budget, st.tile_mode)
+    runner = st._style_runner(style.style_id)
+    budget = st._budget(runner) if budget is None else budget
+    p = tile_plan(style, h + (-h % 4), w + (-w % 4), budget, st.tile_mode,
+                  whole_calibration=getattr(runner, "memory_calibration", CALIBRATION))
     rss_before = _vm("VmRSS")
     t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     res = st.stylize(img, emotion=args.emotion)
@@ -129,7 +136,8 @@ def child(args: argparse.Namespace) -> None:
     rows, cols = borders(p, style.tiled) if style.tiled else ([], [])
     if args.save:
         np.save(args.save, res.image)
-    print(json.dumps({"mode": args.child, "plan": p.mode, "summary": p.summary(), "wall_s": round(wall, 2),
+    print(json.dumps({"mode": args.child, "engine": runner.name, "plan": p.mode, "summary": p.summary(),
+                      "wall_s": round(wall, 2),
                       "cpu_s": round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, 2),
                       "rss_before_mb": round(rss_before / 2**20), "peak_rss_mb": round(_vm("VmHWM") / 2**20),
                       "estimate_mb": round(p.estimate / 2**20), "rows": rows, "cols": cols}))
@@ -137,7 +145,8 @@ def child(args: argparse.Namespace) -> None:
 
 def _run_child(args: argparse.Namespace, mode: str, save: str | None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "emostyle_bench.tiling", "--child", mode, "--bundle", str(args.bundle),
-           "--size", f"{args.size[0]}x{args.size[1]}", "--budget", str(args.budget), "--emotion", args.emotion]
+           "--size", f"{args.size[0]}x{args.size[1]}", "--budget", str(args.budget), "--emotion", args.emotion,
+           "--backend", args.backend]
     if save:
         cmd += ["--save", save]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -165,13 +174,19 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(args.pairs):
             for m in args.modes:
                 runs[m].append(_run_child(args, m, saved[m] if i == args.pairs - 1 else None))
-        result: dict[str, Any] = {"size": f"{args.size[0]}x{args.size[1]}", "budget": args.budget, "modes": {}}
+        from emostyle_bench.openvino_cpu import lscpu
+
+        cpu = lscpu()
+        result: dict[str, Any] = {"size": f"{args.size[0]}x{args.size[1]}", "budget": args.budget, "modes": {},
+                                  "backend": args.backend, "cpu": cpu.get("Model name"), "cpu_flags": cpu.get("Flags"),
+                                  "load_avg_end": os.getloadavg()}
         for m, rs in runs.items():
             result["modes"][m] = {
                 "wall_s_median": statistics.median(r["wall_s"] for r in rs),
                 "cpu_s_median": statistics.median(r["cpu_s"] for r in rs),
                 "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs), "rss_before_mb": rs[-1]["rss_before_mb"],
                 "estimate_mb": rs[-1]["estimate_mb"], "plan": rs[-1]["summary"], "runs": len(rs),
+                "engine": rs[-1].get("engine"),
                 "wall_s": [r["wall_s"] for r in rs]}
         if "untiled" in runs:
             ref = np.load(saved["untiled"])
@@ -290,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="untiled,fast,exact", help="comma-separated modes, run interleaved")
     p.add_argument("--pairs", type=int, default=1, help="rounds of interleaved runs (default 1)")
     p.add_argument("--emotion", default="angry", help="the style to run (default angry)")
+    p.add_argument("--backend", default="auto", help="the Stylizer's backend (auto: OpenVINO on CPU where installed)")
     p.add_argument("--picture", default=None, help="write the README picture (a crop around a tile corner) here")
     p.add_argument("--crop", type=int, default=384, help="side of the picture's crops (default 384)")
     p.add_argument("--calibrate", action="store_true", help="measure RSS per graph activation byte")

@@ -9,8 +9,9 @@ exactly as without ``--ray`` (``emostyle_rt.cli.run``), then hands over here:
     driver: report entries in plan order, state file compacted, report written (emostyle_rt.cli)
 
 Each actor writes as the local command writes (``cli.stylize_image_file``: the
-file's state line appended, then the image written to a temporary name and
-renamed), so an output is whole or absent, and never lacks its emotion. A killed
+image written to a temporary name and renamed, then the file's state line
+appended), so an output is whole or absent, and the state file never says "ok"
+for an output that was not written. A killed
 actor is restarted by Ray and its files are redone (the same bytes renamed over
 the same names: nothing lost, nothing twice); the temporary file it was writing
 is removed when the job ends. Outputs are byte-identical to the local
@@ -28,7 +29,10 @@ import logging
 import math
 import os
 import pickle
+import re
+import select
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +51,9 @@ from emostyle_rt.errors import (
     note,
     sentence,
 )
-from emostyle_rt.imageio import MAX_PIXELS, clean_stale_parts, read_image, read_image_meta
+from emostyle_rt.imageio import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image, read_image_meta
 from emostyle_rt.manifest import Manifest
+from emostyle_rt.tiling import worker_budget
 from emostyle_rt.videoio import VIDEO_SUFFIXES
 
 log = logging.getLogger("emostyle")
@@ -65,12 +70,19 @@ PHOTOS_PER_TASK = 4
 MAX_BLOCKS = 1024
 #: Ray's own loggers: quiet unless -v.
 RAY_LOGGERS = ("ray", "ray.data", "ray.serve")
+#: Lines Ray's C++ core worker writes to the driver's stderr that tell a user of this job nothing: Ray Data puts
+#: every actor's constructor arguments in the object store, which Ray 2.60 reports as an error once per actor
+#: (ray issue 53727; harmless here: the arguments stay referenced for the job's life). Dropped unless -v.
+RAY_NOISE = (re.compile(rb"core_worker\.cc:\d+\S? Actor with class name: .* has constructor arguments in the "
+                        rb"object store and max_restarts > 0"),)
 
 
 @dataclass(frozen=True)
 class Placement:
     """How the job sits on the cluster: ``actors`` stylizer actors of ``actor_cpus`` CPUs and ``actor_gpus``
-    GPUs each, running ``threads`` intra-op threads; decode tasks of ``decode_cpus``, at most ``decode_tasks`` at once."""
+    GPUs each, running ``threads`` intra-op threads; decode tasks of ``decode_cpus``, at most ``decode_tasks`` at once.
+    ``memory_budget``: bytes one style run of a CPU actor may use (the cluster's memory split between the actors,
+    ``emostyle_rt.tiling.worker_budget``); None for GPU actors (their budget is the GPU's free memory)."""
 
     actors: int
     actor_cpus: float
@@ -78,16 +90,18 @@ class Placement:
     threads: int
     decode_cpus: float
     decode_tasks: int
+    memory_budget: int | None = None
 
 
-def placement(cpus: float, gpus: float, files: int, actors: int | None = None) -> Placement:
+def placement(cpus: float, gpus: float, files: int, actors: int | None = None, memory: float | None = None) -> Placement:
     """The placement for a cluster of ``cpus`` CPUs and ``gpus`` GPUs and ``files`` files to do.
 
     Actors: ``actors``, else one per GPU, else one per CPU; never more than files.
     With GPUs each actor takes one (a share when there are more actors than GPUs);
     on CPUs each takes one CPU (a share when there are more actors than CPUs, so
     that all of them start: Ray would otherwise wait for CPUs that never free up)
-    and runs one intra-op thread per CPU it holds.
+    and runs one intra-op thread per CPU it holds. ``memory``: the cluster's memory in bytes (Ray's ``memory``
+    resource; None: this machine's available memory), split between CPU actors as their memory budgets.
     """
     if actors is not None and actors < 1:
         raise InvalidArgumentError(f"actors={actors} is below 1." + note("an integer >= 1", actors))
@@ -101,7 +115,8 @@ def placement(cpus: float, gpus: float, files: int, actors: int | None = None) -
     free = cpus - n * actor_cpus
     return Placement(actors=n, actor_cpus=actor_cpus, actor_gpus=actor_gpus, threads=max(1, int(actor_cpus)),
                      decode_cpus=DECODE_CPUS if free >= DECODE_CPUS else 0.0,
-                     decode_tasks=max(1, min(max(files, 1), max(2, math.ceil(cpus)))))
+                     decode_tasks=max(1, min(max(files, 1), max(2, math.ceil(cpus)))),
+                     memory_budget=None if gpu else worker_budget(n, int(memory) if memory else None))
 
 
 @dataclass(frozen=True)
@@ -128,9 +143,12 @@ class FolderResult:
 # -- Ray Data stages (run in Ray workers) ---------------------------------------------------------------------
 
 
-def _decode(batch: dict[str, np.ndarray], strip_metadata: bool) -> dict[str, np.ndarray]:
+def _decode(batch: dict[str, np.ndarray], strip_metadata: bool, max_pixels: int = MAX_PIXELS) -> dict[str, np.ndarray]:
     """Read and decode the photos of ``batch`` (a Ray Data task): the pixels ``Stylizer.stylize(path)`` would
-    read (alpha kept), their metadata (pickled ``ImageMeta``), or the typed error's message."""
+    read (alpha kept; at most ``max_pixels``, the command's --max-pixels), their metadata (pickled
+    ``ImageMeta``), or the typed error's message."""
+    if max_pixels > OPENCV_MAX_PIXELS:  # OpenCV's own limit, read at the first decode of this worker
+        os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_pixels))
     n = len(batch["i"])
     images, metas, errors = np.empty(n, dtype=object), np.empty(n, dtype=object), np.empty(n, dtype=object)
     for k in range(n):
@@ -139,7 +157,7 @@ def _decode(batch: dict[str, np.ndarray], strip_metadata: bool) -> dict[str, np.
             continue
         src = str(batch["src"][k])
         try:
-            images[k] = read_image(src, max_pixels=MAX_PIXELS, alpha=True)
+            images[k] = read_image(src, max_pixels=max_pixels, alpha=True)
             if not strip_metadata:
                 metas[k] = pickle.dumps(read_image_meta(src))
         except EmostyleError as exc:
@@ -172,11 +190,8 @@ class StyleActor:
             if row["error"]:
                 raise _Failed(str(row["error"]))
             if row["video"]:
-                def commit(result: Any) -> None:
-                    entry.update(status="ok", **result.summary())
-                    self.states.add(rel, entry)
-
-                cli._stylize_video(self.st, Path(str(row["src"])), dst, self.args, False, commit)
+                cli._stylize_video(self.st, Path(str(row["src"])), dst, self.args, False, entry,
+                                   lambda e: self.states.add(rel, e))
             else:
                 meta = pickle.loads(row["meta"]) if len(row["meta"]) else None
                 cli.stylize_image_file(self.st, row["image"], dst, entry, self.args,
@@ -218,7 +233,7 @@ def ray_session(address: str | None, *, verbose: bool = False) -> Iterator[str]:
             ray.init(address=LOCAL, include_dashboard=False, **kwargs)
         else:
             ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # OSError: ConnectionError, TimeoutError, a socket path too long
         what = "start a local Ray" if local else f"connect to the Ray cluster at {address}"
         raise BackendError(f"Cannot {what}: {sentence(exc)}" + note(
             "a running cluster ('ray start --head' there; 'auto' for one on this machine)" if not local
@@ -228,6 +243,68 @@ def ray_session(address: str | None, *, verbose: bool = False) -> Iterator[str]:
         yield "a local Ray" if local else f"the Ray cluster at {address}"
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def filtered_stderr(patterns: Sequence[re.Pattern[bytes]], *, enabled: bool = True) -> Iterator[None]:
+    """File descriptor 2 of this process through a filter thread for the block: complete lines that match one of
+    ``patterns`` are dropped, everything else is passed on as it comes (a partial line at once, unless it could
+    be the start of a C++ log line, which waits at most 0.1 s for its end). Native code (Ray's core worker)
+    writes there directly, so the filter has to sit on the descriptor, not on ``sys.stderr``. Enter it after
+    Ray has started its processes, so that they keep the real stderr."""
+    if not enabled or os.name != "posix":
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no stderr to filter
+        yield
+        return
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+
+    def out(data: bytes) -> None:
+        try:
+            os.write(saved, data)
+        except OSError:
+            pass
+
+    def pump() -> None:
+        pending = b""
+        while True:
+            ready, _, _ = select.select([r], [], [], 0.1 if pending else None)
+            if not ready:  # a partial line waited long enough: it is not a log line of Ray's
+                out(pending)
+                pending = b""
+                continue
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            *lines, pending = re.split(rb"(?<=[\n\r])", pending + chunk)
+            keep = b"".join(x for x in lines if not any(p.search(x) for p in patterns))
+            if pending and not pending.startswith(b"["):  # a progress bar's text: at once
+                keep, pending = keep + pending, b""
+            if keep:
+                out(keep)
+        if pending and not any(p.search(pending) for p in patterns):
+            out(pending)
+
+    thread = threading.Thread(target=pump, name="emostyle-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, 2)  # closes the pipe's last write end: the thread drains it and ends
+        thread.join(2)
+        os.close(saved)
+        if not thread.is_alive():
+            os.close(r)
 
 
 def _rows(pairs: Sequence[tuple[Path, Path]], todo: Sequence[int], out_root: Path | None) -> list[dict[str, Any]]:
@@ -250,7 +327,8 @@ def build_dataset(rows: list[dict[str, Any]], args: argparse.Namespace, bundle: 
     per_task = 1 if any(r["video"] for r in rows) else PHOTOS_PER_TASK
     blocks = max(1, min(math.ceil(len(rows) / per_task), MAX_BLOCKS))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    ds = ds.map_batches(_decode, batch_size=per_task, fn_kwargs={"strip_metadata": bool(args.strip_metadata)},
+    ds = ds.map_batches(_decode, batch_size=per_task, fn_kwargs={"strip_metadata": bool(args.strip_metadata),
+                                                                  "max_pixels": int(args.max_pixels)},
                         compute=ray.data.TaskPoolStrategy(size=min(place.decode_tasks, blocks)),
                         num_cpus=place.decode_cpus)
     gpus = {"num_gpus": place.actor_gpus} if place.actor_gpus else {}
@@ -282,6 +360,13 @@ def cluster_size() -> tuple[float, float]:
     return float(res.get("CPU", 0)), float(res.get("GPU", 0))
 
 
+def cluster_memory() -> float | None:
+    """The connected Ray cluster's ``memory`` resource in bytes (what Ray lets tasks and actors use), or None."""
+    import ray
+
+    return ray.cluster_resources().get("memory") or None
+
+
 def _progress(total: int, quiet: bool) -> Any:
     try:
         from tqdm import tqdm
@@ -297,7 +382,7 @@ def run_cli(args: argparse.Namespace, pairs: list[tuple[Path, Path]], manifest: 
     out_root = Path(args.output) if args.input.is_dir() else None
     state = out_root / cli.STATE_NAME if out_root is not None else None
     folders = list(dict.fromkeys(o.parent for _, o in pairs))
-    states, old = cli.begin_run(args, folders, state, started)
+    states, old, fresh = cli.begin_run(args, folders, state, started)
     entries: dict[int, dict[str, Any]] = {}
     todo = []
     for i, (src, dst) in enumerate(pairs):
@@ -311,10 +396,15 @@ def run_cli(args: argparse.Namespace, pairs: list[tuple[Path, Path]], manifest: 
     styling = startup = 0.0
     address = args.ray or LOCAL
     if todo:
-        with ray_session(args.ray, verbose=args.verbose) as address:
-            place = placement(*cluster_size(), len(todo), args.actors)
-            log.info("Styling %d file(s) on %s: %d actor(s) (%.2g CPU, %.2g GPU, %d thread(s) each).",
-                     len(todo), address, place.actors, place.actor_cpus, place.actor_gpus, place.threads)
+        with ray_session(args.ray, verbose=args.verbose) as address, \
+                filtered_stderr(RAY_NOISE, enabled=not args.verbose):  # Ray's processes keep the real stderr
+            place = placement(*cluster_size(), len(todo), args.actors, cluster_memory())
+            if getattr(args, "memory_budget", None) is None and place.memory_budget is not None:
+                args = copy.copy(args)  # each actor's share of the cluster's memory (they add up to what it has)
+                args.memory_budget = place.memory_budget
+            log.info("Styling %d file(s) on %s: %d actor(s) (%.2g CPU, %.2g GPU, %d thread(s), memory budget %s each).",
+                     len(todo), address, place.actors, place.actor_cpus, place.actor_gpus, place.threads,
+                     args.memory_budget or "the GPU's")
             t1 = time.perf_counter()
             ds = build_dataset(_rows(pairs, todo, out_root), args, str(manifest.root.resolve()), state, place)
             bar, rows = _progress(len(todo), args.quiet), None
@@ -357,7 +447,7 @@ def run_cli(args: argparse.Namespace, pairs: list[tuple[Path, Path]], manifest: 
         states.reread()
         clean_stale_parts([*folders, *([args.report.parent] if args.report is not None else [])], started=time.time())
     ordered = [entries[i] for i in sorted(entries)]
-    status = cli.finish_run(args, manifest, states, ordered, interrupted=interrupted, stopped=stopped)
+    status = cli.finish_run(args, manifest, states, ordered, interrupted=interrupted, stopped=stopped, fresh=fresh)
     done, failed = (sum(e["status"] == s for e in ordered) for s in ("ok", "error"))
     args.ray_result = FolderResult(tuple(ordered), done, len(ordered) - done - failed, failed, interrupted, stopped,
                                    time.perf_counter() - t0, styling, startup, place, address, status)

@@ -39,7 +39,7 @@ from .errors import (
     sentence,
 )
 from .fsutil import check_replace, refuse_input
-from .imageio import clean_stale_parts, read_image_meta, write_bytes_atomic, write_image
+from .imageio import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image_meta, write_bytes_atomic, write_image
 from .logutil import setup_cli_logging
 from .tiling import DEFAULT_TILE_MODE, TILE_MODES, parse_memory
 from .manifest import DEFAULT_BUNDLE, MANIFEST_NAME, Manifest, bundle_hint, default_bundle, load_manifest
@@ -83,34 +83,61 @@ previous output, warped along the input's optical flow, where that flow is relia
 """
 
 
+def nonempty_path(value: str) -> Path:
+    """An argparse type: a path, never the empty string (``Path("")`` is the working folder: what a script with
+    an unset variable passes, and a folder run would then walk the whole working folder)."""
+    return Path(nonempty(value))
+
+
+def nonempty(value: str) -> str:
+    """An argparse type: any text but the empty (or all-blank) string, refused with exit status 2."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"an empty path ({value!r}) is refused: it would mean the working folder "
+                                         "(an unset shell variable?); give the path itself, or . for the working folder")
+    return value
+
+
+#: Options of videos and the webcam only: given for a run without any, they are refused (see check_applies).
+VIDEO_OPTIONS = {"classify_every": "--classify-every", "smooth": "--smooth", "switch_margin": "--switch-margin",
+                 "switch_after": "--switch-after", "crossfade": "--crossfade", "batch": "--batch",
+                 "coherence": "--coherence", "coherence_strength": "--coherence-strength"}
+#: Options of photos only (a video keeps its own encoding and metadata): refused for a run without photos.
+PHOTO_OPTIONS = {"quality": "--quality", "strip_metadata": "--strip-metadata"}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emostyle", description="Emotion-based style transfer for photos, videos, "
                                 "folders of both, and webcams.", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", type=Path, nargs="?",
+    p.add_argument("input", type=nonempty_path, nargs="?",
                    help="an image or video file, or a folder of them (searched recursively); not with --webcam")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("-o", "--output", required=True, type=nonempty,
                    help="output file (for a file; an existing folder or a path ending in / takes the input's name) "
                         "or folder; a video's output is a video (.mp4 .mov .mkv .webm .avi, any of them)")
-    p.add_argument("--bundle", type=Path, default=None,
+    p.add_argument("--bundle", type=nonempty_path, default=None,
                    help=f"bundle folder (default: $EMOSTYLE_BUNDLE or {DEFAULT_BUNDLE})")
     p.add_argument("--emotion", help="use this emotion's style instead of classifying")
     p.add_argument("--max-side", type=int, default=None, help="run the style network at most this many pixels wide/high")
     p.add_argument("--memory-budget", metavar="SIZE", default=None,
-                   help="memory one style run may use, e.g. 2GB or 512MiB (default: 75%% of the available memory); "
+                   help="memory one style run may use, e.g. 2GB or 512MiB (default: what keeps the process near 2.5 GB "
+                        "peak RSS, at most 75%% of the available memory); "
                         "larger photos are styled in tiles with the whole photo's InstanceNorm statistics (no seams), "
                         "a budget too small for any tile is refused before anything runs")
     p.add_argument("--tile-mode", choices=TILE_MODES, default=DEFAULT_TILE_MODE,
                    help=f"how tiles share statistics: exact (= untiled, layer by layer) or fast (from a sample of "
                         f"full-resolution crops) (default {DEFAULT_TILE_MODE}; docs/tiling.md)")
-    p.add_argument("--quality", type=int, default=None, help="JPEG / WebP quality 1..100 (default: the library's)")
-    p.add_argument("--strip-metadata", action="store_true", help="do not copy the input's EXIF and ICC profile")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                   help=f"largest photo in pixels, checked from its header before decoding (default {MAX_PIXELS}, "
+                        "a guard against decompression bombs; tiling styles any size within --memory-budget)")
+    p.add_argument("--quality", type=int, default=None, help="photos: JPEG / WebP quality 1..100 (default: the library's)")
+    p.add_argument("--strip-metadata", action="store_true", default=None,
+                   help="photos: do not copy the input's EXIF and ICC profile")
     p.add_argument("--no-face", default="whole", help="'whole' (classify the whole image), 'error', or an emotion")
     p.add_argument("--detector", default=None, help="face detector: the bundle's MTCNN (default), 'mtcnn', 'haar' (OpenCV 4 only) "
                                                          "or a YuNet .onnx file")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "aoti"))
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "aoti", "openvino"))
     p.add_argument("--provider", default=None, choices=("tensorrt", "cuda", "cpu"), help="force an onnxruntime provider")
-    p.add_argument("--report", type=Path, default=None,
+    p.add_argument("--report", type=nonempty_path, default=None,
                    help="write a JSON report of each file's emotion and faces (an existing file is replaced only "
                         "if it is an emostyle report, or with --force)")
     p.add_argument("--force", action="store_true",
@@ -127,38 +154,82 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--actors", type=int, default=None, metavar="N",
                    help="--ray: stylizer actors (default: one per GPU, else one per CPU, each with 1 thread)")
     d = TemporalOptions()
-    v = p.add_argument_group("video and webcam")
+    v = p.add_argument_group("video and webcam (refused for a run without a video)")
     v.add_argument("--webcam", type=int, metavar="N", help="record OpenCV camera N into -o (a video file)")
     v.add_argument("--seconds", type=float, help="--webcam: stop after this many seconds (default: at Ctrl-C)")
     v.add_argument("--preview", action="store_true", help="--webcam: show the styled frames in a window (needs a display)")
-    v.add_argument("--classify-every", type=int, default=d.classify_every, metavar="K",
+    v.add_argument("--classify-every", type=int, default=None, metavar="K",
                    help=f"classify every K frames (and at least every {d.classify_seconds} s; default {d.classify_every})")
-    v.add_argument("--smooth", type=float, default=d.smooth_seconds, metavar="S",
+    v.add_argument("--smooth", type=float, default=None, metavar="S",
                    help=f"time constant of the score smoothing, seconds (default {d.smooth_seconds})")
-    v.add_argument("--switch-margin", type=float, default=d.switch_margin, metavar="P",
+    v.add_argument("--switch-margin", type=float, default=None, metavar="P",
                    help=f"probability lead a new emotion needs to switch the style (default {d.switch_margin})")
-    v.add_argument("--switch-after", type=float, default=d.switch_seconds, metavar="S",
+    v.add_argument("--switch-after", type=float, default=None, metavar="S",
                    help=f"seconds the lead must hold (default {d.switch_seconds})")
-    v.add_argument("--crossfade", type=int, default=d.crossfade_frames, metavar="N",
+    v.add_argument("--crossfade", type=int, default=None, metavar="N",
                    help="blend old and new style over N frames at a switch (default: cut)")
-    v.add_argument("--batch", type=int, default=1, metavar="N",
+    v.add_argument("--batch", type=int, default=None, metavar="N",
                    help="frames per style run (default 1: batching did not pay on CPU; may on a GPU)")
-    v.add_argument("--coherence", choices=MODES, default="flow",
+    v.add_argument("--coherence", choices=MODES, default=None,
                    help="'flow' (default): blend each styled frame with the previous output warped by the "
                         "optical flow, against texture flicker (measured: about 1%% more CPU per frame); 'off': each frame on its own")
-    v.add_argument("--coherence-strength", type=float, default=DEFAULT_STRENGTH, metavar="A",
+    v.add_argument("--coherence-strength", type=float, default=None, metavar="A",
                    help=f"0..1: the previous output's weight where the flow is reliable (default {DEFAULT_STRENGTH}; "
                         "lower keeps fast motion crisper, higher is steadier)")
     return p
 
 
+def option_defaults() -> dict[str, Any]:
+    """The values the video and photo options take when not given."""
+    d = TemporalOptions()
+    return {"classify_every": d.classify_every, "smooth": d.smooth_seconds, "switch_margin": d.switch_margin,
+            "switch_after": d.switch_seconds, "crossfade": d.crossfade_frames, "batch": 1, "coherence": "flow",
+            "coherence_strength": DEFAULT_STRENGTH, "quality": None, "strip_metadata": False}
+
+
+def fill_defaults(args: argparse.Namespace) -> None:
+    """Record which video / photo options were given (``args.given``), then give the others their defaults.
+    Idempotent: a Namespace made by hand (the Python API) may lack some of them."""
+    if hasattr(args, "given"):
+        return
+    args.given = {name for name in (*VIDEO_OPTIONS, *PHOTO_OPTIONS) if getattr(args, name, None) is not None
+                  and not (name == "strip_metadata" and getattr(args, name) is False)}
+    for name, value in option_defaults().items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if getattr(args, "max_pixels", None) is None:
+        args.max_pixels = MAX_PIXELS
+
+
+def check_applies(args: argparse.Namespace, pairs: Sequence[tuple[Path, Path]]) -> None:
+    """One rule for options that do not apply: a video option given for a run without a video (or the webcam), or a
+    photo option for a run without a photo, is refused (as --seconds is without --webcam), never ignored."""
+    given = getattr(args, "given", set())
+    if getattr(args, "webcam", None) is not None:
+        kinds = {"video"}
+    else:
+        kinds = {"video" if src.suffix.lower() in VIDEO_SUFFIXES else "photo" for src, _ in pairs}
+    if not kinds:  # nothing to do: nothing to refuse
+        return
+    source = "the webcam" if getattr(args, "webcam", None) is not None else f"the input {args.input}"
+    for kind, options, users in (("video", VIDEO_OPTIONS, "videos and the webcam"), ("photo", PHOTO_OPTIONS, "photos")):
+        bad = [flag for name, flag in options.items() if name in given]
+        if kind not in kinds and bad:
+            raise InvalidArgumentError(
+                f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} for {users}, and {source} has no {kind}; "
+                "an option that does not apply is refused, not ignored."
+                + note(f"a {kind} input" + (" (or --webcam)" if kind == "video" else ""), f"no {kind}"))
+
+
 def coherence_options(args: argparse.Namespace) -> CoherenceOptions:
     """The coherence options of the command line (a typed error for a bad value)."""
+    fill_defaults(args)
     return CoherenceOptions(args.coherence, args.coherence_strength)
 
 
 def temporal_options(args: argparse.Namespace) -> TemporalOptions:
     """The video options of the command line (a typed error for a bad value)."""
+    fill_defaults(args)
     return TemporalOptions(classify_every=args.classify_every, smooth_seconds=args.smooth,
                            switch_margin=args.switch_margin, switch_seconds=args.switch_after,
                            crossfade_frames=args.crossfade)
@@ -172,9 +243,9 @@ def _output_name(name: str) -> str:
     return name[:-4] + ".png" if name.lower().endswith(".gif") else name
 
 
-def _walk(src: Path, out_root: Path) -> list[Path]:
+def _walk(src: Path) -> list[Path]:
     """Image files under ``src``, sorted. Hidden files and folders are skipped, symlinked folders not
-    followed, symlinked files read, the output folder (when inside ``src``) left out; skips are logged."""
+    followed, symlinked files read; skips are logged. (The output folder is never inside ``src``: plan refuses it.)"""
     found, hidden, linked = [], [], []
     for dirpath, dirnames, filenames in os.walk(src):  # followlinks=False
         d = Path(dirpath)
@@ -185,7 +256,7 @@ def _walk(src: Path, out_root: Path) -> list[Path]:
                 hidden.append(p)
             elif p.is_symlink():
                 linked.append(p)
-            elif p.resolve() != out_root:
+            else:
                 keep.append(name)
         dirnames[:] = keep
         for name in sorted(filenames):
@@ -194,7 +265,7 @@ def _walk(src: Path, out_root: Path) -> list[Path]:
                 continue
             if name.startswith("."):
                 hidden.append(p)
-            elif p.is_file() and out_root not in p.resolve().parents:
+            elif p.is_file():
                 found.append(p)
     if hidden:
         log.info("Skipped %d hidden file(s) or folder(s), e.g. %s.", len(hidden), hidden[0])
@@ -203,17 +274,44 @@ def _walk(src: Path, out_root: Path) -> list[Path]:
     return found
 
 
+def check_output_folder(src: Path, dst: Path, raw: str) -> None:
+    """Refuse an output folder that is the input folder, lies inside it, or holds it, and a new output folder
+    named like a file: the input and output trees must be apart, so an output is never read as an input."""
+    s, o = src.resolve(), dst.resolve()
+    beside = src.resolve().parent / f"{s.name}-styled"
+    if o == s:
+        raise InvalidArgumentError(f"Output folder {dst} is the input folder; outputs would replace the inputs.")
+    if s in o.parents:
+        raise InvalidArgumentError(
+            f"Output folder {dst} is inside the input folder {src}: files already there would be taken for outputs "
+            f"(skipped as done, or written over with --force) and outputs read as inputs by the next run. Choose a "
+            f"folder outside it, such as {beside}." + note("an output folder outside the input folder", "one inside it"))
+    if o in s.parents:
+        raise InvalidArgumentError(
+            f"Output folder {dst} holds the input folder {src}: outputs would be mixed with what lies around the "
+            f"inputs (an input subfolder named {s.name!r} would even be mirrored into the input folder). Choose a "
+            f"folder outside it, such as {beside}." + note("an output folder outside the input folder", "one above it"))
+    if dst.exists() and not dst.is_dir():
+        raise InvalidArgumentError(f"Output {dst} must be a folder when the input {src} is a folder.")
+    if not dst.exists() and dst.suffix.lower() in MEDIA_SUFFIXES and not raw.endswith(("/", os.sep)):
+        raise InvalidArgumentError(
+            f"Output {dst} of the folder {src} is named like a file ({dst.suffix}), and a folder run writes a "
+            f"folder of outputs; it is not created. Name the folder without an image or video extension (or "
+            f"write {raw}/ to mean a folder of that name)."
+            + note("a folder name", f"a name ending in {dst.suffix}"))
+
+
 def plan(src: Path, dst: str | Path, *, force: bool = False) -> list[tuple[Path, Path]]:
-    """(input, output) pairs; refuses outputs that are inputs, clash, or (a single file) exist without ``force``."""
+    """(input, output) pairs; refuses outputs that are inputs, clash, or (a single file) exist without ``force``, and
+    output folders inside, above or equal to the input folder."""
     raw = str(dst)
+    if not raw.strip():  # Path("") is the working folder
+        raise InvalidArgumentError("An empty output path is refused: it would mean the working folder."
+                                   + note("an output path", repr(raw)))
     dst = Path(dst)
     if src.is_dir():
-        if dst.exists() and not dst.is_dir():
-            raise InvalidArgumentError(f"Output {dst} must be a folder when the input {src} is a folder.")
-        out_root = dst.resolve()
-        if out_root == src.resolve():
-            raise InvalidArgumentError(f"Output folder {dst} is the input folder; outputs would replace the inputs.")
-        pairs = [(f, dst / f.relative_to(src).with_name(_output_name(f.name))) for f in _walk(src, out_root)]
+        check_output_folder(src, dst, raw)
+        pairs = [(f, dst / f.relative_to(src).with_name(_output_name(f.name))) for f in _walk(src)]
     elif src.is_file():
         as_folder = dst.is_dir() or raw.endswith(("/", os.sep))
         out = dst / _output_name(src.name) if as_folder else dst
@@ -254,6 +352,26 @@ def _blocked(folder: Path) -> Path | None:
     return None
 
 
+def _unwritable(folder: Path) -> Path | None:
+    """The existing folder (``folder``, else its nearest existing ancestor, where it would be created) in which
+    this process may not create files (permissions, a read-only file system), else None. Asked of the OS
+    (``os.access``), so that nothing is written to find out; a path blocked by a file is ``_blocked``'s."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            return p if p.is_dir() and not os.access(p, os.W_OK | os.X_OK) else None
+    return None
+
+
+def check_output_folders(folders: Iterable[Path]) -> None:
+    """Refuse, before any work, output folders that cannot be created or written into."""
+    for d in folders:
+        if (b := _blocked(d)) is not None:
+            raise ImageWriteError(f"Cannot create the output folder {d}: {b} is not a folder." + note("a folder", b))
+        if (u := _unwritable(d)) is not None:
+            raise ImageWriteError(f"Cannot write into the output folder {d}: {u} is not writable (permissions or a "
+                                  "read-only file system)." + note("a writable folder", f"{u}, not writable"))
+
+
 def _read_report(path: Path) -> dict[str, Any] | None:
     """A previous emostyle report at ``path`` (a JSON object with "bundle" and a "files" list), else None."""
     try:
@@ -280,6 +398,9 @@ def check_report_path(report: Path, pairs: Sequence[tuple[Path, Path]], state: P
         raise InvalidArgumentError(f"Report {report} is a folder." + note("a file path", "a folder"))
     if (b := _blocked(report.parent)) is not None:
         raise InvalidArgumentError(f"Report {report} cannot be written: {b} is not a folder." + note("a folder", b))
+    if (u := _unwritable(report.parent)) is not None:  # found now, not after all the work
+        raise InvalidArgumentError(f"Report {report} cannot be written: {u} is not writable (permissions or a "
+                                   "read-only file system)." + note("a writable folder", f"{u}, not writable"))
     if report.exists() and not report.is_file():
         raise InvalidArgumentError(f"Report {report} is not a regular file." + note("a file path", "a special file"))
     if report.is_file() and not force and _read_report(report) is None:
@@ -306,6 +427,9 @@ def check_options(args: argparse.Namespace, manifest: Manifest | None) -> None:
     """Option values that cannot work (with ``manifest``: those that depend on the bundle), refused before
     anything is created."""
     if manifest is None:
+        fill_defaults(args)
+        if isinstance(args.max_pixels, bool) or not isinstance(args.max_pixels, int) or args.max_pixels < 1:
+            raise InvalidArgumentError(f"--max-pixels {args.max_pixels} is below 1." + note("an integer >= 1", args.max_pixels))
         if args.quality is not None and not 1 <= args.quality <= 100:
             raise InvalidArgumentError(f"--quality {args.quality} is out of range." + note("1..100", args.quality))
         if getattr(args, "memory_budget", None) is not None:
@@ -388,6 +512,30 @@ class _FrameBar:
                             disable=True if self.quiet else None, file=sys.stderr)
         self.bar.set_postfix_str(frame.state.emotion, refresh=False)
         self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _StepBar:
+    """The steps of one tiled photo (tiles, or strips of the exact mode's segments): a nested progress bar, shown
+    only for a tiled photo (a whole one takes no steps), so that a long photo does not sit at "0/1 file"."""
+
+    def __init__(self, name: str, quiet: bool, nested: bool) -> None:
+        self.name, self.quiet, self.nested = name, quiet, nested
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                self.quiet = True
+                return
+            self.bar = tqdm(total=total, unit="step", desc=f"{self.name} (tiled)", leave=False,
+                            position=int(self.nested), disable=True if self.quiet else None, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -478,15 +626,22 @@ def _mkdirs(folders: Iterable[Path]) -> None:
 
 
 def _stylize_video(st: Any, src: Path, dst: Path, args: argparse.Namespace, nested: bool,
-                   commit: Any) -> Any:
-    """One video file -> ``dst`` (atomic; ``commit(result)`` runs just before the rename)."""
+                   entry: dict[str, Any], record: Any) -> Any:
+    """One video file -> ``dst`` (atomic), ``entry`` completed, then ``record(entry)`` (after the rename)."""
     from .video import stylize_video
 
+    fill_defaults(args)
     bar = _FrameBar(src.name, args.quiet, nested)
+
+    def done(result: Any) -> None:  # just before the rename
+        entry.update(status="ok", **result.summary())
+
     try:
-        return stylize_video(st, src, dst, emotion=args.emotion, max_side=args.max_side,
-                             options=temporal_options(args), batch=args.batch, overwrite=args.force,
-                             progress=bar, before_commit=commit, coherence=coherence_options(args))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        return write_then_record(dst, entry, record, lambda: stylize_video(
+            st, src, dst, emotion=args.emotion, max_side=args.max_side, options=temporal_options(args),
+            batch=args.batch, overwrite=args.force, progress=bar, before_commit=done,
+            coherence=coherence_options(args)))
     finally:
         bar.close()
 
@@ -503,14 +658,11 @@ def run_webcam(args: argparse.Namespace, started: float) -> int:
     check_replace(dst, args.force)
     if args.report is not None:
         check_report_path(args.report, [(dst, dst)], None, args.force)
-    if (b := _blocked(dst.parent)) is not None:
-        raise ImageWriteError(f"Cannot create the output folder {dst.parent}: {b} is not a folder." + note("a folder", b))
+    check_output_folders([dst.parent])
+    check_applies(args, [])
     manifest = _open_bundle(args.bundle)
     check_options(args, manifest)
-    from .stylizer import Stylizer
-
-    st = Stylizer(manifest, backend=args.backend, provider=args.provider, detector=args.detector, no_face=args.no_face,
-                  memory_budget=args.memory_budget, tile_mode=args.tile_mode)
+    st = make_stylizer(args, manifest)
     cap = open_camera(args.webcam)  # no camera N: a typed error, before anything is created
     stop = threading.Event()
     entry: dict[str, Any] = {"input": f"camera {args.webcam}", "output": str(dst)}
@@ -553,21 +705,20 @@ def run(args: argparse.Namespace) -> int:
     if args.webcam is not None:
         return run_webcam(args, started)
     pairs = plan(args.input, args.output, force=args.force)
+    check_applies(args, pairs)
     out_root = Path(args.output) if args.input.is_dir() else None
     state = out_root / STATE_NAME if out_root is not None else None
     if args.report is not None:
         check_report_path(args.report, pairs, state, args.force)
     folders = list(dict.fromkeys(o.parent for _, o in pairs))
-    for d in folders:
-        if (b := _blocked(d)) is not None:
-            raise ImageWriteError(f"Cannot create the output folder {d}: {b} is not a folder." + note("a folder", b))
+    check_output_folders(folders)
     manifest = _open_bundle(args.bundle)
     check_options(args, manifest)
-    st = make_stylizer(args, manifest)
+    st = make_stylizer(args, manifest)  # a backend that cannot run here is refused now (BackendError, exit 2)
     if getattr(args, "ray", None) is not None:  # every check above passed: Ray Data runs the files
         st.close()
         return _ray_job().run_cli(args, pairs, manifest, started)
-    states, old = begin_run(args, folders, state, started)
+    states, old, fresh = begin_run(args, folders, state, started)
     entries: list[dict[str, Any]] = []
     interrupted, stopped = False, False
     items, bar = _progress(pairs, args.quiet)
@@ -579,14 +730,16 @@ def run(args: argparse.Namespace) -> int:
                 entries.append(skipped)
                 continue
             try:
+                _mkdirs([dst.parent])  # only now: an interrupted run leaves no empty mirrored folders
+                record = lambda e, rel=rel: states.add(rel, e)  # noqa: E731
                 if src.suffix.lower() in VIDEO_SUFFIXES:
-                    def commit(result: Any, entry: dict[str, Any] = entry, rel: str = rel) -> None:
-                        entry.update(status="ok", **result.summary())
-                        states.add(rel, entry)
-
-                    res = _stylize_video(st, src, dst, args, bar, commit)
+                    res = _stylize_video(st, src, dst, args, bar, entry, record)
                 else:
-                    res = stylize_image_file(st, src, dst, entry, args, lambda e, rel=rel: states.add(rel, e))
+                    steps = _StepBar(src.name, args.quiet, bar)
+                    try:
+                        res = stylize_image_file(st, src, dst, entry, args, record, progress=steps)
+                    finally:
+                        steps.close()
             except ImageWriteError as exc:
                 if isinstance(exc, ImageEncodeError):  # this file's format only: skip it like other bad files
                     entries.append({"input": str(src), "output": str(dst), "status": "error", "error": str(exc)})
@@ -609,7 +762,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if hasattr(items, "close"):
             items.close()
-    return finish_run(args, manifest, states, entries, interrupted=interrupted, stopped=stopped)
+    return finish_run(args, manifest, states, entries, interrupted=interrupted, stopped=stopped, fresh=fresh)
 
 
 # -- the pieces of a run that every executor shares (this module's loop, emostyle_ray's actors) ------------
@@ -620,20 +773,44 @@ def make_stylizer(args: argparse.Namespace, bundle: Any) -> Any:
     loop and emostyle_ray's actors, so both style alike."""
     from .stylizer import Stylizer
 
+    fill_defaults(args)
+    if args.max_pixels > OPENCV_MAX_PIXELS:  # OpenCV's own decoder limit, read once, at the first decode
+        os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(args.max_pixels))
     return Stylizer(bundle, backend=args.backend, provider=args.provider, detector=args.detector, no_face=args.no_face,
-                    memory_budget=args.memory_budget, tile_mode=args.tile_mode)
+                    memory_budget=args.memory_budget, tile_mode=args.tile_mode, max_pixels=args.max_pixels)
+
+
+def _missing_folders(folders: Iterable[Path]) -> list[Path]:
+    """The folders among ``folders`` and their ancestors that do not exist yet, deepest first."""
+    missing: dict[Path, None] = {}
+    for d in folders:
+        for p in (d, *d.parents):
+            if p.exists() or p.is_symlink():
+                break
+            missing[p] = None
+    return sorted(missing, key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove_empty(folders: Iterable[Path]) -> None:
+    """Remove the folders of ``folders`` (deepest first) that a run created and left empty (interrupted, failed)."""
+    for d in folders:
+        try:
+            d.rmdir()  # only an empty folder goes
+        except OSError:
+            pass
 
 
 def begin_run(args: argparse.Namespace, folders: Sequence[Path], state: Path | None,
-              started: float) -> tuple[_StateLog, dict[str, dict[str, Any]]]:
-    """Create the output folders, remove temporary files of killed runs there, open the state file; the
-    state log and the ok entries of an earlier report (from before state files), by input."""
-    _mkdirs(folders)
+              started: float) -> tuple[_StateLog, dict[str, dict[str, Any]], list[Path]]:
+    """Remove temporary files of killed runs where this run writes, open the state file; the state log, the ok
+    entries of an earlier report (from before state files) by input, and the output folders that do not exist
+    yet (each is created when its first output is written; ``finish_run`` removes those left empty)."""
+    fresh = _missing_folders(folders)
     # Temporary files of killed runs, only where this run writes; outputs themselves are always complete.
     clean_stale_parts([*folders, *([args.report.parent] if args.report is not None else [])], started=started)
     states = _StateLog(state)
     earlier = (_read_report(args.report) or {}).get("files", []) if args.report is not None else []
-    return states, {e["input"]: e for e in earlier if e.get("status") in ("ok", "exists")}
+    return states, {e["input"]: e for e in earlier if e.get("status") in ("ok", "exists")}, fresh
 
 
 def skip_entry(src: Path, dst: Path, out_root: Path | None, force: bool, states: _StateLog,
@@ -650,26 +827,52 @@ def skip_entry(src: Path, dst: Path, out_root: Path | None, force: bool, states:
     return None
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def write_then_record(dst: Path, entry: dict[str, Any], record: Any, write: Any) -> Any:
+    """``write()`` (which renames ``dst`` into place), then ``record(entry)``: the state file says "ok" only for an
+    output that was written (a full disk or a failed rename records nothing). A Ctrl-C that lands after the
+    rename still records it; only a kill in the instant between the two leaves an output without its line (a
+    resume then reports it as existing, without its emotion)."""
+    before = _identity(dst)
+    try:
+        result = write()
+    except KeyboardInterrupt:
+        if entry.get("status") == "ok" and _identity(dst) not in (None, before):
+            record(entry)
+        raise
+    record(entry)
+    return result
+
+
 def stylize_image_file(st: Any, image: Any, dst: Path, entry: dict[str, Any], args: argparse.Namespace,
-                       record: Any, meta: Any = None) -> Any:
+                       record: Any, meta: Any = None, progress: Any = None) -> Any:
     """One photo -> ``dst`` as every run writes it: styled (``image``: its path, or its pixels as
-    ``read_image(path, alpha=True)`` gives them, with ``meta`` read from the path), ``entry`` completed and
-    ``record(entry)`` (the state file's line) before the atomic write, so an output never lacks its emotion."""
-    res = st.stylize(image, emotion=args.emotion, max_side=args.max_side)
+    ``read_image(path, alpha=True)`` gives them, with ``meta`` read from the path), ``entry`` completed, the
+    atomic write, then ``record(entry)`` (the state file's line). ``progress(done, total)``: steps of a tiled image."""
+    res = st.stylize(image, emotion=args.emotion, max_side=args.max_side, progress=progress)
     if meta is None and not args.strip_metadata:
         meta = read_image_meta(image)
     entry.update(status="ok", **res.summary())
-    record(entry)
-    write_image(dst, res.image, quality=args.quality, meta=None if args.strip_metadata else meta)
+    write_then_record(dst, entry, record, lambda: write_image(
+        dst, res.image, quality=args.quality, meta=None if args.strip_metadata else meta))
     return res
 
 
 def finish_run(args: argparse.Namespace, manifest: Manifest, states: _StateLog, entries: list[dict[str, Any]], *,
-               interrupted: bool, stopped: bool) -> int:
-    """Compact the state file, write the report (Ctrl-C waits), log the tally; the exit status."""
+               interrupted: bool, stopped: bool, fresh: Sequence[Path] = ()) -> int:
+    """Compact the state file, remove the ``fresh`` folders left empty, write the report (Ctrl-C waits), log the
+    tally; the exit status."""
     no_report = False
     with _hold_ctrl_c():
         states.close(compact=not stopped)  # not when the folder is unusable (full)
+        _remove_empty(fresh)
         if args.report is not None:
             report = {"bundle": str(manifest.root), "demo": manifest.demo, "interrupted": interrupted, "files": entries}
             try:
@@ -723,16 +926,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status. ``emostyle serve ...`` runs the HTTP service (a file
     named ``serve`` is given as ``./serve``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:
-        return _serve(argv[1:])
-    args = _parser().parse_args(argv)
-    setup_cli_logging(args.quiet, log.name, library=("emostyle_rt",), verbose=args.verbose)
     try:
+        if argv[:1] == ["serve"]:
+            return _serve(argv[1:])
+        args = _parser().parse_args(argv)
+        setup_cli_logging(args.quiet, log.name, library=("emostyle_rt",), verbose=args.verbose)
         return run(args)
     except EmostyleError as exc:
         log.error("%s", exc)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # at any point, importing the backends included: no traceback
         log.warning("Interrupted.")
         return INTERRUPTED
 

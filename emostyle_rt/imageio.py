@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 #: Largest image (in pixels) read from a file by default: 100 megapixels.
 MAX_PIXELS = 100_000_000
+#: How the pixel limit is set, as error messages name it.
+PIXEL_LIMIT_NAMES = "Stylizer max_pixels; --max-pixels of emostyle and emostyle serve"
+#: OpenCV's own decoder limit (``OPENCV_IO_MAX_IMAGE_PIXELS``, default 2**30): a larger ``max_pixels`` needs it raised.
+OPENCV_MAX_PIXELS = 1 << 30
 #: Encoder quality when none is given: JPEG 95, WebP 90 (lossy: a lossless WebP photo is ~10x larger).
 DEFAULT_QUALITY = {"jpeg": 95, "webp": 90}
 #: Output extensions that keep an alpha channel; others drop it (one warning).
@@ -113,7 +117,7 @@ def _check_pixels(path: Path, w: int, h: int, max_pixels: int) -> None:
     if w * h > max_pixels:
         raise ImageReadError(
             f"Image {path} is too large to read ({w}x{h} = {w * h} pixels)."
-            + note(f"at most {max_pixels} pixels (max_pixels)", w * h)
+            + note(f"at most {max_pixels} pixels ({PIXEL_LIMIT_NAMES})", w * h)
         )
 
 
@@ -248,7 +252,7 @@ def load_image(
     if isinstance(image, np.ndarray) and image.ndim >= 2 and image.shape[0] * image.shape[1] > max_pixels:
         raise InvalidImageError(
             f"Image array of {image.shape[1]}x{image.shape[0]} has more pixels than the limit."
-            + note(f"at most {max_pixels} pixels (max_pixels)", image.shape[0] * image.shape[1])
+            + note(f"at most {max_pixels} pixels ({PIXEL_LIMIT_NAMES})", image.shape[0] * image.shape[1])
         )
     return to_rgb(image, bgr=bgr, alpha=alpha)
 

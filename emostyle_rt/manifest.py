@@ -787,6 +787,18 @@ class Manifest:
     def path(self, relative: str) -> Path:
         return self.root / relative
 
+    def untrained_parts(self) -> tuple[str, ...]:
+        """What holds seeded, untrained demo weights: "classifier" and/or emotions (empty: all trained).
+
+        Read from the sources the export recorded (classifier format "demo", style
+        family "demo"); a demo bundle without source records counts as untrained.
+        """
+        if not self.demo:
+            return ()
+        parts = ["classifier"] if self.classifier.source.get("format", "demo") == "demo" else []
+        seeded = (e for e in self.labels if self.styles[self.emotions[e]].source.get("family", "demo") == "demo")
+        return (*parts, *seeded)
+
 
 def _get(d: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(d, Mapping) or key not in d:
@@ -811,6 +823,8 @@ def _side(value: int, where: str, mpath: Path) -> int:
     return value
 
 
+#: Bundles already reported as holding untrained demo weights (said once per bundle and process).
+_UNTRAINED_REPORTED: set[str] = set()
 #: Bundles already reported as having no crop spec (the message is said once per bundle and process).
 _NO_CROP_REPORTED: set[str] = set()
 
@@ -836,6 +850,11 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
     its recorded sha256, so a damaged bundle fails when it is opened, not on the
     hundredth image.
     """
+    if isinstance(bundle, bytes) or not isinstance(bundle, (str, os.PathLike)) or not os.fspath(bundle).strip():
+        raise InvalidArgumentError(
+            "A bundle is a folder path; an empty path would mean the working folder."
+            + note("a str or os.PathLike naming the bundle folder, such as 'engines/demo'",
+                   f"{bundle!r} ({type(bundle).__name__})"))
     root = Path(bundle)
     mpath = root / MANIFEST_NAME
     if not root.is_dir():
@@ -899,8 +918,19 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
         tools=dict(raw.get("tools", {})) if isinstance(raw.get("tools"), Mapping) else {},
         extra={k: v for k, v in raw.items() if k not in known},
     )
-    if manifest.demo:
+    untrained = manifest.untrained_parts()
+    key = f"{root.resolve()}@{manifest.created}"  # a bundle exported again at the same path is reported again
+    if untrained and key in _UNTRAINED_REPORTED:
+        pass
+    elif len(untrained) == 1 + len(labels):
         log.warning("Bundle %s holds UNTRAINED demo weights: emotions and styles are not meaningful.", root)
+    elif untrained:
+        styles = [u for u in untrained if u != "classifier"]
+        what = (["the classifier (its emotions are not meaningful)"] if "classifier" in untrained else []) + (
+            [f"the styles of {', '.join(styles)}"] if styles else [])
+        log.warning("Bundle %s holds UNTRAINED demo weights for %s.", root, " and ".join(what))
+    if untrained:
+        _UNTRAINED_REPORTED.add(key)
     if verify_files:
         verify_bundle_files(manifest)
     return manifest

@@ -12,18 +12,19 @@ import threading
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
-from .backends import CLASSIFIER, Runner, runner_for
+from .backends import CLASSIFIER, Runner, check_engines, runner_for
 from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
 from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
 from .manifest import Manifest, load_manifest
 from .mtcnn import MtcnnDetector
-from .tiling import DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory
+from .tiling import (CALIBRATION, DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory,
+                     process_rss)
 from .tiling import plan as tile_plan
 
 if TYPE_CHECKING:
@@ -138,8 +139,10 @@ class Stylizer:
     """Runs a bundle written by ``emostyle-export``.
 
     ``backend``: "auto" (native TensorRT engine when one fits, else an AOTInductor
-    package, else onnxruntime), "onnxruntime", "tensorrt" or "aoti" (style graphs
-    from AOTInductor packages; the classifier in onnxruntime). ``provider`` forces an onnxruntime provider
+    package, else OpenVINO for the style graphs on a machine without a GPU
+    provider where it is installed, else onnxruntime), "onnxruntime", "tensorrt",
+    "aoti" (style graphs from AOTInductor packages; the classifier in onnxruntime)
+    or "openvino" (every graph in OpenVINO's CPU plugin). ``provider`` forces an onnxruntime provider
     ("tensorrt", "cuda", "cpu"). ``detector``: None (the bundle's MTCNN; Haar
     for bundles without one), "mtcnn", "haar" (where this OpenCV has it), a YuNet
     ``.onnx`` path or any object with ``detect(rgb) -> list[Face]``. ``no_face``: "whole"
@@ -148,13 +151,16 @@ class Stylizer:
     (``manifest.classifier.crop``); a number replaces only its margin (a
     fraction of the box on each side).
     ``precision``: "auto" (the bundle's verified FP16 graph on a GPU provider when
-    it has one, else FP32), "fp32" or "fp16". ``cuda_graph``: replay CUDA graphs
+    it has one, else FP32), "fp32", "fp16" or "bf16" (style graphs in OpenVINO at
+    bfloat16 on a CPU with AVX512-BF16 / AMX, gated at PSNR >= 40 dB against FP32). ``cuda_graph``: replay CUDA graphs
     for repeated input shapes (video; CUDA EP only). ``cache_dir``: the user
     cache for the TensorRT EP's engines (default $EMOSTYLE_CACHE_DIR, else
     $XDG_CACHE_HOME/emostyle-rt or ~/.cache/emostyle-rt; never the bundle).
     ``memory_budget``: bytes (or text such as "2GB", "512MiB") one style run may
-    use on top of what the process holds; None: 75% of the memory available
-    when the run starts (host, or the GPU's for a GPU provider). A run whose
+    use on top of what the process holds; None: what keeps the process' peak
+    RSS at about 2.5 GB (``DEFAULT_PEAK_RSS`` less what the process held when this
+    Stylizer opened), and at most 75% of the memory available when the run
+    starts (for a GPU provider: 75% of the GPU's free memory). A run whose
     estimate is larger goes in tiles (``tile_mode`` "exact" or "fast", see
     :mod:`emostyle_rt.tiling`); one that cannot fit raises ``MemoryBudgetError`` before it starts.
     ``close()`` (or ``with Stylizer(...)``) frees sessions and GPU buffers.
@@ -177,6 +183,10 @@ class Stylizer:
         memory_budget: int | str | None = None,
         tile_mode: str = DEFAULT_TILE_MODE,
     ) -> None:
+        if isinstance(bundle, bytes) or not isinstance(bundle, (str, os.PathLike, Manifest)):
+            raise InvalidArgumentError(
+                "A Stylizer's bundle is a bundle folder or a Manifest."
+                + note("a path (str or os.PathLike) or a Manifest", f"{bundle!r} ({type(bundle).__name__})"))
         if tile_mode not in TILE_MODES:
             raise InvalidArgumentError(f"Unknown tile_mode {tile_mode!r}." + note(" or ".join(TILE_MODES), repr(tile_mode)))
         #: Bytes a style run may use (None: from the machine at each run); how over-budget runs share statistics.
@@ -211,6 +221,11 @@ class Stylizer:
         # Safety net when close() is never called: free every runner when the Stylizer is collected.
         self._finalizer = weakref.finalize(self, _close_runners, self._runners, self._styles, self._tiled)
         self._classifier_runner()  # loaded and checked now: a bad classifier graph fails here
+        # backend="tensorrt" / "aoti" without an engine for some style: refused now, once, not at each image
+        check_engines(self.manifest, backend)
+        #: What the process held once this Stylizer opened: the default budget keeps a run's peak RSS at about
+        #: this plus the budget (``emostyle_rt.tiling.default_budget``).
+        self._held = process_rss()
 
     # -- public API ---------------------------------------------------------
 
@@ -228,15 +243,21 @@ class Stylizer:
         return self._classify_many(self._load_batch(images, bgr, None, "classify"))
 
     def stylize(
-        self, image: ImageInput, emotion: str | None = None, *, max_side: int | None = None, bgr: bool = False
+        self, image: ImageInput, emotion: str | None = None, *, max_side: int | None = None, bgr: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> StyleResult:
         """Stylise one image with its emotion's style (``emotion`` skips classification).
 
         ``max_side`` runs the style graph on a copy downscaled to that longer side
         and scales the result back. The result has the input's size; ``bgr=True``
         means the input array and the result are in OpenCV's BGR order.
+        ``progress(done, total)``: called after each step of an image styled in tiles
+        (a tile, or a strip of the exact mode; not called for an image styled whole).
         """
-        return self.stylize_batch([image], emotion=emotion, max_side=max_side, bgr=bgr)[0]
+        if progress is not None and not callable(progress):
+            raise InvalidArgumentError("progress must be a callable progress(done, total) or None."
+                                       + note("a callable", type(progress).__name__))
+        return self._stylize_many([image], emotion, max_side, bgr, progress)[0]
 
     def stylize_batch(
         self,
@@ -251,6 +272,10 @@ class Stylizer:
         Faces of all images go through the classifier in one run; images of the
         same size are stacked into one style run (up to ``BATCH_PIXELS``).
         """
+        return self._stylize_many(images, emotion, max_side, bgr, None)
+
+    def _stylize_many(self, images: Iterable[ImageInput], emotion: str | None, max_side: int | None, bgr: bool,
+                      progress: Callable[[int, int], None] | None) -> list[StyleResult]:
         self._check_max_side(max_side)
         alphas: list[np.ndarray | None] = []  # alphas[i]: image i's alpha plane, passed through unstyled, or None
         rgbs = self._load_batch(images, bgr, alphas, "stylize")
@@ -265,7 +290,7 @@ class Stylizer:
             groups[self.manifest.emotions[c.emotion]].append(i)
         styled: list[np.ndarray | None] = [None] * len(rgbs)
         for style_id, idx in groups.items():
-            for i, out in zip(idx, self._style(style_id, [rgbs[i] for i in idx], max_side)):
+            for i, out in zip(idx, self._style(style_id, [rgbs[i] for i in idx], max_side, progress)):
                 styled[i] = self._finish(out, alphas[i], bgr)
         return [
             StyleResult(img, c.emotion, c.scores, c.face, c.faces, c.source, self.manifest.emotions[c.emotion])
@@ -385,7 +410,9 @@ class Stylizer:
     def _check_max_side(self, max_side: int | None) -> None:
         m = self.manifest.min_side
         if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < m):
-            raise InvalidArgumentError(f"max_side must be an integer >= {m} or None." + note(f">= {m}", max_side))
+            got = repr(max_side) if isinstance(max_side, (int, np.integer)) and not isinstance(max_side, bool) \
+                else f"{max_side!r} (a {type(max_side).__name__})"
+            raise InvalidArgumentError(f"max_side must be an integer >= {m} or None." + note(f"an int >= {m}", got))
 
     def _classify_many(self, rgbs: Sequence[np.ndarray]) -> list[Classification]:
         """Detect faces in every image, then classify all crops in one classifier run."""
@@ -482,7 +509,7 @@ class Stylizer:
         if self.memory_budget is not None:
             return self.memory_budget
         name = runner.name.lower()
-        return default_budget(gpu="cuda" in name or "tensorrt" in name)
+        return default_budget(gpu="cuda" in name or "tensorrt" in name, held=self._held)
 
     def _tiled_style(self, style_id: str) -> TiledStyle:
         tiled = self._tiled.get(style_id)
@@ -492,13 +519,16 @@ class Stylizer:
                 if tiled is None:
                     # "tensorrt": the tile graph at fixed windows on the TensorRT EP, engines in the user cache
                     provider = self._provider if self._provider in ("cpu", "cuda", "tensorrt") else None
+                    # Tiled graphs run in onnxruntime, also when OpenVINO runs the whole graph: in OpenVINO the exact
+                    # mode's 235 strip runs at 12 MP peaked at 5.8 GB for a 2.3 GB budget (onnxruntime: within it)
                     tiled = self._tiled[style_id] = TiledStyle(self.manifest.root, self.manifest.styles[style_id],
                                                                provider=provider, verify=self._verify,
                                                                cache_dir=self._cache_dir)
         return tiled
 
-    def _style(self, style_id: str, rgbs: list[np.ndarray], max_side: int | None) -> list[np.ndarray]:
-        """Run one style graph on several images; each comes back at its own size."""
+    def _style(self, style_id: str, rgbs: list[np.ndarray], max_side: int | None,
+               progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+        """Run one style graph on several images; each comes back at its own size (``progress``: a tiled one's steps)."""
         spec = self.manifest.styles[style_id]
         runner = self._style_runner(style_id)
         inputs = [self._shrink(rgb, max_side) for rgb in rgbs]
@@ -506,19 +536,21 @@ class Stylizer:
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         outs: list[np.ndarray | None] = [None] * len(rgbs)
         budget = self._budget(runner)
+        calibration = getattr(runner, "memory_calibration", CALIBRATION)  # the engine's RSS per activation byte
         # Whole if the estimate fits the budget, else tiled; MemoryBudgetError (before any run) if neither fits.
         plans = [tile_plan(spec, p.shape[0], p.shape[1], budget, self.tile_mode,
-                           fixed_windows=self._provider == "tensorrt") for p in padded]
+                           fixed_windows=self._provider == "tensorrt", whole_calibration=calibration) for p in padded]
         for i, (p, plan) in enumerate(zip(padded, plans)):
             if plan.mode == "whole":
                 by_shape[p.shape].append(i)
                 continue
             log.info("Style %s in tiles: %s", style_id, plan.summary())
             h, w = inputs[i].shape[:2]
-            outs[i] = self._grow(np.ascontiguousarray(self._tiled_style(style_id).run(p, plan)[:h, :w]), rgbs[i].shape)
+            tiled = self._tiled_style(style_id).run(p, plan, progress)
+            outs[i] = self._grow(np.ascontiguousarray(tiled[:h, :w]), rgbs[i].shape)
         for shape, idx in by_shape.items():
             per_run = max(1, min(BATCH_PIXELS // (shape[0] * shape[1]),
-                                 budget // estimate_whole(spec, shape[0], shape[1])))
+                                 budget // estimate_whole(spec, shape[0], shape[1], calibration=calibration)))
             for start in range(0, len(idx), per_run):
                 chunk = idx[start : start + per_run]
                 # One image: a view, no copy of the (up to 25 MB) frame; several: stacked.

@@ -48,7 +48,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -99,8 +99,18 @@ RUN_OVERHEAD = 64 << 20
 #: Activation bytes per pixel assumed for a style graph whose bundle has no tiled graphs (the
 #: TransformerNet of export/models, as the export measures it).
 FALLBACK_BYTES_PER_PIXEL = 517.0
-#: The default budget is this fraction of the memory available when the run starts.
+#: The default budget is at most this fraction of the memory available when the run starts.
 BUDGET_FRACTION = 0.75
+#: ... and at most what keeps the process' peak RSS at about this (the process' RSS when its Stylizer opened, plus
+#: the run): a 12 MP photo no longer takes 10 GB untiled because the machine has them. Chosen by measurement at 2,
+#: 12 and 48 MP (docs/tiling.md, benchmarks/results/memory-defaults.md): with OpenVINO (557 B/px) photos up to about
+#: 3.5 MP still run whole, where tiling costs the most time; larger ones go in tiles.
+DEFAULT_PEAK_RSS = 2_500_000_000
+#: The least default budget, whatever the process already holds (tiles of the exact mode need about 200 MB).
+MIN_DEFAULT_BUDGET = 512 << 20
+#: What a process holds besides a run, for budgets planned before it exists (a Stylizer with its classifier,
+#: detector and a style loaded: 200-300 MB measured).
+TYPICAL_HELD = 300 << 20
 #: Device budget when a GPU provider runs and its free memory cannot be read.
 GPU_DEFAULT_BUDGET = 4 << 30
 #: Where the exact mode spools activations ($EMOSTYLE_SPOOL_DIR, else the system's temp folder).
@@ -180,18 +190,49 @@ def gpu_free(device: int = 0) -> int | None:
     return None
 
 
-def default_budget(gpu: bool = False) -> int:
-    """The budget when none is given: :data:`BUDGET_FRACTION` of the available host memory (or GPU memory).
+def process_rss() -> int | None:
+    """This process' resident memory (VmRSS of /proc/self/status) in bytes; None where it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
-    Without /proc/meminfo (not Linux) the host budget is unlimited (the run goes
-    whole, as before tiling existed); a GPU whose free memory cannot be read gets
-    :data:`GPU_DEFAULT_BUDGET`.
+
+def default_budget(gpu: bool = False, *, held: int | None = None) -> int:
+    """The budget when none is given.
+
+    Host: the smaller of :data:`BUDGET_FRACTION` of the available memory and
+    :data:`DEFAULT_PEAK_RSS` less ``held`` (what the process held when its
+    Stylizer opened; default: its RSS now), at least :data:`MIN_DEFAULT_BUDGET`.
+    Without /proc (not Linux) only the peak rule applies, with ``held`` 0
+    unless given. GPU: :data:`BUDGET_FRACTION` of the device's free memory, or
+    :data:`GPU_DEFAULT_BUDGET` when it cannot be read.
     """
     if gpu:
         free = gpu_free()
         return int(free * BUDGET_FRACTION) if free else GPU_DEFAULT_BUDGET
+    held = process_rss() if held is None else held
+    budget = max(MIN_DEFAULT_BUDGET, DEFAULT_PEAK_RSS - (held or 0))
     avail = host_available()
-    return int(avail * BUDGET_FRACTION) if avail else 1 << 62
+    return min(budget, int(avail * BUDGET_FRACTION)) if avail else budget
+
+
+def worker_budget(workers: int, available: int | None = None) -> int:
+    """The default budget of each of ``workers`` processes sharing one machine (``emostyle serve --workers``, Ray
+    actors): :data:`BUDGET_FRACTION` of ``available`` (default: MemAvailable now) split between them, at most what
+    one process gets by default (:data:`DEFAULT_PEAK_RSS` less a typical 300 MB held), at least
+    :data:`MIN_DEFAULT_BUDGET`; so the workers' budgets add up to what the machine has."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidArgumentError("workers must be an integer >= 1." + note(">= 1", repr(workers)))
+    one = DEFAULT_PEAK_RSS - TYPICAL_HELD
+    avail = host_available() if available is None else available
+    if not avail:
+        return one
+    return max(MIN_DEFAULT_BUDGET, min(one, int(avail * BUDGET_FRACTION) // workers))
 
 
 # -- planning -----------------------------------------------------------------
@@ -242,11 +283,15 @@ def activation_bytes(bytes_per_pixel: float, pixels: int, calibration: float = C
     return int(calibration * bytes_per_pixel * pixels) + RUN_OVERHEAD
 
 
-def estimate_whole(style: StyleSpec, height: int, width: int, batch: int = 1) -> int:
-    """Estimated peak memory (bytes) of running ``style`` untiled on ``batch`` padded images of height x width."""
+def estimate_whole(style: StyleSpec, height: int, width: int, batch: int = 1, calibration: float = CALIBRATION) -> int:
+    """Estimated peak memory (bytes) of running ``style`` untiled on ``batch`` padded images of height x width.
+
+    ``calibration``: the engine's peak RSS per byte of live activations (:data:`CALIBRATION` for onnxruntime;
+    a runner may say its own as ``memory_calibration``, e.g. OpenVINO's 1.2).
+    """
     bpp = style.tiled.bytes_per_pixel if style.tiled else FALLBACK_BYTES_PER_PIXEL
     px = height * width * batch
-    return activation_bytes(bpp, px) + IMAGE_BYTES_PER_PIXEL * px
+    return activation_bytes(bpp, px, calibration) + IMAGE_BYTES_PER_PIXEL * px
 
 
 def cells(length: int, window: int, halo: int, align: int) -> list[tuple[int, int, int]]:
@@ -337,21 +382,22 @@ def is_fixed_window(window: tuple[int, int]) -> bool:
 
 def plan(style: StyleSpec, height: int, width: int, budget: int, mode: str = DEFAULT_TILE_MODE, *,
          force: bool = False, stats_side: int = STATS_SIDE, fixed_windows: bool = False,
-         strip_pixels: int = STRIP_PIXELS) -> TilePlan:
+         strip_pixels: int = STRIP_PIXELS, whole_calibration: float = CALIBRATION) -> TilePlan:
     """The plan for one padded ``height`` x ``width`` image: whole if it fits ``budget`` (and not ``force``), else tiled.
 
     ``fixed_windows`` (fast mode; for compiled engines such as the TensorRT EP's):
     the tile window snaps down to the largest of :data:`FIXED_WINDOWS` that fits
     the budget, so every photo size uses one of a few shapes; an image smaller
     than that window in a direction, or a budget no fixed window fits, keeps the
-    window it would get without. Ignored by the exact mode.
+    window it would get without. Ignored by the exact mode. ``whole_calibration``:
+    the whole-graph engine's calibration (see :func:`estimate_whole`).
 
     MemoryBudgetError, naming the smallest budget that works, when neither fits;
     also when the bundle has no tiled graphs for ``style`` and the whole run does not fit.
     """
     if mode not in TILE_MODES:
         raise InvalidArgumentError(f"Unknown tile mode {mode!r}." + note(" or ".join(TILE_MODES), repr(mode)))
-    whole = estimate_whole(style, height, width)
+    whole = estimate_whole(style, height, width, calibration=whole_calibration)
     if whole <= budget and not force:
         return TilePlan("whole", height, width, whole, budget)
     spec = style.tiled
@@ -620,6 +666,21 @@ def spool_root(spool_dir: str | None = None) -> str:
 # -- running ------------------------------------------------------------------
 
 
+#: ``progress(done, total)``: the steps of one tiled image.
+Progress = Callable[[int, int], None]
+
+
+class _Ticks:
+    """Counts steps and tells ``progress(done, total)`` after each."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        self.progress(self.done, self.total)
+
+
 class TiledStyle:
     """The tiled graphs of one style, loaded on first use (onnxruntime; sha256 checked when a graph loads).
 
@@ -631,10 +692,21 @@ class TiledStyle:
     mode's segments (shapes that change with each photo) run on the CUDA EP.
     Without a usable TensorRT EP: one warning, and all run on CUDA (else CPU).
     ``threads``: onnxruntime intra-op threads (0: onnxruntime's default).
+    ``engine``: "onnxruntime" (what the Stylizer uses), or "openvino" (CPU: the
+    stats, tile and segment graphs on OpenVINO's CPU plugin at f32; the GPU
+    providers are then not used). Not the default: measured at 12 MP, exact
+    mode, 2.33 GB budget, OpenVINO peaked at 5.8 GB RSS (its dynamic-shape
+    strip runs keep far more than the calibrated estimate) and took 2.0x the
+    untiled run's CPU time; results within 1 grey level of untiled.
     """
 
     def __init__(self, bundle: str | os.PathLike, style: StyleSpec, *, provider: str | None = None,
-                 threads: int = 0, verify: bool = True, cache_dir: str | os.PathLike | None = None) -> None:
+                 threads: int = 0, verify: bool = True, cache_dir: str | os.PathLike | None = None,
+                 engine: str = "onnxruntime") -> None:
+        if engine not in ("onnxruntime", "openvino"):
+            raise InvalidArgumentError(f"Unknown engine {engine!r} for tiled graphs."
+                                       + note("onnxruntime or openvino", repr(engine)))
+        self.engine = engine
         if style.tiled is None:
             raise BundleError(f"Style {style.style_id!r} has no tiled graphs."
                               + note("a tiled block (emostyle-export --bundle DIR --tiled)", "none"))
@@ -679,8 +751,13 @@ class TiledStyle:
             with self._lock:
                 r = self._runners.get(graph.onnx)
                 if r is None:
-                    r = self._runners[graph.onnx] = OrtRunner(self._path(graph), provider=self.provider,
-                                                              intra_op_threads=self.threads)
+                    if self.engine == "openvino":
+                        from .backends.openvino import OvRunner
+
+                        r = OvRunner(self._path(graph), threads=self.threads or None, cache=self.cache_dir)
+                    else:
+                        r = OrtRunner(self._path(graph), provider=self.provider, intra_op_threads=self.threads)
+                    self._runners[graph.onnx] = r
         return r
 
     def tile_runner(self, window: tuple[int, int]) -> OrtRunner:
@@ -729,12 +806,14 @@ class TiledStyle:
         for r in runners:
             r.close()
 
-    def run(self, padded: np.ndarray, p: TilePlan) -> np.ndarray:
-        """Style one padded HxWx3 uint8 image as planned (``p.mode`` "fast" or "exact")."""
+    def run(self, padded: np.ndarray, p: TilePlan, progress: Progress | None = None) -> np.ndarray:
+        """Style one padded HxWx3 uint8 image as planned (``p.mode`` "fast" or "exact"). ``progress(done, total)``
+        after each step (a tile, or a strip of a segment; the statistics' strips included)."""
         if p.mode == "fast":
-            return self.run_fast(padded, window=p.window, stats_side=p.stats_side, stats_plan=p.stats_plan)
+            return self.run_fast(padded, window=p.window, stats_side=p.stats_side, stats_plan=p.stats_plan,
+                                 progress=progress)
         if p.mode == "exact":
-            return self.run_exact(padded, strips=p.strips, spool_ram=p.spool_ram)
+            return self.run_exact(padded, strips=p.strips, spool_ram=p.spool_ram, progress=progress)
         raise InvalidArgumentError(f"A {p.mode!r} plan is not a tiled one." + note("fast or exact", p.mode))
 
     # fast ------------------------------------------------------------------
@@ -747,36 +826,55 @@ class TiledStyle:
         return {name: outs[name].astype(np.float32).reshape(1, -1, 1, 1) for n in spec.norms for name in (n.mean, n.var)}
 
     def sample_statistics(self, padded: np.ndarray, stats_side: int | None = STATS_SIDE,
-                          stats_plan: TilePlan | None = None) -> dict[str, np.ndarray]:
+                          stats_plan: TilePlan | None = None, tick: Callable[[], None] | None = None
+                          ) -> dict[str, np.ndarray]:
         """The fast mode's statistics: those of :func:`stats_sample`.
 
         ``stats_plan``: the exact-mode plan for the sample (a fast plan's: strips,
-        bounded memory); None: one run of the stats graph.
+        bounded memory); None: one run of the stats graph. ``tick()`` after each step.
         """
         if stats_plan is None:
-            return self.statistics(padded, stats_side)
+            stats = self.statistics(padded, stats_side)
+            if tick is not None:
+                tick()
+            return stats
         sample = stats_sample(padded, stats_side, self.spec.align)
         if stats_plan is not None and (stats_plan.height, stats_plan.width) != sample.shape[:2]:
             raise InvalidArgumentError("The statistics plan is for another sample size."
                                        + note(f"{sample.shape[1]}x{sample.shape[0]}",
                                               f"{stats_plan.width}x{stats_plan.height}"))
-        return self.exact_statistics(sample, strips=stats_plan.strips, spool_ram=stats_plan.spool_ram)
+        return self.exact_statistics(sample, strips=stats_plan.strips, spool_ram=stats_plan.spool_ram, tick=tick)
+
+    def _strip_count(self, hgt: int, strips: tuple[int, ...] | None, strip_rows: int | None, output: bool) -> int:
+        """How many strips :meth:`_layers` runs (its steps)."""
+        a = self.spec.align
+        segs = self.spec.segments if output else self.spec.segments[:-1]
+        rows_per = strips if strips is not None else (max(a, _floor(strip_rows or hgt, a)),) * len(segs)
+        return sum(math.ceil(hgt / min(hgt, rows_per[i])) for i in range(len(segs)))
 
     def run_fast(self, padded: np.ndarray, *, window: tuple[int, int] | None = None, tile: int | None = None,
                  stats_side: int | None = STATS_SIDE, stats: Mapping[str, np.ndarray] | None = None,
-                 stats_plan: TilePlan | None = None) -> np.ndarray:
-        """Tiles of one fixed ``window`` (or interiors of about ``tile`` px), statistics of :func:`stats_sample`."""
+                 stats_plan: TilePlan | None = None, progress: Progress | None = None) -> np.ndarray:
+        """Tiles of one fixed ``window`` (or interiors of about ``tile`` px), statistics of :func:`stats_sample`.
+        ``progress(done, total)`` after each tile and each step of the statistics."""
         spec, g = self.spec, self.spec.tile
         hgt, wid = padded.shape[:2]
         if window is None:
             t = max(spec.align, _floor(tile or STATS_SIDE, spec.align)) + 2 * spec.halo
             window = (min(hgt, t), min(wid, t))
-        stats = dict(stats) if stats is not None else self.sample_statistics(padded, stats_side, stats_plan)
+        grid = list(self._grid(hgt, wid, window))
+        tick = None
+        if progress is not None:
+            side = stats_sample(padded, stats_side, spec.align).shape[0] if stats_plan is not None else 0
+            first = 0 if stats is not None else self._strip_count(side, stats_plan.strips, None, False) \
+                if stats_plan is not None else 1
+            tick = _Ticks(progress, first + len(grid))
+        stats = dict(stats) if stats is not None else self.sample_statistics(padded, stats_side, stats_plan, tick)
         shape = (min(window[0], hgt), min(window[1], wid))
         runner = self.tile_runner(shape)
         name_in, name_out = g.inputs[0].name, g.outputs[0].name
         out = np.empty_like(padded)
-        for (y0, y1, wy), (x0, x1, wx) in self._grid(hgt, wid, window):
+        for (y0, y1, wy), (x0, x1, wx) in grid:
             tile_in = np.ascontiguousarray(padded[wy:wy + shape[0], wx:wx + shape[1]])[None]
             try:
                 res = runner.run({name_in: tile_in, **stats})[name_out][0]
@@ -786,6 +884,8 @@ class TiledStyle:
                 runner = self._drop_tensorrt(shape, exc)
                 res = runner.run({name_in: tile_in, **stats})[name_out][0]
             out[y0:y1, x0:x1] = res[y0 - wy:y1 - wy, x0 - wx:x1 - wx]
+            if tick is not None:
+                tick()
         return out
 
     def _drop_tensorrt(self, window: tuple[int, int], exc: Exception) -> OrtRunner:
@@ -808,24 +908,27 @@ class TiledStyle:
     # exact -----------------------------------------------------------------
 
     def run_exact(self, padded: np.ndarray, *, strips: tuple[int, ...] | None = None, strip_rows: int | None = None,
-                  spool_ram: int = 0, spool_dir: str | None = None, progress: Any = None) -> np.ndarray:
+                  spool_ram: int = 0, spool_dir: str | None = None, progress: Progress | None = None) -> np.ndarray:
         """Layer by layer over the whole image in full-width strips, statistics accumulated exactly.
 
         ``strips``: rows per strip for each segment (a plan's); ``strip_rows``: the
         same for all. ``spool_ram``: bytes of activations kept in RAM (the rest
-        goes to files in ``spool_dir``). ``progress``: called once per segment.
+        goes to files in ``spool_dir``). ``progress(done, total)``: after each strip of each segment.
         """
-        return self._layers(padded, strips, strip_rows, spool_ram, spool_dir, progress, output=True)[0]
+        tick = None if progress is None else _Ticks(
+            progress, self._strip_count(padded.shape[0], strips, strip_rows, True))
+        return self._layers(padded, strips, strip_rows, spool_ram, spool_dir, tick, output=True)[0]
 
     def exact_statistics(self, padded: np.ndarray, *, strips: tuple[int, ...] | None = None,
-                         strip_rows: int | None = None, spool_ram: int = 0,
-                         spool_dir: str | None = None) -> dict[str, np.ndarray]:
-        """The exact mode up to the last InstanceNorm: every one's mean and variance, as the tile graph's feed."""
-        stats = self._layers(padded, strips, strip_rows, spool_ram, spool_dir, None, output=False)[1]
+                         strip_rows: int | None = None, spool_ram: int = 0, spool_dir: str | None = None,
+                         tick: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+        """The exact mode up to the last InstanceNorm: every one's mean and variance, as the tile graph's feed
+        (``tick()`` after each strip)."""
+        stats = self._layers(padded, strips, strip_rows, spool_ram, spool_dir, tick, output=False)[1]
         return {name: value for k, n in enumerate(self.spec.norms) for name, value in zip((n.mean, n.var), stats[k])}
 
     def _layers(self, padded: np.ndarray, strips: tuple[int, ...] | None, strip_rows: int | None, spool_ram: int,
-                spool_dir: str | None, progress: Any, *, output: bool
+                spool_dir: str | None, progress: Callable[[], None] | None, *, output: bool
                 ) -> tuple[np.ndarray | None, dict[int, tuple[np.ndarray, np.ndarray]]]:
         """Run the segments in strips (all, or without the last when not ``output``): (styled image, statistics)."""
         spec = self.spec
@@ -888,6 +991,8 @@ class TiledStyle:
                         if store:
                             spool.write(t.name, y0 // t.scale, block)
                     del res
+                    if progress is not None:
+                        progress()
                 for name, (s1, s2) in sums.items():
                     t = next(t for t in g.outputs if t.name == name)
                     count = (hgt // t.scale) * (wid // t.scale)
@@ -900,8 +1005,6 @@ class TiledStyle:
                         spool.drop(t.name)
                 log.debug("exact mode: segment %d/%d done (%s in RAM, %s on disk)", i + 1, len(segs),
                           format_bytes(spool.ram_used), format_bytes(spool.disk_bytes))
-                if progress is not None:
-                    progress()
             log.debug("exact mode: spool peak %s in RAM, %s on disk", format_bytes(spool.ram_peak),
                       format_bytes(spool.disk_bytes))
             self.last_spool = (spool.ram_peak, spool.disk_bytes)

@@ -425,6 +425,7 @@ def _source(frames: Any, fps: float | None, bgr: bool, stop: threading.Event) ->
         return
     if isinstance(frames, np.ndarray) and frames.ndim == 4:
         frames = iter(frames)
+    last: float | None = None
     for i, f in enumerate(frames):
         if stop.is_set():
             return
@@ -448,6 +449,13 @@ def _source(frames: Any, fps: float | None, bgr: bool, stop: threading.Event) ->
                 raise InvalidArgumentError(
                     f"Frame {i} has no timestamp and the stream has no fps." + note("fps=... or timed frames", fps))
             t = i / fps
+        if not math.isfinite(t) or (last is not None and t < last):
+            raise InvalidArgumentError(
+                f"Frame {i}'s timestamp {t} s " + ("is not finite" if not math.isfinite(t) else
+                                                 f"is before frame {i - 1}'s ({last} s)")
+                + "; the smoothing and switching timers need time that does not go backwards."
+                + note(f">= {last} s" if last is not None else "a finite number of seconds", f"{t} s"))
+        last = t
         yield _Item(i, t, rgb, pts, tb, rot)
 
 
@@ -594,9 +602,13 @@ def _style_items(stylizer: Stylizer, items: list[_Item], max_side: int | None) -
     rgbs = [it.rgb for it in items]
 
     def run(emotion: str) -> list[np.ndarray]:
-        if len(rgbs) == 1:
-            return [stylizer.stylize(rgbs[0], emotion=emotion, max_side=max_side).image]
-        return [r.image for r in stylizer.stylize_batch(rgbs, emotion=emotion, max_side=max_side)]
+        try:
+            if len(rgbs) == 1:
+                return [stylizer.stylize(rgbs[0], emotion=emotion, max_side=max_side).image]
+            return [r.image for r in stylizer.stylize_batch(rgbs, emotion=emotion, max_side=max_side)]
+        except InvalidImageError as exc:  # e.g. too small for the style network: say which frame
+            which = f"Frame {items[0].index}" if len(items) == 1 else f"Frames {items[0].index}-{items[-1].index}"
+            raise InvalidImageError(f"{which} of the stream: {exc}") from exc
 
     new = run(s.emotion)
     if s.previous is not None and s.fade < 1.0:

@@ -55,6 +55,33 @@ DEMO_NOTE = (
     "architectures but fixed seeded random weights. Emotions and styles it produces are meaningless; "
     "it exists to run and measure the pipeline. Export your own checkpoints for real use."
 )
+#: The demo bundle's trained weights in the source tree: ``styles/<emotion>.pth`` (fp16, the authors' format),
+#: trained by scripts/gpu/train_demo_styles.py from ``recipe.toml`` (see README.md there). A style whose file is
+#: absent (or every style, outside a source checkout) gets seeded untrained weights.
+DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "demo"
+
+
+def demo_style_path(emotion: str, root: str | Path | None = None) -> Path:
+    """Where the demo bundle's trained style network for ``emotion`` lives (it may not exist)."""
+    return Path(DEMO_WEIGHTS if root is None else root) / "styles" / f"{emotion}.pth"
+
+
+def demo_note(untrained_classifier: bool, untrained_styles: Sequence[str]) -> str:
+    """The demo bundle's note: :data:`DEMO_NOTE` when nothing is trained, else what is and what is not."""
+    if untrained_classifier and len(untrained_styles) == len(EMOTIONS):
+        return DEMO_NOTE
+    parts = (["the classifier"] if untrained_classifier else []) + (
+        [f"the style networks of {', '.join(untrained_styles)}"] if untrained_styles else [])
+    trained = "the style networks" if not untrained_styles else "the other style networks"
+    if not parts:
+        return ("Demo bundle: the classifier and the seven style networks are the project's trained demo weights "
+                "(weights/demo/README.md says how they were made).")
+    verb = "has" if parts == ["the classifier"] else "have"
+    return (f"DEMO BUNDLE, PARTLY UNTRAINED: {' and '.join(parts)} {verb} seeded random weights (UNTRAINED); "
+            f"{trained}{'' if untrained_classifier else ' and the classifier'} are trained "
+            "(weights/demo/README.md). "
+            + ("Its emotions are meaningless. " if untrained_classifier else "")
+            + "Export your own checkpoints for real use.")
 #: Face detectors emostyle-export can put into a bundle (None: none).
 DETECTORS = ("mtcnn", None)
 
@@ -88,6 +115,8 @@ class ExportPlan:
     labels: tuple[str, ...] = EMOTIONS
     demo: bool = False
     seed: int = 0
+    demo_weights: Path | None = None  # --demo: the trained weights' folder (default DEMO_WEIGHTS)
+    demo_trained_styles: bool = True  # --demo: False ignores the trained styles (every style seeded, untrained)
     opset: int = 17
     fp16: bool = False  # add verified mixed-precision FP16 graphs (CPU is enough)
     engines: EngineOptions | None = None  # build TensorRT engines for this GPU (implies fp16)
@@ -288,17 +317,40 @@ def _validate(plan: ExportPlan) -> None:
             raise ExportError(f"Style checkpoint for {emotion!r} not found: {src.path}.")
 
 
-def demo_styles(seed: int) -> Iterator[tuple[list[str], str, StyleCheckpoint, dict[str, Any]]]:
-    """(emotions served, style id, checkpoint, source record) of each demo style network."""
+def demo_styles(seed: int, weights: str | Path | None = None, trained: bool = True,
+                ) -> Iterator[tuple[list[str], str, StyleCheckpoint, dict[str, Any]]]:
+    """(emotions served, style id, checkpoint, source record) of each demo style network.
+
+    An emotion with a trained checkpoint (:func:`demo_style_path`) gets it, loaded
+    as any user checkpoint is; the others (all of them with ``trained=False``) get
+    seeded untrained weights (source family "demo"). The style ids are
+    ``demo-<emotion>`` either way.
+    """
     import torch
 
     from .models.transformer import TransformerNet
 
     for i, emotion in enumerate(EMOTIONS):
+        path = demo_style_path(emotion, weights)
+        if trained and path.is_file():
+            digest = source_digest(path)
+            ckpt = load_style_checkpoint(path)
+            yield [emotion], f"demo-{emotion}", ckpt, _checkpoint_source(path, digest, ckpt)
+            continue
         torch.manual_seed(seed + i)
         net = TransformerNet().eval()
         ckpt = StyleCheckpoint(model=net, family="demo", convention="imagenet", convention_source="demo")
         yield [emotion], f"demo-{emotion}", ckpt, {"family": "demo", "seed": seed + i}
+
+
+def _checkpoint_source(path: Path, digest: str, ckpt: StyleCheckpoint) -> dict[str, Any]:
+    """The manifest's record of a style checkpoint file."""
+    source: dict[str, Any] = {"path": str(path.resolve()), "sha256": digest, "family": ckpt.family}
+    if ckpt.metadata:
+        source["metadata"] = dict(ckpt.metadata)
+    if ckpt.dropped_keys:
+        source["dropped_keys"] = list(ckpt.dropped_keys)
+    return source
 
 
 def _user_styles(plan: ExportPlan) -> Iterator[tuple[list[str], str, StyleCheckpoint, dict[str, Any]]]:
@@ -315,12 +367,7 @@ def _user_styles(plan: ExportPlan) -> Iterator[tuple[list[str], str, StyleCheckp
         ckpt = load_style_checkpoint(path, forced)
         sid = _style_id(path, digest, ckpt.convention, taken)
         taken.add(sid)
-        source = {"path": str(path.resolve()), "sha256": digest, "family": ckpt.family}
-        if ckpt.metadata:
-            source["metadata"] = dict(ckpt.metadata)
-        if ckpt.dropped_keys:
-            source["dropped_keys"] = list(ckpt.dropped_keys)
-        yield emotions, sid, ckpt, source
+        yield emotions, sid, ckpt, _checkpoint_source(path, digest, ckpt)
 
 
 def demo_classifier(seed: int) -> Any:
@@ -371,17 +418,23 @@ def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> Manifest:
     (tmp / "styles").mkdir()
     styles: dict[str, StyleSpec] = {}
     emotions: dict[str, str] = {}
-    sources = demo_styles(plan.seed) if plan.demo else _user_styles(plan)
+    sources = demo_styles(plan.seed, plan.demo_weights, plan.demo_trained_styles) if plan.demo else _user_styles(plan)
+    untrained: list[str] = []
     with _progress(_count_styles(plan), "style graphs") as advance:
         for served, sid, ckpt, source in sources:
             styles[sid] = _add_style(plan, tmp, step, served, sid, ckpt, source, want_fp16)
             emotions.update({e: sid for e in served})
+            untrained += served if ckpt.family == "demo" else []
             advance()
+    if plan.demo and len(untrained) < len(EMOTIONS):
+        step("demo styles: trained weights for %s; untrained (seeded) for %s",
+             ", ".join(e for e in EMOTIONS if e not in untrained) or "none", ", ".join(untrained) or "none")
     return Manifest(
         root=tmp, format_version=FORMAT_VERSION, demo=plan.demo, labels=tuple(plan.labels), classifier=classifier,
         styles=styles, emotions={e: emotions[e] for e in plan.labels}, size_multiple=STYLE_SIZE_MULTIPLE,
         min_side=STYLE_MIN_SIDE, detector=_detector(tmp, step) if plan.detector else None,
-        note=DEMO_NOTE if plan.demo else "Exported from user checkpoints by emostyle-export.",
+        note=demo_note(clf.format == "demo", untrained) if plan.demo else
+        "Exported from user checkpoints by emostyle-export.",
         created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         tools=_tool_versions(), extra=dict(plan.extra))
 
@@ -594,8 +647,6 @@ def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) ->
     except OSError as exc:
         raise ExportError(f"Cannot create the bundle folder beside {dest}: " + sentence(exc)) from exc
     step = _Steps()
-    if plan.demo:
-        log.warning(DEMO_NOTE)
     try:
         manifest = _build(plan, tmp, step)
         if plan.engines is not None:
@@ -612,13 +663,19 @@ def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
-    step("bundle written to %s (%.1f MB)%s", dest, size / 1e6, " -- UNTRAINED DEMO WEIGHTS" if plan.demo else "")
+    if plan.demo and manifest.note != demo_note(False, []):
+        log.warning(manifest.note)
+    step("bundle written to %s (%.1f MB)%s", dest, size / 1e6,
+         " -- UNTRAINED DEMO WEIGHTS" if plan.demo and manifest.untrained_parts() else "")
     return dest
 
 
 def _refuse_inside_inputs(plan: ExportPlan, dest: Path) -> None:
-    """A bundle is never written into a folder it is exported from (a SavedModel folder, say)."""
-    sources = [] if plan.demo else [plan.classifier, *(s.path for s in plan.styles.values())]
+    """A bundle is never written into a folder it is exported from (a SavedModel folder, the demo weights)."""
+    if plan.demo:
+        sources = [Path(plan.demo_weights or DEMO_WEIGHTS)] if plan.demo_trained_styles else []
+    else:
+        sources = [plan.classifier, *(s.path for s in plan.styles.values())]
     for src in sources:
         src = Path(src).absolute()  # type: ignore[arg-type]
         if src.is_dir() and (dest == src or src in dest.parents):
@@ -626,9 +683,13 @@ def _refuse_inside_inputs(plan: ExportPlan, dest: Path) -> None:
                               "source." + note("-o outside the inputs", dest))
 
 
-def export_demo(out_dir: str | Path, force: bool = False, seed: int = 0) -> Path:
-    """Export the demo bundle: the paper's architectures with seeded, untrained weights."""
-    return export_bundle(ExportPlan(classifier=None, styles={}, demo=True, seed=seed), out_dir, force=force)
+def export_demo(out_dir: str | Path, force: bool = False, seed: int = 0, weights: str | Path | None = None,
+                trained_styles: bool = True) -> Path:
+    """Export the demo bundle: the paper's architectures with the trained demo styles that exist
+    (``weights``, default :data:`DEMO_WEIGHTS`; none with ``trained_styles=False``) and seeded,
+    untrained weights for the rest."""
+    return export_bundle(ExportPlan(classifier=None, styles={}, demo=True, seed=seed, demo_weights=weights,
+                                    demo_trained_styles=trained_styles), out_dir, force=force)
 
 
 def parse_labels(text: str | Sequence[str]) -> tuple[str, ...]:

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_argument_group("what to export")
-    src.add_argument("--demo", action="store_true", help="export the paper's architectures with seeded UNTRAINED weights")
+    src.add_argument("--demo", action="store_true", help="the demo bundle: the paper's architectures with the trained "
+                     "demo styles of weights/demo/styles where present, seeded UNTRAINED weights elsewhere")
     src.add_argument("--classifier", type=path_argument, metavar="PATH", help="Keras classifier: .keras, .h5 or SavedModel folder")
     src.add_argument("--style", action="append", default=[], metavar="EMOTION=PATH",
                      help="style checkpoint for an emotion (repeat for all seven)")

@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 
+# Debian's Chromium and ChromeDriver, for the browser tests of the service's page (tests/serving/test_serve_ui.py),
+# when run as root with apt-get (a fresh CI machine); elsewhere they fail without them (EMOSTYLE_SKIP_BROWSER=1 skips).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "note: no chromium/chromedriver; the page's browser tests will fail (sudo apt-get install chromium chromium-driver, or EMOSTYLE_SKIP_BROWSER=1)" >&2
+  fi
+fi
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 # A CPU build of PyTorch first, so that nothing below pulls CUDA wheels.

@@ -7,8 +7,10 @@
                        ``Accept: application/json``, JSON with the image in base64.
     POST /v1/classify  the same upload; JSON: emotion, scores, faces.
     GET  /healthz      200 while the process answers (liveness).
-    GET  /readyz       200 once the bundle is loaded and every graph has run once; else 503.
+    GET  /readyz       200 once the bundle is loaded and every graph has run once, and while a request would be
+                       admitted; else 503 (loading, failed, shutting down, or busy: --queue requests held).
     GET  /metrics      Prometheus text format.
+    GET  /             a page to try it in a browser (photo and webcam; ``emostyle_serve.ui``); not with ``ui=False``.
 
 Errors are JSON ``{"error": type, "message": ...}`` with the status of ``errors.http_status``.
 Nothing blocks the event loop: decoding and encoding run in the thread pool,
@@ -39,10 +41,18 @@ from starlette.routing import Route
 from emostyle_rt.errors import InvalidArgumentError, note
 from emostyle_rt.stylizer import StyleResult, Stylizer
 
-from . import codec
+from . import codec, ui
 from .batcher import Batcher, BatchStats, Job
 from .config import ServeConfig
-from .errors import BodyTooLargeError, ServeError, ServiceBusyError, ServiceUnavailableError, error_body, http_status
+from .errors import (
+    BodyTooLargeError,
+    RequestTimeoutError,
+    ServeError,
+    ServiceBusyError,
+    ServiceUnavailableError,
+    error_body,
+    http_status,
+)
 from .metrics import Metrics
 
 log = logging.getLogger("emostyle_serve")
@@ -80,7 +90,7 @@ class Service:
             c = self.config
             if self.stylizer is None:
                 self.stylizer = Stylizer(c.bundle, backend=c.backend, provider=c.provider, detector=c.detector,
-                                         no_face=c.no_face, max_pixels=c.max_pixels)
+                                         no_face=c.no_face, max_pixels=c.max_pixels, memory_budget=c.memory_budget)
             for label in self.stylizer.labels:
                 self.metrics.emotions.labels(label, "face")
             if c.warmup:
@@ -141,6 +151,11 @@ class Service:
 
     # -- admission ---------------------------------------------------------------------------
 
+    @property
+    def saturated(self) -> bool:
+        """Whether the next request would be refused with 429 (``queue`` requests held)."""
+        return self.admitted >= self.config.queue
+
     @contextlib.contextmanager
     def admit(self) -> Any:
         """Count a request in, or refuse it at once: 503 (not ready, shutting down), 429 (``queue`` admitted)."""
@@ -150,7 +165,7 @@ class Service:
             what = f"failed to start ({self.error})" if self.error else "loading the bundle and warming up"
             raise ServiceUnavailableError(f"The service is not ready: {what}." + note("GET /readyz = 200", "503"),
                                           retry_after=5)
-        if self.admitted >= self.config.queue:
+        if self.saturated:
             raise ServiceBusyError(
                 f"Too many requests at once ({self.admitted} admitted); try again after Retry-After seconds."
                 + note(f"at most {self.config.queue} at once (--queue)", self.admitted + 1),
@@ -184,10 +199,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def read_upload(request: Request, limit: int) -> tuple[bytes, dict[str, str]]:
-    """(image bytes, parameters) of a raw or multipart upload; query parameters, then form fields over them."""
+async def read_upload(request: Request, limit: int, timeout: float | None = None) -> tuple[bytes, dict[str, str]]:
+    """(image bytes, parameters) of a raw or multipart upload; query parameters, then form fields over them.
+    ``timeout``: seconds the client has to send the whole body (``RequestTimeoutError``, 408, after that)."""
     kind = codec.check_content_type(request.headers.get("content-type"))
-    body = await read_body(request, limit)
+    try:
+        body = await asyncio.wait_for(read_body(request, limit), timeout)
+    except asyncio.TimeoutError:
+        raise RequestTimeoutError(
+            f"The request body did not arrive within {timeout:g} s." + note(
+                f"the whole body within {timeout:g} s (--body-timeout)",
+                f"{request.headers.get('content-length') or 'an unknown number of'} bytes announced, not all sent")
+        ) from None
     params = {k: request.query_params[k] for k in PARAMS if k in request.query_params}
     if kind == "raw":
         return body, params
@@ -195,19 +218,26 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, dict[str, st
     async def replay() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=len(PARAMS) + 1,
+    try:  # two files allowed by the parser, so that a second one is named in the refusal below
+        form = await Request(request.scope, replay).form(max_files=2, max_fields=len(PARAMS) + 2,
                                                          max_part_size=64 << 10)
     except HTTPException as exc:
-        raise InvalidArgumentError(f"The multipart body cannot be parsed: {exc.detail}."
-                                   + note("multipart/form-data with a file field 'image'", "a malformed body")) from None
+        more = "Too many files" in str(exc.detail)
+        raise InvalidArgumentError(
+            ("The multipart body has more than one file; send one image per request."
+             if more else f"The multipart body cannot be parsed: {str(exc.detail).rstrip('.')}.")
+            + note("multipart/form-data with one file, in a field 'image'",
+                   "3 or more files" if more else "a malformed body")) from None
     try:
-        files = {k: v for k, v in form.multi_items() if isinstance(v, UploadFile)}
-        image = files.get("image") or next(iter(files.values()), None)
-        if image is None:
+        files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        if len(files) > 1:
+            raise InvalidArgumentError("The multipart body has more than one file; send one image per request."
+                                       + note("multipart/form-data with one file, in a field 'image'",
+                                              f"{len(files)} files (fields {', '.join(repr(k) for k, _ in files)})"))
+        if not files:
             raise InvalidArgumentError("The multipart body has no file." + note("a file field 'image'",
                                                                                  sorted(k for k, _ in form.multi_items())))
-        data = await image.read()
+        data = await files[0][1].read()
         params.update({k: v for k, v in form.multi_items() if k in PARAMS and isinstance(v, str)})
         return data, params
     finally:
@@ -234,6 +264,8 @@ def result_headers(res: StyleResult) -> dict[str, str]:
 def error_response(exc: BaseException) -> JSONResponse:
     status = http_status(exc)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, (ServiceBusyError, ServiceUnavailableError)) else None
+    if isinstance(exc, RequestTimeoutError):  # the rest of the body is never read: the connection cannot be reused
+        headers = {"Connection": "close"}
     return JSONResponse(error_body(exc), status_code=status, headers=headers)
 
 
@@ -264,7 +296,7 @@ def endpoint(service: Service, name: str, handler: Handler) -> Callable[[Request
 
 async def _infer(service: Service, request: Request, classify_only: bool) -> tuple[Any, bytes, codec.Answer]:
     c = service.config
-    data, params = await read_upload(request, c.max_body)
+    data, params = await read_upload(request, c.max_body, c.body_timeout)
     accept = None if classify_only else request.headers.get("accept")  # classify always answers JSON
     answer = codec.negotiate(accept, codec.sniff_format(data), codec.parse_format(params.get("format")))
     max_side = codec.parse_max_side(params.get("max_side"))
@@ -303,6 +335,10 @@ async def healthz(service: Service, request: Request) -> Response:
 
 
 async def readyz(service: Service, request: Request) -> Response:
+    if service.ready and service.saturated:  # a request now would get 429: say so, a balancer sends it elsewhere
+        retry = service.batcher.retry_after(service.admitted) if service.batcher is not None else 1
+        return JSONResponse({"status": "busy", "admitted": service.admitted, "queue": service.config.queue,
+                             "error": None}, status_code=503, headers={"Retry-After": str(retry)})
     if service.ready:
         st = service.stylizer
         return JSONResponse({"status": "ready", "bundle": str(st.manifest.root) if st else None,
@@ -341,6 +377,8 @@ def create_app(config: ServeConfig, *, stylizer: Stylizer | None = None) -> Star
         Route("/readyz", endpoint(service, "readyz", readyz), methods=["GET"]),
         Route("/metrics", endpoint(service, "metrics", metrics), methods=["GET"]),
     ]
+    if config.ui:
+        routes += [Route(path, endpoint(service, name, h), methods=["GET"]) for path, name, h in ui.routes(service)]
     app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers={HTTPException: _not_found})
     app.state.service = service
     return app

@@ -21,10 +21,10 @@ import threading
 import socket
 import sys
 import tempfile
-from pathlib import Path
 from typing import Iterator, Sequence
 
 from emostyle_rt.errors import BundleError, EmostyleError, InvalidArgumentError, note, sentence
+from emostyle_rt.cli import nonempty_path
 from emostyle_rt.logutil import setup_cli_logging
 from emostyle_rt.manifest import DEFAULT_BUNDLE, MANIFEST_NAME, bundle_hint, default_bundle, load_manifest
 
@@ -42,10 +42,14 @@ EXAMPLES = """examples:
        'localhost:8000/v1/stylize?max_side=512&format=webp'       # JSON: emotion, scores, faces, base64 image
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' localhost:8000/v1/classify
   curl localhost:8000/readyz ; curl localhost:8000/metrics
+  open http://localhost:8000/ in a browser: photo (pick, drop or paste) and webcam, side by side (--no-ui: none)
 
 batching: requests that arrive within --max-wait-ms of each other (up to --max-batch) share one
 classifier run and one style run per style. --queue bounds the requests held at once (reading,
 waiting, running); one more gets 429 with Retry-After, so memory stays bounded under any load.
+A client that stalls gets 408 and frees its connection and slot: its request line and headers must
+arrive within --header-timeout s, its body within --body-timeout s (/readyz says 503 "busy" while the
+queue is full; behind nginx and other proxies: docs/serving.md).
 SIGTERM or Ctrl-C stops taking connections and finishes the requests in flight (up to
 --graceful-timeout seconds). A file literally named "serve" is stylised with: emostyle ./serve -o ...
 Scale-out with Ray Serve (replicas of the same app): see docs/serving.md.
@@ -55,9 +59,10 @@ Scale-out with Ray Serve (replicas of the same app): see docs/serving.md.
 def _parser() -> argparse.ArgumentParser:
     d = ServeConfig(bundle="")
     p = argparse.ArgumentParser(prog="emostyle serve", description="Serve a bundle over HTTP: POST /v1/stylize, "
-                                "POST /v1/classify, GET /healthz, /readyz, /metrics.", epilog=EXAMPLES,
+                                "POST /v1/classify, GET /healthz, /readyz, /metrics, and a page to try it at GET /.",
+                                epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, default=None,
+    p.add_argument("--bundle", type=nonempty_path, default=None,
                    help=f"bundle folder (default: $EMOSTYLE_BUNDLE or {DEFAULT_BUNDLE})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -77,12 +82,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-face", default=d.no_face, help="'whole' (classify the whole image), 'error' (422), or an emotion")
     p.add_argument("--detector", default=None, help="face detector: the bundle's MTCNN (default), 'mtcnn', 'haar' or a "
                                                      "YuNet .onnx file")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "aoti"),
-                   help="runtime backend, as for emostyle (default auto: TensorRT engine, AOTInductor package, onnxruntime)")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "aoti", "openvino"),
+                   help="runtime backend, as for emostyle (default auto: TensorRT engine, AOTInductor package, "
+                        "OpenVINO on a CPU-only machine, onnxruntime)")
     p.add_argument("--provider", default=None, choices=("tensorrt", "cuda", "cpu"), help="force an onnxruntime provider")
+    p.add_argument("--memory-budget", metavar="SIZE", default=None,
+                   help="memory one style run of each worker may use, e.g. 2GB (default: the machine's available "
+                        "memory split between the workers, at most what keeps a worker near 2.5 GB peak RSS; larger "
+                        "photos go in tiles)")
     p.add_argument("--quality", type=int, default=None, help="JPEG / WebP quality of answers 1..100 (default: the library's)")
     p.add_argument("--strip-metadata", action="store_true", help="do not copy the upload's EXIF and ICC profile")
+    p.add_argument("--no-ui", action="store_true",
+                   help="no page at GET / (by default a browser there gets a page to try photos and the webcam)")
     p.add_argument("--no-warmup", action="store_true", help="say ready without running every graph once first")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout, metavar="S",
+                   help=f"seconds a client has to send a request's line and headers, from the connection (or the "
+                        f"next request's first byte); then 408 and the connection closes (default {d.header_timeout:g})")
+    p.add_argument("--body-timeout", type=float, default=d.body_timeout, metavar="S",
+                   help=f"seconds a client has to send a request's whole body once its headers are in; then 408, and "
+                        f"its --queue slot is free (default {d.body_timeout:g}: 32 MiB at 4.5 MB/s)")
+    p.add_argument("--keep-alive", type=float, default=5.0, metavar="S",
+                   help="seconds an idle kept-alive connection stays open (uvicorn's timeout_keep_alive; default 5; "
+                        "behind a proxy that keeps upstream connections, more than its idle timeout: docs/serving.md)")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds a shutdown waits for requests in flight (default 30)")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
@@ -136,6 +157,13 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         raise InvalidArgumentError(f"--max-body-mb {args.max_body_mb} must be positive." + note("> 0", args.max_body_mb))
     if not args.graceful_timeout >= 0:
         raise InvalidArgumentError(f"--graceful-timeout {args.graceful_timeout} is negative." + note(">= 0", args.graceful_timeout))
+    if not args.keep_alive > 0:
+        raise InvalidArgumentError(f"--keep-alive {args.keep_alive} must be positive." + note("> 0", args.keep_alive))
+    from emostyle_rt.tiling import parse_memory, worker_budget
+
+    # Each worker's share of the machine (they add up to what it has); one worker: the library's own default.
+    budget = parse_memory(args.memory_budget) if args.memory_budget is not None else \
+        worker_budget(args.workers) if args.workers > 1 else None
     bundle = default_bundle(args.bundle)
     try:
         load_manifest(bundle)
@@ -146,7 +174,9 @@ def _config(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(bundle=str(bundle), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
                        max_body=int(args.max_body_mb * (1 << 20)), max_pixels=args.max_pixels, backend=args.backend,
                        provider=args.provider, detector=args.detector, no_face=args.no_face, quality=args.quality,
-                       strip_metadata=args.strip_metadata, warmup=not args.no_warmup).check()
+                       strip_metadata=args.strip_metadata, warmup=not args.no_warmup,
+                       header_timeout=args.header_timeout, body_timeout=args.body_timeout, ui=not args.no_ui,
+                       memory_budget=budget).check()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,11 +186,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _config(args)
         _check_address(args.host, args.port)
+        from .protocol import http_protocol
+
+        http = http_protocol(args.http, config.header_timeout)  # uvicorn's parser with the header deadline
         from emostyle_rt.stylizer import Stylizer
 
         # Opened here so that a bad bundle, detector or --no-face fails now, with exit status 2.
         stylizer = Stylizer(config.bundle, backend=config.backend, provider=config.provider, detector=config.detector,
-                            no_face=config.no_face, max_pixels=config.max_pixels)
+                            no_face=config.no_face, max_pixels=config.max_pixels, memory_budget=config.memory_budget)
     except EmostyleError as exc:
         log.error("%s", exc)
         return 2
@@ -168,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     level = "debug" if args.verbose else "warning" if args.quiet else "info"
     common = dict(host=args.host, port=args.port, lifespan="on", log_level=level, access_log=args.access_log,
-                  timeout_graceful_shutdown=args.graceful_timeout, http=args.http, loop=args.loop)
+                  timeout_graceful_shutdown=args.graceful_timeout, http=http, loop=args.loop,
+                  timeout_keep_alive=args.keep_alive)
     if args.workers == 1:
         from .app import create_app
 
@@ -186,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     metrics_dir = tempfile.mkdtemp(prefix="emostyle-serve-metrics-")
     os.environ.update({CONFIG_ENV: config.to_env(), MULTIPROC_ENV: metrics_dir, QUIET_ENV: "1" if args.quiet else "0"})
-    log.info("Serving %s on http://%s:%d with %d worker processes.", config.bundle, args.host, args.port, args.workers)
+    log.info("Serving %s on http://%s:%d with %d worker processes (memory budget %s each).", config.bundle, args.host,
+             args.port, args.workers, "default" if config.memory_budget is None else f"{config.memory_budget / 1e9:.2f} GB")
     try:
         with _clean_exit_on_signals():
             uvicorn.run("emostyle_serve.app:app_from_env", factory=True, workers=args.workers, **common)

@@ -17,6 +17,12 @@ CONFIG_ENV = "EMOSTYLE_SERVE_CONFIG"
 SERVE_MAX_PIXELS = 40_000_000
 #: Largest request body: 32 MiB (a 40 Mpx JPEG is 10-20 MB).
 SERVE_MAX_BODY = 32 << 20
+#: Seconds a client has to send a request's line and headers (from the connection, or its first byte after an
+#: earlier answer): a stalled client holds a connection no longer (nginx's client_header_timeout is 60 s, between reads).
+HEADER_TIMEOUT_S = 10.0
+#: Seconds a client has to send a request's whole body once its headers are in (32 MiB at 4.5 MB/s): a stalled
+#: upload holds one of the --queue slots no longer, then gets 408 (nginx: client_body_timeout, between reads).
+BODY_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,13 @@ class ServeConfig:
     answered 429 with Retry-After, so memory stays within about ``queue x``
     (``max_body`` + the decoded image). ``max_pixels``: per image, checked from
     the header before decoding. ``warmup``: run every graph once before /readyz
-    says ready.
+    says ready. ``header_timeout`` / ``body_timeout``: seconds a client may take
+    to send a request's line and headers / its whole body; then 408, and the
+    connection (and its queue slot) is freed. ``ui``: serve the page at ``GET /``
+    (``emostyle_serve.ui``; ``--no-ui`` turns it off). ``memory_budget``: bytes
+    one style run of this process may use (None: the library's default, which
+    keeps one process' peak RSS at about 2.5 GB; ``emostyle serve --workers N``
+    gives each worker its share of the machine: ``emostyle_rt.tiling.worker_budget``).
     """
 
     bundle: str
@@ -45,10 +57,16 @@ class ServeConfig:
     quality: int | None = None
     strip_metadata: bool = False
     warmup: bool = True
+    header_timeout: float = HEADER_TIMEOUT_S
+    body_timeout: float = BODY_TIMEOUT_S
+    ui: bool = True
+    memory_budget: int | None = None
 
     def check(self) -> ServeConfig:
         """Raise ``InvalidArgumentError`` for a value that cannot work; the config itself otherwise."""
         ints = {"max_batch": 1, "queue": 1, "max_body": 1, "max_pixels": 1}
+        if self.memory_budget is not None:
+            ints["memory_budget"] = 1
         for name, low in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -58,6 +76,11 @@ class ServeConfig:
             raise InvalidArgumentError(
                 "max_wait_ms must be from 0 to 1000 (milliseconds a batch waits for more requests)."
                 + note("0..1000 (a few ms)", repr(self.max_wait_ms)))
+        for name in ("header_timeout", "body_timeout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 86400:
+                raise InvalidArgumentError(f"{name} must be a positive number of seconds."
+                                           + note("0 < seconds <= 86400", repr(v)))
         if self.quality is not None and (isinstance(self.quality, bool) or not isinstance(self.quality, int)
                                          or not 1 <= self.quality <= 100):
             raise InvalidArgumentError("quality must be an integer from 1 to 100." + note("1..100", repr(self.quality)))

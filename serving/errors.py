@@ -31,6 +31,13 @@ class BodyTooLargeError(ServeError):
     status = 413
 
 
+class RequestTimeoutError(ServeError):
+    """The client did not send its request (line and headers, or body) within the service's deadline: 408, and
+    the connection is closed (the rest of the body is not read)."""
+
+    status = 408
+
+
 class UnsupportedMediaTypeError(ServeError):
     """The request's Content-Type is not an image, application/octet-stream or multipart/form-data."""
 

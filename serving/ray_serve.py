@@ -70,8 +70,10 @@ def app(args: dict[str, str]) -> Any:
     known = {"num_replicas", "num_cpus", "num_gpus", "name"}
     fields = {k: v for k, v in args.items() if k not in known}
     conversions = {"max_batch": int, "queue": int, "max_body": int, "max_pixels": int, "max_wait_ms": float,
+                   "header_timeout": float, "body_timeout": float,
                    "quality": int, "strip_metadata": lambda v: v.lower() in ("1", "true", "yes"),
-                   "warmup": lambda v: v.lower() in ("1", "true", "yes")}
+                   "warmup": lambda v: v.lower() in ("1", "true", "yes"),
+                   "ui": lambda v: v.lower() in ("1", "true", "yes")}
     try:
         cfg = ServeConfig(**{k: conversions.get(k, str)(v) for k, v in fields.items()})
         replicas = args.get("num_replicas", "1")

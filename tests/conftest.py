@@ -14,6 +14,13 @@ for _name, _value in TF_QUIET_ENV.items():  # before any test imports TensorFlow
     os.environ.setdefault(_name, _value)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never write the developer's user cache (OpenVINO blobs and gate markers, TensorRT EP engines)."""
+    if not os.environ.get("EMOSTYLE_CACHE_DIR"):
+        os.environ["EMOSTYLE_CACHE_DIR"] = str(tmp_path_factory.mktemp("user-cache"))
+
+
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     """scikit-image's astronaut: a real 512x512 RGB photo, face at about (177, 66, 95, 95)."""
@@ -22,19 +29,35 @@ def astronaut() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut())
 
 
+def _trained_styles(bundle: Path) -> list[str]:
+    import json
+
+    styles = json.loads((bundle / "manifest.json").read_text()).get("styles", {})
+    return sorted(sid for sid, s in styles.items() if s.get("source", {}).get("family", "demo") != "demo")
+
+
 @pytest.fixture(scope="session")
 def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo bundle (seeded, untrained weights), exported once with every parity check.
+    """The demo bundle with seeded, untrained style networks, exported once with every parity check.
 
+    Seeded whatever weights/demo/styles holds: several tests need the untrained
+    networks' worst case (their output flickers and shows seams between naive
+    tiles); the trained demo styles have their own tests (tests/training).
     Set EMOSTYLE_TEST_BUNDLE to reuse a bundle already exported by the same code
-    (e.g. the README's engines/demo) and save about a minute.
+    and save about a minute; one with trained styles (engines/demo once the
+    trained weights are in the repo) is not reused.
     """
     reuse = os.environ.get("EMOSTYLE_TEST_BUNDLE")
-    if reuse:
+    if reuse and not _trained_styles(Path(reuse)):
         return Path(reuse)
+    if reuse:
+        import warnings
+
+        warnings.warn(f"EMOSTYLE_TEST_BUNDLE={reuse} has trained styles ({', '.join(_trained_styles(Path(reuse)))}); "
+                      "the tests export their own demo bundle with seeded styles", stacklevel=1)
     from emostyle_export.bundle import export_demo
 
-    return export_demo(tmp_path_factory.mktemp("bundles") / "demo")
+    return export_demo(tmp_path_factory.mktemp("bundles") / "demo", trained_styles=False)
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,7 @@ examples:
   emostyle-train style --style udnie.jpg --content photos -o happy.pth --steps 2000 --size 128 \\
       --style-weight 1e6 --tv-weight 1e-6 --style-layers relu1_2,relu2_2,relu3_3
   emostyle-train style ... --resume        # continue from <work>/checkpoint.pth
+  emostyle-train style ... --steps 3000 --time-limit 420   # at most 7 minutes, whatever step that is
   emostyle-train style --style candy.jpg --content data/faces -o angry.pth --temporal-weight 1e4
 """
 
@@ -185,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--steps", type=int, help="optimizer steps (instead of --epochs)")
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
     g.add_argument("--seed", type=int, default=0, help="initial weights and data order (default 0)")
+    g.add_argument("--time-limit", type=float, metavar="S", help="stop after S seconds (setup included) at the end "
+                   "of a step and write the output as if that were the last step; --resume continues later "
+                   "(for leased or shared GPUs)")
     g = s.add_argument_group("loss")
     g.add_argument("--content-weight", type=float, default=1.0, help="default 1.0 (the paper)")
     g.add_argument("--style-weight", type=float, default=4e5, help="default 400000 (the paper)")
@@ -272,7 +276,7 @@ def _style(args: argparse.Namespace) -> None:
         preview_images=args.preview_images, workers=args.workers, device=args.device,
     )
     res = train_style(cfg, args.output, work=args.work, resume=args.resume, progress=not args.quiet,
-                      force=args.force)
+                      time_limit=args.time_limit, force=args.force)
     print(res.output)
 
 
@@ -299,13 +303,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     rows = gram_distances(args.checkpoint, args.style, args.photos, size=args.size, style_size=args.style_size,
                           seed=args.seed)
     width = max(len(Path(r.photo).name) for r in rows)
-    print(f"{'photo':<{width}}  {'photo':>10}  {'untrained':>10}  {'trained':>10}  trained/untrained")
+    print(f"{'':<{width}}  {'style distance':^40}  {'content distance':^22}")
+    print(f"{'photo':<{width}}  {'photo':>10}  {'untrained':>10}  {'trained':>10}  {'tr/untr':>7}  {'untrained':>10}  "
+          f"{'trained':>10}")
     for r in rows:
         print(f"{Path(r.photo).name:<{width}}  {r.photo_distance:10.4g}  {r.untrained:10.4g}  {r.trained:10.4g}  "
-              f"{r.ratio:.4f}")
+              f"{r.ratio:7.4f}  {r.content_untrained:10.4g}  {r.content_trained:10.4g}")
     s = summary(rows)
     print(f"{'geo. mean':<{width}}  {s['photo']:10.4g}  {s['untrained']:10.4g}  {s['trained']:10.4g}  "
-          f"{s['ratio_trained_untrained']:.4f}")
+          f"{s['ratio_trained_untrained']:7.4f}  {s['content_untrained']:10.4g}  {s['content_trained']:10.4g}")
+    print("style distance: mean Gram MSE to the style image over the style layers (trained/untrained far below 1: "
+          "a style was learned); content distance: feature MSE to the photo at the content layer")
     if args.json:
         from emostyle_rt.fsutil import write_bytes_atomic
 

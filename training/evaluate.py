@@ -10,7 +10,9 @@ Gram matrices' mean squared error) between the style image and
 - the photo through the trained network.
 
 A trained style brings the photo's Gram statistics near the style image's:
-``trained / untrained`` far below 1.
+``trained / untrained`` far below 1. The content distance (the unweighted
+content loss: mean squared error of the content layer's features between the
+output and the photo) says how much of the photo is kept.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class GramRow:
     photo_distance: float
     untrained: float
     trained: float
+    content_untrained: float = float("nan")  # content distance of the untrained network's output to the photo
+    content_trained: float = float("nan")  # the same for the trained network
 
     @property
     def ratio(self) -> float:
@@ -78,6 +82,10 @@ def gram_distances(checkpoint: str | Path, style: str | Path, photos: Sequence[s
     def distance(x: torch.Tensor) -> float:
         return float(loss.style_distance(loss.vgg(x, loss.style_layers)))
 
+    def content(y: torch.Tensor, x: torch.Tensor) -> float:
+        a, b = loss.vgg(y, [loss.content_layer]), loss.vgg(x, [loss.content_layer])
+        return float(torch.nn.functional.mse_loss(a[loss.content_layer], b[loss.content_layer]))
+
     rows = []
     for path in _photos(photos):
         image, _ = try_read(path)
@@ -85,8 +93,8 @@ def gram_distances(checkpoint: str | Path, style: str | Path, photos: Sequence[s
             continue
         x = to_tensor(content_crop(image, size)).unsqueeze(0)
         with torch.no_grad():
-            rows.append(GramRow(str(path), distance(x), distance(run(untrained, "imagenet", x)),
-                                distance(run(trained.model, trained.convention, x))))
+            yu, yt = run(untrained, "imagenet", x), run(trained.model, trained.convention, x)
+            rows.append(GramRow(str(path), distance(x), distance(yu), distance(yt), content(yu, x), content(yt, x)))
     if not rows:
         raise DatasetError("None of the photos could be read." + f" Note: expected readable images, available "
                            f"{len(photos)} path(s).")
@@ -99,4 +107,6 @@ def summary(rows: Sequence[GramRow]) -> dict[str, float]:
         return float(np.exp(np.mean(np.log(np.maximum(v, 1e-30)))))
 
     return {"photo": gmean([r.photo_distance for r in rows]), "untrained": gmean([r.untrained for r in rows]),
-            "trained": gmean([r.trained for r in rows]), "ratio_trained_untrained": gmean([r.ratio for r in rows])}
+            "trained": gmean([r.trained for r in rows]), "ratio_trained_untrained": gmean([r.ratio for r in rows]),
+            "content_untrained": gmean([r.content_untrained for r in rows]),
+            "content_trained": gmean([r.content_trained for r in rows])}

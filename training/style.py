@@ -345,6 +345,8 @@ class _Run:
             self.history = {"content": [], "style": [], "tv": [], "temporal": [], "total": []}
         self.skipped = SkipLog()
         self.step_seconds: list[float] = []
+        self.loop_seconds = 0.0  # wall time in the training loop this session (data waits included)
+        self.stopped_early = False  # the time limit ended the run before the planned step
         self.preview_inputs: list[np.ndarray] = []
 
     # -- state
@@ -490,7 +492,8 @@ class _Run:
                  f", temporal {recent['temporal']:.4g}" if "temporal" in recent else "", n,
                  n / max(sum(self.step_seconds[-n:]), 1e-9))
 
-    def run(self, progress: bool) -> None:
+    def run(self, progress: bool, deadline: float | None = None) -> None:
+        """Train to the planned step; stop early (after a whole step) once ``time.monotonic()`` passes ``deadline``."""
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -532,6 +535,11 @@ class _Run:
                 if interrupt["stop"]:
                     self.save_checkpoint()
                     raise KeyboardInterrupt
+                if deadline is not None and time.monotonic() >= deadline and self.step < total:
+                    self.stopped_early = True
+                    log.warning("time limit reached at step %d of %d: stopping here and writing the output "
+                                "(--resume with the same settings continues)", self.step, total)
+                    break
 
 
 def _median_steady(seconds: Sequence[float]) -> float | None:
@@ -588,7 +596,7 @@ def _output_dict(run: _Run) -> dict[str, Any]:
 
 
 def train_style(config: StyleConfig, output: str | Path, *, work: str | Path | None = None, resume: bool = False,
-                progress: bool = True, force: bool = False) -> StyleResult:
+                progress: bool = True, time_limit: float | None = None, force: bool = False) -> StyleResult:
     """Train a style network and write it to ``output`` in the authors' checkpoint format.
 
     ``resume=True`` continues from ``work/checkpoint.pth`` (settings that change
@@ -596,10 +604,17 @@ def train_style(config: StyleConfig, output: str | Path, *, work: str | Path | N
     an existing checkpoint is an error rather than silently overwritten. An
     existing ``output`` is replaced only with ``force``; an input never, and the
     work folder must be the tool's own (:mod:`emostyle_train.outputs`).
+    ``time_limit`` (seconds from this call, setup included): once passed, the
+    run stops after the current step and writes everything as if that step had
+    been the last (report.json says so); ``resume=True`` later continues it.
     """
     import torch
 
     t_start = time.perf_counter()
+    deadline = None
+    if time_limit is not None:
+        _positive("time_limit", time_limit)
+        deadline = time.monotonic() + time_limit
     plan = plan_style(config, Path(output), Path(work) if work else None)
     check_run(plan.output, force, [Path(config.style), *plan.files], [Path(config.content)], plan.work, "style",
               resume=resume)
@@ -633,7 +648,9 @@ def train_style(config: StyleConfig, output: str | Path, *, work: str | Path | N
     if run.step == 0:
         run.write_preview()
     if run.step < plan.total_steps:
-        run.run(progress)
+        t_loop = time.perf_counter()
+        run.run(progress, deadline)
+        run.loop_seconds = time.perf_counter() - t_loop
     run.save_checkpoint()
     run.write_curves()
     run.write_preview()
@@ -649,7 +666,12 @@ def train_style(config: StyleConfig, output: str | Path, *, work: str | Path | N
               "steps_per_epoch": plan.steps_per_epoch, "num_of_datapoints": result.num_of_datapoints,
               "skipped_images": {"count": run.skipped.count, "files": run.skipped.files},
               "first_losses": first, "last_losses": last, "median_step_s": result.median_step_s,
-              "device": str(device), "seconds_this_session": round(result.seconds, 2)}
+              "device": str(device), "seconds_this_session": round(result.seconds, 2),
+              # steps this session over the loop's wall time: the throughput, data waits and side outputs included
+              "loop_seconds": round(run.loop_seconds, 3), "loop_steps": len(run.step_seconds),
+              "steps_planned": plan.total_steps, "stopped_by_time_limit": run.stopped_early}
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
     if config.temporal_weight:
         report["temporal"] = _temporal_report(config, first, last)
     write_bytes_atomic(plan.work / "report.json", (json.dumps(report, indent=2) + "\n").encode())

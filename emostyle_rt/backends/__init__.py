@@ -1,10 +1,10 @@
-"""Runtime backends: one small runner interface over onnxruntime, TensorRT and AOTInductor.
+"""Runtime backends: one small runner interface over onnxruntime, TensorRT, AOTInductor and OpenVINO.
 
 A runner loads one graph and runs it: ``run({input_name: array}) -> {output_name: array}``;
 ``close()`` frees what it holds (:mod:`.base`). ``runner_for(manifest, key)`` is
 what the Stylizer calls. With ``backend="auto"`` it asks each compiled-engine
 backend of :data:`ENGINES` in turn (native TensorRT engine, then AOTInductor
-package) and falls back to onnxruntime, whose providers, precision and memory
+package, then OpenVINO on a CPU-only machine) and falls back to onnxruntime, whose providers, precision and memory
 strategy are chosen in :mod:`.onnxruntime`.
 
 An engine backend is a module that provides::
@@ -12,6 +12,9 @@ An engine backend is a module that provides::
     RANGE: str  # how its shape range is called in messages, e.g. "the TensorRT engine's profiles"
     HAS_CLASSIFIER: bool  # False: it builds style graphs only; the classifier always runs in onnxruntime
     def find_runner(manifest: Manifest, key: str, *, required: bool = False) -> Runner | None
+    def check(manifest: Manifest, key: str) -> None  # find_runner(required=True)'s refusal, loading nothing
+    PRECISIONS: tuple[str, ...]  # optional: the ``precision=`` values it serves, passed to find_runner as
+                                 # ``precision=``; absent: auto/fp32/fp16 (its build decides), not passed
 
 ``key`` is ``"classifier"`` or a style id. It returns None (after logging why)
 when it has no usable engine for this machine, and imports its heavy library
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 
 from ..errors import BackendError, note
-from . import aoti, tensorrt
+from . import aoti, openvino, tensorrt
 from . import onnxruntime as ort_backend
 from .base import CACHE_ENV, OutsideProfileError, Runner, TensorInfo, cache_dir
 
@@ -41,15 +44,20 @@ if TYPE_CHECKING:
     from ..manifest import ClassifierSpec, Manifest, StyleSpec
 
 __all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FallbackRunner", "OutsideProfileError",
-           "Runner", "TensorInfo", "cache_dir", "choose_precision", "make_runner", "ort_runner_for", "runner_for"]
+           "Runner", "TensorInfo", "cache_dir", "check_engines", "choose_precision", "make_runner", "ort_runner_for",
+           "runner_for"]
 
 log = logging.getLogger(__name__)
 
 #: Compiled-engine backends, in the order ``backend="auto"`` tries them: name -> module (``find_runner``, ``RANGE``).
-ENGINES: dict[str, ModuleType] = {"tensorrt": tensorrt, "aoti": aoti}
+ENGINES: dict[str, ModuleType] = {"tensorrt": tensorrt, "aoti": aoti, "openvino": openvino}
 BACKENDS = ("auto", "onnxruntime", *ENGINES)
-#: "auto": the bundle's verified FP16 graph on a GPU provider when it has one, else FP32.
-PRECISIONS = ("auto", "fp32", "fp16")
+#: "auto": the bundle's verified FP16 graph on a GPU provider when it has one, else FP32. "bf16": style graphs in
+#: OpenVINO at bfloat16 on a CPU that has it (AVX512-BF16 / AMX), gated at PSNR >= 40 dB against FP32 (the classifier
+#: stays FP32: it takes under a millisecond).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+#: The precisions an engine without a ``PRECISIONS`` attribute serves (its build decides the rest).
+_ENGINE_PRECISIONS = ("auto", "fp32", "fp16")
 #: Key of the classifier graph in ``runner_for``; style graphs use their style id.
 CLASSIFIER = "classifier"
 
@@ -85,6 +93,10 @@ def choose_precision(precision: str, provider: str, spec: ClassifierSpec | Style
     """
     if precision not in PRECISIONS:
         raise BackendError(f"Unknown precision {precision!r}." + note(" or ".join(PRECISIONS), precision))
+    if precision == "bf16":
+        raise BackendError(
+            "precision='bf16' runs in OpenVINO only (style graphs, on a CPU with AVX512-BF16 or AMX), not onnxruntime."
+            + note("backend 'auto' or 'openvino' with OpenVINO installed (pip install 'emostyle-rt[cpu]')", provider))
     if precision == "fp16" and spec.fp16 is None:
         raise BackendError(
             f"precision='fp16' was asked for but the bundle has no FP16 graph for {spec.onnx}."
@@ -149,6 +161,12 @@ class FallbackRunner:
         self._warned: set[tuple[tuple[int, ...], ...]] = set()
         self._lock = threading.Lock()
 
+    def __getattr__(self, name: str) -> object:
+        """``memory_calibration`` (the tiling planner's) is the engine's, where it says one."""
+        if name == "memory_calibration":
+            return getattr(self._primary, name)
+        raise AttributeError(name)
+
     @property
     def inputs(self) -> tuple[TensorInfo, ...]:
         return self._primary.inputs
@@ -180,6 +198,15 @@ class FallbackRunner:
             r.close()
 
 
+def _serves(engine: ModuleType) -> tuple[str, ...]:
+    return getattr(engine, "PRECISIONS", _ENGINE_PRECISIONS)
+
+
+def _precision_arg(engine: ModuleType, precision: str) -> dict[str, str]:
+    """``precision=`` for engines that declare ``PRECISIONS`` (they pick their precision at load time)."""
+    return {"precision": precision} if hasattr(engine, "PRECISIONS") else {}
+
+
 def runner_for(
     manifest: Manifest,
     key: str,
@@ -195,11 +222,14 @@ def runner_for(
     ``backend="auto"``: the first compiled engine of :data:`ENGINES` that fits
     this machine (a native TensorRT engine, then an AOTInductor package), with
     onnxruntime behind it for shapes outside its range, else onnxruntime.
-    ``"tensorrt"`` / ``"aoti"``: that engine or an error (AOTInductor builds no
+    On a machine without a GPU provider, OpenVINO runs the style graphs when it
+    is installed (gated against onnxruntime; :mod:`.openvino`).
+    ``"tensorrt"`` / ``"aoti"`` / ``"openvino"``: that engine or an error (AOTInductor builds no
     classifier: it runs in onnxruntime). ``"onnxruntime"``:
     onnxruntime only, with ``provider`` as in ``make_runner``. ``precision``:
-    "auto" | "fp32" | "fp16" for onnxruntime (engines have their own, from the
-    build). ``cache``: the user cache folder (default :func:`cache_dir`).
+    "auto" | "fp32" | "fp16" for onnxruntime (TensorRT and AOTInductor have their own, from the
+    build); "bf16": style graphs in OpenVINO at bfloat16 (verified at first use).
+    ``cache``: the user cache folder (default :func:`cache_dir`).
     """
     if backend not in BACKENDS:
         raise BackendError(f"Unknown backend {backend!r}." + note(" or ".join(BACKENDS), backend))
@@ -211,20 +241,51 @@ def runner_for(
             + note("provider=None, or backend='onnxruntime'", provider)
         )
     _spec(manifest, key)
+    if precision == "bf16" and key == CLASSIFIER:
+        precision = "auto"  # bf16 is for style graphs; the classifier stays FP32
+    if backend in ENGINES and precision not in _serves(ENGINES[backend]):
+        raise BackendError(f"backend={backend!r} does not run precision={precision!r}."
+                           + note(" or ".join(_serves(ENGINES[backend])), precision))
     if backend in ENGINES and key == CLASSIFIER and not ENGINES[backend].HAS_CLASSIFIER:
         return ort_runner_for(manifest, key, precision=precision, cuda_graph=cuda_graph, cache=cache)
     if backend in ENGINES:
-        runner = ENGINES[backend].find_runner(manifest, key, required=True)
+        runner = ENGINES[backend].find_runner(manifest, key, required=True, **_precision_arg(ENGINES[backend], precision))
         if runner is None:  # a hook that returned None although required
             raise BackendError(f"No usable {backend} engine for {key!r} in bundle {manifest.root}.")
         log.info("%s: using %s", key, runner.name)
         return runner
     if backend == "auto" and provider is None:
         for engine in ENGINES.values():
-            runner = engine.find_runner(manifest, key, required=False)
+            if precision not in _serves(engine):
+                continue
+            runner = engine.find_runner(manifest, key, required=False, **_precision_arg(engine, precision))
             if runner is not None:
                 log.info("%s: using %s", key, runner.name)
                 return FallbackRunner(runner, lambda: ort_runner_for(manifest, key, precision=precision,
                                                                      cuda_graph=cuda_graph, cache=cache),
                                       key, engine.RANGE)
     return ort_runner_for(manifest, key, provider=provider, precision=precision, cuda_graph=cuda_graph, cache=cache)
+
+
+def check_engines(manifest: Manifest, backend: str) -> None:
+    """Refuse now a required engine backend (``"tensorrt"``, ``"aoti"``) without a usable engine here for every
+    graph it would run (each style; the classifier too where it builds one): one ``BackendError`` naming all
+    that are missing, before any image, instead of one failure per image. Looked up, not loaded (the same
+    lookup as :func:`runner_for`); other backends pass."""
+    engine = ENGINES.get(backend)
+    if engine is None:
+        return
+    keys = ([CLASSIFIER] if engine.HAS_CLASSIFIER else []) + list(manifest.styles)
+    missing: dict[str, BackendError] = {}
+    for key in keys:
+        try:
+            engine.check(manifest, key)
+        except BackendError as exc:
+            missing[key] = exc
+    if not missing:
+        return
+    if len(missing) == 1:
+        raise next(iter(missing.values()))
+    first_key, first = next(iter(missing.items()))
+    raise BackendError(f"backend={backend!r} has no usable engine here for {len(missing)} of the bundle's {len(keys)} "
+                       f"graphs ({', '.join(repr(k) for k in missing)}); for {first_key!r}: {first}")

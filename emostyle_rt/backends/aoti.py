@@ -29,6 +29,9 @@ import functools
 import json
 import logging
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..engines import AotiHost, AotiSidecar, cpu_isas, find_package
+from ..engines import AOTI_DIR, AotiHost, AotiSidecar, cpu_isas, find_package
 from ..errors import BackendError, InvalidImageError, note
 from .base import OutsideProfileError, TensorInfo, cache_dir
 
@@ -52,6 +55,9 @@ HAS_CLASSIFIER = False
 
 #: $EMOSTYLE_AOTI_PROBE=0 skips the child-process probe on first use (the build already probed the package).
 PROBE_ENV = "EMOSTYLE_AOTI_PROBE"
+#: $EMOSTYLE_AOTI_KEEP_FAILED=DIR: a package that fails its probe is copied into DIR with the child's whole output
+#: (``<name>.probe.log``), for a closer look; a failed build otherwise removes it.
+KEEP_FAILED_ENV = "EMOSTYLE_AOTI_KEEP_FAILED"
 PROBE_TIMEOUT_S = 300.0
 _PROBED_DIR = "aoti-probed"
 #: Packages whose probe failed in this process: package path -> why (not probed again, warned once).
@@ -121,7 +127,10 @@ def probe(package: Path, side: AotiSidecar, inputs: Mapping[str, np.ndarray] | N
     """Load ``package`` and run it on ``inputs`` (default: one image of the smallest size) in a child process.
 
     Returns the outputs; :class:`BackendError` saying how the child ended when it
-    crashed, hung or failed (the calling process is never at risk).
+    crashed, hung or failed (the calling process is never at risk). The child
+    runs with faulthandler and ``TORCH_SHOW_CPP_STACKTRACES=1`` and says each
+    step on stderr, so a crash comes back with the signal's name, the step it
+    was at and the Python (and C++) stack, not "no message".
     """
     if inputs is None:
         _, h, w, c = side.profile.min
@@ -131,22 +140,85 @@ def probe(package: Path, side: AotiSidecar, inputs: Mapping[str, np.ndarray] | N
         np.savez(src, **inputs)
         cmd = probe_command(package, side.device, src, dst)
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            raise BackendError(f"AOTInductor package {package} did not finish its probe run in {timeout_s:.0f} s."
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False,
+                                  env=child_environment())
+        except subprocess.TimeoutExpired as exc:
+            said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+            raise BackendError(f"AOTInductor package {package} did not finish its probe run in {timeout_s:.0f} s"
+                               f"{'; its last words: ' + tail_text(said) if said.strip() else ''}."
                                + note("load + one run", "a hang")) from None
         if done.returncode != 0 or not dst.is_file():
-            how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
-            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            how = exit_description(done.returncode)
+            kept = _keep_failed(package, f"{' '.join(cmd)}\n{how}\n{done.stdout}\n{done.stderr}")
             raise BackendError(f"AOTInductor package {package} failed its probe run in a child process ({how}): "
-                               f"{tail or 'no message'}." + note("load + one run that exit 0", how))
+                               f"{tail_text(done.stderr or done.stdout) or 'no message'}"
+                               f"{f' (package and whole output kept in {kept})' if kept else ''}."
+                               + note("load + one run that exit 0", how))
         with np.load(dst) as out:
             return {k: out[k] for k in out.files}
 
 
+def _keep_failed(package: Path, said: str) -> Path | None:
+    """Copy a package that failed its probe, and what the child said, into $EMOSTYLE_AOTI_KEEP_FAILED; best effort."""
+    where = os.environ.get(KEEP_FAILED_ENV)
+    if not where:
+        return None
+    try:
+        folder = Path(where)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(package, folder / package.name)
+        (folder / f"{package.name}.probe.log").write_text(said)
+        return folder
+    except OSError as exc:
+        log.warning("Cannot keep the failed package %s in %s: %s", package, where, exc)
+        return None
+
+
+#: Environment of child processes that load packages: C++ stacks in torch's errors, faulthandler on crashes.
+CHILD_ENV = {"TORCH_SHOW_CPP_STACKTRACES": "1", "PYTHONFAULTHANDLER": "1"}
+
+
+def child_interpreter() -> list[str]:
+    """This Python with faulthandler on (a fatal signal prints every thread's Python stack to stderr)."""
+    return [sys.executable, "-X", "faulthandler"]
+
+
+def child_environment() -> dict[str, str]:
+    """The environment of a probe child: this one plus :data:`CHILD_ENV`."""
+    return {**os.environ, **CHILD_ENV}
+
+
+def exit_description(returncode: int) -> str:
+    """How a child ended, for messages: "killed by signal 11 (SIGSEGV)" or "exit status 1"."""
+    if returncode < 0:
+        try:
+            name = f" ({signal.Signals(-returncode).name})"
+        except ValueError:
+            name = ""
+        return f"killed by signal {-returncode}{name}"
+    return f"exit status {returncode}"
+
+
+_CPP_FRAME = re.compile(r"^\s*(#\d+|frame #\d+)")
+_KEY_LINE = re.compile(r"Error|error:|Exception|Fatal Python error|Segmentation|Aborted|what\(\)|CUDA|File \"")
+
+
+def tail_text(text: str, chars: int = 4000) -> str:
+    """What a child said, for one message line: the step it was at, the error lines and the Python frames
+    (C++ stack frames left out: ``TORCH_SHOW_CPP_STACKTRACES`` prints dozens), then its last lines.
+    Joined with " | ", at most ``chars`` characters (the end kept)."""
+    lines = [line.rstrip() for line in (text or "").splitlines() if line.strip()]
+    steps = [line for line in lines if line.startswith("step: ")]
+    said = [line for line in lines if not line.startswith("step: ") and not _CPP_FRAME.match(line)]
+    keys = [line for line in said if _KEY_LINE.search(line)][-12:]
+    last = [line for line in said[-6:] if line not in keys]
+    kept = " | ".join(([f"at {steps[-1]}"] if steps else []) + keys + last)
+    return kept if len(kept) <= chars else "..." + kept[-chars:]
+
+
 def probe_command(package: Path, device: str, inputs: Path, outputs: Path) -> list[str]:
     """The child process' command line (this module's ``__main__``)."""
-    return [sys.executable, "-m", __name__, str(package), "--device", device, "--inputs", str(inputs),
+    return [*child_interpreter(), "-m", __name__, str(package), "--device", device, "--inputs", str(inputs),
             "--outputs", str(outputs)]
 
 
@@ -192,24 +264,51 @@ def load_package(torch: Any, path: str | Path) -> Callable[[Any], Any]:
     return lambda t: loader.boxed_run([t])[0]
 
 
+def cuda_context(torch: Any, device: Any) -> None:
+    """Make the device's primary CUDA context current in this thread before a package is loaded onto it.
+
+    A CUDA package's constants are copied and its kernels loaded into the current
+    context; creating it first (as any torch tensor on the device does) keeps a
+    load from being the process' first CUDA call.
+    """
+    torch.zeros(1, device=device)
+
+
 def _first(y: Any) -> Any:
     return y[0] if isinstance(y, (list, tuple)) else y
 
 
+def _step(text: str) -> None:
+    """Say on stderr what the child does next (the last line before a crash says where it died)."""
+    print(f"step: {text}", file=sys.stderr, flush=True)
+
+
 def _child(argv: Sequence[str] | None = None) -> int:
+    import faulthandler
+
+    faulthandler.enable()
     ap = argparse.ArgumentParser(prog=f"python -m {__name__}")
     ap.add_argument("package")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--inputs", required=True)
     ap.add_argument("--outputs", required=True)
     a = ap.parse_args(argv)
+    _step("import torch")
     import torch
 
+    if a.device == "cuda":
+        _step("create the CUDA context")
+        cuda_context(torch, torch.device("cuda"))
+    _step(f"load package {a.package}")
     run = load_package(torch, a.package)
     out: dict[str, np.ndarray] = {}
     with np.load(a.inputs) as feed, torch.inference_mode():
         for name in feed.files:
-            out[name] = run(torch.from_numpy(feed[name]).to(a.device)).cpu().numpy()
+            _step(f"run {name} {list(feed[name].shape)} on {a.device}")
+            y = run(torch.from_numpy(feed[name]).to(a.device))
+            _step(f"copy {name}'s output to the host")
+            out[name] = y.cpu().numpy()
+    _step("write outputs")
     np.savez(a.outputs, **out)
     return 0
 
@@ -238,6 +337,8 @@ class AotiRunner:
         self._torch = torch
         self._device = torch.device(side.device)
         try:
+            if self._device.type == "cuda":
+                cuda_context(torch, self._device)
             self._model: Any = load_package(torch, self.package)
         except Exception as exc:  # torch raises RuntimeError and others for packages it cannot load
             raise BackendError(f"torch cannot load AOTInductor package {self.package}: {exc}") from exc
@@ -297,14 +398,9 @@ class AotiRunner:
             self._torch.cuda.empty_cache()
 
 
-def find_runner(manifest: Any, key: str, *, required: bool = False, device: str | None = None) -> AotiRunner | None:
-    """The hook ``runner_for`` calls: a runner, or None (or an error when ``required``).
-
-    A CUDA package is looked for when a CUDA GPU answers; a CPU package only
-    without one (onnxruntime's GPU providers beat a CPU package) or when
-    ``required`` (``backend="aoti"``). ``device`` ("cpu", "cuda") looks for that
-    device's package only (benchmarks).
-    """
+def _locate(manifest: Any, key: str, *, required: bool, device: str | None = None) -> tuple[Path, AotiSidecar] | None:
+    """The package (and its sidecar) ``find_runner`` would load, found without importing torch; None (or, when
+    ``required``, the ``BackendError`` saying what is missing)."""
     if key == "classifier" or key not in manifest.styles:
         if required:
             raise BackendError(f"AOTInductor packages exist for style graphs only, not {key!r}."
@@ -324,11 +420,34 @@ def find_runner(manifest: Any, key: str, *, required: bool = False, device: str 
                 f"No usable AOTInductor package for {key!r} in bundle {manifest.root}."
                 + note(f"aoti/{' or '.join(here.keys(devices[0])) or '<key>'}/{key}.pt2 (emostyle-export --bundle DIR "
                        "--aoti)", f"torch {here.torch_version}, CPU {list(here.cpu_isas)}, GPU "
-                                  f"{here.compute_capability or 'none'} (see the warnings above)"))
+                                  f"{here.compute_capability or 'none'}; " + (
+                                      "see the warnings above" if any(Path(manifest.root).glob(f"{AOTI_DIR}/*/{key}.pt2.json"))
+                                      else "the bundle has no package for it")))
         if here.torch_version is None:
             log.debug("No torch here; %s uses onnxruntime.", key)
         return None
+    return found
+
+
+def check(manifest: Any, key: str) -> None:
+    """Raise the ``BackendError`` that ``find_runner(required=True)`` would for a missing package, loading nothing
+    (``backend="aoti"`` is refused when a Stylizer is made, not at the first image of that style)."""
+    _locate(manifest, key, required=True)
+
+
+def find_runner(manifest: Any, key: str, *, required: bool = False, device: str | None = None) -> AotiRunner | None:
+    """The hook ``runner_for`` calls: a runner, or None (or an error when ``required``).
+
+    A CUDA package is looked for when a CUDA GPU answers; a CPU package only
+    without one (onnxruntime's GPU providers beat a CPU package) or when
+    ``required`` (``backend="aoti"``). ``device`` ("cpu", "cuda") looks for that
+    device's package only (benchmarks).
+    """
+    found = _locate(manifest, key, required=required, device=device)
+    if found is None:
+        return None
     package, side = found
+    spec = manifest.styles[key]
     try:
         if str(package) in _FAILED:
             raise BackendError(_FAILED[str(package)])

@@ -22,9 +22,11 @@ Memory, per provider:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
+import io
 import logging
 import os
 import re
@@ -100,8 +102,16 @@ _OOM = re.compile(r"Failed to allocate memory|out of memory|Available memory of 
                   r"bad allocation", re.IGNORECASE)
 
 
+#: onnxruntime (1.32 seen) writes a device id and an event store to ~/.cache/Microsoft/DeveloperTools/.onnxruntime
+#: when it is imported, for its telemetry; the runtime writes nothing but what its caller asked for, so it is off
+#: unless the environment says otherwise (as the --ray job does with Ray's usage statistics).
+TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
 def import_onnxruntime() -> Any:
-    """The onnxruntime module, or a typed error saying which extra installs it."""
+    """The onnxruntime module (its telemetry off unless $ORT_DISABLE_TELEMETRY is set), or a typed error saying
+    which extra installs it."""
+    os.environ.setdefault(TELEMETRY_ENV, "1")  # read when onnxruntime is first imported
     try:
         import onnxruntime
     except ImportError as exc:
@@ -188,6 +198,68 @@ def tensorrt_library_version() -> str | None:
     # NV_TENSORRT_VERSION: major*10000 + minor*100 + patch from TensorRT 10 on, major*1000 + minor*100 + patch before.
     base = 10000 if v >= 100000 else 1000
     return f"{v // base}.{v % base // 100}.{v % 100}"
+
+
+def _torch_imported() -> bool:
+    return "torch" in sys.modules
+
+
+def _site_with_nvidia_wheels(ort: Any) -> tuple[Path | None, bool]:
+    """(site folder holding pip's ``nvidia/`` CUDA wheels, whether it is onnxruntime's own) or (None, False)."""
+    own = Path(ort.__file__).resolve().parent.parent
+    if (own / "nvidia").is_dir():
+        return own, True
+    for entry in sys.path:
+        site = Path(entry or ".").resolve()
+        if site != own and (site / "nvidia").is_dir():
+            return site, False
+    return None, False
+
+
+@functools.lru_cache(maxsize=1)
+def preload_cuda_libraries() -> str:
+    """Load the CUDA and cuDNN libraries of the GPU providers once, before the first GPU session; what was done.
+
+    onnxruntime-gpu's provider library (``libonnxruntime_providers_cuda.so``)
+    finds libcublas, libcudart and cuDNN on the default library path only. pip
+    puts them in ``nvidia-*`` wheels (``onnxruntime-gpu[cuda,cudnn]``, or
+    PyTorch's) under a site folder, so without this a process that never
+    imported torch got an error block from onnxruntime and ran on the CPU.
+    ``onnxruntime.preload_dlls`` (1.21+) loads them from the wheels beside
+    onnxruntime; when they sit in another folder of ``sys.path`` (onnxruntime-gpu
+    on PYTHONPATH over a Python whose site-packages has PyTorch's wheels), each
+    of its ``nvidia/*/lib`` folders is given to it in turn. Nothing is done
+    when torch is imported (it loaded its own). Its printed notes go to the log
+    (DEBUG), not to stdout.
+    """
+    if _torch_imported():
+        what = "torch is imported (its CUDA libraries are loaded)"
+    else:
+        ort = import_onnxruntime()
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is None:
+            return f"onnxruntime {getattr(ort, '__version__', '?')} has no preload_dlls: the default library path"
+        site, own = _site_with_nvidia_wheels(ort)
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                if site is None or own:
+                    preload()
+                else:
+                    folders = sorted(str(d) for d in (site / "nvidia").glob("*/lib") if d.is_dir())
+                    for _ in range(2):  # twice: a library whose dependency sorts after it loads on the second pass
+                        for folder in folders:
+                            preload(directory=folder)
+        except Exception as exc:  # noqa: BLE001 - a failed preload leaves onnxruntime's own search
+            log.warning("Could not preload the CUDA libraries for onnxruntime (%s); it searches the default library "
+                        "path.", exc)
+            return f"preload failed: {exc}"
+        if printed.getvalue().strip():
+            log.debug("onnxruntime.preload_dlls said: %s", printed.getvalue().strip())
+        what = (f"onnxruntime.preload_dlls from {site / 'nvidia'}" if site is not None
+                else "onnxruntime.preload_dlls from the default library path")
+    log.info("CUDA libraries for onnxruntime: %s.", what)
+    return what
 
 
 def trt_ep_options(
@@ -459,6 +531,8 @@ class OrtRunner:
         if CUDA_OPTIONS and PROVIDERS["cuda"] in providers:
             provider_options[PROVIDERS["cuda"]] = {**CUDA_OPTIONS, **provider_options.get(PROVIDERS["cuda"], {})}
         with_options = [(p, provider_options[p]) if p in provider_options else p for p in providers]
+        if providers[0] in _GPU_FULL:
+            preload_cuda_libraries()
         try:
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=with_options)
         except Exception as exc:  # onnxruntime raises its own untyped errors

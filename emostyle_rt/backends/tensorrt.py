@@ -338,6 +338,26 @@ class TensorRTRunner:
             self._runtime = None
 
 
+def _missing(manifest: Any, key: str) -> BackendError:
+    """The error of a required engine that is not there for this machine."""
+    ident = runtime_identity()
+    have = "no tensorrt / cuda-python / GPU" if ident is None else f"TensorRT {ident[0]}, sm {ident[1]}"
+    return BackendError(
+        f"No usable TensorRT engine for {key!r} in bundle {manifest.root}."
+        + note(f"a valid {TRT_DIR}/<arch-key>/{model_key_for(key)}.plan for this machine", have)
+    )
+
+
+def check(manifest: Any, key: str) -> None:
+    """Raise the ``BackendError`` that ``find_runner(required=True)`` would for a missing engine, loading nothing
+    (``backend="tensorrt"`` is refused when a Stylizer is made, not at the first image of a style)."""
+    spec = manifest.classifier if key == "classifier" else manifest.styles[key]
+    ident = runtime_identity()
+    if spec.fp16 is None or ident is None or find_engine(manifest.root, model_key_for(key), ident[0], ident[1],
+                                                         source_sha256=spec.fp16.sha256) is None:
+        raise _missing(manifest, key)
+
+
 def find_runner(manifest: Any, key: str, *, required: bool = False) -> TensorRTRunner | None:
     """The hook ``emostyle_rt.backends.runner_for`` calls: a runner, or None (or an error when ``required``).
 
@@ -351,12 +371,7 @@ def find_runner(manifest: Any, key: str, *, required: bool = False) -> TensorRTR
         runner = open_engine_runner(manifest.root, model_key_for(key), source_sha256=spec.fp16.sha256,
                                     required=required)
     if runner is None and required:
-        ident = runtime_identity()
-        have = "no tensorrt / cuda-python / GPU" if ident is None else f"TensorRT {ident[0]}, sm {ident[1]}"
-        raise BackendError(
-            f"No usable TensorRT engine for {key!r} in bundle {manifest.root}."
-            + note(f"a valid {TRT_DIR}/<arch-key>/{model_key_for(key)}.plan for this machine", have)
-        )
+        raise _missing(manifest, key)
     return runner
 
 

@@ -25,6 +25,7 @@ from emostyle_export import aoti as build  # noqa: E402
 from emostyle_export.cli import _join_dash_values, build_parser, main  # noqa: E402
 from emostyle_export.errors import ExportError, ParityError  # noqa: E402
 from emostyle_rt.engines import AotiSidecar, package_paths  # noqa: E402
+from emostyle_rt.errors import BackendError  # noqa: E402
 from emostyle_rt.manifest import MANIFEST_NAME, load_manifest  # noqa: E402
 
 STATIC = build.AotiOptions(device="cpu", precision="fp32", max_batch=1, min_hw=(96, 128), opt_hw=(96, 128),
@@ -166,7 +167,11 @@ def test_runtime_runs_the_package_and_falls_back_outside_its_range(built: tuple[
     img = np.ascontiguousarray(astronaut[100:196, 200:328])  # 96x128: inside the static range
     with Stylizer(bundle, backend="onnxruntime") as ref_st:
         ref = ref_st.stylize(img, emotion="happy").image
-    with Stylizer(bundle, backend="aoti") as st:
+    with pytest.raises(BackendError, match=r"backend='aoti' has no usable engine here for 6 of the bundle's 7"):
+        Stylizer(bundle, backend="aoti")  # refused up front: the other styles have no package (not at their images)
+    m = load_manifest(bundle)
+    one = dataclasses.replace(m, styles={sid: m.styles[sid]}, emotions={e: sid for e in m.labels})
+    with Stylizer(one, backend="aoti") as st:  # every emotion on the packaged style
         out = st.stylize(img, emotion="happy").image
         assert st._style_runner(sid).name.startswith("aoti:cpu-")
     assert np.abs(out.astype(int) - ref).max() <= 1

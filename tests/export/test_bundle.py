@@ -15,7 +15,7 @@ import keras  # noqa: E402
 import torch  # noqa: E402
 
 from emostyle_export import bundle as bundle_mod  # noqa: E402
-from emostyle_export.bundle import ExportPlan, StyleSource, export_bundle  # noqa: E402
+from emostyle_export.bundle import DEMO_NOTE, ExportPlan, StyleSource, demo_note, export_bundle  # noqa: E402
 from emostyle_export.checkpoints import save_in_family  # noqa: E402
 from emostyle_export.cli import main as export_main  # noqa: E402
 from emostyle_export.models.transformer import TransformerNet  # noqa: E402
@@ -40,7 +40,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_demo_bundle_manifest(demo_bundle: Path) -> None:
     raw = json.loads((demo_bundle / "manifest.json").read_text())
-    assert raw["demo"] is True and "UNTRAINED" in raw["note"]
+    untrained = [e for e in EMOTIONS if raw["styles"][raw["emotions"][e]]["source"]["family"] == "demo"]
+    assert raw["demo"] is True
+    assert raw["note"] == demo_note(raw["classifier"]["source"]["format"] == "demo", untrained)
     assert raw["labels"] == list(EMOTIONS)
     assert raw["classifier"]["input"] == {"name": "face", "layout": "NHWC", "dtype": "uint8", "height": 128,
                                           "width": 128, "channels": 3, "color": "RGB"}
@@ -164,3 +166,38 @@ def test_fp16_added_to_existing_bundle_and_engines_refused_without_tensorrt(
     assert (dest / fp16["onnx_fp16"]).is_file() and raw["classifier"]["fp16"]["top1_agree"] is True
     assert oct((dest / fp16["onnx_fp16"]).stat().st_mode & 0o777) == oct((dest / style["onnx"]).stat().st_mode & 0o777)
     load_manifest(dest)
+
+
+def test_demo_note_and_warning_name_what_is_untrained(demo_bundle: Path, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Trained demo weights (weights/demo) make the untrained-weights note and warning shrink to what is left."""
+    assert demo_note(True, list(EMOTIONS)) == DEMO_NOTE
+    part = demo_note(True, ["sad", "fear"])
+    assert "PARTLY UNTRAINED" in part and "the classifier" in part and "sad, fear" in part
+    assert "classifier" not in demo_note(False, ["sad"]).split("UNTRAINED")[0] and "sad" in demo_note(False, ["sad"])
+    assert "UNTRAINED" not in demo_note(False, []) and "trained demo weights" in demo_note(False, [])
+
+    raw = json.loads((demo_bundle / "manifest.json").read_text())
+    for e in EMOTIONS:  # as if angry and happy had been exported from trained checkpoints, the others seeded
+        raw["styles"][raw["emotions"][e]]["source"] = ({"family": "authors", "path": "/x.pth", "sha256": "0" * 64}
+                                                       if e in ("angry", "happy") else {"family": "demo", "seed": 0})
+    copy = tmp_path / "b"
+    copy.mkdir()
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="emostyle_rt.manifest"):
+        m = load_manifest(copy, verify_files=False)
+        load_manifest(copy, verify_files=False)  # said once per bundle and process
+    assert m.untrained_parts() == ("classifier", "disgust", "fear", "sad", "surprise", "neutral")
+    said = [r.getMessage() for r in caplog.records if "UNTRAINED" in r.getMessage()]
+    assert len(said) == 1 and "the classifier" in said[0] and "disgust, fear" in said[0] and "happy" not in said[0]
+    raw["classifier"]["source"] = {"format": "keras", "path": "/e.keras", "sha256": "0" * 64}
+    for sid in raw["styles"]:
+        raw["styles"][sid]["source"] = {"family": "authors", "path": "/x.pth", "sha256": "0" * 64}
+    raw["created"] = "later"
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="emostyle_rt.manifest"):
+        assert load_manifest(copy, verify_files=False).untrained_parts() == ()
+    assert not [r for r in caplog.records if "UNTRAINED" in r.getMessage()]

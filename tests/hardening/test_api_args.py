@@ -99,3 +99,41 @@ def test_stylizer_with_an_unpicklable_detector_says_why(demo_bundle: Path) -> No
     st = Stylizer(demo_bundle, detector=_Returns(lambda: None))
     with pytest.raises(Exception, match="pickle"):
         pickle.dumps(st)
+
+
+# -- typed errors that say what they got (issue 22) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("bundle", "got"), [(123, "123 (int)"), (b"engines/demo", "(bytes)"), (None, "None (NoneType)"),
+                                             (["engines/demo"], "(list)"), ("", "'' (str)"), ("  ", "(str)")])
+def test_a_bundle_that_is_not_a_path_is_a_typed_error(bundle: Any, got: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"bundle.*Note: expected .*(path|PathLike)") as info:
+        Stylizer(bundle)
+    assert got in str(info.value)
+
+
+@pytest.mark.parametrize(("max_side", "got"), [("100", "'100' (a str)"), (100.0, "100.0 (a float)"),
+                                               (True, "True (a bool)"), (2, "available 2.")])
+def test_a_bad_max_side_says_what_it_got(st: Stylizer, max_side: Any, got: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="max_side must be an integer") as info:
+        st.stylize(ASTRONAUT[:64, :64], max_side=max_side)
+    assert got in str(info.value)
+
+
+def test_stream_refuses_timestamps_that_go_backwards(st: Stylizer) -> None:
+    f = np.ascontiguousarray(ASTRONAUT[:64, :64])
+    with pytest.raises(InvalidArgumentError, match=r"Frame 2's timestamp 0.2 s is before frame 1's \(0.5 s\)"):
+        list(st.stream([(0.0, f), (0.5, f), (0.2, f)], emotion="happy"))
+    with pytest.raises(InvalidArgumentError, match="Frame 1's timestamp nan s is not finite"):
+        list(st.stream([(0.0, f), (float("nan"), f)], emotion="happy"))
+    same = list(st.stream([(0.0, f), (0.0, f), (0.1, f)], emotion="happy"))  # equal times are allowed
+    assert [x.index for x in same] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_too_small_frame_names_its_frame_number(st: Stylizer, batch: int) -> None:
+    f = np.ascontiguousarray(ASTRONAUT[:64, :64])
+    frames = [f, f, f, np.ascontiguousarray(ASTRONAUT[:3, :3])]
+    with pytest.raises(Exception, match=r"Frame 3 of the stream: Image of 3x3 is too small") as info:
+        list(st.stream(frames, fps=10, emotion="happy", batch=batch))
+    assert type(info.value).__name__ == "InvalidImageError"

@@ -25,7 +25,7 @@ import pytest
 
 from emostyle_rt import cli, fsutil, imageio, manifest
 from emostyle_rt.cli import STATE_NAME, main
-from emostyle_rt.errors import BundleError, ImageWriteError, InvalidArgumentError
+from emostyle_rt.errors import BackendError, BundleError, ImageWriteError, InvalidArgumentError
 
 CROPS = [(0, 0, 256, 256), (40, 120, 200, 180), (100, 50, 240, 260), (256, 256, 256, 256),
          (10, 300, 230, 200), (200, 0, 250, 250), (60, 150, 180, 180), (300, 100, 200, 260)]
@@ -295,6 +295,21 @@ REFUSED = [
     (["a.jpg", "-o", "o.png", "--bundle", "nobundle"], BundleError,
      "No bundle at nobundle. Choose one with --bundle DIR or EMOSTYLE_BUNDLE=DIR, or make the demo bundle"),
     *([(["gifs", "-o", "g_out"], InvalidArgumentError, "would both be written to g_out/a.png")] if GIF else []),
+    # The input and output trees are apart (issue 22): inside, above, and a new folder named like a file.
+    (["in", "-o", "in/sub"], InvalidArgumentError, "Output folder in/sub is inside the input folder in"),
+    (["in", "-o", "in/.hidden"], InvalidArgumentError, "is inside the input folder in"),
+    (["in", "-o", "."], InvalidArgumentError, "Output folder . holds the input folder in"),
+    (["in", "-o", "x.jpg"], InvalidArgumentError, "Output x.jpg of the folder in is named like a file (.jpg)"),
+    (["in", "-o", "clip.MP4"], InvalidArgumentError, "is named like a file (.MP4)"),
+    # One rule for options that do not apply (as --seconds without --webcam).
+    (["a.jpg", "-o", "o.png", "--crossfade", "5"], InvalidArgumentError,
+     "--crossfade is for videos and the webcam, and the input a.jpg has no video"),
+    (["in", "-o", "in_out", "--coherence", "off", "--batch", "2"], InvalidArgumentError,
+     "--batch, --coherence are for videos and the webcam"),
+    (["a.jpg", "-o", "o.png", "--seconds", "3"], InvalidArgumentError, "--seconds and --preview are for --webcam"),
+    (["a.jpg", "-o", "o.png", "--max-pixels", "0"], InvalidArgumentError, "--max-pixels 0 is below 1"),
+    # Backends that cannot run here: refused once, before any file.
+    (["in", "-o", "in_out", "--backend", "aoti"], BackendError, "backend='aoti' has no usable engine here"),
 ]
 
 
@@ -376,3 +391,162 @@ def test_ctrl_c_writes_the_report_and_a_resume_keeps_emotions(photos: Path, demo
     again = json.loads(report.read_text())
     assert again["interrupted"] is False and [e["status"] for e in again["files"]] == ["exists"] * 2 + ["ok"] * 6
     assert [e["emotion"] for e in again["files"][:2]] == ["happy", "happy"]  # kept across the resume
+
+
+@pytest.mark.parametrize("argv", [["", "-o", "x.jpg"], ["   ", "-o", "out"], ["a.jpg", "-o", ""], ["in", "-o", ""],
+                                  ["in", "-o", "out", "--report", ""], ["a.jpg", "-o", "o.png", "--bundle", ""]],
+                         ids=["input", "blank-input", "output", "folder-output", "report", "bundle"])
+def test_empty_paths_are_refused(sandbox: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """An empty path is the working folder to pathlib: `emostyle "" -o x.jpg` walked it (other runs' outputs
+    included) into a new folder x.jpg. A script's unset variable is refused at the command line instead."""
+    before = _digests(sandbox), sorted(str(p) for p in sandbox.rglob("*"))
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "an empty path" in err and "Traceback" not in err, err
+    assert (_digests(sandbox), sorted(str(p) for p in sandbox.rglob("*"))) == before, "something was created"
+    with pytest.raises(InvalidArgumentError, match="An empty output path is refused"):
+        cli.plan(Path("in"), "")
+
+
+def test_a_new_folder_may_be_named_like_a_file_when_written_as_a_folder(sandbox: Path) -> None:
+    assert main(["in", "-o", "styled.jpg/", *FAST]) == 0  # the trailing slash says: a folder
+    assert sorted(p.name for p in (sandbox / "styled.jpg").iterdir()) == [STATE_NAME, "a.jpg", "b.png"]
+
+
+@pytest.mark.parametrize("fault", ["fsync", "rename"])
+def test_state_file_records_only_outputs_that_were_written(photos: Path, demo_bundle: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str], fault: str) -> None:
+    """A full disk (ENOSPC at fsync) or a failing rename at the third file: the state file holds a line for
+    each output that exists, and none for the one that failed (it once said "ok" with an emotion)."""
+    out = tmp_path / "styled"
+    if fault == "fsync":
+        monkeypatch.setattr(imageio.os, "fsync", _FullDisk(2))
+    else:
+        real, calls = os.replace, []
+
+        def replace(a: object, b: object) -> None:
+            calls.append(b)
+            if len(calls) == 3:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real(a, b)
+
+        monkeypatch.setattr(fsutil.os, "replace", replace)
+    assert main([str(photos), "-o", str(out), "--bundle", str(demo_bundle), *FAST]) == 1
+    assert "Stopping after 2 of" in capsys.readouterr().err
+    monkeypatch.undo()
+    written = sorted(_decodes(out, photos))
+    assert len(written) == 2 and not _temps(out)
+    lines = [json.loads(x) for x in (out / STATE_NAME).read_text().splitlines()]
+    assert sorted(e["output"] for e in lines) == written and all(e["status"] == "ok" for e in lines)
+
+
+def test_unwritable_report_or_output_folder_is_refused_before_the_work(sandbox: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A --report (or output) in a read-only folder is found before any file is styled, not after all of them.
+    The OS is asked (os.access): here it says "read-only" for one folder, as a read-only mount would to root."""
+    from emostyle_rt.stylizer import Stylizer
+
+    ro = sandbox / "ro"
+    (ro / "deep").mkdir(parents=True)
+    real_access, styled = os.access, []
+    monkeypatch.setattr(cli.os, "access", lambda p, mode, **k: False if Path(p).resolve() in (ro, ro / "deep")
+                        else real_access(p, mode, **k))
+    monkeypatch.setattr(Stylizer, "stylize", lambda *a, **k: styled.append(1))
+    before = _digests(sandbox), sorted(str(p) for p in sandbox.rglob("*"))
+    for argv, message in [
+        (["in", "-o", "out", "--report", "ro/r.json"], "Report ro/r.json cannot be written: ro is not writable"),
+        (["in", "-o", "out", "--report", "ro/new/r.json"], "Report ro/new/r.json cannot be written: ro is not writable"),
+        (["in", "-o", "ro/deep/out"], "Cannot write into the output folder ro/deep/out: ro/deep is not writable"),
+        (["a.jpg", "-o", "ro/x.png"], "Cannot write into the output folder ro: ro is not writable"),
+    ]:
+        assert main([*argv, *FAST]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert styled == [] and (_digests(sandbox), sorted(str(p) for p in sandbox.rglob("*"))) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a mode-0555 folder; the os.access test above covers it")
+def test_read_only_report_folder_is_refused_before_the_work(sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (sandbox / "ro").mkdir()
+    (sandbox / "ro").chmod(0o555)
+    try:
+        assert main(["in", "-o", "out", "--report", "ro/r.json", *FAST]) == 2
+        assert "ro is not writable" in capsys.readouterr().err and not (sandbox / "out").exists()
+    finally:
+        (sandbox / "ro").chmod(0o755)
+
+
+def test_a_backend_that_cannot_run_is_refused_once_before_any_file(sandbox: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """--backend aoti on a bundle without packages classified each file and skipped it, 1000 failures for 1000
+    files; now one error, exit 2, nothing styled or created (as --backend tensorrt always did)."""
+    from emostyle_rt.stylizer import Stylizer
+
+    classified: list[int] = []
+    monkeypatch.setattr(Stylizer, "classify", lambda *a, **k: classified.append(1))
+    before = _digests(sandbox), sorted(str(p) for p in sandbox.rglob("*"))
+    assert main(["in", "-o", "in_out", "--backend", "aoti", "--report", "r.json", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("No usable AOTInductor package") == 1 and "Traceback" not in err, err
+    assert classified == [] and (_digests(sandbox), sorted(str(p) for p in sandbox.rglob("*"))) == before
+
+
+def test_an_interrupted_folder_run_leaves_no_empty_folders(photos: Path, demo_bundle: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output folders are made when their first output is written, and a run removes those it made and left
+    empty: Ctrl-C on the first file leaves no mirrored sub/ (nor the output folder itself)."""
+    from emostyle_rt.stylizer import Stylizer
+
+    def ctrl_c(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "new" / "styled"
+    monkeypatch.setattr(Stylizer, "stylize", ctrl_c)
+    assert main([str(photos), "-o", str(out), "--bundle", str(demo_bundle), *FAST]) == 130
+    assert not (tmp_path / "new").exists()
+    # A failed write (full disk) in a new subfolder: that folder goes too, the ones with outputs stay.
+    monkeypatch.undo()
+    monkeypatch.setattr(imageio.os, "fsync", _FullDisk(7))  # the 8th file, sub/p7.jpg, fails
+    assert main([str(photos), "-o", str(out), "--bundle", str(demo_bundle), *FAST]) == 1
+    assert out.is_dir() and not (out / "sub").exists()
+
+
+#: The console script's two lines, with an import hook that stops the first import of numpy (the command's
+#: first second) until the parent has sent Ctrl-C: the interrupt lands inside the imports, by construction.
+_GATED_IMPORT = r"""
+import importlib.abc, socket, sys
+gate = socket.socket(fileno=int(sys.argv[1]))
+class Gate(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            gate.sendall(b"importing numpy\n")
+            gate.recv(1)  # the parent's SIGINT arrives while this waits
+        return None
+sys.meta_path.insert(0, Gate())
+sys.argv = ["emostyle", *sys.argv[2:]]
+from emostyle_rt.console import emostyle
+sys.exit(emostyle())
+"""
+
+
+def test_ctrl_c_while_the_command_imports_exits_130_without_a_traceback(sandbox: Path) -> None:
+    import socket
+    from importlib import metadata
+
+    (script,) = [e for e in metadata.entry_points(group="console_scripts") if e.name == "emostyle"]
+    assert script.value == "emostyle_rt.console:emostyle"  # what the gated run below starts
+    parent, child = socket.socketpair()
+    with parent:
+        proc = subprocess.Popen([sys.executable, "-c", _GATED_IMPORT, str(child.fileno()), "a.jpg", "-o", "o.png"],
+                                pass_fds=(child.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child.close()
+        parent.settimeout(120)
+        assert parent.recv(64) == b"importing numpy\n"  # it is importing now
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and err.strip() == "Interrupted.", err
+    assert not (sandbox / "o.png").exists()

@@ -81,10 +81,13 @@ def test_never_writes_over_inputs(demo_bundle: Path, photos: Path, tmp_path: Pat
     assert main([str(photos / "a.png"), "-o", str(photos / "a.png"), *b]) == 2
     assert main([str(photos / "a.png"), "-o", str(photos), *b]) == 2  # same name in the same folder
     assert _snapshot(photos) == before
-    # An output folder inside the input folder is not read back as input on a rerun.
-    assert main([str(photos), "-o", str(photos / "styled"), "--emotion", "sad", *b]) == 1
-    assert main([str(photos), "-o", str(photos / "styled"), "--emotion", "sad", *b]) == 1
-    assert _outputs(photos / "styled") == ["a.png", "sub/b.jpg"]
+    # The input and output trees are kept apart: an output folder inside the input folder (whose files would be
+    # taken for outputs, and whose outputs the next run would read) or above it (outputs mixed with what is
+    # around the input folder) is refused, and nothing is created.
+    for out in (photos / "styled", photos / "sub", photos / "sub" / "deep", photos.parent, photos.parent.parent):
+        assert main([str(photos), "-o", str(out), "--emotion", "sad", *b]) == 2, out
+    assert _snapshot(photos) == before and not (photos / "styled").exists() and not (photos / "sub" / "deep").exists()
+    assert sorted(p.name for p in photos.parent.iterdir()) == ["in"]
 
 
 def test_options_and_usage_errors(demo_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -160,3 +163,17 @@ def test_quality_and_metadata_flags_reach_the_writer(demo_bundle: Path, tmp_path
     assert main([str(src), "-o", str(tmp_path / "a.jpg"), *b]) == 0
     assert main([str(src), "-o", str(tmp_path / "b.webp"), "--quality", "40", "--strip-metadata", *b]) == 0
     assert calls == [{"quality": None, "meta": ("meta of", "p.jpg")}, {"quality": 40, "meta": None}]
+
+
+def test_max_pixels_is_a_flag_and_the_message_names_it(demo_bundle: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The 100 MP guard of the library was fixed in the command, while tiling styles any size: --max-pixels sets
+    it, and the refusal says so."""
+    src = write_image(tmp_path / "p.png", NO_FACE)  # 90x60 = 5400 pixels
+    b = ["--bundle", str(demo_bundle), "--emotion", "sad", "-q"]
+    assert main([str(src), "-o", str(tmp_path / "small.png"), "--max-pixels", "5000", *b]) == 1
+    err = capsys.readouterr().err
+    assert "too large to read (90x60 = 5400 pixels)" in err and "--max-pixels" in err, err
+    assert not (tmp_path / "small.png").exists()
+    assert main([str(src), "-o", str(tmp_path / "ok.png"), "--max-pixels", "5400", *b]) == 0
+    assert read_image(tmp_path / "ok.png").shape == NO_FACE.shape

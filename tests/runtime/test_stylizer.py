@@ -40,7 +40,9 @@ def _reference(st: Stylizer, rgb: np.ndarray, emotion: str) -> np.ndarray:
     spec = st.manifest.style_for(emotion)
     h, w = rgb.shape[:2]
     padded = np.pad(rgb, ((0, -h % 4), (0, -w % 4), (0, 0)), mode="reflect")
-    out = runner_for(st.manifest, spec.style_id, backend="onnxruntime").run({spec.input_name: padded[None]})
+    # The engine the Stylizer itself picked (OpenVINO or onnxruntime): the Stylizer's geometry is what is tested.
+    engine = st._style_runner(spec.style_id)
+    out = engine.run({spec.input_name: np.ascontiguousarray(padded[None])})
     return out[spec.output_name][0, :h, :w]
 
 
@@ -179,7 +181,10 @@ def test_batch_runs_each_style_once_per_group(demo_bundle: Path, monkeypatch: py
     for im, res in zip(images, results):
         single = st.stylize(im)
         assert single.emotion == res.emotion
-        np.testing.assert_array_equal(single.image, res.image)
+        if st._styles[res.style].name.startswith("onnxruntime:"):
+            np.testing.assert_array_equal(single.image, res.image)
+        else:  # OpenVINO's kernels differ with the batch size: within the bundle's 1 grey level, not bit for bit
+            assert np.abs(single.image.astype(int) - res.image).max() <= 1
     forced = st.stylize_batch(images[:2], emotion="disgust")
     assert {r.style for r in forced} == {st.manifest.emotions["disgust"]}
 
@@ -246,7 +251,8 @@ def test_provider_order_with_a_gpu(fake_gpu_build, monkeypatch: pytest.MonkeyPat
     assert fake_gpu_build.choose_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def test_runners_share_one_cpu_arena_without_per_run_shrinkage(st: Stylizer) -> None:
+def test_runners_share_one_cpu_arena_without_per_run_shrinkage(demo_bundle: Path) -> None:
+    st = Stylizer(demo_bundle, backend="onnxruntime")  # auto runs style graphs in OpenVINO where it is installed
     runner = st._style_runner(st.manifest.emotions["happy"])
     assert runner.name == "onnxruntime:CPUExecutionProvider"
     for r in (runner, st._classifier):  # memory strategy: see emostyle_rt.backends.onnxruntime.CPU_MEMORY_MODES

@@ -9,6 +9,7 @@ are measured by benchmarks/tiling.py, not here.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import replace
@@ -21,10 +22,11 @@ import pytest
 from emostyle_bench.tiling import naive, seam_ratio
 from emostyle_rt import Stylizer
 from emostyle_rt.backends import make_runner
-from emostyle_rt.errors import EmostyleError
+from emostyle_rt.errors import EmostyleError, InvalidArgumentError
 from emostyle_rt.imageio import pad_to_multiple
 from emostyle_rt.manifest import StyleSpec, TiledSpec, load_manifest
 from emostyle_rt.tiling import (
+    CALIBRATION,
     TILE_MODES,
     MemoryBudgetError,
     TiledStyle,
@@ -234,10 +236,12 @@ def test_budget_too_small_is_refused_before_running(tiled_bundle: Path, astronau
 def test_stylizer_tiles_over_budget_and_keeps_small_images_whole(tiled_bundle: Path, style: StyleSpec, whole,
                                                                   photo: np.ndarray, caplog) -> None:
     ref = whole(pad_to_multiple(photo, 4))[:photo.shape[0], :photo.shape[1]]
-    with Stylizer(tiled_bundle) as st:  # default budget: this small photo goes whole, unchanged
+    with Stylizer(tiled_bundle, backend="onnxruntime") as st:  # default budget: this small photo goes whole, unchanged
         assert np.array_equal(st.stylize(photo, emotion=EMOTION).image, ref)
         assert not st._tiled
-    budget = estimate_whole(style, *pad_to_multiple(photo, 4).shape[:2]) - 1
+    with Stylizer(tiled_bundle) as st:  # the engine's own estimate (OpenVINO's is lower than onnxruntime's)
+        calibration = getattr(st._style_runner(style.style_id), "memory_calibration", CALIBRATION)
+    budget = estimate_whole(style, *pad_to_multiple(photo, 4).shape[:2], calibration=calibration) - 1
     with caplog.at_level(logging.INFO, logger="emostyle_rt.stylizer"), \
             Stylizer(tiled_bundle, memory_budget=budget) as st:
         res = st.stylize(photo, emotion=EMOTION)
@@ -247,9 +251,10 @@ def test_stylizer_tiles_over_budget_and_keeps_small_images_whole(tiled_bundle: P
 
 
 
-def test_stylizer_fast_mode_keeps_alpha(tiled_bundle: Path, astronaut: np.ndarray) -> None:
+def test_stylizer_fast_mode_keeps_alpha(tiled_bundle: Path, style: StyleSpec, astronaut: np.ndarray) -> None:
     rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 77, np.uint8)])
-    with Stylizer(tiled_bundle, memory_budget="380MB", tile_mode="fast") as st:
+    budget = estimate_whole(style, 512, 512, calibration=1.2) - 1  # under OpenVINO's (and onnxruntime's) estimate
+    with Stylizer(tiled_bundle, memory_budget=budget, tile_mode="fast") as st:
         out = st.stylize(rgba, emotion=EMOTION).image
         assert st._tiled  # went tiled
     assert out.shape == rgba.shape and (out[..., 3] == 77).all()
@@ -318,3 +323,92 @@ def test_exact_mode_refuses_a_spool_the_disk_cannot_hold(tiled: TiledStyle, phot
     with pytest.raises(MemoryBudgetError, match="spool space") as err:
         tiled.run_exact(pad_to_multiple(photo, 4), strip_rows=32, spool_ram=0)
     assert "Note: expected" in str(err.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_tiled_graphs_on_openvino_equal_untiled(tiled_bundle: Path, style: StyleSpec, whole, photo: np.ndarray,
+                                                caplog) -> None:
+    """OpenVINO runs the tiled graphs where it runs the whole one: exact mode within 1 grey level of untiled."""
+    padded = pad_to_multiple(photo, 4)
+    ref = whole(padded)
+    tiled = TiledStyle(tiled_bundle, style, engine="openvino")
+    assert _diff(tiled.run_exact(padded, strip_rows=24), ref) <= 1  # 9 strips per layer
+    assert next(iter(tiled._runners.values())).name == "openvino:CPU:fp32"
+    ort = TiledStyle(tiled_bundle, style)
+    assert _diff(tiled.run_fast(padded, tile=96, stats_side=None), ort.run_fast(padded, tile=96, stats_side=None)) <= 1
+    with pytest.raises(InvalidArgumentError, match="engine"):
+        TiledStyle(tiled_bundle, style, engine="tvm")
+    # The Stylizer runs its tiles in onnxruntime, whatever runs its whole graphs (see TiledStyle's docstring).
+    budget = estimate_whole(style, *padded.shape[:2], calibration=1.2) - 1  # OpenVINO's estimate, less 1 byte
+    with Stylizer(tiled_bundle, memory_budget=budget) as st:
+        out = st.stylize(photo, emotion=EMOTION).image
+        assert st._tiled[style.style_id].engine == "onnxruntime"
+    assert _diff(out, ref[:photo.shape[0], :photo.shape[1]]) <= 1
+
+
+def test_default_budget_keeps_a_photo_near_the_peak_target(style: StyleSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default keeps peak RSS at about DEFAULT_PEAK_RSS on a machine with plenty free; 75% of it when not."""
+    from emostyle_rt import tiling as t
+
+    monkeypatch.setattr(t, "host_available", lambda: 20 << 30)  # a roomy machine: the peak rule decides
+    assert t.default_budget(held=300 << 20) == t.DEFAULT_PEAK_RSS - (300 << 20)
+    assert t.default_budget(held=5 << 30) == t.MIN_DEFAULT_BUDGET  # never below the smallest useful budget
+    monkeypatch.setattr(t, "host_available", lambda: 1 << 30)  # a small machine: 75% of what it has
+    assert t.default_budget(held=300 << 20) == int(0.75 * (1 << 30))
+    monkeypatch.setattr(t, "host_available", lambda: None)  # no /proc/meminfo: the peak rule alone
+    assert t.default_budget(held=0) == t.DEFAULT_PEAK_RSS
+    # What that means for photos (planner only): with OpenVINO's estimate a 2 MP photo runs whole, 12 MP in tiles.
+    budget = t.DEFAULT_PEAK_RSS - (300 << 20)
+    assert t.plan(style, 1224, 1632, budget, whole_calibration=1.2).mode == "whole"
+    assert t.plan(style, 3000, 4000, budget, whole_calibration=1.2).mode == "exact"
+    assert t.plan(style, 6000, 8000, budget).estimate <= budget  # 48 MP: tiled within it
+
+
+def test_worker_budgets_add_up_to_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from emostyle_rt import tiling as t
+
+    one = t.DEFAULT_PEAK_RSS - t.TYPICAL_HELD
+    assert t.worker_budget(1, available=64 << 30) == one  # plenty: each worker as one process alone
+    assert t.worker_budget(8, available=8 << 30) == int(0.75 * (8 << 30)) // 8  # shared: a share each
+    assert 8 * t.worker_budget(8, available=8 << 30) <= 8 << 30
+    assert t.worker_budget(64, available=8 << 30) == t.MIN_DEFAULT_BUDGET
+    monkeypatch.setattr(t, "host_available", lambda: 4 << 30)
+    assert t.worker_budget(2) == int(0.75 * (4 << 30)) // 2
+    with pytest.raises(InvalidArgumentError):
+        t.worker_budget(0)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_a_tiled_image_reports_its_steps(tiled_bundle: Path, style: StyleSpec, astronaut: np.ndarray,
+                                         mode: str) -> None:
+    """progress(done, total) after each step of a tiled image (a 24 MP photo took minutes at "0/1 file"):
+    every step counted once, in order, ending at the total; a photo styled whole takes no steps."""
+    photo = np.ascontiguousarray(astronaut)
+    budget = estimate_whole(style, 512, 512, calibration=1.2) - 1  # under OpenVINO's (and onnxruntime's) estimate
+    calls: list[tuple[int, int]] = []
+    with Stylizer(tiled_bundle, memory_budget=budget, tile_mode=mode) as st:
+        st.stylize(photo, emotion=EMOTION, progress=lambda d, t: calls.append((d, t)))
+        assert st._tiled  # went tiled
+        total = calls[0][1]
+        assert total > 1 and calls == [(k, total) for k in range(1, total + 1)], calls
+        with pytest.raises(InvalidArgumentError, match="progress must be a callable"):
+            st.stylize(photo, emotion=EMOTION, progress="bar")
+    calls.clear()
+    with Stylizer(tiled_bundle) as st:
+        st.stylize(photo, emotion=EMOTION, progress=lambda d, t: calls.append((d, t)))
+    assert calls == []
+
+
+def test_cli_shows_the_steps_of_a_tiled_photo(tiled_bundle: Path, style: StyleSpec, tmp_path: Path,
+                                              astronaut: np.ndarray,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from emostyle_rt import cli
+    from emostyle_rt.imageio import write_image
+
+    seen: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(cli._StepBar, "__call__", lambda self, d, t: seen.append((self.name, d, t)))
+    src = write_image(tmp_path / "big.png", astronaut)
+    assert cli.main([str(src), "-o", str(tmp_path / "out.png"), "--bundle", str(tiled_bundle), "--emotion", EMOTION,
+                     "--memory-budget", str(estimate_whole(style, 512, 512, calibration=1.2) - 1),
+                     "--tile-mode", "fast", "-q"]) == 0
+    assert seen and seen[-1][1] == seen[-1][2] and {n for n, _, _ in seen} == {"big.png"}

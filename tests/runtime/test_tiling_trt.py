@@ -275,7 +275,7 @@ def test_stylizer_with_tensorrt_plans_fixed_windows_and_passes_the_cache(
     monkeypatch.setattr(ortb, "choose_providers", lambda provider=None: list(_PROVIDERS[provider]))
     seen: list[tuple[TiledStyle, Any]] = []
 
-    def record(self: TiledStyle, padded: np.ndarray, p: Any) -> np.ndarray:
+    def record(self: TiledStyle, padded: np.ndarray, p: Any, progress: Any = None) -> np.ndarray:
         seen.append((self, p))
         return padded.copy()
 

@@ -42,3 +42,12 @@ def make_app(serve_stylizer: Stylizer) -> Callable[..., Any]:
 
     return make
 
+
+
+@pytest.fixture(scope="session")
+def browser() -> Any:
+    """One headless Chromium for the page's browser tests (uikit.chromium: skips or fails as it says)."""
+    from uikit import chromium
+
+    with chromium() as driver:
+        yield driver

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import struct
 import threading
 import zlib
@@ -108,6 +109,11 @@ def test_bad_requests_get_typed_4xx_and_the_service_stays_up(make_app: Any, phot
         ("form-urlencoded (curl -d)", dict(content=good, headers={"content-type": "application/x-www-form-urlencoded"}),
          415, "UnsupportedMediaTypeError", "Content-Type"),
         ("no file in multipart", dict(files={"emotion": (None, "sad")}), 400, "InvalidArgumentError", "no file"),
+        ("two files", dict(files=[("image", ("a.jpg", good, "image/jpeg")), ("other", ("b.jpg", good, "image/jpeg"))]),
+         400, "InvalidArgumentError", "more than one file; send one image per request. Note: expected multipart/"
+         "form-data with one file, in a field 'image', available 2 files (fields 'image', 'other')"),
+        ("three files", dict(files=[(f"f{k}", (f"{k}.jpg", good, "image/jpeg")) for k in range(3)]), 400,
+         "InvalidArgumentError", "more than one file"),
         ("empty file", dict(files={"image": ("x.jpg", b"", "image/jpeg")}), 422, "ImageReadError", "0 bytes"),
         ("broken multipart", dict(content=b"--xyz\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=abc"}),
          400, "InvalidArgumentError", "multipart"),
@@ -124,9 +130,12 @@ def test_bad_requests_get_typed_4xx_and_the_service_stays_up(make_app: Any, phot
                 assert r.status_code == status, (name, r.text)
                 j = r.json()
                 assert j["error"] == kind and word in j["message"] and "Note: expected" in j["message"], (name, j)
+                assert not re.search(r"(?<!\.)\.\.(?=\s|$)", j["message"]), f"doubled full stop: {j}"
             r = await c.get("/v1/nothing")
             assert r.status_code == 404 and "/v1/stylize" in r.json()["message"]
             r = await c.post("/v1/stylize", content=good, headers=JPEG)  # still up, still right
+            assert r.status_code == 200 and decode(r.content).shape == photos[2].shape
+            r = await c.post("/v1/stylize", files={"photo": ("p.jpg", good, "image/jpeg")})  # the one file, any name
             assert r.status_code == 200 and decode(r.content).shape == photos[2].shape
             page = (await c.get("/metrics")).text
             assert metric(page, "emostyle_requests_total", endpoint="stylize", status="422") == 5
@@ -205,6 +214,9 @@ def test_full_queue_answers_429_with_retry_after(make_app: Any, serve_stylizer: 
             r = await c.post("/v1/stylize?emotion=happy", content=png, headers=PNG)
             assert r.status_code == 429 and r.json()["error"] == "ServiceBusyError"
             assert int(r.headers["retry-after"]) >= 1
+            ready = await c.get("/readyz")  # the truth: a request now would be refused
+            assert ready.status_code == 503 and ready.json() == {"status": "busy", "admitted": 2, "queue": 2,
+                                                                 "error": None}
             gate.set()
             done = await asyncio.gather(*held)
             assert [d.status_code for d in done] == [200, 200]

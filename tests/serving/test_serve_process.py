@@ -115,6 +115,7 @@ def test_serve_arguments_are_checked_before_the_port_opens(mtcnn_bundle: Path, t
             (["--bundle", bundle, "--max-wait-ms", "5000"], "max_wait_ms"),
             (["--bundle", bundle, "--queue", "0"], "queue"),
             (["--bundle", bundle, "--no-face", "sometimes"], "no-face policy"),
+            (["--bundle", bundle, "--memory-budget", "lots"], "memory size"),
         ]:
             assert rt_cli.main(["serve", *argv, "--port", str(_free_port())] if "--port" not in argv else
                                ["serve", *argv]) == 2, argv
@@ -138,3 +139,19 @@ def test_the_runtime_never_imports_the_service(mtcnn_bundle: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code, str(mtcnn_bundle)], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_workers_get_budgets_that_add_up_to_the_machine(mtcnn_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emostyle_rt import tiling
+    from emostyle_serve import cli as serve_cli
+
+    monkeypatch.setattr(tiling, "host_available", lambda: 8 << 30)
+    config = serve_cli._config(serve_cli._parser().parse_args(["--bundle", str(mtcnn_bundle), "--workers", "8"]))
+    assert config.memory_budget == int(0.75 * (8 << 30)) // 8  # each worker's share: together 75% of the machine
+    assert serve_cli.ServeConfig.from_env.__func__  # the budget travels to the workers in the config's JSON
+    assert json.loads(config.to_env())["memory_budget"] == config.memory_budget
+    one = serve_cli._config(serve_cli._parser().parse_args(["--bundle", str(mtcnn_bundle)]))
+    assert one.memory_budget is None  # one worker: the library's default (peak RSS near 2.5 GB)
+    mine = serve_cli._config(serve_cli._parser().parse_args(["--bundle", str(mtcnn_bundle), "--workers", "8",
+                                                            "--memory-budget", "3GB"]))
+    assert mine.memory_budget == 3 * 10**9

@@ -185,3 +185,23 @@ def test_evaluate_trained_style_is_nearer_the_style_than_untrained(trained_style
                  "--json", str(tmp_path / "g.json"), str(held)]) == 0
     assert "trained/untrained" in capsys.readouterr().out
     assert json.loads((tmp_path / "g.json").read_text())["summary"]["trained"] == pytest.approx(rows[0].trained)
+
+
+def test_time_limit_stops_after_a_whole_step_writes_everything_and_resume_continues(
+        content_dir: Path, style_image: Path, tmp_path: Path) -> None:
+    cfg = StyleConfig(style=style_image, content=content_dir, size=32, batch=2, steps=4, preview_every=100)
+    res = train_style(cfg, tmp_path / "t.pth", progress=False, time_limit=1e-6)  # passed before the first step ends
+    assert res.steps == 1
+    raw = torch.load(res.output, weights_only=True)
+    assert raw["steps"] == 1 and load_style_checkpoint(res.output).family == "authors"
+    report = json.loads((res.work / "report.json").read_text())
+    assert report["stopped_by_time_limit"] is True and report["steps_planned"] == 4
+    assert report["loop_steps"] == 1 and report["loop_seconds"] > 0
+    done = train_style(cfg, tmp_path / "t.pth", progress=False, resume=True)  # no limit: on to the planned step
+    assert done.steps == 4
+    assert json.loads((res.work / "report.json").read_text())["stopped_by_time_limit"] is False
+    with pytest.raises(TrainingError, match="--time-limit must be a positive number"):
+        train_style(cfg, tmp_path / "u.pth", progress=False, time_limit=0)
+    assert main(["style", "--style", str(style_image), "--content", str(content_dir), "-o", str(tmp_path / "c.pth"),
+                 "--size", "32", "--batch", "2", "--steps", "3", "--time-limit", "1e-6", "-q"]) == 0
+    assert torch.load(tmp_path / "c.pth", weights_only=True)["steps"] == 1

@@ -10,6 +10,7 @@ import numpy as np
 from emostyle_rt.manifest import EMOTIONS
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+REPO = Path(__file__).resolve().parents[2]
 #: per-class image counts of the synthetic classifier set: imbalanced on purpose (augmentation tops it up)
 SHAPE_COUNTS = (24, 10, 16, 24, 20, 14, 24)
 
@@ -59,3 +60,17 @@ def make_shapes(root: Path, counts: tuple[int, ...] = SHAPE_COUNTS, seed: int = 
                 cv2.rectangle(img, (cx - r, cy - r // 3), (cx + r, cy + r // 3), col, -1)
             write_rgb(root / emotion / f"{i:03d}.png", img)
     return root
+
+
+def demo_driver():  # noqa: ANN201
+    """scripts/gpu/train_demo_styles.py as a module (it is a script, not a package)."""
+    import importlib.util
+    import sys
+
+    if "train_demo_styles" in sys.modules:
+        return sys.modules["train_demo_styles"]
+    spec = importlib.util.spec_from_file_location("train_demo_styles", REPO / "scripts/gpu/train_demo_styles.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["train_demo_styles"] = mod
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod

@@ -1,0 +1,430 @@
+"""OpenVINO backend: the bundle's own ONNX graphs compiled by OpenVINO's CPU plugin.
+
+No new artifact: ``read_model`` takes the style graph (uint8 NHWC, dynamic
+shapes) as exported. What OpenVINO compiles is cached in the user cache
+(``<cache>/openvino/blobs``, OpenVINO's ``CACHE_DIR``), never in the bundle.
+
+Precision is explicit: ``INFERENCE_PRECISION_HINT`` f32. The CPU plugin's
+default is bf16 on CPUs with AVX512-BF16 or AMX (measured: a 2-core Xeon with
+AMX reports ``bfloat16``), which changes the picture by up to 5-6 grey levels
+and would break the bundle's 1-grey-level contract.
+
+Threads and memory follow the onnxruntime backend: ``$EMOSTYLE_CPU_THREADS``
+intra-op threads (0: OpenVINO's default, one per core), at most
+``$EMOSTYLE_CPU_CONCURRENCY`` runs at once in the process (the same slots), and
+the activations compiled models keep are bounded process-wide (:data:`KEEP_PIXELS`;
+a run over ``SHRINK_ABOVE_PIXELS`` gives its own back at once), so one huge
+photo, or seven styles in turn, do not pin gigabytes.
+
+Gate: the first time a graph is used on a machine (per OpenVINO version and
+CPU), it runs next to onnxruntime on probe images and must agree within the
+bundle's parity tolerance (1 grey level for styles; ``precision="bf16"``:
+PSNR >= :data:`BF16_MIN_PSNR` dB against onnxruntime FP32); a marker in the user cache
+(``<cache>/openvino/verified``) remembers that it passed. Any failure (compile,
+gate) with ``backend="auto"`` logs one warning and onnxruntime runs instead.
+
+``backend="auto"`` uses it for style graphs on a machine whose onnxruntime has
+no GPU provider, when the ``openvino`` package is installed. The classifier
+stays in onnxruntime there (a 128x128 graph: per-call overhead decides, and
+onnxruntime's is lower; benchmarks/results/openvino-cpu.md); ``backend="openvino"``
+runs it in OpenVINO too. MTCNN's graphs always run in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import BackendError, note
+from . import onnxruntime as ort_backend
+from .base import TensorInfo, cache_dir
+
+log = logging.getLogger(__name__)
+
+#: How this backend's shape range is called in messages (see ``emostyle_rt.backends``): it has none (dynamic shapes).
+RANGE = "OpenVINO"
+#: Whether it runs the classifier too (with ``backend="openvino"``; ``"auto"`` keeps it in onnxruntime).
+HAS_CLASSIFIER = True
+#: ``precision=`` values it serves ("auto" is fp32; the bundle's FP16 graphs are for GPUs). bf16: style graphs only,
+#: on a CPU that has it, gated at :data:`BF16_MIN_PSNR` against onnxruntime's FP32.
+PRECISIONS = ("auto", "fp32", "bf16")
+#: The bf16 gate: PSNR of the style output against onnxruntime FP32 on the probe images. A briefly trained style
+#: network gave 48.7-51.9 dB on real photos (benchmarks/results/openvino-cpu.md); 40 dB is the project's bar.
+BF16_MIN_PSNR = 40.0
+#: The precision hint given to the CPU plugin (its own default is bf16 on AVX512-BF16 / AMX CPUs).
+INFERENCE_PRECISION = "f32"
+#: Peak RSS growth of a whole-graph run per byte of the graph's live activations (the tiling planner's estimate,
+#: ``emostyle_rt.tiling.estimate_whole``): 557 B/px measured for the paper's network (517 B/px live) at 1.0, 2.0 and
+#: 4.2 MP alike, i.e. 1.08 (onnxruntime's arena: 833-1302 B/px, calibrated at 2.5). Rounded up.
+MEMORY_CALIBRATION = 1.2
+#: Folders under the user cache: OpenVINO's compiled blobs, and the markers of graphs that passed the gate.
+BLOBS_DIR, VERIFIED_DIR = "openvino/blobs", "openvino/verified"
+#: Graphs whose compile or gate failed in this process: path -> why (tried once, warned once).
+_FAILED: dict[str, str] = {}
+_FAILED_LOCK = threading.Lock()
+
+
+def installed() -> bool:
+    """Whether the ``openvino`` package is importable (found, not imported)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def import_openvino() -> Any:
+    """The openvino module, or a typed error naming the extra that installs it.
+
+    OpenVINO's telemetry is kept off: reading an ONNX graph initialises it, which
+    writes ``~/intel/openvino_ga_cid`` and ``~/intel/stats`` (and would send usage
+    data) unless a consent file or CI=true says no. With ``openvino_telemetry``
+    made unimportable (unless the process imported it already), OpenVINO uses its
+    own no-op stub (``openvino.tools.ovc.telemetry_stub``), so a Stylizer writes
+    nothing in the user's home, as with onnxruntime (ORT_DISABLE_TELEMETRY).
+    """
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendError(f"OpenVINO is not installed ({exc})."
+                           + note("pip install 'emostyle-rt[cpu]' (or '[openvino]')", "no openvino module")) from exc
+    return openvino
+
+
+@functools.lru_cache(maxsize=1)
+def core() -> Any:
+    """One ``openvino.Core`` for the process (it owns the CPU plugin and its thread pool)."""
+    return import_openvino().Core()
+
+
+@functools.lru_cache(maxsize=1)
+def version() -> str:
+    """OpenVINO's version, e.g. "2026.4.1-22982-..."."""
+    return str(import_openvino().get_version())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_key() -> str:
+    """A short hash of this CPU's feature flags: OpenVINO picks kernels by ISA, so a gate passed here holds here."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return hashlib.sha256(" ".join(sorted(flags.split(":", 1)[-1].split())).encode()).hexdigest()[:12]
+
+
+def _numpy_dtype(ov_type: Any) -> str:
+    try:
+        return np.dtype(ov_type.to_dtype()).name
+    except (AttributeError, TypeError):
+        return str(ov_type)
+
+
+def _info(ports: Any) -> tuple[TensorInfo, ...]:
+    out = []
+    for p in ports:
+        shape = tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape())
+        out.append(TensorInfo(p.get_any_name(), shape, _numpy_dtype(p.get_element_type())))
+    return tuple(out)
+
+
+class OvRunner:
+    """One compiled OpenVINO model behind the ``Runner`` interface (CPU plugin, LATENCY hint, f32).
+
+    ``run`` is safe from several threads: each run takes one of the process' CPU
+    slots (``EMOSTYLE_CPU_CONCURRENCY``, shared with onnxruntime) and an infer
+    request of its own from a small pool. ``precision``: "fp32" (the default) or "bf16"
+    (``INFERENCE_PRECISION_HINT`` bf16; refused where the CPU plugin would run
+    it at another precision). Not gated here: :func:`verified_runner` gates.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike, *, precision: str = "fp32", threads: int | None = None,
+                 cache: str | os.PathLike | None = None, use_cache: bool = True) -> None:
+        hints = {"fp32": "f32", "bf16": "bf16"}
+        if precision not in hints:
+            raise BackendError(f"Unknown OpenVINO precision {precision!r}." + note(" or ".join(hints), precision))
+        self.path, self.precision = Path(onnx_path), precision
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hints[precision]}
+        n = ort_backend.cpu_threads() if threads is None else threads
+        if n:
+            config["INFERENCE_NUM_THREADS"] = n
+        blobs = cache_dir(cache) / BLOBS_DIR
+        if use_cache:
+            try:
+                blobs.mkdir(parents=True, exist_ok=True)
+                config["CACHE_DIR"] = str(blobs)
+            except OSError as exc:  # a read-only cache costs the compile time only
+                log.debug("No OpenVINO blob cache at %s: %s", blobs, exc)
+        try:
+            self._compiled = core().compile_model(str(self.path), "CPU", config)
+        except BackendError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError and its own types
+            raise BackendError(f"OpenVINO cannot compile {self.path}: {exc}") from exc
+        got = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if {"fp32": "float32", "bf16": "bfloat16"}[precision] not in got.lower():
+            raise BackendError(f"OpenVINO compiled {self.path.name} at another precision than asked."
+                               + note(hints[precision], got))
+        self._inputs = _info(self._compiled.inputs)
+        self._outputs = _info(self._compiled.outputs)
+        self._output_names = [o.name for o in self._outputs]
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._active = 0  # runs in flight (memory is released only when none is)
+        self._lock = threading.Lock()
+        self.name = f"openvino:CPU:{precision}"
+        self.memory_calibration = MEMORY_CALIBRATION
+        log.info("Loaded %s with OpenVINO %s (CPU, %s, %s threads).", self.path.name, version(), precision, n or "all")
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._outputs
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph; outputs are copies (the infer request's buffers are reused)."""
+        if self._closed:
+            raise BackendError(f"The runner of {self.path.name} is closed." + note("an open runner", "closed"))
+        names = {t.name for t in self._inputs}
+        if set(feed) != names:
+            raise BackendError(f"Wrong inputs for {self.path.name}." + note(sorted(names), sorted(feed)))
+        with ort_backend.cpu_slots():
+            with self._lock:
+                if self._compiled is None:
+                    raise BackendError(f"The runner of {self.path.name} is closed." + note("an open runner", "closed"))
+                self._active += 1
+                compiled = self._compiled
+            request = None
+            try:
+                try:
+                    request = self._requests.get_nowait()
+                except queue.Empty:
+                    request = compiled.create_infer_request()
+                request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
+                out = {n: np.array(request.get_tensor(n).data) for n in self._output_names}
+            except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError for everything
+                if isinstance(exc, MemoryError) or "bad_alloc" in str(exc) or "out of memory" in str(exc).lower():
+                    shape = " ".join("x".join(map(str, np.shape(a))) for a in feed.values())
+                    raise ort_backend.OutOfMemoryError(
+                        f"OpenVINO ran out of memory running {self.path.name} on {shape}: {exc}"
+                        + note("a smaller input (max_side=...) or a memory budget (tiles)", "not enough")) from exc
+                raise BackendError(f"OpenVINO failed to run {self.path.name}: {exc}") from exc
+            finally:
+                with self._lock:
+                    self._active -= 1
+            if not self._closed:
+                self._requests.put(request)
+        if not self._closed:
+            _kept(self, sum(np.size(a) // max(1, np.shape(a)[-1]) for a in feed.values()))
+        return out
+
+    def release_memory(self) -> bool:
+        """Give the activations the compiled model keeps back to the OS (OpenVINO's ``release_memory``), unless a run
+        is in flight; True when released. The next run allocates them again."""
+        with self._lock:
+            if self._active or self._compiled is None:
+                return False
+            self._compiled.release_memory()
+            return True
+
+    def close(self) -> None:
+        """Drop the compiled model, its infer requests and the memory they hold; idempotent."""
+        self._closed = True
+        _forget(self)
+        while True:
+            try:
+                self._requests.get_nowait()
+            except queue.Empty:
+                break
+        with self._lock:
+            if not self._active:
+                self._compiled = None
+
+
+#: What compiled models keep between runs. OpenVINO keeps a run's activations in its compiled model (dropping the
+#: infer request frees nothing): seven style graphs run at 720p held 3.7 GB over 21 photos, where onnxruntime's
+#: one shared arena held 1.2 GB. So the process keeps the activations of its most recently used runners only, while
+#: the pixels of their largest runs add up to at most this (1 Mpx, the Stylizer's BATCH_PIXELS: one 720p run, or
+#: four of the exact mode's strips; the latest runner always keeps its own); older ones release theirs
+#: (``release_memory``), and a run over ``SHRINK_ABOVE_PIXELS`` (the onnxruntime backend's threshold) releases its
+#: own at once. 14 photos of 720p over the seven styles: peak RSS 1951 MB with 2 Mpx kept, onnxruntime 1242 MB.
+KEEP_PIXELS = 1 << 20
+_kept_lock = threading.Lock()
+_kept_runs: dict[int, tuple[OvRunner, int]] = {}  # id(runner) -> (runner, largest input pixels), oldest first
+
+
+def _kept(runner: OvRunner, pixels: int) -> None:
+    """Record a finished run and release what the budget of :data:`KEEP_PIXELS` no longer covers."""
+    release = []
+    with _kept_lock:
+        _, before = _kept_runs.pop(id(runner), (runner, 0))
+        if pixels > ort_backend.SHRINK_ABOVE_PIXELS:
+            release.append(runner)
+        else:
+            _kept_runs[id(runner)] = (runner, max(before, pixels))
+            total = sum(p for _, p in _kept_runs.values())
+            for key in list(_kept_runs):
+                if total <= KEEP_PIXELS or key == id(runner):
+                    break
+                old, p = _kept_runs.pop(key)
+                total -= p
+                release.append(old)
+    for r in release:
+        if not r.release_memory():  # in flight elsewhere: it is recorded again when that run ends
+            log.debug("%s: not released (a run is in flight).", r.path.name)
+
+
+def _forget(runner: OvRunner) -> None:
+    with _kept_lock:
+        _kept_runs.pop(id(runner), None)
+
+
+# ---------------------------------------------------------------- the gate against onnxruntime
+
+
+def probe_images(height: int = 96, width: int = 128) -> np.ndarray:
+    """Two deterministic uint8 RGB probe images (gradients, edges, texture; no clock-seeded randomness)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    smooth = np.stack([255 * x / (width - 1), 255 * y / (height - 1),
+                       127.5 + 127.5 * np.sin((x * x + y * y) / 300.0)], axis=-1)
+    smooth[height // 3 : height // 2, width // 4 : width // 2] = (250, 20, 40)  # a hard-edged block
+    texture = np.random.default_rng(0).integers(0, 256, (height, width, 3)).astype(np.float32)
+    return np.clip(np.stack([smooth, texture]), 0, 255).astype(np.uint8)
+
+
+def _marker(spec: Any, precision: str) -> Path:
+    return cache_dir() / VERIFIED_DIR / f"{spec.sha256[:32]}-ov{version().split('-')[0]}-{_cpu_key()}-{precision}.json"
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images (inf when equal)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
+
+
+def gate(runner: OvRunner, reference: Any, spec: Any, *, style: bool) -> dict[str, Any]:
+    """Run ``runner`` and the onnxruntime ``reference`` on the probes; BackendError if they disagree.
+
+    Styles: max |diff| of the uint8 outputs <= the bundle's parity tolerance
+    (1 grey level); bf16: PSNR >= :data:`BF16_MIN_PSNR`. The classifier: max
+    |diff| of the probabilities <= its tolerance, and the same top class.
+    """
+    if style:
+        feed = {spec.input_name: probe_images()}
+        tol = float(spec.parity.get("tolerance", 1))
+    else:
+        side = probe_images(spec.height, spec.width)
+        feed = {spec.input_name: side if spec.channels == 3 else np.ascontiguousarray(side[..., :1])}
+        tol = float(spec.parity.get("tolerance", 1e-4))
+    got = runner.run(feed)[spec.output_name]
+    want = reference.run(feed)[spec.output_name]
+    if got.shape != want.shape or got.dtype != want.dtype:
+        raise BackendError(f"OpenVINO's {runner.path.name} broke the graph's contract on the probe images."
+                           + note(f"{want.dtype} {list(want.shape)}", f"{got.dtype} {list(got.shape)}"))
+    diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
+    result = {"max_abs_diff": diff, "tolerance": tol, "openvino": version(), "precision": runner.precision}
+    if style and runner.precision == "bf16":
+        db = psnr(got, want)
+        if db < BF16_MIN_PSNR:
+            raise BackendError(f"OpenVINO's {runner.path.name} at bf16 is too far from onnxruntime FP32 on the probe "
+                               f"images ({db:.1f} dB)." + note(f"PSNR >= {BF16_MIN_PSNR:g} dB", f"{db:.1f} dB"))
+        return {**result, "psnr_db": round(db, 2), "min_psnr_db": BF16_MIN_PSNR}
+    top1 = style or bool((got.argmax(-1) == want.argmax(-1)).all())
+    if diff > tol or not top1:
+        raise BackendError(f"OpenVINO's {runner.path.name} disagrees with onnxruntime on the probe images "
+                           f"(max |diff| {diff:g}{'' if top1 else ', another top class'})."
+                           + note(f"max |diff| <= {tol:g}", f"{diff:g}"))
+    return result
+
+
+def verified_runner(manifest: Any, key: str, spec: Any, *, style: bool, precision: str = "fp32") -> OvRunner:
+    """A compiled runner for one graph, gated against onnxruntime unless this machine passed it before."""
+    runner = OvRunner(manifest.path(spec.onnx), precision=precision)
+    marker = _marker(spec, runner.precision)
+    if marker.is_file():
+        return runner
+    reference = ort_backend.OrtRunner(manifest.path(spec.onnx), provider="cpu")
+    try:
+        result = gate(runner, reference, spec, style=style)
+    except BaseException:
+        runner.close()
+        raise
+    finally:
+        reference.close()
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"graph": str(manifest.path(spec.onnx)), "sha256": spec.sha256, **result}) + "\n")
+    except OSError as exc:  # a read-only cache only costs the gate next time
+        log.debug("Cannot write gate marker %s: %s", marker, exc)
+    log.info("%s: OpenVINO %s agrees with onnxruntime (max |diff| %g%s).", key, precision, result["max_abs_diff"],
+             f", {result['psnr_db']} dB" if "psnr_db" in result else "")
+    return runner
+
+
+def check(manifest: Any, key: str) -> None:
+    """Raise the ``BackendError`` that ``find_runner(required=True)`` would for a graph it cannot serve, loading
+    nothing (``backend="openvino"`` is refused when a Stylizer is made): OpenVINO missing, or no such graph."""
+    if key not in manifest.styles and key != "classifier":
+        raise BackendError(f"Bundle {manifest.root} has no graph {key!r}."
+                           + note("'classifier' or a style id", sorted(manifest.styles)))
+    if not installed():
+        import_openvino()
+
+
+def find_runner(manifest: Any, key: str, *, required: bool = False, precision: str = "auto") -> OvRunner | None:
+    """The hook ``runner_for`` calls: a gated runner, or None (or an error when ``required``).
+
+    Not required (``backend="auto"``): style graphs only, and only when
+    OpenVINO is installed and onnxruntime has no GPU provider here (the CUDA and
+    TensorRT EPs beat any CPU). ``precision``: "auto"/"fp32" or "bf16" (style graphs).
+    """
+    if precision not in PRECISIONS:
+        raise BackendError(f"OpenVINO does not run precision={precision!r}." + note(" or ".join(PRECISIONS), precision))
+    chosen = "bf16" if precision == "bf16" else "fp32"
+    style = key in manifest.styles
+    if chosen == "bf16" and not style:
+        raise BackendError("precision='bf16' is for style graphs; the classifier runs FP32." + note("a style id", key))
+    if not style and key != "classifier":
+        raise BackendError(f"Bundle {manifest.root} has no graph {key!r}."
+                           + note("'classifier' or a style id", sorted(manifest.styles)))
+    if not installed():
+        if required:
+            import_openvino()  # raises the typed error naming the extra
+        log.debug("OpenVINO is not installed; %s uses onnxruntime.", key)
+        return None
+    if not required:
+        if not style:
+            return None  # onnxruntime is faster on the classifier (tiny graph): see the module docstring
+        if ort_backend.choose_providers()[0] != ort_backend.PROVIDERS["cpu"]:
+            log.debug("onnxruntime has a GPU provider here; %s does not use OpenVINO.", key)
+            return None
+    spec = manifest.styles[key] if style else manifest.classifier
+    path = f"{manifest.path(spec.onnx)}:{chosen}"
+    with _FAILED_LOCK:
+        failed = _FAILED.get(path)
+    try:
+        if failed is not None:
+            raise BackendError(failed)
+        return verified_runner(manifest, key, spec, style=style, precision=chosen)
+    except BackendError as exc:
+        if required:
+            raise
+        with _FAILED_LOCK:
+            first = path not in _FAILED
+            _FAILED[path] = str(exc)
+        if first:
+            log.warning("%s. Using onnxruntime for %s.", str(exc).rstrip("."), key)
+        return None
