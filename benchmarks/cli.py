@@ -5,19 +5,16 @@ Imports nothing heavy at module level: ``--help`` is instant.
 
 from __future__ import annotations
 
-from emostyle_export.interrupts import INTERRUPTED, catch_from_here, install_early
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 
-install_early("emostyle-bench", __name__)  # Ctrl-C while the modules below import: one line, exit 130
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from emostyle_rt.fsutil import path_argument  # noqa: E402
-from emostyle_rt.manifest import BUNDLE_ENV, DEFAULT_BUNDLE, bundle_hint, default_bundle  # noqa: E402
+from emostyle_rt.console import INTERRUPTED
+from emostyle_rt.fsutil import path_argument
+from emostyle_rt.manifest import BUNDLE_ENV, DEFAULT_BUNDLE, bundle_hint, default_bundle
 
 log = logging.getLogger("emostyle_bench")
 
@@ -166,7 +163,6 @@ def _list_paths(bundle_arg: Path | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 on success, 2 for bad arguments, a missing bundle or extra, 1 on other errors, 130 when
     interrupted."""
-    catch_from_here()
     written: list[str] = []
     try:
         return _main(argv, written)
@@ -188,11 +184,13 @@ def _main(argv: Sequence[str] | None, written: list[str]) -> int:
         stack_module,
     )
 
+    from emostyle_rt.backends.onnxruntime import telemetry_off
     from emostyle_rt.errors import EmostyleError, InvalidArgumentError
     from emostyle_rt.logutil import quiet_tensorflow, setup_cli_logging
 
     setup_cli_logging(args.quiet, "emostyle_bench", "emostyle_rt", "emostyle_export")
     quiet_tensorflow()
+    telemetry_off()  # onnxruntime, here and in the cold-start children: nothing written in the home
     args.written = written
     try:
         if args.list_paths:

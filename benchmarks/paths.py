@@ -350,10 +350,10 @@ def aoti_missing(manifest: Manifest, style_ids: list[str], device: str) -> str |
         return None
     keys = " or ".join(here.keys(device)) or "none for this machine"
     build = "emostyle-export --bundle DIR --aoti" + (" --device cuda" if device == "cuda" else "")
+    held = sorted({e.key for e in manifest.aoti if e.device == device})  # this device's: a CUDA row names no CPU key
     return (f"the bundle has no {device.upper()} AOTInductor package for this machine for "
             f"{'style ' + gone[0] if len(gone) == 1 else f'{len(gone)} styles'} (build them with: {build})."
-            + note(f"aoti/<{keys}>/<style>.pt2", "none" if not manifest.aoti else
-                   ", ".join(sorted({e.key for e in manifest.aoti})) or "none"))
+            + note(f"aoti/<{keys}>/<style>.pt2", ", ".join(held) if held else f"no {device.upper()} packages"))
 
 
 def bundle_availability(p: BenchPath, manifest: Manifest, style_id: str | None = None) -> str | None:

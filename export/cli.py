@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from emostyle_rt.console import INTERRUPTED
 from emostyle_rt.errors import EmostyleError, note, sentence
 from emostyle_rt.fsutil import path_argument
 from emostyle_rt.logutil import setup_cli_logging
@@ -380,16 +381,19 @@ def needed_modules(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the export; 0 on success, 2 for any refused input or failed check, 130 when interrupted."""
-    args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
-    setup_cli_logging(args.quiet, "emostyle_export", library=("emostyle_rt",), verbose=args.verbose)
-    quiet_frameworks(args.verbose)
     log = logging.getLogger("emostyle_export")
     try:
+        args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
+        setup_cli_logging(args.quiet, "emostyle_export", library=("emostyle_rt",), verbose=args.verbose)
+        quiet_frameworks(args.verbose)
+        from emostyle_rt.backends.onnxruntime import telemetry_off
+
+        telemetry_off()  # onnxruntime (ours, and onnxconverter-common's own import): nothing written in the home
         from .bundle import add_to_bundle, export_bundle
         from .extras import missing_error, require, stack_module
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before any work (logging may not be set up: Python's last-resort handler says it)
         log.error("emostyle-export: interrupted; nothing was written")
-        return 130
+        return INTERRUPTED
     try:
         if args.bundle is not None:
             if args.output or args.demo or args.classifier or args.style or args.config:
@@ -429,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("emostyle-export: interrupted; %s keeps its previous manifest", args.bundle)
         else:
             log.error("emostyle-export: interrupted; nothing was written to %s", args.output)
-        return 130
+        return INTERRUPTED
     print(dest)
     return 0
 

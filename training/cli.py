@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from emostyle_export.interrupts import INTERRUPTED, catch_from_here, install_early
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
 
-install_early("emostyle-train", __name__)  # Ctrl-C while the modules below import: one line, exit 130
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
-
-from emostyle_rt.errors import EmostyleError  # noqa: E402
-from emostyle_rt.fsutil import path_argument  # noqa: E402
-from emostyle_rt.logutil import setup_cli_logging  # noqa: E402
+from emostyle_rt.console import INTERRUPTED
+from emostyle_rt.errors import EmostyleError
+from emostyle_rt.fsutil import path_argument
+from emostyle_rt.logutil import setup_cli_logging
 
 LOGGERS = ("emostyle_train", "emostyle_export", "emostyle_rt")
 
@@ -347,12 +344,14 @@ def _interrupted(args: argparse.Namespace | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; 0 on success, 2 for refused input, 130 when interrupted."""
-    catch_from_here()
     args = None
     log = logging.getLogger("emostyle_train")
     try:
         args = build_parser().parse_args(argv)
         setup_cli_logging(args.quiet, *LOGGERS)
+        from emostyle_rt.backends.onnxruntime import telemetry_off
+
+        telemetry_off()  # onnxruntime (the export of `all`): nothing written in the home
         from .errors import require
 
         require(NEEDS[args.command])

@@ -98,29 +98,37 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-#: Runs a command's main with Python paused at its first import of emostyle_rt (the import window), after
-#: telling the parent so on stdout: the SIGINT the parent then sends lands inside the imports.
+#: Runs a command through its console entry point (emostyle_rt.console) with Python paused at its first import of
+#: emostyle_rt.errors (every tool's command module imports it; the entry point itself does not), after telling the
+#: parent so on stdout: the SIGINT the parent then sends lands inside the command's imports.
 IMPORT_PAUSE = """
 import os, sys, time
 class Pause:
     def find_spec(self, name, path=None, target=None):
-        if name == "emostyle_rt":
+        if name == "emostyle_rt.errors":
             sys.meta_path.remove(self)
             os.write(1, b"importing\\n")
             for _ in range(3000):
                 time.sleep(0.1)
         return None
 sys.meta_path.insert(0, Pause())
-sys.argv[0] = {prog!r}
-from {module} import main
-sys.exit(main(sys.argv[1:]))
+sys.argv = [{prog!r}, *sys.argv[1:]]
+from emostyle_rt import console
+assert "emostyle_rt.errors" not in sys.modules
+sys.exit(console.{entry}())
 """
 
 
-def ctrl_c_while_importing(prog: str, module: str, argv: list[str], cwd: Path) -> None:
-    """Ctrl-C in the first second (the command's modules importing): one line, exit 130, nothing written."""
+def ctrl_c_while_importing(prog: str, argv: list[str], cwd: Path) -> None:
+    """Ctrl-C in the first second (the command's modules importing): one line, exit 130, nothing written; through
+    the console script's own entry point."""
+    from importlib import metadata
+
+    entry = prog.replace("-", "_")
+    (script,) = [e for e in metadata.entry_points(group="console_scripts") if e.name == prog]
+    assert script.value == f"emostyle_rt.console:{entry}"  # what the paused run below starts
     before = snapshot(cwd)
-    proc = subprocess.Popen([sys.executable, "-c", IMPORT_PAUSE.format(prog=prog, module=module), *argv], cwd=cwd,
+    proc = subprocess.Popen([sys.executable, "-c", IMPORT_PAUSE.format(prog=prog, entry=entry), *argv], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -407,6 +415,7 @@ def test_bundle_additions_killed_at_events_leave_no_orphans(box: Path, mini: Pat
     the user's files in the bundle stay."""
     from emostyle_export.bundlefiles import recover
 
+    ctrl_c_while_importing("emostyle-export", ["--bundle", "bundle", "--fp16", "-q"], box)
     (box / "bundle/README.txt").write_text("the user's notes inside the bundle\n")
     (box / "bundle/styles/mine.onnx").write_bytes(b"the user's graph")
     old = _bundle_state(box, "bundle")
@@ -447,7 +456,6 @@ def test_bundle_additions_killed_at_events_leave_no_orphans(box: Path, mini: Pat
     assert after["bundle/README.txt"] == old["bundle/README.txt"] and after["bundle/styles/mine.onnx"]
 
 
-@pytest.mark.slow
 def test_bundle_fp16_real_conversion_killed_then_finished(box: Path) -> None:
     """The real --fp16 conversion (no stand-ins): SIGKILL once the first FP16 graph is staged, then a rerun."""
     before = snapshot(box)
@@ -465,7 +473,8 @@ def test_bundle_fp16_real_conversion_killed_then_finished(box: Path) -> None:
     after = snapshot(box)
     assert not changed_outside(before, after, lambda p: p in own or p == "bundle/styles")
     assert not [p for p in after if p.startswith("bundle/") and after[p][0] == "file" and p not in own]
-    load_manifest(box / "bundle")
+    assert raw["classifier"]["fp16"] and all(st["fp16"] for st in raw["styles"].values())
+    assert load_manifest(box / "bundle").classifier.fp16 is not None
 
 
 def test_export_is_quiet_by_default_and_says_what_a_junk_checkpoint_is(box: Path, mini: Path,
@@ -481,10 +490,21 @@ def test_export_is_quiet_by_default_and_says_what_a_junk_checkpoint_is(box: Path
     msg = str(exc.value)
     assert "junk.pth" in msg and "not a PyTorch checkpoint" in msg and f"text, {len(junk)} bytes" in msg
     assert "KeyError" in msg and "cannot be read by torch.load: 1" not in msg  # not torch's bare magic number
+    # A real run as a user starts it (no TF_CPP_MIN_LOG_LEVEL, no ORT_DISABLE_TELEMETRY, a home of its own):
+    # quiet, and onnxruntime's telemetry (~/.cache/Microsoft) off in the graphs' parity checks
     shutil.copytree(box / "bundle", box / "tiled")
-    assert main(["--bundle", "tiled", "--tiled"]) == 0
-    err = capsys.readouterr().err
-    assert "Loaded " not in err and "CPUExecutionProvider" not in err and "UserWarning" not in err, err
+    home = box.parent / "home"
+    home.mkdir()
+    env = {k: v for k, v in child_env(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache")).items()
+           if k not in ("ORT_DISABLE_TELEMETRY", "TF_CPP_MIN_LOG_LEVEL")}
+    done = subprocess.run([sys.executable, "-c", "import sys; from emostyle_rt.console import emostyle_export; "
+                           "sys.argv[0] = 'emostyle-export'; sys.exit(emostyle_export())", "--bundle", "tiled",
+                           "--tiled"], cwd=box, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    err = done.stderr
+    assert "Loaded " not in err and "CPUExecutionProvider" not in err and "Warning" not in err, err
+    assert "tiled graphs" in err  # its own progress lines stay
+    assert not (home / ".cache/Microsoft").exists(), sorted(p.relative_to(home).as_posix() for p in home.rglob("*"))
     assert main(["--bundle", "tiled", "--classifier-crop", "default", "-v"]) == 0
     capsys.readouterr()
     assert logging.getLogger("emostyle_rt").level == logging.DEBUG  # -v shows the runtime's lines
@@ -602,7 +622,7 @@ def test_train_ctrl_c_one_line_130_no_leftovers(box: Path) -> None:
     only the work folder changed, no temporary file stays; --resume then finishes."""
     argv = ["style", "--style", "style.png", "--content", "photos", "-o", "out/angry.pth", "--size", "32",
             "--batch", "2", "--checkpoint-every", "1", "--preview-every", "1", "--preview-images", "1", "-q"]
-    ctrl_c_while_importing("emostyle-train", "emostyle_train.cli", [*argv, "--steps", "3"], box)
+    ctrl_c_while_importing("emostyle-train", [*argv, "--steps", "3"], box)
 
     before = snapshot(box)
     # 200 steps: the run is inside its loop (the preview of step 1 written) long before it could end
@@ -627,12 +647,14 @@ def test_train_ctrl_c_one_line_130_no_leftovers(box: Path) -> None:
 def test_train_all_touches_only_its_bundle_and_work_folder(box: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """emostyle-train all (one tiny style for all emotions, a given classifier) exports its bundle; a rerun is
     refused; --resume --force replaces only the bundle's own files."""
-    from emostyle_export.bundle import demo_classifier
+    import keras
+
+    from emostyle_export.models.classifier import build_classifier
 
     from emostyle_train.cli import main
 
-    model = demo_classifier(0)
-    model.model.save(box / "given.keras")
+    keras.utils.set_random_seed(0)
+    build_classifier().save(box / "given.keras")
     (box / "train.toml").write_text('[style]\ncontent = "photos"\nsize = 32\nbatch = 2\nsteps = 2\n'
                                     'preview_every = 1\npreview_images = 1\n[styles]\n'
                                     + "".join(f'{e} = "style.png"\n' for e in EMOTIONS)
@@ -732,6 +754,33 @@ def test_bench_says_only_what_holds(demo_bundle: Path, capsys: pytest.CaptureFix
     assert "torch-eager" in available and "nosuch" not in available, err
 
 
+def test_bench_aoti_note_names_only_its_devices_packages(demo_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU machine with a bundle holding only CPU packages, the CUDA row says what CUDA key it looks for and
+    that the bundle has no CUDA package, never the CPU keys (the issue: "the CUDA row's note names CPU package
+    keys"); the CPU row names the CPU ones."""
+    from dataclasses import replace
+
+    import emostyle_rt.backends.aoti as aoti_backend
+    import emostyle_rt.backends.onnxruntime as ortb
+    from emostyle_bench.paths import aoti_missing
+
+    from emostyle_rt.engines import AotiEntry, AotiHost
+
+    manifest = load_manifest(demo_bundle)
+    sid = next(iter(manifest.styles))
+    cpu_key = "cpu-avx512-torch2.13.0"
+    entry = AotiEntry(sid, f"aoti/{cpu_key}/{sid}.pt2", f"aoti/{cpu_key}/{sid}.pt2.json", cpu_key, "cpu", "fp32",
+                      "0" * 64)
+    m = replace(manifest, aoti=(entry,))
+    monkeypatch.setattr(ortb, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(aoti_backend, "host", lambda: AotiHost("2.13.0", ("avx512", "avx2"), "9.0", "H100"))
+    cuda = aoti_missing(m, [sid], "cuda")
+    assert cuda and "cuda-sm90-torch2.13.0" in cuda and "no CUDA packages" in cuda and "cpu-" not in cuda, cuda
+    assert "--device cuda" in cuda
+    cpu = aoti_missing(m, [sid], "cpu")  # the sidecar is not there: the CPU row names what the bundle lists
+    assert cpu and cpu_key in cpu and "cuda-" not in cpu, cpu
+
+
 def test_bench_ctrl_c_one_line_130_no_leftovers(box: Path, demo_bundle: Path) -> None:
     """Ctrl-C while importing, during a cold start (its input file written, its subprocess running) and while
     Keras runs in-process: one line, exit 130, no result file, no emostyle-bench-*.npy left."""
@@ -739,15 +788,17 @@ def test_bench_ctrl_c_one_line_130_no_leftovers(box: Path, demo_bundle: Path) ->
     tmp.mkdir()
     argv = ["--bundle", str(demo_bundle.resolve()), "--stages", "classify", "--batches", "1", "--repeat", "1",
             "--paths", "keras-eager,ort-cpu", "--json", "out.json", "--markdown", "out.md"]
-    ctrl_c_while_importing("emostyle-bench", "emostyle_bench.cli", [*argv, "-q"], box)
+    ctrl_c_while_importing("emostyle-bench", [*argv, "-q"], box)
     (tmp / "emostyle-bench-99999999-abcdefgh.npy").write_bytes(b"a killed run's (pid gone)")
     (tmp / f"emostyle-bench-{os.getpid()}-abcdefgh.npy").write_bytes(b"a live run's")
     (tmp / "emostyle-bench-abcdefgh.npy").write_bytes(b"not our name: an older release's, or someone's")
 
+    home = box.parent / "home"  # a home of its own and telemetry not set: onnxruntime must write nothing there
+    env = {k: v for k, v in child_env(TMPDIR=str(tmp), HOME=str(home), XDG_CACHE_HOME=str(home / ".cache")).items()
+           if k != "ORT_DISABLE_TELEMETRY"}
     before = snapshot(box)
     proc = subprocess.Popen([sys.executable, "-m", "emostyle_bench.cli", *argv, "--coldstart-stages", "classify",
-                             "-q"], cwd=box, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=child_env(TMPDIR=str(tmp)))
+                             "-q"], cwd=box, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     npy = lambda: [p for p in tmp.glob("emostyle-bench-*.npy") if str(os.getpid()) not in p.name  # noqa: E731
                    and "99999999" not in p.name and p.name != "emostyle-bench-abcdefgh.npy"]
     wait_for("the cold start's input file", lambda: bool(npy()), proc)
@@ -763,11 +814,11 @@ def test_bench_ctrl_c_one_line_130_no_leftovers(box: Path, demo_bundle: Path) ->
 
     before = snapshot(box)
     proc = subprocess.Popen([sys.executable, "-m", "emostyle_bench.cli", *argv, "--no-coldstart"], cwd=box,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=child_env(TMPDIR=str(tmp)))
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     read_line_until(proc, "keras-eager (output check)")  # Keras (TensorFlow) runs in this process now
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     one_line_interrupt(err, "emostyle-bench")
     assert not changed_outside(before, snapshot(box), lambda p: p == "tmp/.ses")
+    assert not (home / ".cache/Microsoft").exists(), "onnxruntime's telemetry wrote into the home"
