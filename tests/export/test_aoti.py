@@ -193,7 +193,8 @@ def test_a_damaged_package_falls_back_with_a_warning(built: tuple[Path, str], tm
     data[len(data) // 2] ^= 0xFF
     pkg.write_bytes(bytes(data))
     with Stylizer(bundle) as st, caplog.at_level(logging.WARNING):
-        assert st._style_runner(sid).name.startswith("onnxruntime:")
+        name = st._style_runner(sid).name  # the next backend: OpenVINO where installed, else onnxruntime
+        assert name.startswith(("onnxruntime:", "openvino:")), name
     assert "sha256 does not match" in caplog.text
 
 

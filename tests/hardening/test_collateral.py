@@ -35,6 +35,7 @@ from decoys import own_temp as _own_temp
 from decoys import sandbox as _sandbox
 from decoys import snapshot as _snapshot
 
+from emostyle_rt.backends.onnxruntime import CPU_THREADS_ENV
 from emostyle_rt.cli import STATE_NAME, main
 from emostyle_rt.fsutil import TEMP_NAME
 
@@ -482,8 +483,10 @@ def test_ray_runs_touch_nothing_else(tmp_path: Path, demo_bundle: Path, astronau
     assert f"{len(outs)} stylised, 0 already done, 0 failed." in done.stderr  # our own lines still pass
     after = _snapshot(box)
     _check(before, after, outs | {"ray.json", f"ray_out/{STATE_NAME}", stale[""]}, "--ray")
+    # The actor of one CPU runs 1 thread: so does the local run, as OpenVINO's results depend on the thread count
+    # (within 1 grey level) and the outputs must be byte-identical.
     local = subprocess.run(_cli(box, demo_bundle, "photos", "-o", "local_out"), cwd=box, capture_output=True,
-                           text=True, timeout=600)
+                           text=True, timeout=600, env={**os.environ, CPU_THREADS_ENV: "1"})
     assert local.returncode == 0, local.stderr
     for o in FOLDER_OUTPUTS.values():
         assert (box / "ray_out" / o).read_bytes() == (box / "local_out" / o).read_bytes(), o
