@@ -22,6 +22,8 @@ from .paths import (
     BenchPath,
     Context,
     PathUnavailable,
+    availability,
+    bundle_availability,
     default_paths,
 )
 from .report import Case, ColdStart, Report, Row, Settings, compute_targets, rank_rows
@@ -89,6 +91,10 @@ class Runner:
     def build(self, p: BenchPath) -> _Built:
         key = (p.stage, p.name)
         if key not in self._built:
+            why = availability(p) or bundle_availability(p, self.ctx.manifest, self.ctx.style_id)
+            if why is not None:  # cannot run here: said as such, never an ERROR row
+                self._built[key] = _Built(None, "unavailable", why)
+                return self._built[key]
             try:
                 t0 = time.perf_counter()
                 self._built[key] = _Built(p.build(self.ctx), "ok")
@@ -203,6 +209,7 @@ def run_coldstarts(ctx: Context, stages: Sequence[str], selected: Sequence[Bench
     """Cold start + peak RSS of the selected baseline and ours paths of ``stages``, one subprocess each."""
     out: list[ColdStart] = []
     bundle = ctx.bundle
+    cold.clean_stale_inputs()  # what killed runs left in the temporary folder (ours exactly, writer gone)
     for stage in stages:
         if stage == "classify":
             spec = ctx.manifest.classifier
@@ -211,8 +218,9 @@ def run_coldstarts(ctx: Context, stages: Sequence[str], selected: Sequence[Bench
             import numpy as np
 
             x, input_name = np.ascontiguousarray(photo(size)[None]), size.name
-        npy = cold.save_input(x)
+        npy = None
         try:
+            npy = cold.save_input(x)
             for p in selected:
                 if p.stage != stage or p.role == "extra":
                     continue
@@ -231,7 +239,9 @@ def run_coldstarts(ctx: Context, stages: Sequence[str], selected: Sequence[Bench
                                      modules=tuple(r.get("modules", ()))))
                 log.info("  %.2f s, peak RSS %.0f MB", out[-1].wall_s, out[-1].peak_rss_mb)
         finally:
-            npy.unlink(missing_ok=True)
+            if npy is not None:
+                npy.unlink(missing_ok=True)
+            cold.remove_own_inputs()  # a Ctrl-C inside save_input, before ``npy`` was set
     return out
 
 
@@ -253,9 +263,15 @@ def run_benchmark(settings: Settings, cases: Sequence[Case], *, paths: Sequence[
     if settings.coldstart:
         # Cold starts first: their subprocesses then share the CPU with nothing of this process.
         # GPU paths learn their availability in-process instead of spawning a process to fail.
-        skip = {(p.stage, p.name): b.reason for p in selected
-                if p.stage in settings.coldstart and p.device != "cpu"
-                and (b := runner.build(p)).status == "unavailable"}
+        skip = {}
+        for p in selected:
+            if p.stage not in settings.coldstart:
+                continue
+            why = availability(p) or bundle_availability(p, ctx.manifest, ctx.style_id)  # no process to fail
+            if why is None and p.device != "cpu" and (b := runner.build(p)).status == "unavailable":
+                why = b.reason
+            if why is not None:
+                skip[(p.stage, p.name)] = why
         cold_rows = run_coldstarts(ctx, settings.coldstart, selected, coldstart_size or Size(512, 512), skip)
     rows: list[Row] = []
     for case in cases:

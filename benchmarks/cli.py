@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from emostyle_rt.console import INTERRUPTED
+from emostyle_rt.fsutil import path_argument
 from emostyle_rt.manifest import BUNDLE_ENV, DEFAULT_BUNDLE, bundle_hint, default_bundle
 
 log = logging.getLogger("emostyle_bench")
@@ -44,12 +46,15 @@ examples:
   emostyle-bench --from-json out.json --markdown out.md   # re-render, measure nothing
 
 Output paths (--json, --markdown, --chart) are checked before anything is measured:
-a file name under a writable folder; --chart's extension picks the format (png, svg,
-pdf, ... as matplotlib supports). Empty lists (--stages ,) are refused.
+a file name under a writable folder, not an existing file (unless --force) and never
+the --from-json input; --chart's extension picks the format (png, svg, pdf, ... as
+matplotlib supports). --from-json X --json Y writes the re-rendered result (targets
+re-derived by this version) to Y. Empty lists (--stages ,) are refused.
 
 needs the bench extra: install torch (CPU or CUDA build) first, then
   pip install "emostyle-rt[cpu,bench]"
-exit status: 0 done, 1 a write or run failed, 2 bad arguments / bundle / missing extra.
+exit status: 0 done, 1 a write or run failed, 2 bad arguments / bundle / missing extra, 130 interrupted
+(Ctrl-C: nothing more is written, no temporary file stays).
 """
 
 
@@ -62,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--bundle", type=Path, default=None,
+    ap.add_argument("--bundle", type=path_argument, default=None,
                     help=f"bundle folder (default ${BUNDLE_ENV} or {DEFAULT_BUNDLE}; make it with 'emostyle-export --demo -o "
                          f"{DEFAULT_BUNDLE}')")
     ap.add_argument("--quick", action="store_true",
@@ -86,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: 150 with --quick, none otherwise)")
     ap.add_argument("--no-coldstart", action="store_true", help="skip the cold start / peak RSS subprocesses")
     ap.add_argument("--coldstart-stages", type=_csv, default=None, help="stages measured for cold start")
-    ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the full results as JSON")
-    ap.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="write the Markdown report")
-    ap.add_argument("--chart", type=Path, default=None, metavar="PATH",
+    ap.add_argument("--json", type=path_argument, default=None, metavar="PATH", help="write the full results as JSON")
+    ap.add_argument("--markdown", type=path_argument, default=None, metavar="PATH", help="write the Markdown report")
+    ap.add_argument("--chart", type=path_argument, default=None, metavar="PATH",
                     help="write a chart of latency by size; the extension picks the format (.png, .svg, .pdf, ...)")
-    ap.add_argument("--from-json", type=Path, default=None, metavar="PATH",
-                    help="measure nothing: re-render a --json result as table / --markdown / --chart")
+    ap.add_argument("--from-json", type=path_argument, default=None, metavar="PATH",
+                    help="measure nothing: re-render a --json result as table / --markdown / --chart / --json")
+    ap.add_argument("--force", action="store_true",
+                    help="write over existing --json / --markdown / --chart files (never over --from-json)")
     ap.add_argument("--list-paths", action="store_true",
                     help="list every path, whether it runs on this machine (or why not), and exit")
     ap.add_argument("-q", "--quiet", action="store_true", help="warnings only on stderr")
@@ -121,33 +128,73 @@ def _positive_ints(items: Sequence[str], what: str) -> tuple[int, ...]:
     return vals
 
 
-def _list_paths() -> int:
-    """Print every path and whether it runs on this machine."""
-    from .paths import availability, default_paths
+def _list_paths(bundle_arg: Path | None) -> int:
+    """Print every path and whether it runs on this machine with the bundle (when there is one)."""
+    from emostyle_export.bundlefiles import quiet_manifest
 
+    from emostyle_rt.errors import BundleError
+    from emostyle_rt.manifest import load_manifest
+
+    from .paths import availability, bundle_availability, default_paths
+
+    bundle = default_bundle(bundle_arg)
+    manifest = None
+    try:
+        with quiet_manifest():
+            manifest = load_manifest(bundle, verify_files=False)
+    except BundleError as exc:
+        sys.stdout.write(f"No usable bundle at {bundle} ({exc}); what a path needs from one (mtcnn: its face "
+                         "detector, aoti-*: its AOTInductor packages) is not checked.\n")
+    else:
+        sys.stdout.write(f"Bundle {bundle}: paths are checked against what it holds.\n")
     sys.stdout.write(f"{'stage':9s} {'path':18s} {'role':9s} {'dev':5s} {'what':46s} on this machine\n")
     for p in default_paths():
-        why = availability(p)
-        sys.stdout.write(f"{p.stage:9s} {p.name:18s} {p.role:9s} {p.device:5s} {p.label:46s} "
-                         f"{'runs here' if why is None else 'not here: ' + why}\n")
+        why = availability(p) or (bundle_availability(p, manifest) if manifest is not None else None)
+        if why is None and manifest is None and (p.name == "mtcnn" or p.name.startswith("aoti-")):
+            text = "with a bundle that has " + ("a face detector" if p.name == "mtcnn" else "packages for it") + ": runs here"
+        else:
+            text = "runs here" if why is None else "not here: " + why
+        sys.stdout.write(f"{p.stage:9s} {p.name:18s} {p.role:9s} {p.device:5s} {p.label:46s} {text}\n")
     sys.stdout.write("Eager paths rebuild the bundle's source models: the demo bundle's from its seeds, yours from "
                      "the checkpoints named in its manifest.\n")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; 0 on success, 2 for bad arguments, a missing bundle or extra, 1 on other errors."""
-    args = build_parser().parse_args(argv)
-    from emostyle_export.extras import MissingExtraError, missing_error, require, stack_module
+    """Run the benchmark; 0 on success, 2 for bad arguments, a missing bundle or extra, 1 on other errors, 130 when
+    interrupted."""
+    written: list[str] = []
+    try:
+        return _main(argv, written)
+    except KeyboardInterrupt:
+        done = f"; written before: {', '.join(written)}" if written else "; no result file was written"
+        if log.handlers:
+            log.error("emostyle-bench: interrupted%s", done)
+        else:  # before logging was set up
+            sys.stderr.write(f"emostyle-bench: interrupted{done}\n")
+        return INTERRUPTED
 
+
+def _main(argv: Sequence[str] | None, written: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from emostyle_export.extras import (
+        MissingExtraError,
+        missing_error,
+        require,
+        stack_module,
+    )
+
+    from emostyle_rt.backends.onnxruntime import telemetry_off
     from emostyle_rt.errors import EmostyleError, InvalidArgumentError
     from emostyle_rt.logutil import quiet_tensorflow, setup_cli_logging
 
     setup_cli_logging(args.quiet, "emostyle_bench", "emostyle_rt", "emostyle_export")
     quiet_tensorflow()
+    telemetry_off()  # onnxruntime, here and in the cold-start children: nothing written in the home
+    args.written = written
     try:
         if args.list_paths:
-            return _list_paths()
+            return _list_paths(args.bundle)
         measuring = [] if args.from_json else ["skimage", "onnxruntime"]  # the photos, our runtime
         require("emostyle-bench", measuring + (["matplotlib"] if args.chart else []), "bench")
         _check_outputs(args)
@@ -175,9 +222,14 @@ def chart_formats() -> dict[str, str]:
     return dict(Figure().canvas.get_supported_filetypes())
 
 
-def _check_output(path: Path, option: str) -> None:
-    """``path`` must be writable as a file: not a folder, under a folder that exists or can be created."""
+def _check_output(path: Path, option: str, force: bool = False, inputs: Sequence[Path] = ()) -> None:
+    """``path`` must be writable as a file: not a folder, under a folder that exists or can be created; an existing
+    file only with ``force`` and never one of ``inputs`` (:func:`emostyle_rt.fsutil.check_output_file`)."""
     from emostyle_rt.errors import InvalidArgumentError, note
+    from emostyle_rt.fsutil import check_output_file
+
+    if str(path) == "":
+        raise InvalidArgumentError(f"{option} is an empty path." + note("a file path", "''"))
 
     if path.is_dir():
         raise InvalidArgumentError(f"{option} {path} is a folder; it takes a file name."
@@ -192,6 +244,7 @@ def _check_output(path: Path, option: str) -> None:
         where = path if path.exists() else anc
         raise InvalidArgumentError(f"{option} {path} cannot be written: {where} is read-only."
                                    + note("a writable place", f"{where}: read-only"))
+    check_output_file(path, force, inputs, label=option)
 
 
 _SUFFIX = {"--json": ".json", "--markdown": ".md", "--chart": ".png"}
@@ -201,10 +254,16 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Every output path, before anything is measured (a run must not be lost at the end)."""
     from emostyle_rt.errors import InvalidArgumentError, note
 
-    outputs = {"--json": None if args.from_json else args.json, "--markdown": args.markdown, "--chart": args.chart}
+    outputs = {"--json": args.json, "--markdown": args.markdown, "--chart": args.chart}
+    if args.from_json is not None and str(args.from_json) == "":
+        raise InvalidArgumentError("--from-json is an empty path." + note("a --json result of emostyle-bench", "''"))
+    paths = [p for p in outputs.values() if p is not None]
+    if len({p.resolve() for p in paths if str(p)}) < len(paths) or args.from_json in paths:
+        raise InvalidArgumentError("Two outputs (or an output and --from-json) name the same file."
+                                   + note("distinct files", [str(p) for p in paths]))
     for option, path in outputs.items():
         if path is not None:
-            _check_output(path, option)
+            _check_output(path, option, args.force, [args.from_json] if args.from_json else [])
     if args.chart is not None:
         formats = chart_formats()
         ext = args.chart.suffix.lower().lstrip(".")
@@ -214,10 +273,6 @@ def _check_outputs(args: argparse.Namespace) -> None:
                 "picks the image format."
                 + note(", ".join(f".{e}" for e in sorted(formats)), f".{ext}" if ext else "none")
             )
-    paths = [p for p in outputs.values() if p is not None]
-    if len({p.resolve() for p in paths}) < len(paths) or args.from_json in paths:
-        raise InvalidArgumentError("Two outputs (or an output and --from-json) name the same file."
-                                   + note("distinct files", [str(p) for p in paths]))
 
 
 def _write_outputs(args: argparse.Namespace, report: object) -> int:
@@ -231,7 +286,7 @@ def _write_outputs(args: argparse.Namespace, report: object) -> int:
     sys.stdout.write(text)
     sys.stdout.flush()
     writes = []
-    if args.json and not args.from_json:
+    if args.json:  # with --from-json: the re-rendered result (targets re-derived)
         data = (report.to_json() + "\n").encode()  # type: ignore[attr-defined]
         writes.append(("results", args.json, lambda: write_bytes_atomic(args.json, data)))
     if args.markdown:
@@ -246,6 +301,7 @@ def _write_outputs(args: argparse.Namespace, report: object) -> int:
             log.error("emostyle-bench: error: cannot write the %s to %s: %s", what, path, sentence(exc))
             rc = 1
         else:
+            getattr(args, "written", []).append(str(path))
             log.info("%s written to %s", what, path)
     return rc
 
@@ -308,7 +364,7 @@ def _plan(args: argparse.Namespace, bundle: Path) -> tuple[object, tuple[object,
     stages = tuple(args.stages or preset["stages"])
     bad = [s for s in stages if s not in STAGE_NAMES]
     if bad:
-        raise InvalidArgumentError(f"Unknown stage(s) {bad}." + note(list(STAGE_NAMES), stages))
+        raise InvalidArgumentError(f"Unknown stage(s) {bad}." + note("stage names", ", ".join(STAGE_NAMES)))
     sizes = tuple(parse_size(s) for s in (args.sizes or preset["sizes"]))
     batches = _positive_ints(args.batches, "--batches") if args.batches else tuple(preset["batches"])
     if args.image_batches:
@@ -317,11 +373,12 @@ def _plan(args: argparse.Namespace, bundle: Path) -> tuple[object, tuple[object,
         image_batches = None if args.batches else preset.get("image_batches")
     unknown = [p for p in args.paths or () if p not in known]
     if unknown:
-        raise InvalidArgumentError(f"Unknown path(s) {unknown}." + note(known, args.paths))
+        raise InvalidArgumentError(f"Unknown path(s) {unknown}." + note("path names of emostyle-bench --list-paths",
+                                                                        ", ".join(known)))
     bad = [s for s in args.coldstart_stages or () if s not in COLD_STAGES]
     if bad:
         raise InvalidArgumentError(f"Unknown cold-start stage(s) {bad}."
-                                   + note(list(COLD_STAGES), args.coldstart_stages))
+                                   + note("stages with a cold start", ", ".join(COLD_STAGES)))
     _check_numbers(args)
     cases = make_cases(stages, sizes, batches, image_batches)
     if not args.sizes and "video" in stages:  # a clip at the issue's size, not at every photo size
@@ -336,7 +393,9 @@ def _plan(args: argparse.Namespace, bundle: Path) -> tuple[object, tuple[object,
         paths=tuple(args.paths) if args.paths else None, repeat=tuple(sorted(repeat.items())),
         warmup=args.warmup if args.warmup is not None else int(preset["warmup"]),
         budget_s=args.budget if args.budget is not None else float(preset["budget_s"]),
-        coldstart=() if args.no_coldstart else tuple(args.coldstart_stages or preset["coldstart"]),
+        # the preset's cold starts only of the stages asked for (--stages classify runs no style cold start)
+        coldstart=() if args.no_coldstart else tuple(args.coldstart_stages
+                                                     or [s for s in preset["coldstart"] if s in stages]),
         coldstart_input="512x512",
         time_limit_s=args.time_limit if args.time_limit is not None else preset["time_limit_s"],
     )

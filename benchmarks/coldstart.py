@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -103,14 +104,54 @@ def run_one(stage: str, path: str, bundle: Path, input_npy: Path, timeout_s: flo
     return {"status": "error", "reason": f"exit {proc.returncode}: {' | '.join(tail)}"}
 
 
+#: The inputs :func:`save_input` writes (``emostyle-bench-<pid>-<random>.npy`` in the temporary folder).
+INPUT_NAME = re.compile(r"^emostyle-bench-(?P<pid>[1-9][0-9]{0,9})-[A-Za-z0-9_]{1,16}\.npy$")
+
+
 def save_input(array: object, folder: str | None = None) -> Path:
-    """Write a benchmark input where the child can ``np.load`` it."""
+    """Write a benchmark input where the child can ``np.load`` it (removed again on any failure, Ctrl-C too)."""
     import numpy as np
 
-    fd, name = tempfile.mkstemp(prefix="emostyle-bench-", suffix=".npy", dir=folder)
-    os.close(fd)
-    np.save(name, array)
+    fd, name = tempfile.mkstemp(prefix=f"emostyle-bench-{os.getpid()}-", suffix=".npy", dir=folder)
+    try:
+        os.close(fd)
+        np.save(name, array)
+    except BaseException:
+        os.unlink(name)
+        raise
     return Path(name)
+
+
+def remove_own_inputs(folder: str | None = None) -> None:
+    """Remove every input this process wrote (its pid in the name): also one a Ctrl-C caught between the file's
+    creation and its registration."""
+    where = Path(folder or tempfile.gettempdir())
+    for p in where.glob(f"emostyle-bench-{os.getpid()}-*.npy"):
+        if INPUT_NAME.match(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+
+
+def clean_stale_inputs(folder: str | None = None) -> list[Path]:
+    """Remove inputs that killed benchmarks left in ``folder`` (default: the temporary folder): exactly
+    :data:`INPUT_NAME`, regular files of this user whose writer pid is gone."""
+    from emostyle_rt.fsutil import pid_alive
+
+    where = Path(folder or tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(os.scandir(where))
+    except OSError:
+        return removed
+    for e in entries:
+        m = INPUT_NAME.match(e.name)
+        try:
+            if (m and e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_uid == os.getuid()
+                    and not pid_alive(int(m["pid"]))):
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+        except OSError:
+            continue
+    return removed
 
 
 if __name__ == "__main__":

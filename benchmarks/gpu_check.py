@@ -600,9 +600,9 @@ def stage_env(ctx: Ctx) -> None:
             problems.append("torch sees no CUDA GPU")
     except ImportError as exc:
         problems.append(f"torch missing: {exc}")
-    import onnxruntime as ort
-
     from emostyle_rt.backends import onnxruntime as ortb
+
+    ort = ortb.import_onnxruntime()
 
     m |= {"onnxruntime": ort.__version__, "onnxruntime_file": str(Path(ort.__file__).parent),
           "onnxruntime_providers": ", ".join(ort.get_available_providers()),

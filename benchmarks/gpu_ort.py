@@ -186,10 +186,12 @@ def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
 def machine(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(), "device": device}
     try:
-        import onnxruntime as ort
+        from emostyle_rt.backends.onnxruntime import import_onnxruntime
+        from emostyle_rt.errors import BackendError
 
+        ort = import_onnxruntime()
         info |= {"onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
-    except ImportError:
+    except (ImportError, BackendError):
         pass
     try:
         import torch

@@ -323,6 +323,9 @@ def _aoti_style(device: str) -> Callable[[Context], Callable[[np.ndarray], np.nd
         from emostyle_rt.backends import aoti
 
         spec = ctx.manifest.styles[ctx.style_id]
+        why = aoti_missing(ctx.manifest, [ctx.style_id], device)
+        if why:
+            raise PathUnavailable(why)
         try:
             r = aoti.find_runner(ctx.manifest, ctx.style_id, required=True, device=device)
         except BackendError as exc:
@@ -331,6 +334,44 @@ def _aoti_style(device: str) -> Callable[[Context], Callable[[np.ndarray], np.nd
         return lambda images: r.run({spec.input_name: images})[spec.output_name]
 
     return build
+
+
+def aoti_missing(manifest: Manifest, style_ids: list[str], device: str) -> str | None:
+    """Why the bundle cannot run ``style_ids`` as AOTInductor packages on ``device`` here (None: it can).
+
+    Looks at sidecars only (nothing is loaded); names this device's package keys, never another's.
+    """
+    from emostyle_rt.backends.aoti import host
+    from emostyle_rt.engines import find_package
+
+    if device == "cuda":
+        from emostyle_rt.backends.onnxruntime import cuda_device_count
+
+        if cuda_device_count() == 0:
+            return "no CUDA GPU answers"
+    here = host()
+    if here.torch_version is None:
+        return "torch is not installed (AOTInductor packages run under torch)"
+    gone = [sid for sid in style_ids
+            if find_package(manifest.root, sid, here, [device], source_sha256=manifest.styles[sid].sha256) is None]
+    if not gone:
+        return None
+    keys = " or ".join(here.keys(device)) or "none for this machine"
+    build = "emostyle-export --bundle DIR --aoti" + (" --device cuda" if device == "cuda" else "")
+    held = sorted({e.key for e in manifest.aoti if e.device == device})  # this device's: a CUDA row names no CPU key
+    return (f"the bundle has no {device.upper()} AOTInductor package for this machine for "
+            f"{'style ' + gone[0] if len(gone) == 1 else f'{len(gone)} styles'} (build them with: {build})."
+            + note(f"aoti/<{keys}>/<style>.pt2", ", ".join(held) if held else f"no {device.upper()} packages"))
+
+
+def bundle_availability(p: BenchPath, manifest: Manifest, style_id: str | None = None) -> str | None:
+    """Why ``p`` cannot run with this bundle (None: nothing in the bundle stops it); nothing is loaded."""
+    if p.name == "mtcnn" and manifest.detector is None:
+        return f"bundle {manifest.root} has no face detector (emostyle-export --bundle DIR --detector mtcnn)"
+    if p.name.startswith("aoti-"):
+        sids = [style_id or manifest.emotions[manifest.labels[0]]] if p.stage == "style" else list(manifest.styles)
+        return aoti_missing(manifest, sids, p.device)
+    return None
 
 
 def _check_provider(provider: str | None, backend: str) -> None:
@@ -381,7 +422,7 @@ def _ours_style(backend: str, provider: str | None, precision: str = "auto",
     return build
 
 
-def _ours_chain(backend: str, provider: str | None, precision: str = "auto",
+def _ours_chain(backend: str, provider: str | None, precision: str = "auto", device: str = "cpu",
                 ) -> Callable[[Context], Callable[[np.ndarray], ChainOutput]]:
     def build(ctx: Context) -> Callable[[np.ndarray], ChainOutput]:
         import numpy as np
@@ -389,6 +430,10 @@ def _ours_chain(backend: str, provider: str | None, precision: str = "auto",
         from emostyle_rt.stylizer import Stylizer
 
         _check_provider(provider, backend)
+        if backend == "aoti":  # the Stylizer would fail on the first image, not here: say so now
+            why = aoti_missing(ctx.manifest, list(ctx.manifest.styles), device)
+            if why:
+                raise PathUnavailable(why)
         try:
             st = Stylizer(ctx.manifest, backend=backend, provider=provider, precision=precision)
         except BackendError as exc:
@@ -553,10 +598,10 @@ def default_paths() -> tuple[BenchPath, ...]:
           _ours_chain("onnxruntime", "tensorrt"), "fp16", "cuda", needs=ort),
         P("tensorrt", "chain", "ours: Stylizer, native TensorRT", "ours", _ours_chain("tensorrt", None), "fp16",
           "cuda", needs=trt),
-        P("aoti-cpu", "chain", "ours: Stylizer, AOTInductor packages, CPU", "ours", _ours_chain("aoti", None),
-          needs=aoti),
-        P("aoti-cuda", "chain", "ours: Stylizer, AOTInductor packages, CUDA", "ours", _ours_chain("aoti", None),
-          "fp16", "cuda", needs=aoti),
+        P("aoti-cpu", "chain", "ours: Stylizer, AOTInductor packages, CPU", "ours",
+          _ours_chain("aoti", None, device="cpu"), needs=aoti),
+        P("aoti-cuda", "chain", "ours: Stylizer, AOTInductor packages, CUDA", "ours",
+          _ours_chain("aoti", None, device="cuda"), "fp16", "cuda", needs=aoti),
         P("per-frame", "video", "ours: Stylizer.stream, coherence off", "baseline",
           _ours_video("off"), needs=ort),
         P("coherent", "video", "ours: Stylizer.stream, coherence flow", "ours",
@@ -569,7 +614,7 @@ _ORT_PROVIDER = {"ort-cpu": "cpu", "ort-cuda": "cuda", "ort-cuda-fp16": "cuda", 
 
 
 def availability(p: BenchPath) -> str | None:
-    """None when ``p`` can run on this machine, else why not (no bundle is opened).
+    """None when ``p`` can run on this machine, else why not (no bundle is opened: :func:`bundle_availability`).
 
     Cheap: modules are looked up without importing them, and PyTorch is imported
     only when a CUDA GPU answers.
@@ -581,6 +626,12 @@ def availability(p: BenchPath) -> str | None:
     if p.device == "cuda" and cuda_device_count() == 0:
         return "no CUDA GPU answers"
     gone = missing(p.needs)
+    if p.name == "haar" and not gone:
+        from emostyle_rt.faces import haar_available
+
+        ok, why = haar_available()
+        if not ok:
+            return why
     if gone:
         how = 'pip install "emostyle-rt[gpu,tensorrt]"' if "tensorrt" in gone else INSTALL["bench"]
         return f"{', '.join(gone)} not installed; {how}"

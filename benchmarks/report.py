@@ -397,11 +397,15 @@ def write_chart(report: Report, path: str | Path) -> Path:
     m = report.machine
     fig.suptitle(f"emostyle-bench: {m.cpu}, {m.usable_cores} cores, GPU {m.gpu}", fontsize=9)
     fig.tight_layout()
+    import io
+
+    from emostyle_rt.fsutil import write_bytes_atomic
+
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format=out.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
-    return out
+    return write_bytes_atomic(out, buf.getvalue())  # whole or not at all, Ctrl-C included
 
 
 # ---------------------------------------------------------------- reading results back

@@ -38,6 +38,7 @@ from .errors import (
     note,
     sentence,
 )
+from .fsutil import check_replace, refuse_input
 from .imageio import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image_meta, write_bytes_atomic, write_image
 from .logutil import setup_cli_logging
 from .tiling import DEFAULT_TILE_MODE, TILE_MODES, parse_memory
@@ -328,11 +329,7 @@ def plan(src: Path, dst: str | Path, *, force: bool = False) -> list[tuple[Path,
             raise InvalidArgumentError(
                 f"Output {out} has no image extension we write (GIF inputs are read, not written; "
                 f"video outputs need a video input)." + note(IMAGE_SUFFIXES, out.suffix or "none"))
-        if out.exists() and (not out.is_file() or not force):
-            what = "a regular file" if out.is_file() else "not a regular file"
-            raise InvalidArgumentError(
-                f"Output {out} already exists; a single file is never written over without --force."
-                + note("a new path (or --force for a regular file)", f"an existing path, {what}"))
+        check_replace(out, force)
         pairs = [(src, out)]
     elif src.exists():
         raise InvalidArgumentError(f"Input {src} is not a regular file or a folder.")
@@ -343,8 +340,7 @@ def plan(src: Path, dst: str | Path, *, force: bool = False) -> list[tuple[Path,
     inputs = {f.resolve() for f, _ in pairs}
     outputs: dict[Path, Path] = {}
     for f, o in pairs:
-        if o.resolve() in inputs:
-            raise InvalidArgumentError(f"Refusing to write over the input {o}. Choose another output.")
+        refuse_input(o, inputs)
         if o.resolve() in outputs:
             raise InvalidArgumentError(
                 f"Inputs {outputs[o.resolve()]} and {f} would both be written to {o} (a GIF's output is a PNG)."
@@ -666,10 +662,7 @@ def run_webcam(args: argparse.Namespace, started: float) -> int:
     if dst.suffix.lower() not in VIDEO_SUFFIXES:
         raise InvalidArgumentError(f"--webcam writes a video; {dst} has no video extension."
                                    + note(VIDEO_SUFFIXES, dst.suffix or "none"))
-    if dst.exists() and (not dst.is_file() or not args.force):
-        raise InvalidArgumentError(
-            f"Output {dst} already exists; a single file is never written over without --force."
-            + note("a new path (or --force for a regular file)", "an existing path"))
+    check_replace(dst, args.force)
     if args.report is not None:
         check_report_path(args.report, [(dst, dst)], None, args.force)
     check_output_folders([dst.parent])

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 SIDECAR_FORMAT = 1
 TRT_DIR = "trt"
+#: The TensorRT timing cache of one arch folder (``trt/<arch-key>/``), kept between engine builds.
+TRT_TIMING_CACHE = "timing.cache"
 TRT_PRECISION = "fp16-strongly-typed"
 AOTI_DIR = "aoti"
 AOTI_DEVICES = ("cpu", "cuda")

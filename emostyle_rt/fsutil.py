@@ -1,7 +1,8 @@
 """Atomic file writes and the cleanup of their temporary files.
 
 A reader sees the old file or the complete new one, never a part. This module
-owns the temporary-file name, ``.emostyle-<pid>-<token>.<name>.part`` (pid of
+owns the rule for a file a tool creates (:func:`check_output_file`: never an
+input, an existing file replaced only with ``--force``), the temporary-file name, ``.emostyle-<pid>-<token>.<name>.part`` (pid of
 the writer, 12 random hex digits, at most 96 bytes of the target's name), and
 the one rule for removing them: :func:`stale_temp_files`.
 """
@@ -14,15 +15,52 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
-from .errors import BundleError
+from .errors import BundleError, InvalidArgumentError, note
 
 PART_SUFFIX = ".part"
 TEMP_PREFIX = ".emostyle-"
 #: Exactly the names :func:`write_bytes_atomic` creates; nothing else is ever removed.
 TEMP_NAME = re.compile(r"^\.emostyle-(?P<pid>[1-9][0-9]{0,9})-(?P<token>[0-9a-f]{12})\.(?P<name>.+)\.part$", re.DOTALL)
 _NAME_BYTES = 96  # keeps the temporary name under the usual 255-byte limit
+
+
+def path_argument(text: str) -> Path:
+    """The argparse type of a path option: an empty string (an unset shell variable) is refused, not read as "."."""
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset variable?); give a file or folder name")
+    return Path(text)
+
+
+def refuse_input(path: str | os.PathLike, inputs: Collection[Path]) -> None:
+    """Refuse ``path`` as an output when it is one of ``inputs`` (resolved paths): never, even with --force."""
+    if Path(path).resolve() in inputs:
+        raise InvalidArgumentError(f"Refusing to write over the input {path}. Choose another output.")
+
+
+def check_replace(path: str | os.PathLike, force: bool, label: str = "Output") -> None:
+    """An existing ``path`` is written over only with ``force`` and only when it is a regular file.
+
+    ``label`` names the path in the message (``Output``, ``--markdown``, ...).
+    """
+    p = Path(path)
+    if p.exists() and (not p.is_file() or not force):
+        what = "a regular file" if p.is_file() else "not a regular file"
+        raise InvalidArgumentError(
+            f"{label} {p} already exists; a single file is never written over without --force."
+            + note("a new path (or --force for a regular file)", f"an existing path, {what}"))
+
+
+def check_output_file(path: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike] = (),
+                      label: str = "Output") -> None:
+    """The one rule for a file a command creates (``emostyle``, ``emostyle-train -o``, ``emostyle-bench --json``):
+    never one of ``inputs`` (not even with ``force``), an existing path replaced only with ``force`` and only
+    when it is a regular file. InvalidArgumentError otherwise; checked before any work."""
+    refuse_input(path, {Path(i).resolve() for i in inputs})
+    check_replace(path, force, label)
 
 
 def temp_name(target: str) -> str:

@@ -1043,6 +1043,46 @@ def verify_bundle_files(manifest: Manifest) -> None:
             )
 
 
+#: Keys whose string values name a bundle file, in the blocks that hold files.
+FILE_KEYS = ("onnx", "onnx_fp16", "plan", "sidecar", "package")
+#: Top-level blocks that name files (a style's fp16 and tiled blocks are inside ``styles``).
+FILE_BLOCKS = ("classifier", "styles", "detector", "engines", "aoti")
+_NOT_FILES = ("source", "parity", "checks", "tools")
+
+
+def bundle_files(raw: Mapping[str, Any]) -> set[str]:
+    """Every file a raw ``manifest.json`` (a dict) names, relative to the bundle, the manifest itself included.
+
+    What tools may replace or remove as the bundle's own: graphs, FP16 variants
+    (also ones made from another FP32 graph), tiled graphs, detector graphs,
+    engine plans, sidecars and their arch folders' timing caches, AOTInductor
+    packages and sidecars. Names outside the bundle (absolute, ``..``) are not listed.
+    """
+    from .engines import TRT_DIR, TRT_TIMING_CACHE
+
+    found: set[str] = {MANIFEST_NAME}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if key in _NOT_FILES:  # where a model came from, what a check measured
+                    continue
+                if key in FILE_KEYS and isinstance(value, str):
+                    if _bundle_relative(value):
+                        found.add(Path(value).as_posix())
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    for block in FILE_BLOCKS:
+        walk(raw.get(block))
+    found |= {f"{TRT_DIR}/{Path(p).parts[1]}/{TRT_TIMING_CACHE}" for p in list(found)
+              if len(Path(p).parts) > 2 and Path(p).parts[0] == TRT_DIR}
+    return found
+
+
 #: The bundle the command-line tools use when none is given: ``emostyle-export --demo`` writes it.
 DEFAULT_BUNDLE = Path("engines") / "demo"
 BUNDLE_ENV = "EMOSTYLE_BUNDLE"

@@ -256,11 +256,13 @@ def gate(package: Path, side: AotiSidecar, onnx_path: Path, net: Any) -> dict[st
     :class:`ParityError` when the package is off or its network's output is not
     finite; :class:`ExportError` when it crashes or fails in the child.
     """
-    import onnxruntime as ort
     import torch
+
+    from emostyle_rt.backends.onnxruntime import import_onnxruntime
 
     from .styles import INPUT_NAME, OUTPUT_NAME, lower_precision, style_contract
 
+    ort = import_onnxruntime()
     inputs = gate_inputs(side.profile)
     try:
         got = aoti_backend.probe(package, side, {f"g{i}": x for i, (_, x) in enumerate(inputs)})

@@ -30,6 +30,7 @@ from emostyle_rt.manifest import (
     EMOTIONS,
     FORMAT_VERSION,
     MANIFEST_NAME,
+    MTCNN_GRAPHS,
     STYLE_MIN_SIDE,
     STYLE_SIZE_MULTIPLE,
     ClassifierSpec,
@@ -189,15 +190,31 @@ def source_digest(path: Path) -> str:
 
 
 def _clean_stale(dest: Path) -> None:
-    """Remove temporary folders that killed exports into ``dest`` left behind."""
+    """Remove temporary folders that killed exports into ``dest`` left behind.
+
+    A build folder (``.partial-``) is ours whole. A replaced bundle (``.old-``)
+    comes back when a kill left no bundle at ``dest``; otherwise only its own
+    files go (:func:`emostyle_export.bundlefiles.remove_own`), anything else stays.
+    """
+    from .bundlefiles import remove_own
+
     pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(partial|old)-(\d+)-")
     if not dest.parent.is_dir():
         return
-    for p in dest.parent.iterdir():
+    for p in sorted(dest.parent.iterdir()):
         m = pattern.match(p.name)
-        if m and p.is_dir() and not pid_alive(int(m.group(2))):
+        if not (m and p.is_dir() and not p.is_symlink() and not pid_alive(int(m.group(2)))):
+            continue
+        if m.group(1) == "partial":
             log.info("removing %s left by an interrupted export", p)
             shutil.rmtree(p, ignore_errors=True)
+        elif not dest.exists() and not dest.is_symlink():
+            log.warning("restoring the bundle %s that an interrupted export had moved to %s", dest, p)
+            os.replace(p, dest)
+        elif kept := remove_own(p):
+            log.warning("kept %s: it holds files that are not the bundle's: %s", p, ", ".join(kept[:8]))
+        else:
+            log.info("removed the replaced bundle %s left by an interrupted export", p)
 
 
 def _check_parent(dest: Path) -> None:
@@ -215,20 +232,20 @@ def _check_parent(dest: Path) -> None:
         )
 
 
-def _check_destination(dest: Path, force: bool) -> None:
+def check_destination(dest: Path, force: bool) -> None:
+    """Where a new bundle goes: a new path, or with ``force`` an empty folder or a bundle holding only its own
+    files (:func:`emostyle_export.bundlefiles.check_replaceable`); checked before any work."""
+    from .bundlefiles import check_replaceable
+
     _check_parent(dest)
-    if not dest.exists():
+    if not dest.exists() and not dest.is_symlink():
         return
     if not force:
         raise ExportError(
             f"{dest} already exists; it is not overwritten. Use --force to replace a bundle, or pick another -o."
             + note("a path that does not exist", "an existing " + ("folder" if dest.is_dir() else "file"))
         )
-    if not (dest.is_dir() and ((dest / MANIFEST_NAME).is_file() or not any(dest.iterdir()))):
-        raise ExportError(
-            f"{dest} exists and is not an emostyle bundle; --force only replaces bundles, never other files."
-            + note(f"a folder holding {MANIFEST_NAME} or an empty folder", "something else")
-        )
+    check_replaceable(dest)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -238,8 +255,12 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def _publish(tmp: Path, dest: Path) -> None:
-    """Move the finished bundle into place; an old bundle goes only after the new one is there."""
+def _publish(tmp: Path, dest: Path, remove_old: Callable[[Path], list[str]] | None = None) -> None:
+    """Move the finished folder into place; an old one goes only after the new one is there.
+
+    ``remove_old`` removes the old folder and returns what it kept (a bundle: only
+    its own files go); default: all of it (a folder that is ours whole).
+    """
     old = None
     if dest.exists():
         old = dest.parent / f".{dest.name}.old-{os.getpid()}-{int(time.time())}"
@@ -250,8 +271,13 @@ def _publish(tmp: Path, dest: Path) -> None:
         if old is not None:
             os.replace(old, dest)
         raise
-    if old is not None:
+    if old is None:
+        return
+    if remove_old is None:
         shutil.rmtree(old, ignore_errors=True)
+    elif kept := remove_old(old):
+        log.warning("kept %s: it holds files that are not the bundle's (they appeared during the export): %s",
+                    old, ", ".join(kept[:8]))
 
 
 def _style_id(path: Path, digest: str, convention: str, taken: set[str]) -> str:
@@ -473,7 +499,7 @@ def _fp16(root: Path, rel: str, kind: str, step: _Steps) -> Fp16Graph:
     """Make and verify the FP16 variant of ``root/rel``; its spec."""
     from .fp16 import make_fp16
 
-    rel16 = rel.removesuffix(".onnx") + ".fp16.onnx"
+    rel16 = _fp16_name(rel)
     step("%s: FP16 variant (fp32 islands where fp16 breaks), checked against FP32 on real photos", rel)
     report = make_fp16(root / rel, root / rel16, kind, overwrite=True)  # type: ignore[arg-type]
     step("%s: FP16 ok (%s)", rel, f"min PSNR {report.min_psnr_db:.1f} dB" if report.min_psnr_db is not None
@@ -516,54 +542,101 @@ def add_to_bundle(bundle: str | Path, engines: EngineOptions | None = None, *, f
     tiled-inference graphs to every style without current ones (or to the
     style ids listed).
 
-    New files get new names (AOTInductor packages go to a new folder swapped in
-    once all passed their gate); the manifest, rewritten atomically at the end,
-    is the commit point, so a failure leaves the bundle as it was.
+    Only the bundle's own files are ever added or replaced: new files are made in
+    a hidden stage folder inside the bundle and moved into place at the end, never
+    over a path the manifest does not name, and the manifest, rewritten last, is
+    the commit point (:mod:`emostyle_export.bundlefiles`). A failure, Ctrl-C or
+    kill leaves the bundle as it was; the next run removes a killed run's stage.
     """
+    from emostyle_rt.errors import BundleError
+
+    from .bundlefiles import Stage, check_targets, read_bundle_manifest, recover
+
     root = Path(bundle)
-    m = load_manifest(root)
+    try:
+        raw = read_bundle_manifest(root)  # identified as a bundle before anything in it is touched
+        recover(root)  # what killed runs left: before the manifest is used (an unfinished commit is undone)
+        raw = read_bundle_manifest(root)
+        m = load_manifest(root)
+    except BundleError as exc:
+        raise ExportError(f"--bundle {root} is not a usable emostyle bundle: {exc}"
+                          + ("" if "Note:" in str(exc) else note(f"a folder written by emostyle-export ({MANIFEST_NAME} "
+                                                                  "and its graphs)", "something else"))) from None
     if engines is not None:
         _require_tensorrt()
-    step = _Steps()
-    if crop is not None:
-        m = replace(m, classifier=replace(m.classifier, crop=crop, crop_recorded=True))
-        step("classifier crop spec: %s", crop.summary())
     if detector not in DETECTORS:
         raise ExportError(f"Unknown face detector {detector!r}." + note(list(DETECTORS), detector))
-    if detector and m.detector is not None:
-        step("bundle %s already has a face detector (%s); kept", root, m.detector.kind)
-    elif detector:
-        m = replace(m, detector=_detector(root, step))  # new files; the manifest below is the commit point
+    step = _Steps()
     fp16 = fp16 or engines is not None
-    todo = int(fp16 and m.classifier.fp16 is None) + sum(fp16 and st.fp16 is None for st in m.styles.values())
-    with _progress(todo, "FP16 graphs") as advance:
-        if fp16 and m.classifier.fp16 is None:
-            m = replace(m, classifier=replace(m.classifier, fp16=_fp16(root, m.classifier.onnx, "classifier", step)))
-            advance()
-        for sid, st in m.styles.items():
-            if fp16 and st.fp16 is None:
-                m = replace(m, styles={**m.styles, sid: replace(st, fp16=_fp16(root, st.onnx, "style", step))})
-                advance()
+    want_tiled: list[str] = []
     if tiled:
         wanted = list(m.styles) if tiled is True else list(tiled)  # type: ignore[arg-type]
         unknown = sorted(set(wanted) - set(m.styles))
         if unknown:
             raise ExportError(f"Bundle {root} has no style {unknown}." + note(sorted(m.styles), unknown))
-        todo_tiled = [sid for sid in wanted if m.styles[sid].tiled is None]
-        with _progress(len(todo_tiled), "tiled graphs") as advance:
-            for sid in todo_tiled:
-                m = replace(m, styles={**m.styles, sid: _tiled(root, m.styles[sid], step)})
-                advance()
-    if engines is not None:
-        m = _build_engines(root, m, engines, step)
-    if aoti is not None:
-        from .aoti import build_packages
+        want_tiled = [sid for sid in wanted if m.styles[sid].tiled is None]
+    add_detector = bool(detector) and m.detector is None
+    graphs16 = [spec.onnx for spec in (m.classifier, *m.styles.values()) if fp16 and spec.fp16 is None]
+    targets = [_fp16_name(rel) for rel in graphs16]
+    targets += [_tiled_folder(m.styles[sid].onnx) for sid in want_tiled]
+    if add_detector:
+        from .detectors import DETECTOR_DIR
 
-        m = build_packages(root, m, aoti, step)
-    m = replace(m, tools={**m.tools, **_tool_versions()})
-    write_manifest(root, m)
+        targets += [f"{DETECTOR_DIR}/{name}.onnx" for name in MTCNN_GRAPHS]
+    check_targets(root, raw, targets)  # before any work: nothing that is not the bundle's is in the way
+
+    if crop is not None:
+        m = replace(m, classifier=replace(m.classifier, crop=crop, crop_recorded=True))
+        step("classifier crop spec: %s", crop.summary())
+    if detector and not add_detector:
+        step("bundle %s already has a face detector (%s); kept", root, m.detector.kind)  # type: ignore[union-attr]
+    builds = bool(targets) or engines is not None or aoti is not None
+    stage = Stage(root, raw) if builds else None
+    work = stage.root if stage is not None else root
+    try:
+        if add_detector:
+            m = replace(m, detector=_detector(work, step))
+        with _progress(len(graphs16), "FP16 graphs") as advance:
+            if fp16 and m.classifier.fp16 is None:
+                m = replace(m, classifier=replace(m.classifier, fp16=_fp16(work, m.classifier.onnx, "classifier",
+                                                                           step)))
+                advance()
+            for sid, st in m.styles.items():
+                if fp16 and st.fp16 is None:
+                    m = replace(m, styles={**m.styles, sid: replace(st, fp16=_fp16(work, st.onnx, "style", step))})
+                    advance()
+        with _progress(len(want_tiled), "tiled graphs") as advance:
+            for sid in want_tiled:
+                m = replace(m, styles={**m.styles, sid: _tiled(work, m.styles[sid], step)})
+                advance()
+        if engines is not None:
+            m = _build_engines(work, m, engines, step)
+        if aoti is not None:
+            from .aoti import build_packages
+
+            m = build_packages(work, m, aoti, step)
+        m = replace(m, tools={**m.tools, **_tool_versions()})
+        if stage is None:
+            write_manifest(root, m)
+        else:
+            _fsync_tree(stage.root)
+            moved = stage.commit(m)
+            step("%d file(s) added to the bundle", len(moved))
+    finally:
+        if stage is not None:
+            stage.discard()
     step("bundle %s updated", root)
     return root
+
+
+def _fp16_name(rel: str) -> str:
+    """Where the FP16 variant of the graph ``rel`` goes."""
+    return rel.removesuffix(".onnx") + ".fp16.onnx"
+
+
+def _tiled_folder(rel: str) -> str:
+    """Where the tiled graphs of the style graph ``rel`` go (emostyle_export.tiled.build_tiled)."""
+    return Path(rel).with_suffix("").as_posix() + ".tiled"
 
 
 def write_manifest(bundle: Path, manifest: Manifest | Mapping[str, Any]) -> None:
@@ -574,10 +647,13 @@ def write_manifest(bundle: Path, manifest: Manifest | Mapping[str, Any]) -> None
 
 def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) -> Path:
     """Export ``plan`` to the bundle folder ``out_dir``; returns its path."""
+    from .bundlefiles import remove_own
+
     dest = Path(out_dir).absolute()
     _validate(plan)
+    _refuse_inside_inputs(plan, dest)
     _clean_stale(dest)
-    _check_destination(dest, force)
+    check_destination(dest, force)
     tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{int(time.time())}"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -595,8 +671,8 @@ def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) ->
             manifest = build_packages(tmp, manifest, plan.aoti, step)
         write_manifest(tmp, manifest)
         _fsync_tree(tmp)
-        _check_destination(dest, force)  # someone may have created it meanwhile
-        _publish(tmp, dest)
+        check_destination(dest, force)  # someone may have created it meanwhile
+        _publish(tmp, dest, remove_own)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -606,6 +682,19 @@ def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) ->
     step("bundle written to %s (%.1f MB)%s", dest, size / 1e6,
          " -- UNTRAINED DEMO WEIGHTS" if plan.demo and manifest.untrained_parts() else "")
     return dest
+
+
+def _refuse_inside_inputs(plan: ExportPlan, dest: Path) -> None:
+    """A bundle is never written into a folder it is exported from (a SavedModel folder, the demo weights)."""
+    if plan.demo:
+        sources = [Path(plan.demo_weights or DEMO_WEIGHTS)] if plan.demo_trained_styles else []
+    else:
+        sources = [plan.classifier, *(s.path for s in plan.styles.values())]
+    for src in sources:
+        src = Path(src).absolute()  # type: ignore[arg-type]
+        if src.is_dir() and (dest == src or src in dest.parents):
+            raise ExportError(f"Output {dest} is inside the input folder {src}; the export would write into its own "
+                              "source." + note("-o outside the inputs", dest))
 
 
 def export_demo(out_dir: str | Path, force: bool = False, seed: int = 0, weights: str | Path | None = None,

@@ -66,15 +66,40 @@ def _read(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), None)
         if detail is None:
-            raise CheckpointError(
-                f"Style checkpoint {path} cannot be read by torch.load: not a PyTorch checkpoint, or damaged."
-            ) from exc
+            raise CheckpointError(f"Style checkpoint {path} {unreadable(path, exc)}") from exc
         raise CheckpointError(
             f"Style checkpoint {path} holds pickled Python objects, which are not loaded for safety ({detail})."
             + note("a state_dict or a dict with 'state_dict' of tensors", "a pickled object")
         ) from exc
-    except Exception as exc:  # torch raises RuntimeError/EOFError/zipfile errors for damaged files
-        raise CheckpointError(f"Style checkpoint {path} cannot be read by torch.load: " + sentence(exc)) from exc
+    except Exception as exc:  # torch raises RuntimeError/EOFError/KeyError/zipfile errors for damaged files
+        raise CheckpointError(f"Style checkpoint {path} {unreadable(path, exc)}") from exc
+
+
+def _looks(path: Path) -> str:
+    """What a file that torch cannot read looks like: its size and how it starts."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        return f"a file that cannot be read ({sentence(exc.strerror or exc).rstrip('.')})"
+    if size == 0:
+        return "an empty file"
+    kinds = {b"PK\x03\x04": "a zip archive that is not a torch.save file",
+             b"\x80": "a Python pickle that is not a torch.save file", b"\x89HDF": "an HDF5 file (a Keras .h5?)",
+             b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"<": "text (HTML or XML?)",
+             b"{": "text (JSON?)"}
+    kind = next((v for k, v in kinds.items() if head.startswith(k)), None)
+    if kind is None:
+        text = all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+        kind = "text" if text else "binary data"
+    return f"{kind}, {size} bytes, starting {head[:8]!r}"
+
+
+def unreadable(path: Path, exc: BaseException) -> str:
+    """The tail of the message for a checkpoint ``torch.load`` cannot read: what was expected, what the file is."""
+    return (f"cannot be read by torch.load ({type(exc).__name__}): it is not a PyTorch checkpoint, or it is damaged "
+            "(truncated?)." + note("a file written by torch.save (a zip archive, or a legacy pickle)", _looks(Path(path))))
 
 
 def detect_family(obj: Any, path: str | Path = "") -> tuple[str, dict[str, Any], dict[str, Any]]:

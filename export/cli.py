@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from emostyle_rt.console import INTERRUPTED
 from emostyle_rt.errors import EmostyleError, note, sentence
+from emostyle_rt.fsutil import path_argument
 from emostyle_rt.logutil import setup_cli_logging
 from emostyle_rt.manifest import EMOTIONS
 
@@ -101,10 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the demo bundle: fer's trained emotion classifier (vendored, MIT) and the paper's style "
                           "networks, with the trained demo styles of weights/demo/styles where present and seeded "
                           "UNTRAINED weights elsewhere")
-    src.add_argument("--classifier", type=Path, metavar="PATH", help="Keras classifier: .keras, .h5 or SavedModel folder")
+    src.add_argument("--classifier", type=path_argument, metavar="PATH", help="Keras classifier: .keras, .h5 or SavedModel folder")
     src.add_argument("--style", action="append", default=[], metavar="EMOTION=PATH",
                      help="style checkpoint for an emotion (repeat for all seven)")
-    src.add_argument("--config", type=Path, metavar="FILE", help="TOML or JSON file with classifier, styles, options")
+    src.add_argument("--config", type=path_argument, metavar="FILE", help="TOML or JSON file with classifier, styles, options")
     opt = p.add_argument_group("model options")
     opt.add_argument("--classifier-scale", choices=("0..1", "-1..1", "0..255"), default=None,
                      help="pixel scaling the classifier was trained with (default 0..1; --demo: its model's, -1..1)")
@@ -136,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="--aoti: compute precision inside the packages (default fp16 on cuda, fp32 on cpu; "
                            "I/O stays uint8)")
     fast.add_argument("--max-autotune", action="store_true", help="--aoti: inductor max-autotune (slower build)")
-    fast.add_argument("--bundle", type=Path, metavar="DIR",
+    fast.add_argument("--bundle", type=path_argument, metavar="DIR",
                       help="add --fp16 / --engines / --aoti / --detector / --classifier-crop to this existing bundle "
                            "instead of exporting a new one")
     fast.add_argument("--min-size", type=_hw, default=None, metavar="HxW",
@@ -148,10 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
     fast.add_argument("--max-batch", type=int, default=4, metavar="N", help="largest style batch of the engines (4)")
     fast.add_argument("--workspace-mb", type=int, default=None, metavar="MB", help="TensorRT builder workspace limit")
     out = p.add_argument_group("output")
-    out.add_argument("-o", "--output", type=Path, metavar="DIR", help="bundle folder to create")
+    out.add_argument("-o", "--output", type=path_argument, metavar="DIR", help="bundle folder to create")
     out.add_argument("--force", action="store_true", help="replace an existing bundle at DIR")
     out.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    out.add_argument("-v", "--verbose", action="store_true",
+                     help="debug logging, with the runtime's own lines (graphs loaded, providers) and the "
+                          "frameworks' warnings")
     return p
+
+
+#: Modules whose Python warnings (Keras' UserWarnings, say) an export shows only with -v: they are about the
+#: frameworks' internals, not about the user's models (the parity checks report on those).
+FRAMEWORK_WARNINGS = r"(keras|tf_keras|tensorflow|tf2onnx|onnxconverter_common|google\.protobuf)(\..*)?$"
+
+
+def quiet_frameworks(verbose: bool) -> None:
+    """Hide the frameworks' Python warnings unless ``verbose``."""
+    import warnings
+
+    if not verbose:
+        warnings.filterwarnings("ignore", module=FRAMEWORK_WARNINGS)
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -368,12 +386,19 @@ def needed_modules(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the export; 0 on success, 2 for any refused input or failed check, 130 when interrupted."""
-    args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
-    setup_cli_logging(args.quiet, "emostyle_export", "emostyle_rt")
-    from .bundle import add_to_bundle, export_bundle
-    from .extras import missing_error, require, stack_module
-
     log = logging.getLogger("emostyle_export")
+    try:
+        args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
+        setup_cli_logging(args.quiet, "emostyle_export", library=("emostyle_rt",), verbose=args.verbose)
+        quiet_frameworks(args.verbose)
+        from emostyle_rt.backends.onnxruntime import telemetry_off
+
+        telemetry_off()  # onnxruntime (ours, and onnxconverter-common's own import): nothing written in the home
+        from .bundle import add_to_bundle, export_bundle
+        from .extras import missing_error, require, stack_module
+    except KeyboardInterrupt:  # before any work (logging may not be set up: Python's last-resort handler says it)
+        log.error("emostyle-export: interrupted; nothing was written")
+        return INTERRUPTED
     try:
         if args.bundle is not None:
             if args.output or args.demo or args.classifier or args.style or args.config:
@@ -413,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("emostyle-export: interrupted; %s keeps its previous manifest", args.bundle)
         else:
             log.error("emostyle-export: interrupted; nothing was written to %s", args.output)
-        return 130
+        return INTERRUPTED
     print(dest)
     return 0
 

@@ -328,7 +328,9 @@ def fp16_emulation(model16: "onnx.ModelProto", *, probe: bool = True) -> "onnx.M
 
 
 def _session(model: "onnx.ModelProto", optimize: bool) -> Any:
-    import onnxruntime as ort
+    from emostyle_rt.backends.onnxruntime import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     so = ort.SessionOptions()
     so.log_severity_level = 3

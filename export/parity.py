@@ -98,7 +98,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _session(path: Path) -> Any:
-    import onnxruntime as ort
+    from emostyle_rt.backends.onnxruntime import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

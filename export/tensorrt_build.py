@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from emostyle_rt.engines import TRT_DIR, Profile, TrtEngine, TrtSidecar, arch_key, plan_paths
+from emostyle_rt.engines import TRT_DIR, TRT_TIMING_CACHE, Profile, TrtEngine, TrtSidecar, arch_key, plan_paths
 from emostyle_rt.errors import note
 from emostyle_rt.fsutil import sha256_file, write_bytes_atomic
 from emostyle_rt.manifest import STYLE_SIZE_MULTIPLE
@@ -28,7 +28,7 @@ from .errors import ExportError
 
 log = logging.getLogger(__name__)
 
-TIMING_CACHE = "timing.cache"
+TIMING_CACHE = TRT_TIMING_CACHE  # the name is the bundle format's (emostyle_rt.engines)
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,9 @@ def _onnx() -> Any:
 
 
 def _session(model: Any) -> Any:
-    import onnxruntime as ort
+    from emostyle_rt.backends.onnxruntime import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

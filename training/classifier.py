@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from emostyle_rt.manifest import EMOTIONS
 
 from .data import IMAGE_SUFFIXES, try_read
 from .errors import DatasetError, TrainingError
+from .outputs import check_run, clean_partials, mark_work, without_work_folders
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,8 @@ def list_dataset(data: Path) -> list[tuple[Path, int]]:
                            + note(f"sub-folders {', '.join(EMOTIONS)}", sorted(folders) or "no sub-folders"))
     items: list[tuple[Path, int]] = []
     for i, emotion in enumerate(EMOTIONS):
-        files = sorted(p for p in folders[emotion].rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = without_work_folders(sorted(p for p in folders[emotion].rglob("*")
+                                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), data)
         if not files:
             raise DatasetError(f"Class folder {folders[emotion]} holds no images."
                                + note(f"images ({', '.join(sorted(IMAGE_SUFFIXES))}) of {emotion} faces", "none"))
@@ -407,8 +410,11 @@ def _json_safe(obj: Any) -> Any:
 
 
 def train_classifier(config: ClassifierConfig, output: str | Path, *, work: str | Path | None = None,
-                     progress: bool = True) -> ClassifierResult:
-    """Train the paper's classifier on ``config.data`` and save it as a ``.keras`` file."""
+                     progress: bool = True, force: bool = False) -> ClassifierResult:
+    """Train the paper's classifier on ``config.data`` and save it as a ``.keras`` file.
+
+    An existing ``output`` is replaced only with ``force``; an input never
+    (:mod:`emostyle_train.outputs`)."""
     from emostyle_export.classifiers import quiet_tensorflow
 
     t0 = time.perf_counter()
@@ -418,6 +424,11 @@ def train_classifier(config: ClassifierConfig, output: str | Path, *, work: str 
         raise TrainingError(f"The classifier is saved in Keras 3's format; {output} does not end in .keras."
                             + note("a file name ending in .keras", output.suffix or "no suffix"))
     work = Path(work) if work else output.with_name(output.stem + ".train")
+    data = Path(config.data)
+    items = list_dataset(data)  # inputs, checked before anything is decoded or written
+    inputs = [path for path, _ in items] + ([data] if data.is_file() else [])
+    check_run(output, force, inputs, [data] if data.is_dir() else [], work, "classifier")
+    clean_partials(output.parent, output.stem)
     ds = load_dataset(config.data, config.threads)
     counts = np.bincount(ds.labels, minlength=len(EMOTIONS))
     log.info("classifier data: %d images (%s), %d unreadable skipped", len(ds.labels),
@@ -430,7 +441,7 @@ def train_classifier(config: ClassifierConfig, output: str | Path, *, work: str 
     log.info("split %d/%d/%d (train/validation/test); training set balanced to %d with %d augmented copies",
              len(train), len(val), len(test), len(idx), int(aug.sum()))
     try:
-        work.mkdir(parents=True, exist_ok=True)
+        mark_work(work, "classifier", output)
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TrainingError(f"Cannot create {work} or the folder of {output}: " + sentence(exc)) from exc
@@ -468,12 +479,14 @@ def train_classifier(config: ClassifierConfig, output: str | Path, *, work: str 
 
     from .plots import classifier_curves, confusion_matrix_png
 
-    tmp = output.with_name(f".{output.stem}.partial-{os.getpid()}.keras")
+    tmp = output.with_name(f".{output.stem}.partial-{os.getpid()}-{secrets.token_hex(6)}.keras")
     try:
         model.save(tmp)
         os.replace(tmp, output)
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C too: no partial file stays
         tmp.unlink(missing_ok=True)
+        if not isinstance(exc, Exception):
+            raise
         raise TrainingError(f"Cannot save the classifier to {output}: " + sentence(exc)) from exc
     classifier_curves(work / "curves.png", history)
     confusion_matrix_png(work / "confusion.png", cm, EMOTIONS,

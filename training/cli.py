@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from emostyle_rt.console import INTERRUPTED
 from emostyle_rt.errors import EmostyleError
+from emostyle_rt.fsutil import path_argument
 from emostyle_rt.logutil import setup_cli_logging
 
 LOGGERS = ("emostyle_train", "emostyle_export", "emostyle_rt")
@@ -165,10 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("style", help="train one style network (Johnson et al.)", epilog=STYLE_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a style network on content photos against one style image.")
-    s.add_argument("--style", type=Path, required=True, metavar="IMG", help="the style image")
-    s.add_argument("--content", type=Path, required=True, metavar="DIR", help="folder of content photos (recursive)")
-    s.add_argument("-o", "--output", type=Path, required=True, metavar="PTH", help="the trained checkpoint (.pth)")
-    s.add_argument("--work", type=Path, metavar="DIR", help="checkpoints, previews, curves (default: OUTPUT.train)")
+    s.add_argument("--style", type=path_argument, required=True, metavar="IMG", help="the style image")
+    s.add_argument("--content", type=path_argument, required=True, metavar="DIR", help="folder of content photos (recursive)")
+    s.add_argument("-o", "--output", type=path_argument, required=True, metavar="PTH", help="the trained checkpoint (.pth)")
+    s.add_argument("--work", type=path_argument, metavar="DIR", help="checkpoints, previews, curves (default: OUTPUT.train)")
     s.add_argument("--resume", action="store_true", help="continue from the work folder's checkpoint")
     g = s.add_argument_group("schedule")
     g.add_argument("--size", type=int, default=256, help="training crop in px (default 256)")
@@ -203,14 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the first N readable ones; default 4)")
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     g.add_argument("--workers", type=int, metavar="N", help="data loader processes (default 0 on CPU, 8 on CUDA)")
+    g.add_argument("--force", action="store_true",
+                   help="replace an existing -o file (never an input; --resume replaces the output of the run it "
+                        "continues without it)")
     common(s)
 
     c = sub.add_parser("classifier", help="train the 21-layer emotion classifier (Keras)", epilog=CLASSIFIER_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train the paper's emotion classifier and save it as .keras.")
-    c.add_argument("--data", type=Path, required=True, metavar="DIR|CSV", help="per-emotion folders, or path,label CSV")
-    c.add_argument("-o", "--output", type=Path, required=True, metavar="KERAS", help="the model (.keras)")
-    c.add_argument("--work", type=Path, metavar="DIR", help="reports and plots (default: OUTPUT.train)")
+    c.add_argument("--data", type=path_argument, required=True, metavar="DIR|CSV", help="per-emotion folders, or path,label CSV")
+    c.add_argument("-o", "--output", type=path_argument, required=True, metavar="KERAS", help="the model (.keras)")
+    c.add_argument("--work", type=path_argument, metavar="DIR", help="reports and plots (default: OUTPUT.train)")
     c.add_argument("--epochs", type=int, default=50, help="default 50 (the paper)")
     c.add_argument("--batch", type=int, default=16, help="default 16 (the paper)")
     c.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001, the paper)")
@@ -223,16 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bn-images", type=int, default=1024, metavar="N",
                    help="training images for BatchNorm statistics before each validation (default 1024; 0: off)")
     c.add_argument("--threads", type=int, metavar="N", help="image decoding threads (default: all cores)")
+    c.add_argument("--force", action="store_true", help="replace an existing -o file (never an input)")
     common(c)
 
     a = sub.add_parser("all", help="seven styles + classifier -> a bundle", epilog=ALL_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train everything a config file names, then export the bundle.")
-    a.add_argument("--config", type=Path, required=True, help="train.toml (or .json)")
-    a.add_argument("-o", "--output", type=Path, required=True, metavar="BUNDLE", help="the bundle folder")
-    a.add_argument("--work", type=Path, metavar="DIR", help="trained files (default: BUNDLE.train)")
+    a.add_argument("--config", type=path_argument, required=True, help="train.toml (or .json)")
+    a.add_argument("-o", "--output", type=path_argument, required=True, metavar="BUNDLE", help="the bundle folder")
+    a.add_argument("--work", type=path_argument, metavar="DIR", help="trained files (default: BUNDLE.train)")
     a.add_argument("--resume", action="store_true", help="continue interrupted styles, reuse finished work")
-    a.add_argument("--force", action="store_true", help="replace an existing bundle")
+    a.add_argument("--force", action="store_true",
+                   help="replace an existing bundle (only one holding nothing but its own files)")
     common(a)
 
     e = sub.add_parser("evaluate", help="Gram distance to the style image: trained vs untrained network",
@@ -242,13 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "trained network's output. A style has been learned when trained/untrained is far below 1.",
                        epilog="example:\n  emostyle-train evaluate --checkpoint angry.pth --style candy.jpg "
                        "held_out/ --size 256 --json gram.json\n")
-    e.add_argument("photos", nargs="+", type=Path, help="photos or folders of photos (not used in training)")
-    e.add_argument("--checkpoint", type=Path, required=True, help="a trained style checkpoint (either family)")
-    e.add_argument("--style", type=Path, required=True, help="the style image it was trained on")
+    e.add_argument("photos", nargs="+", type=path_argument, help="photos or folders of photos (not used in training)")
+    e.add_argument("--checkpoint", type=path_argument, required=True, help="a trained style checkpoint (either family)")
+    e.add_argument("--style", type=path_argument, required=True, help="the style image it was trained on")
     e.add_argument("--size", type=int, default=256, help="crop size of the photos (default 256)")
     e.add_argument("--style-size", type=int, help="as in training")
     e.add_argument("--seed", type=int, default=0, help="seed of the untrained network (default 0)")
-    e.add_argument("--json", type=Path, help="also write the figures here")
+    e.add_argument("--json", type=path_argument, help="also write the figures here")
     common(e)
     return p
 
@@ -266,7 +273,7 @@ def _style(args: argparse.Namespace) -> None:
         preview_images=args.preview_images, workers=args.workers, device=args.device,
     )
     res = train_style(cfg, args.output, work=args.work, resume=args.resume, progress=not args.quiet,
-                      time_limit=args.time_limit)
+                      time_limit=args.time_limit, force=args.force)
     print(res.output)
 
 
@@ -276,7 +283,7 @@ def _classifier(args: argparse.Namespace) -> None:
     cfg = ClassifierConfig(data=args.data, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                            split=tuple(args.split), augment=args.augment, keep=args.keep, bn_images=args.bn_images,
                            threads=args.threads)
-    res = train_classifier(cfg, args.output, work=args.work, progress=not args.quiet)
+    res = train_classifier(cfg, args.output, work=args.work, progress=not args.quiet, force=args.force)
     print(res.output)
 
 
@@ -321,26 +328,42 @@ NEEDS = {
 }
 
 
+def _interrupted(args: argparse.Namespace | None) -> str:
+    """What an interrupted run says: where its checkpoint is, if it wrote one."""
+    if args is None or args.command not in ("style", "all"):
+        return "interrupted"
+    if args.command == "style":
+        from .style import default_work
+
+        ckpt = (args.work or default_work(args.output)) / "checkpoint.pth"
+        if ckpt.is_file():
+            return f"interrupted; the last checkpoint is {ckpt}: rerun with --resume to continue"
+        return "interrupted before the first checkpoint; rerun to start over"
+    return "interrupted; the work folder keeps the finished and checkpointed styles: rerun with --resume to continue"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; 0 on success, 2 for refused input, 130 when interrupted."""
-    args = build_parser().parse_args(argv)
-    setup_cli_logging(args.quiet, *LOGGERS)
+    args = None
     log = logging.getLogger("emostyle_train")
-    from .errors import require
-
     try:
+        args = build_parser().parse_args(argv)
+        setup_cli_logging(args.quiet, *LOGGERS)
+        from emostyle_rt.backends.onnxruntime import telemetry_off
+
+        telemetry_off()  # onnxruntime (the export of `all`): nothing written in the home
+        from .errors import require
+
         require(NEEDS[args.command])
         {"style": _style, "classifier": _classifier, "all": _all, "evaluate": _evaluate}[args.command](args)
     except EmostyleError as exc:
-        log.error("emostyle-train %s: error: %s", args.command, exc)
+        log.error("emostyle-train %s: error: %s", args.command if args else "", exc)
         return 2
     except KeyboardInterrupt:
-        if args.command in ("style", "all"):
-            log.error("emostyle-train %s: interrupted; the last checkpoint is in the work folder: rerun with "
-                      "--resume to continue", args.command)
-        else:
-            log.error("emostyle-train %s: interrupted; nothing was written", args.command)
-        return 130
+        if not log.handlers:
+            setup_cli_logging(False, *LOGGERS)
+        log.error("emostyle-train%s: %s", f" {args.command}" if args else "", _interrupted(args))
+        return INTERRUPTED
     return 0
 
 

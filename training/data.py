@@ -31,7 +31,12 @@ def list_images(folder: Path, what: str = "image folder") -> list[Path]:
     if not folder.is_dir():
         raise DatasetError(f"The {what} {folder} does not exist or is not a folder."
                            + note("a folder of images", "a file" if folder.exists() else "nothing"))
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    from .outputs import without_work_folders
+
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = without_work_folders(found, folder)  # the tool's own previews and plots are never data
+    if len(files) < len(found):
+        log.warning("%s: left out %d image(s) in emostyle-train work folders", folder, len(found) - len(files))
     if not files:
         seen = sorted({p.suffix.lower() or "(none)" for p in folder.rglob("*") if p.is_file()})
         raise DatasetError(f"The {what} {folder} holds no images."

@@ -238,12 +238,21 @@ def run_all(config_path: str | Path, output: str | Path, *, work: str | Path | N
     from emostyle_export.bundle import ExportPlan, StyleSource, export_bundle
     from emostyle_rt.manifest import parse_crop
 
+    from emostyle_export.bundle import check_destination
+
+    from .outputs import check_work, mark_work
+
     output = Path(output)
     plan = plan_all(Path(config_path), output, Path(work) if work else None)
-    if output.exists() and not force:  # refuse now rather than after hours of training
-        raise TrainingError(f"{output} already exists; it is not overwritten."
-                            + note("a new -o, or --force to replace a bundle", "an existing "
-                                   + ("folder" if output.is_dir() else "file")))
+    # refuse now rather than after hours of training: the bundle (a new path, or with --force a bundle holding only
+    # its own files), never inside a folder read as data; the work folder the tool's own
+    data = _data_folders(plan)
+    for folder in data:
+        if output.resolve() == folder.resolve() or folder.resolve() in output.resolve().parents:
+            raise TrainingError(f"The bundle {output} is inside the data folder {folder}, which is read recursively."
+                                + note("-o outside the data folders", output))
+    check_destination(output.absolute(), force)
+    check_work(plan.work, "all", data)
     try:
         crop = parse_crop(plan.export.get("classifier_crop", "default"))
     except EmostyleError as exc:
@@ -263,10 +272,12 @@ def run_all(config_path: str | Path, output: str | Path, *, work: str | Path | N
 
     from .style import train_style
 
+    mark_work(plan.work, "all", output)
     for i, job in enumerate(todo, start=1):
         log.info("style %d/%d: %s for %s", i, len(todo), job.name, ", ".join(job.emotions))
         assert job.config is not None
-        train_style(job.config, job.checkpoint, resume=resume, progress=progress)
+        # the style files live in this run's own work folder: a resumed run replaces them
+        train_style(job.config, job.checkpoint, resume=resume, progress=progress, force=True)
     if plan.classifier is not None:
         done = _classifier_done(plan) if resume else False
         if done:
@@ -274,7 +285,7 @@ def run_all(config_path: str | Path, output: str | Path, *, work: str | Path | N
         else:
             from .classifier import train_classifier
 
-            train_classifier(plan.classifier, plan.classifier_model, progress=progress)
+            train_classifier(plan.classifier, plan.classifier_model, progress=progress, force=True)
 
     styles = {e: StyleSource(job.checkpoint) for job in plan.styles for e in job.emotions}
     export_plan = ExportPlan(classifier=plan.classifier_model, styles=styles, classifier_crop=crop,
@@ -283,6 +294,14 @@ def run_all(config_path: str | Path, output: str | Path, *, work: str | Path | N
                                                  "styles": {j.name: list(j.emotions) for j in plan.styles}}})
     log.info("exporting the bundle to %s", output)
     return export_bundle(export_plan, output, force=force)
+
+
+def _data_folders(plan: AllPlan) -> list[Path]:
+    """The folders ``plan`` reads recursively as data (content photos, classifier class folders)."""
+    folders = [Path(j.config.content) for j in plan.styles if j.config is not None]
+    if plan.classifier is not None and Path(plan.classifier.data).is_dir():
+        folders.append(Path(plan.classifier.data))
+    return list(dict.fromkeys(folders))
 
 
 def _classifier_done(plan: AllPlan) -> bool:

@@ -43,6 +43,7 @@ from .data import (
 )
 from .errors import DatasetError, OutOfMemoryError, TrainingError
 from .losses import CONTENT_LAYER, STYLE_LAYERS, check_layers
+from .outputs import check_run, mark_work
 
 log = logging.getLogger(__name__)
 
@@ -595,12 +596,14 @@ def _output_dict(run: _Run) -> dict[str, Any]:
 
 
 def train_style(config: StyleConfig, output: str | Path, *, work: str | Path | None = None, resume: bool = False,
-                progress: bool = True, time_limit: float | None = None) -> StyleResult:
+                progress: bool = True, time_limit: float | None = None, force: bool = False) -> StyleResult:
     """Train a style network and write it to ``output`` in the authors' checkpoint format.
 
     ``resume=True`` continues from ``work/checkpoint.pth`` (settings that change
     the weights must match; more steps or epochs may be asked for). Without it,
-    an existing checkpoint is an error rather than silently overwritten.
+    an existing checkpoint is an error rather than silently overwritten. An
+    existing ``output`` is replaced only with ``force``; an input never, and the
+    work folder must be the tool's own (:mod:`emostyle_train.outputs`).
     ``time_limit`` (seconds from this call, setup included): once passed, the
     run stops after the current step and writes everything as if that step had
     been the last (report.json says so); ``resume=True`` later continues it.
@@ -613,6 +616,8 @@ def train_style(config: StyleConfig, output: str | Path, *, work: str | Path | N
         _positive("time_limit", time_limit)
         deadline = time.monotonic() + time_limit
     plan = plan_style(config, Path(output), Path(work) if work else None)
+    check_run(plan.output, force, [Path(config.style), *plan.files], [Path(config.content)], plan.work, "style",
+              resume=resume)
     ckpt = plan.work / "checkpoint.pth"
     if ckpt.exists() and not resume:
         raise TrainingError(f"{ckpt} holds an earlier run of this training."
@@ -625,7 +630,7 @@ def train_style(config: StyleConfig, output: str | Path, *, work: str | Path | N
              config.style, len(plan.files), plan.total_steps, plan.steps_per_epoch, config.size, config.batch,
              device)
     try:
-        plan.work.mkdir(parents=True, exist_ok=True)
+        mark_work(plan.work, "style", plan.output)
         plan.output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TrainingError(f"Cannot create {plan.work} or the folder of {plan.output}: " + sentence(exc)) from exc

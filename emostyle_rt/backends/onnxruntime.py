@@ -108,10 +108,17 @@ _OOM = re.compile(r"Failed to allocate memory|out of memory|Available memory of 
 TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
 
 
+def telemetry_off() -> None:
+    """Turn onnxruntime's telemetry off (unless $ORT_DISABLE_TELEMETRY says otherwise) for this process and the
+    processes it starts: read when onnxruntime is first imported, by us or by a library (onnxconverter-common's
+    mixed-precision tools import it themselves), so the command-line tools call this first."""
+    os.environ.setdefault(TELEMETRY_ENV, "1")
+
+
 def import_onnxruntime() -> Any:
     """The onnxruntime module (its telemetry off unless $ORT_DISABLE_TELEMETRY is set), or a typed error saying
     which extra installs it."""
-    os.environ.setdefault(TELEMETRY_ENV, "1")  # read when onnxruntime is first imported
+    telemetry_off()
     try:
         import onnxruntime
     except ImportError as exc:
