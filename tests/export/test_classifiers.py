@@ -75,6 +75,15 @@ def test_papers_classifier_has_21_layers() -> None:
     assert tuple(m.inputs[0].shape) == (None, 128, 128, 3)
 
 
+def test_papers_classifier_exports_with_parity(tmp_path: Path) -> None:
+    """The paper's 21-layer model (what emostyle-train classifier trains) through the ordinary export path."""
+    keras.utils.set_random_seed(0)
+    build_classifier().save(tmp_path / "paper.keras")
+    clf, rep = roundtrip(tmp_path / "paper.keras", tmp_path, "0..1")
+    assert (clf.height, clf.width, clf.channels) == (128, 128, 3)
+    assert rep.max_abs_diff <= 1e-4 and rep.top1_agree and "astronaut face 128x128x3" in rep.inputs
+
+
 def test_keras_v3_file(tmp_path: Path) -> None:
     tiny((128, 128, 3)).save(tmp_path / "m.keras")
     clf, rep = roundtrip(tmp_path / "m.keras", tmp_path, "0..1")

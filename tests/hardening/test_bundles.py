@@ -142,12 +142,12 @@ def test_manifest_output_count_disagrees_with_labels(bundle: Path) -> None:
     _open_fails(bundle, "manifest.json", "6 outputs but 7 labels")
 
 
-def _six_class_classifier(path: Path) -> None:
-    """A tiny valid classifier graph with the demo's tensor names but 6 probabilities out."""
+def _six_class_classifier(path: Path, height: int, width: int, channels: int) -> None:
+    """A tiny valid classifier graph with the demo's tensor names and input but 6 probabilities out."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = numpy_helper.from_array(np.full((3, 6), 0.01, np.float32), "w")
+    weights = numpy_helper.from_array(np.full((channels, 6), 0.01, np.float32), "w")
     nodes = [
         helper.make_node("Cast", ["face"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["f", "axes"], ["m"], keepdims=0),
@@ -156,7 +156,7 @@ def _six_class_classifier(path: Path) -> None:
     ]
     axes = numpy_helper.from_array(np.array([1, 2], np.int64), "axes")
     graph = helper.make_graph(
-        nodes, "six", [helper.make_tensor_value_info("face", TensorProto.UINT8, ["n", 128, 128, 3])],
+        nodes, "six", [helper.make_tensor_value_info("face", TensorProto.UINT8, ["n", height, width, channels])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 6])], [weights, axes],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -168,8 +168,9 @@ def _six_class_classifier(path: Path) -> None:
 def test_classifier_graph_disagrees_with_labels(bundle: Path) -> None:
     """Manifest consistent with itself, but the graph gives 6 values: refused at open, not a silent zip()."""
     p = bundle / "classifier.onnx"
-    _six_class_classifier(p)
     m = _manifest(bundle)
+    c = m["classifier"]["input"]
+    _six_class_classifier(p, c["height"], c["width"], c["channels"])
     m["classifier"]["sha256"] = sha256_file(p)
     _write_manifest(bundle, m)
     _open_fails(bundle, str(p), "6 values per item", "7 labels")

@@ -19,12 +19,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from emostyle_bench.crop_agreement import border_faces, check_crop_agreement, reference_crop
+from emostyle_bench.crop_agreement import border_faces, check_crop_agreement, fer_inputs, pipeline_faces, reference_crop
 from skimage import data
 
 from emostyle_rt import Stylizer
 from emostyle_rt.errors import BundleError, InvalidArgumentError
-from emostyle_rt.faces import Face, crop_face
+from emostyle_rt.faces import Face, crop_face, crop_rect
 from emostyle_rt.manifest import (
     CROP_PRESETS,
     CV2_GREY,
@@ -78,14 +78,17 @@ def test_presets_match_the_reference_pixel_for_pixel(preset: str, channels: int,
 
 def _random_spec() -> CropSpec:
     px = bool(rng.random() < 0.5)
+    border = str(rng.choice(["clip", "constant", "mean", "bottom-rows-mean", "reflect"]))
     return CropSpec(
         margin=float(rng.choice([0, 1, 7, 10, 33.5] if px else [0, 0.13, 0.2, 0.5, 2.0])),
         margin_unit="px" if px else "fraction",
         square=str(rng.choice(["expand", "none"])),
-        border=str(rng.choice(["clip", "constant", "mean", "reflect"])),
+        border=border,
         border_value=int(rng.integers(0, 256)),
         interpolation=str(rng.choice(["auto", "area", "linear", "cubic", "nearest"])),
         grey_weights=[CV2_GREY, (1 / 3, 1 / 3, 1 / 3), (0.5, 0.5, 0.0)][int(rng.integers(0, 3))],
+        rounding=str(rng.choice(["half-even", "half-up"])),
+        border_width=None if border == "clip" or rng.random() < 0.5 else int(rng.choice([0, 3, 40])),
     )
 
 
@@ -115,14 +118,47 @@ def test_default_spec_is_the_01_crop() -> None:
         np.testing.assert_array_equal(crop_face(ASTRONAUT, Face(*box), (128, 128), 3), old)
 
 
-def test_fer_style_pads_with_the_mean_and_tight_is_the_box() -> None:
+def test_mean_pads_fer_style_pads_the_bottom_rows_mean_and_tight_is_the_box() -> None:
     img = IMAGES["301x257"]
-    grey = crop_face(img, Face(0, 0, 40, 40), (60, 60), 1, dataclasses.replace(CROP_PRESETS["fer-style"],
-                                                                              interpolation="nearest"))
-    mean = int(np.rint(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).mean()))
-    assert (grey[:5, :5] == mean).all()  # the 10 px outside the top-left corner are the mean grey
+    grey_img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    spec = CropSpec(margin=10, margin_unit="px", border="mean", interpolation="nearest")
+    grey = crop_face(img, Face(0, 0, 40, 40), (60, 60), 1, spec)
+    assert (grey[:5, :5] == int(np.rint(grey_img.mean()))).all()  # the 10 px outside the top-left corner
+    fer = dataclasses.replace(CROP_PRESETS["fer-style"], interpolation="nearest")
+    bottom = int(np.rint(grey_img[-2:].mean()))
+    assert bottom != int(np.rint(grey_img.mean()))
+    assert (crop_face(img, Face(0, 0, 40, 40), (60, 60), 1, fer)[:5, :5] == bottom).all()
+    # fer's frame is 40 px: a crop reaching 60 px out is cut at 40 (not square any more, then stretched)
+    unlimited = dataclasses.replace(fer, border_width=None)
+    far, near = Face(0, 100, 1, 100), Face(0, 100, 20, 40)
+    assert crop_rect(far, fer)[0] == -49 - 10 and crop_rect(near, fer)[0] == -10 - 10  # squaring + 10 px margin
+    assert not np.array_equal(crop_face(img, far, (60, 60), 1, fer), crop_face(img, far, (60, 60), 1, unlimited))
+    np.testing.assert_array_equal(crop_face(img, near, (60, 60), 1, fer), crop_face(img, near, (60, 60), 1, unlimited))
+    # half-up rounding: an odd squaring difference puts the extra pixel right / at the bottom, as fer's x -= d // 2
+    assert crop_rect(Face(100, 50, 10, 13), fer) == (100 - 1 - 10, 50 - 10, 100 - 1 + 13 + 10, 50 + 13 + 10)
+    assert crop_rect(Face(100, 50, 10, 13), dataclasses.replace(fer, rounding="half-even"))[0] == 100 - 2 - 10
     tight = crop_face(img, Face(30, 20, 50, 40), (40, 50), 3, CROP_PRESETS["tight"])
     np.testing.assert_array_equal(tight, img[20:60, 30:80])  # same size: linear resize is the identity
+
+
+def test_fer_style_is_fers_own_preprocessing_pixel_for_pixel() -> None:
+    """The preset against fer 25.10.3's detect_emotions preprocessing, written from its code (fer_inputs): faces at
+    and cut by every border (beyond its 40 px frame too), odd and even squaring differences, random boxes."""
+    spec = CROP_PRESETS["fer-style"]
+    cases = [(img, box) for _, img, box in pipeline_faces()]
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(8, 200, 2))
+        y, x = int(rng.integers(0, 512 - h)), int(rng.integers(0, 512 - w))
+        img = np.ascontiguousarray(ASTRONAUT[y: y + h, x: x + w])
+        bx, by = int(rng.integers(0, w)), int(rng.integers(0, h))
+        cases.append((img, (bx, by, int(rng.integers(1, w - bx + 1)), int(rng.integers(1, h - by + 1)))))
+    odd = 0
+    for img, box in cases:
+        ours = crop_face(img, Face(*box), (64, 64), 1, spec).astype(np.float32)[None]
+        ours = (ours / 255.0 - 0.5) * 2.0  # fer's scaling; the bundle's graph does x / 127.5 - 1 inside
+        np.testing.assert_array_equal(ours, fer_inputs(img, [box]), err_msg=f"{box} in {img.shape}")
+        odd += abs(box[2] - box[3]) % 2
+    assert odd > 50
 
 
 # ---------------------------------------------------------------- the manifest field
@@ -153,6 +189,22 @@ def test_manifest_crop_is_read(demo_bundle: Path, tmp_path: Path) -> None:
     fer = CROP_PRESETS["fer-style"]
     m = load_manifest(_manifest_copy(demo_bundle, tmp_path, fer.to_json()), verify_files=False)
     assert m.classifier.crop == fer
+    assert fer.to_json()["rounding"] == "half-up" and fer.to_json()["border_width"] == 40
+
+
+def test_fields_added_after_010_are_optional_and_written_only_when_set(demo_bundle: Path, tmp_path: Path) -> None:
+    """A crop block of the first format (no rounding, no border_width) still loads; default specs are written
+    without them, so an older emostyle-rt still opens such a bundle."""
+    old = {k: v for k, v in CROP_PRESETS["fer-style"].to_json().items() if k not in ("rounding", "border_width")}
+    old["border"] = "mean"
+    m = load_manifest(_manifest_copy(demo_bundle, tmp_path, old), verify_files=False)
+    assert (m.classifier.crop.rounding, m.classifier.crop.border_width) == ("half-even", None)
+    assert "rounding" not in DEFAULT_CROP.to_json() and "border_width" not in m.classifier.crop.to_json()
+    assert parse_crop("default,border=bottom-rows-mean,border_width=40px,rounding=half-up") == dataclasses.replace(
+        DEFAULT_CROP, border="bottom-rows-mean", border_width=40, rounding="half-up")
+    assert parse_crop({"preset": "fer-style", "border_width": "none"}).border_width is None
+    with pytest.raises(InvalidArgumentError, match=r"border_width='x' is not a valid value.*whole pixels"):
+        parse_crop("fer-style,border_width=x")
 
 
 def test_old_manifest_gets_the_default_spec_and_says_so_once(demo_bundle: Path, tmp_path: Path,
@@ -177,6 +229,9 @@ def test_old_manifest_gets_the_default_spec_and_says_so_once(demo_bundle: Path, 
     (DEFAULT_CROP.to_json() | {"alignment": "mouth"}, r"alignment cannot be 'mouth'.*\['none', 'eyes'\]"),
     (DEFAULT_CROP.to_json() | {"alignment": "eyes"}, r"alignment 'eyes' turns the crop.*border clip"),
     (DEFAULT_CROP.to_json() | {"border_value": 256}, "border_value"),
+    (DEFAULT_CROP.to_json() | {"rounding": "up"}, r"rounding cannot be 'up'.*half-up"),
+    (DEFAULT_CROP.to_json() | {"border_width": 40}, r"border_width limits.*border clip"),
+    (DEFAULT_CROP.to_json() | {"border": "mean", "border_width": -1}, "border_width must be a whole number"),
 ])
 def test_bad_manifest_crop_is_a_bundle_error(demo_bundle: Path, tmp_path: Path, crop: Any, match: str) -> None:
     with pytest.raises(BundleError, match=match) as err:
@@ -190,7 +245,7 @@ def test_bad_manifest_crop_is_a_bundle_error(demo_bundle: Path, tmp_path: Path, 
 def test_presets_and_key_values() -> None:
     fer = CROP_PRESETS["fer-style"]
     assert parse_crop("fer-style") == fer
-    assert parse_crop("margin=10px,border=mean,interp=linear") == fer
+    assert parse_crop("margin=10px,border=bottom-rows-mean,border_width=40,interp=linear,rounding=half-up") == fer
     assert parse_crop("tight") == CropSpec(margin=0.0, square="none", border="clip")
     assert parse_crop("fer-style, margin=0.1") == dataclasses.replace(fer, margin=0.1, margin_unit="fraction")
     assert parse_crop("border=constant,value=114,grey=1/0/0").grey_weights == (1.0, 0.0, 0.0)
@@ -279,4 +334,5 @@ def test_config_and_flag_reach_the_export_plan(tmp_path: Path) -> None:
     assert plan.classifier_crop == CropSpec(margin=4.0, margin_unit="px", square="none")
     flag = ["--demo", "--config", str(cfg), "--classifier-crop", "fer-style", "-o", "x"]
     assert plan_from_args(build_parser().parse_args(flag)).classifier_crop == CROP_PRESETS["fer-style"]  # flag wins
-    assert plan_from_args(build_parser().parse_args(["--demo", "-o", "x"])).classifier_crop == DEFAULT_CROP
+    # neither given: None, the classifier's own (the demo's vendored fer model: fer-style; others: the default)
+    assert plan_from_args(build_parser().parse_args(["--demo", "-o", "x"])).classifier_crop is None

@@ -174,7 +174,8 @@ def test_batch_runs_each_style_once_per_group(demo_bundle: Path, monkeypatch: py
     images = [SMALL_FACE, NO_FACE, SMALL_FACE[:, ::-1], NO_FACE[:51], SMALL_FACE]
     results = st.stylize_batch(images)
     assert [r.image.shape for r in results] == [im.shape for im in images]
-    assert runs[0] == ("classifier", (5, 128, 128, 3))  # every crop in one run
+    c = st.manifest.classifier
+    assert runs[0] == ("classifier", (5, c.height, c.width, c.channels))  # every crop in one run
     style_runs = runs[1:]
     assert len(style_runs) == len({(k, s[1:]) for k, s in style_runs})  # one run per style and size
     assert sum(s[0] for _, s in style_runs) == len(images)

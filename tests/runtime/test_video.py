@@ -1,11 +1,11 @@
 """Video and webcam: streams, emotion over time, files through PyAV, bad input, the command.
 
 Clips are built here with PyAV from the astronaut photo (small sizes, few frames).
-The demo bundle's untrained classifier answers "fear" for every photo and transform
-tried (astronaut, flipped, inverted, grey, other photos, solid colours, noise), so
-the stability tests inject a classifier whose answer follows the clip's content,
-with seeded noise like ``benchmarks/video_sweep.py``'s; detection, tracking,
-scheduling, smoothing and styling are the real ones.
+The stability tests inject a classifier whose answer follows the clip's content (the
+astronaut happy, her channels swapped sad: no real photo pair changes expression),
+with seeded noise like ``benchmarks/video_sweep.py``'s synthetic model; detection,
+tracking, scheduling, smoothing and styling are the real ones. One test runs the demo
+bundle's trained classifier itself on a steady real face.
 """
 
 from __future__ import annotations
@@ -139,6 +139,36 @@ def test_smoothing_is_frame_rate_independent() -> None:
     assert max(times) - min(times) <= 1 / 10 + 1e-9  # within one frame of the slowest rate
 
 
+def test_a_style_is_kept_for_the_minimum_segment() -> None:
+    """min_segment_seconds: after a switch no other switch comes before it has passed."""
+    o = TemporalOptions(smooth_seconds=0.0, switch_margin=0.1, switch_seconds=0.0, min_segment_seconds=1.5)
+    sm = EmotionSmoother(LABELS, o)
+    happy, sad = np.full(7, 0.05), np.full(7, 0.05)
+    happy[3], sad[4] = 0.7, 0.7
+    switched = []
+    for i in range(120):  # happy and sad alternate every 0.5 s (30 fps)
+        t = i / 30
+        sm.observe(t, happy if (i // 15) % 2 == 0 else sad)
+        if sm.decide(t):
+            switched.append(t)
+    assert switched[0] == pytest.approx(0.5)  # the first choice (happy) is not held: sad takes over at once
+    assert all(b - a >= 1.5 - 1e-9 for a, b in zip(switched, switched[1:]))
+    assert len(switched) >= 2  # it does switch, just not sooner
+    with pytest.raises(InvalidArgumentError, match="min_segment_seconds"):
+        TemporalOptions(min_segment_seconds=-1)
+
+
+def test_real_classifier_keeps_the_astronauts_smile(st: Stylizer, astronaut: np.ndarray) -> None:
+    """No injected classifier: the demo's trained classifier, the real detector and tracker on a steady face that
+    moves a little. Fails if the demo classifier were untrained again (it answered "fear" for everything)."""
+    frame = np.ascontiguousarray(cv2.resize(astronaut[0:384, 64:448], (256, 256), interpolation=cv2.INTER_AREA))
+    out = list(st.stream(jittered(frame, 20), fps=15))
+    observed = [f.state.observed for f in out if f.state.observed is not None]
+    assert len(observed) >= 5 and all(max(o, key=o.get) == "happy" for o in observed)
+    assert {f.state.emotion for f in out} == {"happy"} and not any(f.state.switched for f in out)
+    assert all(f.state.face is not None for f in out if f.state.observed is not None)
+
+
 def test_hysteresis_needs_margin_and_time() -> None:
     o = TemporalOptions(switch_margin=0.1, switch_seconds=0.3, smooth_seconds=0.0)
     sm = EmotionSmoother(LABELS, o)
@@ -229,7 +259,7 @@ def test_crossfade_blends_two_styles(st: Stylizer, face_frame: np.ndarray, monke
         return Classification(e, {k: float(k == e) for k in LABELS}, None, (), "whole")
 
     monkeypatch.setattr(st, "classify", fake)
-    o = TemporalOptions(classify_every=1, smooth_seconds=0, switch_seconds=0, crossfade_frames=3)
+    o = TemporalOptions(classify_every=1, smooth_seconds=0, switch_seconds=0, crossfade_frames=3, min_segment_seconds=0)
     out = list(st.stream([face_frame] * 16, fps=30, options=o))
     k = next(i for i, f in enumerate(out) if f.state.switched)
     assert [f.state.fade for f in out[k:k + 4]] == pytest.approx([0.25, 0.5, 0.75, 1.0])
@@ -275,18 +305,22 @@ def test_steady_expression_switches_at_most_once(st: Stylizer, face_frame: np.nd
     assert s[0].start == 0.0 and s[-1].end == pytest.approx(10.0) and sum(x.frames for x in s) == 150
 
 
-def test_changing_expression_switches_within_a_second(st: Stylizer, face_frame: np.ndarray,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("options", "within"), [
+    (TemporalOptions(), 1.5),  # the defaults: p95 1.2 s on the real classifier's noise (docs/emotion-over-time.md)
+    (TemporalOptions(smooth_seconds=0.2, switch_margin=0.2, min_segment_seconds=0.0), 1.0),  # faster, less steady
+])
+def test_changing_expression_is_followed(st: Stylizer, face_frame: np.ndarray, monkeypatch: pytest.MonkeyPatch,
+                                         options: TemporalOptions, within: float) -> None:
     other = np.ascontiguousarray(face_frame[:, :, ::-1])  # blue-ish: the fake says sad
     frames = [f for k in range(4) for f in jittered(face_frame if k % 2 == 0 else other, 45, seed=k)]
     monkeypatch.setattr(st, "classify", fake_classifier(2))
-    out = list(st.stream(frames, fps=15))  # happy, sad, happy, sad: 3 s each
+    out = list(st.stream(frames, fps=15, options=options))  # happy, sad, happy, sad: 3 s each
     # Changes at 0 (the first pick, from one noisy classification), 3, 6 and 9 s: every switch follows one
-    # within 1 s, and the style reaches each new expression within 1 s.
+    # within the bound, and the style reaches each new expression within it.
     switches = [(f.time, f.state.emotion) for f in out if f.state.switched]
-    assert all(any(0 <= t - c <= 1.0 for c in (0.0, 3.0, 6.0, 9.0)) for t, _ in switches), switches
+    assert all(any(0 <= t - c <= within for c in (0.0, 3.0, 6.0, 9.0)) for t, _ in switches), switches
     for change, want in ((3.0, "sad"), (6.0, "happy"), (9.0, "sad")):
-        assert any(0 <= t - change <= 1.0 and e == want for t, e in switches), (change, switches)
+        assert any(0 <= t - change <= within and e == want for t, e in switches), (change, switches)
     segs = SegmentLog()
     for f in out:
         segs.add(f)

@@ -183,7 +183,10 @@ def test_requests_that_arrive_together_share_runs(make_app: Any, serve_stylizer:
                     assert r.status_code == 422 and r.json()["error"] == "InvalidImageError", r.text
                     continue
                 assert r.status_code == 200, r.text
-                np.testing.assert_array_equal(decode(r.content), w.image)
+                if serve_stylizer._styles[w.style].name.startswith("onnxruntime:"):
+                    np.testing.assert_array_equal(decode(r.content), w.image)
+                else:  # OpenVINO's kernels differ with the batch size: within the bundle's 1 grey level
+                    assert np.abs(decode(r.content).astype(int) - w.image).max() <= 1
                 assert r.headers["x-emotion"] == w.emotion and r.headers["x-emotion-source"] == w.source
             page = (await c.get("/metrics")).text
             assert metric(page, "emostyle_batch_size_count") == 1

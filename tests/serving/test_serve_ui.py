@@ -30,7 +30,7 @@ from emostyle_rt.errors import BackendError, NoFaceError
 from emostyle_rt.stylizer import Classification
 from emostyle_rt.video import EmotionTimeline, TemporalOptions, default_initial
 from emostyle_serve import ServeConfig, create_app
-from emostyle_serve.ui import CSP, WEBCAM_IN_FLIGHT
+from emostyle_serve.ui import CSP, WEBCAM_IN_FLIGHT, demo_notice
 
 #: Set to a path to keep the screenshot the photo test takes (the README's docs/img/serve-ui.png).
 SCREENSHOT_ENV = "EMOSTYLE_UI_SCREENSHOT"
@@ -67,6 +67,10 @@ def test_page_routes_headers_and_no_ui(make_app: Any, serve_stylizer: Stylizer) 
             assert cfg["emotions"] == dict(serve_stylizer.manifest.emotions)
             assert cfg["temporal"] == TemporalOptions().__dict__ and cfg["in_flight"] == WEBCAM_IN_FLIGHT
             assert cfg["max_body"] == 256 << 10 and cfg["ready"] is True
+            # the demo's note says what is untrained, from the manifest: here the seven styles, not fer's classifier
+            assert cfg["demo_note"] == demo_notice(serve_stylizer.manifest)
+            assert "classifier is trained (fer mini-Xception)" in cfg["demo_note"]
+            assert "seven style networks are untrained" in cfg["demo_note"]
         async with client_for(make_app(ui=False)) as c:  # --no-ui
             for path in ("/", "/ui/app.js", "/ui/config.json"):
                 assert (await c.get(path)).status_code == 404, path
@@ -225,6 +229,7 @@ def test_photo_in_the_browser_equals_the_api(browser: Any, server: Callable[...,
     link = browser.find_element("id", "download")
     assert link.get_attribute("download") == "astronaut-styled.png"
     assert link.get_attribute("href") == browser.find_element("id", "styled").get_attribute("src")
+    assert text(browser, "demo-note") == demo_notice(serve_stylizer.manifest)
     shot = tmp_path / "ui.png"
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get(SCREENSHOT_ENV):
@@ -343,7 +348,9 @@ def test_webcam_emotion_over_time_matches_the_video_path(browser: Any, server: C
                      {"emotion": labels[int(np.argmax(p))], "scores": dict(zip(labels, p.tolist()))})
     scenarios = [TemporalOptions(), TemporalOptions(smooth_seconds=0, switch_seconds=0),
                  TemporalOptions(classify_every=1, smooth_seconds=0.5, switch_margin=0.05, switch_seconds=0.3),
-                 TemporalOptions(classify_every=5, classify_seconds=1.0, switch_margin=0.4)]
+                 TemporalOptions(classify_every=5, classify_seconds=1.0, switch_margin=0.4),
+                 TemporalOptions(smooth_seconds=0.2, switch_margin=0.2, min_segment_seconds=0),
+                 TemporalOptions(smooth_seconds=0.1, switch_margin=0.1, min_segment_seconds=3.0)]
     url, _, _ = server()
     open_page(browser, f"{url}/")
     for options in scenarios:
