@@ -16,10 +16,10 @@ gen=.venv/bin/python; [ -x "$gen" ] || gen=python3
 floor=$("$gen" scripts/floors.py --requires-python)
 py=${EMOSTYLE_FLOORS_PYTHON:-}
 if [ -z "$py" ]; then
-  py=$(command -v "python$floor" || true)
-  if [ -z "$py" ] && command -v pyenv >/dev/null; then
-    py=$(ls -d "$(pyenv root)/versions/$floor".*/bin/"python$floor" 2>/dev/null | tail -1 || true)
-  fi
+  for cand in "$(command -v "python$floor" || true)" \
+              $( (command -v pyenv >/dev/null && ls -d "$(pyenv root)/versions/$floor".*/bin/"python$floor") 2>/dev/null); do
+    if [ -n "$cand" ] && "$cand" -V >/dev/null 2>&1; then py=$cand; break; fi  # (a pyenv shim may not run)
+  done
   if [ -z "$py" ]; then
     py=$(command -v python3.11 || command -v python3)
     echo "warning: no python$floor (requires-python's floor) found; the floors run on $("$py" -V) instead" >&2
@@ -64,10 +64,21 @@ EMOSTYLE_TEST_BUNDLE="$bundle" "$venv/bin/python" -m pytest -p no:cacheprovider 
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" = 0 ] && [ "$write" = 1 ]; then
-  { echo "# The runtime's floors (scripts/floors.py; tests/test_floors.py checks this file against pyproject.toml)."
-    echo "# Last passed: bash scripts/check_floors.sh --write, Python $("$py" -V | cut -d' ' -f2), $(date -u +%Y-%m-%d):"
-    echo "# $(tail -1 "$log" | sed 's/=//g; s/^ *//; s/ *$//')"
-    "$gen" scripts/floors.py --all; } > scripts/floors.txt
-  echo "wrote scripts/floors.txt"
+  # one line per Python that passed; another Python's line stays while the floors are unchanged
+  "$gen" - "$ver" "$("$py" -V | cut -d' ' -f2)" "$("$gen" scripts/floors.py --python "$ver" --extras)" \
+      "$(tail -1 "$log" | sed 's/=//g; s/^ *//; s/ *$//')" "$("$gen" scripts/floors.py --all)" <<'EOF'
+import datetime, sys
+from pathlib import Path
+ver, full, extras, result, pins = sys.argv[1:]
+record = Path("scripts/floors.txt")
+old = record.read_text().splitlines() if record.exists() else []
+same = [ln for ln in old if ln and not ln.startswith("#")] == pins.splitlines()
+runs = [ln for ln in old if same and ln.startswith("# Python ") and not ln.startswith(f"# Python {ver}.")]
+runs.append(f"# Python {full} ({extras}), {datetime.date.today()}: {result}")
+record.write_text("# The runtime's floors: scripts/floors.py from pyproject.toml, each run below by\n"
+                  "# bash scripts/check_floors.sh --write (tests/test_versions.py checks this file against pyproject).\n"
+                  + "\n".join(sorted(runs)) + "\n" + pins + "\n")
+print(f"wrote {record}")
+EOF
 fi
 exit "$rc"
