@@ -165,7 +165,7 @@ def decode_image(data: bytes, *, source: object = "image", max_pixels: int = MAX
     if size is not None:
         _check_pixels(p, *size, max_pixels)
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB) if data else None
+        image = _imdecode_rgb(data) if data else None
     except cv2.error as exc:  # e.g. a declared size over OpenCV's own pixel limit
         raise ImageReadError(f"File {p} cannot be decoded: {str(exc).strip().splitlines()[-1]}.") from exc
     if image is None:
@@ -176,6 +176,20 @@ def decode_image(data: bytes, *, source: object = "image", max_pixels: int = MAX
     _check_pixels(p, image.shape[1], image.shape[0], max_pixels)
     a = _alpha_plane(data, image, p) if alpha and may_have_alpha(data) else None
     return image if a is None else np.dstack([image, a])
+
+
+def _imdecode_rgb(data: bytes) -> np.ndarray | None:
+    """OpenCV's colour decode as RGB: IMREAD_COLOR_RGB (OpenCV 4.11+), else IMREAD_COLOR and a BGR -> RGB swap.
+
+    The two give the same pixels (the swap is exact); the fallback keeps the
+    declared floor, OpenCV 4.x older than 4.11 (scripts/check_floors.sh runs it).
+    """
+    buf = np.frombuffer(data, np.uint8)
+    flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    if flag is not None:
+        return cv2.imdecode(buf, flag)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 _ORIENT = {  # EXIF Orientation -> how OpenCV turns the stored pixels upright

@@ -266,7 +266,10 @@ def _read_config(path: Path) -> dict[str, Any]:
         if kind == "JSON":
             cfg = json.loads(text)
         else:
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package (the extras' marker)
+                import tomli as tomllib
 
             cfg = tomllib.loads(text)
     except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors

@@ -90,7 +90,10 @@ class Recipe:
 
 def load_recipe(path: Path = RECIPE) -> Recipe:
     """``recipe.toml``, checked: the seven emotions, images that exist, content and held-out photos apart."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package (the export extra's marker)
+        import tomli as tomllib
 
     from emostyle_rt.manifest import EMOTIONS
 

@@ -289,7 +289,11 @@ def test_registry_order_and_fallback(manifest: Manifest, monkeypatch: pytest.Mon
 
 def test_stylizer_auto_with_a_mismatched_package_loads_no_torch(demo_bundle: Path, tmp_path: Path) -> None:
     """A package for another machine: one warning, onnxruntime, and torch is never imported (slim rule)."""
+    import importlib.util
     import shutil
+
+    if importlib.util.find_spec("torch") is None:  # without torch no package is considered, so nothing to warn
+        pytest.skip("needs torch installed (the [aoti] extra)")
 
     bundle = tmp_path / "b"
     shutil.copytree(demo_bundle, bundle)

@@ -43,6 +43,34 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert read_image(p).shape == (60, 40, 3)
 
 
+def _encoded_kinds() -> dict[str, bytes]:
+    """A JPEG turned by EXIF, an RGB PNG, a grey PNG and a 16-bit PNG of the astronaut (512 x 384, upright)."""
+    bgr = np.ascontiguousarray(ASTRONAUT[:, :384, ::-1])
+    kinds = {".jpg": cv2.imencode(".jpg", bgr)[1].tobytes(), ".png": cv2.imencode(".png", bgr)[1].tobytes(),
+             "grey.png": cv2.imencode(".png", cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))[1].tobytes(),
+             "16bit.png": cv2.imencode(".png", bgr.astype(np.uint16) * 257 + 3)[1].tobytes()}
+    kinds["exif6.jpg"] = _with_exif_orientation(kinds[".jpg"], 6)
+    return kinds
+
+
+@pytest.mark.parametrize("with_rgb_flag", [True, False])
+def test_decode_without_imread_color_rgb_gives_the_same_pixels(with_rgb_flag: bool,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenCV < 4.11 has no IMREAD_COLOR_RGB: the IMREAD_COLOR + BGR -> RGB fallback reads every kind identically."""
+    from emostyle_rt.imageio import decode_image
+
+    if not with_rgb_flag:
+        monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)
+    elif not hasattr(cv2, "IMREAD_COLOR_RGB"):
+        pytest.skip(f"OpenCV {cv2.__version__} has no IMREAD_COLOR_RGB (4.11+)")
+    for kind, blob in _encoded_kinds().items():
+        want = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+        got = decode_image(blob, source=kind)
+        assert got.dtype == np.uint8 and got.shape == want.shape, kind
+        np.testing.assert_array_equal(got, want, err_msg=kind)
+    assert decode_image(_encoded_kinds()["exif6.jpg"]).shape == (384, 512, 3)  # turned by its EXIF
+
+
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".webp"])
 def test_header_size_matches_decoded_size(ext: str) -> None:
     ok, buf = cv2.imencode(ext, ASTRONAUT[:301, :255])
