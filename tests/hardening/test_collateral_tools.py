@@ -93,6 +93,17 @@ def typed(err: str, *needles: str) -> None:
         assert n in err, (n, err)
 
 
+def refused_at_parse(main: Callable[[list[str]], int], argv: list[str], box: Path,
+                     capsys: pytest.CaptureFixture[str], needle: str) -> None:
+    """``main(argv)`` stops while parsing (exit 2), says ``needle``, and the sandbox is unchanged."""
+    before = snapshot(box)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2, argv
+    typed(capsys.readouterr().err, needle)
+    assert snapshot(box) == before, argv
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
     return {**env, **extra}
@@ -253,12 +264,7 @@ def test_export_refuses_what_is_not_the_bundles_own(box: Path, dead_pid: int, ca
         typed(capsys.readouterr().err, "error:", needle)
         assert snapshot(box) == before, argv
     for argv in (["--demo", "-o", "", "--force"], ["--bundle", "", "--fp16"], ["--config", "", "-o", "x"]):
-        before = snapshot(box)
-        with pytest.raises(SystemExit) as exc:
-            main(argv)
-        assert exc.value.code == 2
-        typed(capsys.readouterr().err, "an empty path")
-        assert snapshot(box) == before, argv
+        refused_at_parse(main, argv, box, capsys, "an empty path")
 
 
 def _fake_build(src: Path) -> Callable[..., object]:
@@ -564,12 +570,7 @@ def test_train_refuses_before_any_work(box: Path, capsys: pytest.CaptureFixture[
         assert snapshot(box) == before, argv
     for argv in ([*s, "-o", ""], ["style", "--style", "style.png", "--content", "", "-o", "x.pth"],
                  [*c[:1], "--data", "", "-o", "m.keras"], [*a, "-o", ""]):
-        before = snapshot(box)
-        with pytest.raises(SystemExit) as exc:
-            main(argv)
-        assert exc.value.code == 2
-        typed(capsys.readouterr().err, "an empty path")
-        assert snapshot(box) == before, argv
+        refused_at_parse(main, argv, box, capsys, "an empty path")
 
 
 def test_train_style_touches_only_its_outputs(box: Path, capsys: pytest.CaptureFixture[str]) -> None:
