@@ -168,7 +168,6 @@ class _Plans:
         log = logging.getLogger("emostyle_rt.stylizer")
         log.addHandler(self.handler)
         log.setLevel(logging.INFO)
-        log.propagate = False
 
 
 def bench_chain(bundle: Path, sizes: list[str], rounds: int, eager: bool) -> list[dict[str, Any]]:
