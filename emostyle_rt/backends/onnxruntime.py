@@ -84,11 +84,11 @@ CPU_CONCURRENCY_ENV = "EMOSTYLE_CPU_CONCURRENCY"
 CPU_THREADS_ENV = "EMOSTYLE_CPU_THREADS"
 #: Whether the intra-op (and inter-op) threads of the small graphs' sessions (MTCNN's three, the classifier:
 #: ``OrtRunner(small=True)``) spin while they wait for work (onnxruntime's ``session.intra_op.allow_spinning``,
-#: default on). Off: a face detection is a dozen runs of a few ms each, and the threads of four such sessions
-#: spinning after them took the cores from the style run that follows (OpenVINO's or onnxruntime's own pool): on the
-#: 2-core dev CPU, shared (load 4-5), the chain with spinning took 0.93-1.31x the time without (median 1.14x, five
-#: interleaved runs at 512 / 720p / 1080p), and detection itself was never slower without. Style graphs keep it:
-#: one long run, whose own threads wait between its nodes.
+#: default on). Off: a face detection is a dozen runs of a few ms each, and the spinning threads of four such
+#: sessions compete for the cores with the style run that follows. 2-core dev CPU, shared (load 3-4), default
+#: backend, 10 interleaved rounds, spinning / not spinning: detection 1.60x / 0.99x / 1.16x the time at 512 / 720p /
+#: 1080p, the whole chain 1.19x / 0.97x / 1.07x (another run, 4 rounds at load 5-6: 1.18x / 1.00x / 0.92x). Same
+#: outputs. Style graphs keep spinning: one long run, whose own threads wait between its nodes.
 SMALL_GRAPH_SPINNING = False
 #: With the shared arena, a run with more input pixels than this shrinks the arena
 #: afterwards, so one huge photo does not pin gigabytes for the process' life.
