@@ -150,11 +150,64 @@ def bench_small_graphs(m: Any, rounds: int, calls: int) -> list[dict[str, Any]]:
     return rows
 
 
-def bench_chain(bundle: Path, sizes: list[str], rounds: int, eager: bool) -> list[dict[str, Any]]:
-    """The whole Stylizer (detect, classify, style) with its default backend, with onnxruntime, and the eager chain."""
-    from emostyle_rt import Stylizer
+#: Chain paths of the fresh process: (label, Stylizer backend, whether the small onnxruntime graphs spin).
+#: "default, spinning" is the default as it was before the detector's and classifier's sessions stopped spinning.
+CHAIN_PATHS = (("onnxruntime", "onnxruntime", None), ("default (auto)", "auto", None),
+               ("default, spinning (before)", "auto", True))
 
-    default, ort = Stylizer(bundle), Stylizer(bundle, backend="onnxruntime")
+
+class _Plans:
+    """Counts the Stylizer's "Style ... in tiles" log records, so each chain row says whether a path ran tiled."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self.tiled: list[str] = []
+        self.handler = logging.Handler()
+        self.handler.emit = lambda rec: self.tiled.append(rec.getMessage()) if "in tiles" in rec.getMessage() else None
+        log = logging.getLogger("emostyle_rt.stylizer")
+        log.addHandler(self.handler)
+        log.setLevel(logging.INFO)
+
+
+def bench_chain(bundle: Path, sizes: list[str], rounds: int, eager: bool) -> list[dict[str, Any]]:
+    """The whole chain in a fresh process (``_chain_child``): ``CHAIN_PATHS`` and the eager chain, interleaved.
+
+    Fresh because a Stylizer's default memory budget is 2.5 GB less what its process held when it opened: opened
+    after the style stage above (5.4 GB held, mostly onnxruntime's shared arena), every path got the 512 MB floor
+    and 720p and 1080p ran in exact tiles with their activations spooled to disk, which is not what a user's process
+    (one that opens its Stylizer first) does.
+    """
+    cmd = [sys.executable, "-m", "emostyle_bench.openvino_cpu", "--chain-child", "--bundle", str(bundle),
+           "--sizes", ",".join(sizes), "--rounds", str(rounds)] + (["--no-eager"] if not eager else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the chain's child process failed ({done.returncode}): {done.stderr[-2000:]}")
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    for row in rows:
+        _say(row)
+    return rows
+
+
+def _chain_child(bundle: Path, sizes: list[str], rounds: int, eager: bool) -> None:
+    """In a fresh process: open every path's Stylizer first (each plans its budget as a user's process would), then
+    time them interleaved; one JSON row per size on stdout, with each path's plan (whole, or how it was tiled)."""
+    from emostyle_rt import Stylizer
+    from emostyle_rt.backends import onnxruntime as ortb
+    from emostyle_rt.tiling import process_rss
+
+    plans = _Plans()
+    stylizers: dict[str, Any] = {}
+    held: dict[str, float] = {}
+    for label, backend, spinning in CHAIN_PATHS:
+        before, ortb.SMALL_GRAPH_SPINNING = ortb.SMALL_GRAPH_SPINNING, bool(spinning) if spinning is not None \
+            else ortb.SMALL_GRAPH_SPINNING
+        try:
+            held[label] = round((process_rss() or 0) / 1e6)
+            st = stylizers[label] = Stylizer(bundle, backend=backend)
+            st._detector.preload()  # the detector's sessions are made now, with this path's spinning
+        finally:
+            ortb.SMALL_GRAPH_SPINNING = before
     fns: dict[str, Callable[[np.ndarray], tuple[str, np.ndarray]]] = {}
 
     def ours(st: Any) -> Callable[[np.ndarray], tuple[str, np.ndarray]]:
@@ -163,8 +216,8 @@ def bench_chain(bundle: Path, sizes: list[str], rounds: int, eager: bool) -> lis
             return r.emotion, r.image
         return run
 
-    fns["onnxruntime"] = ours(ort)
-    fns["default (auto)"] = ours(default)
+    for label, st in stylizers.items():
+        fns[label] = ours(st)
     if eager:
         from emostyle_bench.paths import Context, _eager_chain
 
@@ -175,20 +228,27 @@ def bench_chain(bundle: Path, sizes: list[str], rounds: int, eager: bool) -> lis
             return out.emotions[0], out.images[0]
 
         fns["eager (Keras + PyTorch)"] = eager_run
-    rows = []
     for size in sizes:
         x = _resized(_photo("astronaut"), *SIZES[size])
-        outs = {n: f(x) for n, f in fns.items()}
+        tiled: dict[str, list[str]] = {}
+        outs = {}
+        for n, f in fns.items():
+            plans.tiled.clear()
+            outs[n] = f(x)
+            tiled[n] = list(plans.tiled)
         t = interleave({n: (lambda f=f: f(x)) for n, f in fns.items()}, rounds)
+        default = stylizers["default (auto)"]
         style_runner = next(iter(default._styles.values())).name
-        rows.append({"stage": "chain", "size": size, "batch": 1, "default_style_engine": style_runner,
-                     "paths": summarize(t, "onnxruntime"),
-                     "emotions": {n: o[0] for n, o in outs.items()},
-                     "max_abs_diff_vs_onnxruntime": {n: _maxdiff(o[1], outs["onnxruntime"][1]) for n, o in outs.items()}})
-        _say(rows[-1])
-    default.close()
-    ort.close()
-    return rows
+        print(json.dumps({
+            "stage": "chain", "size": size, "batch": 1, "default_style_engine": style_runner,
+            "fresh_process": True, "rss_mb_when_opened": held,
+            "plan": {n: ("; ".join(dict.fromkeys(v)) or "whole") if n in stylizers else "whole (no budget)"
+                     for n, v in tiled.items()},
+            "paths": summarize(t, "onnxruntime"), "emotions": {n: o[0] for n, o in outs.items()},
+            "max_abs_diff_vs_onnxruntime": {n: _maxdiff(o[1], outs["onnxruntime"][1]) for n, o in outs.items()}}),
+            flush=True)
+    for st in stylizers.values():
+        st.close()
 
 
 _COLD = """
@@ -355,6 +415,13 @@ def markdown(result: dict[str, Any]) -> str:
             extra = f"{diffs.get(n, 0):g}" + (f" ({psnrs[n]} dB)" if n in psnrs else "")
             where = row["size"] + (f" {row['photo']}" if "photo" in row else "")
             lines.append(f"| {row['stage']} | {where} | {row['batch']} | {n} | {p['median_ms']:.1f} | {ratio:.2f}x | {extra} |")
+    chains = [row for row in result["rows"] if row["stage"] == "chain" and "plan" in row]
+    if chains:
+        lines += ["", "Chain rows: each path's Stylizer opened in one fresh process (RSS when each opened, MB: "
+                      + ", ".join(f"{n} {v}" for n, v in chains[0]["rss_mb_when_opened"].items())
+                      + "); how each path ran the style graph:", ""]
+        for row in chains:
+            lines.append(f"- {row['size']}: " + "; ".join(f"{n}: {p}" for n, p in row["plan"].items()))
     for row in result["rows"]:
         if row["stage"] == "coldstart":
             lines += ["", f"Cold start, fresh processes, one {row['size']} photo (medians of {row['pairs']}):", "",
@@ -388,7 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
     ap.add_argument("--picture", type=Path, default=None, help="PNG: input | fp32 | bf16 | int8 and |diff| x8")
+    ap.add_argument("--chain-child", action="store_true", help=argparse.SUPPRESS)  # the chain's fresh process
     a = ap.parse_args(argv)
+    if a.chain_child:
+        _chain_child(a.bundle, a.sizes.split(","), a.rounds, not a.no_eager)
+        return 0
     from importlib import metadata
 
     from emostyle_rt.backends import openvino as ovb

@@ -429,13 +429,19 @@ def _ours_chain(backend: str, provider: str | None, precision: str = "auto", dev
 
         from emostyle_rt.stylizer import Stylizer
 
+        from emostyle_rt.tiling import worker_budget
+
         _check_provider(provider, backend)
         if backend == "aoti":  # the Stylizer would fail on the first image, not here: say so now
             why = aoti_missing(ctx.manifest, list(ctx.manifest.styles), device)
             if why:
                 raise PathUnavailable(why)
         try:
-            st = Stylizer(ctx.manifest, backend=backend, provider=provider, precision=precision)
+            # The budget of a process that opens its Stylizer first (as a user's does): left to the default, a
+            # Stylizer opened here, after other stages grew this process (onnxruntime's arena, torch), would get
+            # the 512 MB floor and run 720p and 1080p in tiles spooled to disk (benchmarks/results/openvino-cpu.md).
+            st = Stylizer(ctx.manifest, backend=backend, provider=provider, precision=precision,
+                          memory_budget=None if provider in ("cuda", "tensorrt") else worker_budget(1))
         except BackendError as exc:
             raise PathUnavailable(str(exc)) from None
 

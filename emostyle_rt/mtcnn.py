@@ -220,7 +220,7 @@ class MtcnnDetector:
         from .backends import make_runner
 
         path = self.root / graph.onnx
-        runner = make_runner(path, provider=self.provider)
+        runner = make_runner(path, provider=self.provider, small=True)  # a few ms per run: no spinning threads
         ins, outs = {t.name: t for t in runner.inputs}, {t.name for t in runner.outputs}
         missing = [n for n in graph.output_names if n not in outs] + [graph.input_name] * (graph.input_name not in ins)
         shape = ins[graph.input_name].shape if graph.input_name in ins else ()

@@ -70,6 +70,7 @@ def make_runner(
     precision: str = "fp32",
     cpu_fallback_path: str | os.PathLike | None = None,
     cuda_graph: bool = False,
+    small: bool = False,
 ) -> Runner:
     """An onnxruntime runner for one ONNX file.
 
@@ -78,10 +79,11 @@ def make_runner(
     provider name to its options. ``precision`` names the graph's precision (it is
     part of the runner's name); ``cpu_fallback_path`` is the graph to load instead
     if a GPU provider fails and onnxruntime falls back to CPU. ``cuda_graph``:
-    replay CUDA graphs for repeated input shapes (CUDA EP only; see ``OrtRunner``).
+    replay CUDA graphs for repeated input shapes (CUDA EP only; see ``OrtRunner``). ``small``: a graph of a
+    few ms per run (MTCNN's, the classifier), whose CPU threads do not spin between runs.
     """
     return ort_backend.OrtRunner(onnx_path, provider=provider, provider_options=provider_options, precision=precision,
-                     cpu_fallback_path=cpu_fallback_path, cuda_graph=cuda_graph)
+                                 cpu_fallback_path=cpu_fallback_path, cuda_graph=cuda_graph, small=small)
 
 
 def choose_precision(precision: str, provider: str, spec: ClassifierSpec | StyleSpec) -> str:
@@ -140,7 +142,7 @@ def ort_runner_for(
         options[trt_ep] = ort_backend.trt_ep_options(cache_dir(cache), graph_sha256=sha)
     return make_runner(path, provider=provider, provider_options=options or None, precision=chosen,
                        cpu_fallback_path=fp32_path if chosen == "fp16" and precision == "auto" else None,
-                       cuda_graph=cuda_graph)
+                       cuda_graph=cuda_graph, small=key == CLASSIFIER)
 
 
 class FallbackRunner:

@@ -82,6 +82,14 @@ CPU_CONCURRENCY_ENV = "EMOSTYLE_CPU_CONCURRENCY"
 #: Intra-op threads of each session ($EMOSTYLE_CPU_THREADS; unset or 0: onnxruntime's default, one per
 #: physical core). Processes that share the cores set a share each: emostyle_ray's CPU actors set 1.
 CPU_THREADS_ENV = "EMOSTYLE_CPU_THREADS"
+#: Whether the intra-op (and inter-op) threads of the small graphs' sessions (MTCNN's three, the classifier:
+#: ``OrtRunner(small=True)``) spin while they wait for work (onnxruntime's ``session.intra_op.allow_spinning``,
+#: default on). Off: a face detection is a dozen runs of a few ms each, and the spinning threads of four such
+#: sessions compete for the cores with the style run that follows. 2-core dev CPU, shared (load 3-4), default
+#: backend, 10 interleaved rounds, spinning / not spinning: detection 1.60x / 0.99x / 1.16x the time at 512 / 720p /
+#: 1080p, the whole chain 1.19x / 0.97x / 1.07x (another run, 4 rounds at load 5-6: 1.18x / 1.00x / 0.92x). Same
+#: outputs. Style graphs keep spinning: one long run, whose own threads wait between its nodes.
+SMALL_GRAPH_SPINNING = False
 #: With the shared arena, a run with more input pixels than this shrinks the arena
 #: afterwards, so one huge photo does not pin gigabytes for the process' life.
 SHRINK_ABOVE_PIXELS = 1 << 23  # 8.4 Mpx, e.g. 3840x2160; a 1080p run keeps its memory
@@ -508,7 +516,8 @@ class OrtRunner:
     docstring). CUDA / TensorRT EP: IO binding, the input bound from host memory
     (one H2D copy of uint8), the output bound to the device and copied back once
     (one D2H copy of uint8); with ``cuda_graph``, repeated shapes replay a
-    captured CUDA graph (:class:`_CudaGraphs`).
+    captured CUDA graph (:class:`_CudaGraphs`). ``small``: a graph of a few ms per run (MTCNN's, the
+    classifier): its threads do not spin between runs (:data:`SMALL_GRAPH_SPINNING`).
     """
 
     def __init__(
@@ -521,6 +530,7 @@ class OrtRunner:
         precision: str = "fp32",
         cpu_fallback_path: str | os.PathLike | None = None,
         cuda_graph: bool = False,
+        small: bool = False,
     ) -> None:
         ort = import_onnxruntime()
 
@@ -534,6 +544,9 @@ class OrtRunner:
         opts.intra_op_num_threads = intra_op_threads or cpu_threads()
         if memory == "shared":
             opts.add_session_config_entry("session.use_env_allocators", "1")
+        if small and not SMALL_GRAPH_SPINNING:  # the CPU thread pools only (a GPU session's kernels do not spin)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         provider_options = dict(provider_options or {})
         if CUDA_OPTIONS and PROVIDERS["cuda"] in providers:
             provider_options[PROVIDERS["cuda"]] = {**CUDA_OPTIONS, **provider_options.get(PROVIDERS["cuda"], {})}

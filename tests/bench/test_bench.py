@@ -358,3 +358,28 @@ def test_gpu_eager_script_smoke_on_cpu(tmp_path: Path) -> None:
     assert {r["variant"] for r in d["rows"]} == {"fp32", "fp16", "fp32-channels_last", "fp16-channels_last"}
     assert all("end_to_end" in r and "compute" in r for r in d["rows"])
     assert d["machine"]["torch"]
+
+
+def test_chain_path_plans_as_a_fresh_process(demo_bundle: Path, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """emostyle-bench builds the chain's Stylizer after other stages grew its process: the row must still measure
+    what a user's process does (a 720p photo whole), not the 512 MB budget floor's tiles spooled to disk."""
+    import logging
+
+    import emostyle_rt.stylizer as stylizer_mod
+    from emostyle_bench.paths import Context
+
+    monkeypatch.setattr(stylizer_mod, "process_rss", lambda: 5_400_000_000)  # what the style stage had left held
+    (chain,) = [p for p in default_paths() if p.stage == "chain" and p.name == "ort-cpu"]
+    run = chain.build(Context(demo_bundle))
+    x = photo(Size(720, 1280))[None]  # 1280x720
+    with caplog.at_level(logging.INFO, logger="emostyle_rt.stylizer"):
+        out = run(x)
+    assert out.images.shape == x.shape
+    assert not [r for r in caplog.records if "in tiles" in r.getMessage()]
+    # and the floor really would have tiled it: the default Stylizer in the same (faked) process does
+    from emostyle_rt import Stylizer
+
+    with Stylizer(demo_bundle, backend="onnxruntime") as st, caplog.at_level(logging.INFO, "emostyle_rt.stylizer"):
+        st.stylize(x[0], emotion=st.labels[0])
+    assert [r for r in caplog.records if "in tiles" in r.getMessage()]

@@ -135,6 +135,38 @@ def test_cpu_runner_name_memory_and_plain_run(demo_bundle: Path, manifest: Manif
     assert labelled.name == "onnxruntime:CPUExecutionProvider:fp16"
 
 
+def _spinning(runner: Any) -> tuple[str | None, str | None]:
+    """The (intra-op, inter-op) allow_spinning entries of an onnxruntime runner's session (None: not set)."""
+    opts = runner._session.get_session_options()
+
+    def entry(key: str) -> str | None:
+        try:
+            return opts.get_session_config_entry(key)
+        except RuntimeError:  # "does not have configuration": onnxruntime's default (spinning)
+            return None
+    return entry("session.intra_op.allow_spinning"), entry("session.inter_op.allow_spinning")
+
+
+def test_small_graphs_do_not_spin_style_graphs_do(mtcnn_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MTCNN's and the classifier's sessions stop their threads spinning between runs (they took the cores from the
+    style run after them); a style graph's session keeps onnxruntime's default; results are the same either way."""
+    from skimage import data
+
+    photo = np.ascontiguousarray(data.astronaut()[:256, :256])
+    with Stylizer(mtcnn_bundle, backend="onnxruntime") as st:
+        result = st.stylize(photo)
+        assert st.classify(photo).face is not None  # the detector ran (and found the astronaut's face)
+        small = [st._classifier_runner(), *st._detector._runners.values()]
+        assert len(small) == 4 and all(_spinning(r) == ("0", "0") for r in small)
+        assert all(_spinning(r) == (None, None) for r in st._styles.values())
+    monkeypatch.setattr(ortb, "SMALL_GRAPH_SPINNING", True)  # as before: onnxruntime's default everywhere
+    with Stylizer(mtcnn_bundle, backend="onnxruntime") as st:
+        before = st.stylize(photo)
+        assert all(_spinning(r) == (None, None) for r in [st._classifier_runner(), *st._detector._runners.values()])
+    assert before.emotion == result.emotion and before.face == result.face
+    assert np.array_equal(before.image, result.image)
+
+
 def test_cpu_memory_strategies(manifest: Manifest, monkeypatch: pytest.MonkeyPatch) -> None:
     trims = []
     monkeypatch.setattr(ortb, "release_free_memory", lambda: trims.append(1))
