@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from .backends import CLASSIFIER, Runner, check_engines, runner_for
+from .backends import CLASSIFIER, Runner, check_engines, is_gpu, runner_for
 from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
 from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
@@ -524,8 +524,7 @@ class Stylizer:
         """The memory budget of a style run: the caller's, else from the machine (GPU memory for a GPU runner)."""
         if self.memory_budget is not None:
             return self.memory_budget
-        name = runner.name.lower()
-        return default_budget(gpu="cuda" in name or "tensorrt" in name, held=self._held)
+        return default_budget(gpu=is_gpu(runner), held=self._held)
 
     def _tiled_style(self, style_id: str) -> TiledStyle:
         tiled = self._tiled.get(style_id)

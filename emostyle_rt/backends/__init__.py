@@ -38,13 +38,13 @@ import numpy as np
 from ..errors import BackendError, note
 from . import aoti, openvino, tensorrt
 from . import onnxruntime as ort_backend
-from .base import CACHE_ENV, OutsideProfileError, Runner, TensorInfo, cache_dir
+from .base import CACHE_ENV, OutsideProfileError, Runner, TensorInfo, cache_dir, is_gpu
 
 if TYPE_CHECKING:
     from ..manifest import ClassifierSpec, Manifest, StyleSpec
 
 __all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FallbackRunner", "OutsideProfileError",
-           "Runner", "TensorInfo", "cache_dir", "check_engines", "choose_precision", "make_runner", "ort_runner_for",
+           "Runner", "TensorInfo", "cache_dir", "check_engines", "is_gpu", "choose_precision", "make_runner", "ort_runner_for",
            "runner_for"]
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ class FallbackRunner:
     def __init__(self, primary: Runner, make_fallback: Callable[[], Runner], key: str,
                  what: str = "the engine's range") -> None:
         self.name = primary.name
+        self.device = getattr(primary, "device", "cpu")
         self.key, self.what = key, what
         self._primary = primary
         self._make_fallback = make_fallback

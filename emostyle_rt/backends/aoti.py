@@ -336,6 +336,7 @@ class AotiRunner:
         self.name = f"aoti:{side.key}:{side.precision}"
         self._torch = torch
         self._device = torch.device(side.device)
+        self.device = "cpu" if self._device.type == "cpu" else f"{self._device.type}:{self._device.index or 0}"
         try:
             if self._device.type == "cuda":
                 cuda_context(torch, self._device)

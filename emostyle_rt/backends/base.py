@@ -30,6 +30,8 @@ class Runner(Protocol):
     """One loaded graph. ``run`` must be safe to call from several threads at once."""
 
     name: str  # e.g. "onnxruntime:CPUExecutionProvider", "tensorrt:sm90-...", "aoti:cpu-avx512-torch2.13.0:fp32"
+    #: Where it runs: "cpu" or "cuda:N" (what memory budgets and transfers are decided by, never the name).
+    device: str
 
     @property
     def inputs(self) -> tuple[TensorInfo, ...]: ...
@@ -42,6 +44,16 @@ class Runner(Protocol):
     def close(self) -> None:
         """Free sessions, device buffers and streams. Idempotent; ``run`` after ``close`` raises BackendError."""
         ...
+
+
+def is_gpu(runner: object) -> bool:
+    """Whether ``runner`` runs on a GPU (its ``device`` is "cuda:N").
+
+    Args:
+        runner: A loaded runner. One without a ``device`` (a third-party runner
+            written before runners had one) counts as a CPU runner.
+    """
+    return str(getattr(runner, "device", "cpu")).startswith("cuda")
 
 
 #: Environment variable that moves the user cache (TensorRT EP engines, AOTInductor probe markers).

@@ -48,8 +48,14 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
-_GPU = ("tensorrt", "cuda")
-_GPU_FULL = (PROVIDERS["tensorrt"], PROVIDERS["cuda"])
+#: The device kind each provider runs on (onnxruntime's names): the one provider -> device map.
+PROVIDER_DEVICES = {
+    "TensorrtExecutionProvider": "cuda",
+    "CUDAExecutionProvider": "cuda",
+    "CPUExecutionProvider": "cpu",
+}
+_GPU = tuple(short for short, full in PROVIDERS.items() if PROVIDER_DEVICES[full] != "cpu")
+_GPU_FULL = tuple(PROVIDERS[short] for short in _GPU)
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 
 #: CPU memory strategies ($EMOSTYLE_CPU_MEMORY; default "shared"). Measured with
@@ -99,6 +105,24 @@ MAX_CUDA_GRAPHS = 4
 #: "prefer_nhwc", "cudnn_conv_algo_search"); empty: onnxruntime's defaults. Per-call
 #: ``provider_options`` override these.
 CUDA_OPTIONS: dict[str, str] = {}
+
+
+def provider_device(provider: str, device_id: int = 0) -> str:
+    """The device an onnxruntime provider runs on: "cuda:N" (CUDA and TensorRT EPs) or "cpu".
+
+    Args:
+        provider: A provider's full name ("CUDAExecutionProvider") or short name ("cuda").
+        device_id: The provider's ``device_id`` option (GPU providers only).
+
+    Raises:
+        BackendError: ``provider`` is none of :data:`PROVIDERS`.
+    """
+    full = PROVIDERS.get(provider, provider)
+    kind = PROVIDER_DEVICES.get(full)
+    if kind is None:
+        raise BackendError(f"Unknown onnxruntime provider {provider!r}."
+                           + note(" or ".join([*PROVIDERS, *PROVIDER_DEVICES]), provider))
+    return "cpu" if kind == "cpu" else f"{kind}:{int(device_id)}"
 
 
 class OutOfMemoryError(BackendError, MemoryError):
@@ -583,6 +607,7 @@ class OrtRunner:
         self.precision = precision
         gpu_suffix = f":{precision}" if self._gpu or precision != "fp32" else ""
         self.name = f"onnxruntime:{used[0]}{gpu_suffix}" + (":cuda-graph" if self._graphs else "")
+        self.device = provider_device(used[0], self._device_id)
         self.path = path
         self._inputs = _info(self._session.get_inputs())
         self._outputs = _info(self._session.get_outputs())

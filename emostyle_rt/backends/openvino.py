@@ -183,6 +183,7 @@ class OvRunner:
         self._active = 0  # runs in flight (memory is released only when none is)
         self._lock = threading.Lock()
         self.name = f"openvino:CPU:{precision}"
+        self.device = "cpu"
         self.memory_calibration = MEMORY_CALIBRATION
         log.info("Loaded %s with OpenVINO %s (CPU, %s, %s threads).", self.path.name, version(), precision, n or "all")
 

@@ -1,0 +1,60 @@
+"""The seams every graph loads through: a runner's device, the provider -> device map, the lazy-loading
+wrapper, the one loader and its registry, the libcuda module, the detector registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import emostyle_rt.stylizer as stylizer_mod
+from emostyle_rt import Stylizer
+from emostyle_rt.backends import is_gpu, make_runner
+from emostyle_rt.backends import onnxruntime as ortb
+from emostyle_rt.errors import BackendError
+from emostyle_rt.manifest import load_manifest
+from emostyle_rt.tiling import default_budget
+
+CUDA, TRT, CPU = "CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"
+
+
+# -- a runner's device -------------------------------------------------------------
+
+
+def test_the_provider_device_map_is_one_table() -> None:
+    assert ortb.provider_device(CPU) == "cpu" and ortb.provider_device("cpu", 3) == "cpu"
+    assert ortb.provider_device(CUDA) == "cuda:0" and ortb.provider_device("cuda", 1) == "cuda:1"
+    assert ortb.provider_device(TRT, 2) == "cuda:2" and ortb.provider_device("tensorrt") == "cuda:0"
+    assert set(ortb.PROVIDER_DEVICES) == set(ortb.PROVIDERS.values())
+    with pytest.raises(BackendError, match="Unknown onnxruntime provider 'ROCMExecutionProvider'"):
+        ortb.provider_device("ROCMExecutionProvider")
+
+
+def test_an_onnxruntime_runner_says_its_device(demo_bundle: Path) -> None:
+    m = load_manifest(demo_bundle)
+    r = make_runner(m.path(m.classifier.onnx), provider="cpu")
+    try:
+        assert r.device == "cpu" and not is_gpu(r)
+    finally:
+        r.close()
+
+
+class _Named:
+    """A runner stand-in with a misleading name: the device decides, not the name."""
+
+    def __init__(self, name: str, device: str | None) -> None:
+        self.name = name
+        if device is not None:
+            self.device = device
+
+
+def test_the_budget_follows_the_runner_device_not_its_name(demo_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+    monkeypatch.setattr(stylizer_mod, "default_budget", lambda gpu=False, held=None: seen.append(gpu) or 1 << 30)
+    with Stylizer(demo_bundle, provider="cpu") as st:
+        for name, device in (("onnxruntime:CUDAExecutionProvider", "cpu"), ("my-engine", "cuda:1"),
+                             ("tensorrt:plan", None)):
+            st._budget(_Named(name, device))  # type: ignore[arg-type]
+    assert seen == [False, True, False]
+    assert default_budget(gpu=False) > 0
