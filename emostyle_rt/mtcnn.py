@@ -158,15 +158,13 @@ def graph_provider(provider: str | None) -> str:
     TensorRT EP: P-Net's input shape changes with every pyramid level and image
     size, and the TensorRT EP builds an engine for each new shape.
     """
-    from .backends.onnxruntime import PROVIDERS, choose_providers
+    from .backends.onnxruntime import changing_shapes_provider
 
-    if provider not in (None, "tensorrt"):
-        return provider  # type: ignore[return-value]
-    gpu = PROVIDERS["cuda"] in choose_providers(None)
+    chosen = changing_shapes_provider(provider)
     if provider == "tensorrt":
         log.info("MTCNN runs on the %s EP: P-Net's shapes change per pyramid level (a TensorRT engine each).",
-                 "CUDA" if gpu else "CPU")
-    return "cuda" if gpu else "cpu"
+                 chosen.upper())
+    return chosen
 
 
 class MtcnnDetector:

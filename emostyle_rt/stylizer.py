@@ -532,8 +532,9 @@ class Stylizer:
             with self._lock:
                 tiled = self._tiled.get(style_id)
                 if tiled is None:
-                    # "tensorrt": the tile graph at fixed windows on the TensorRT EP, engines in the user cache
-                    provider = self._provider if self._provider in ("cpu", "cuda", "tensorrt") else None
+                    # "tensorrt": the tile graph at fixed windows on the TensorRT EP, engines in the user cache;
+                    # the provider was checked when the classifier loaded (onnxruntime decides the rest)
+                    provider = self._provider
                     # Tiled graphs run in onnxruntime, also when OpenVINO runs the whole graph: in OpenVINO the exact
                     # mode's 235 strip runs at 12 MP peaked at 5.8 GB for a 2.3 GB budget (onnxruntime: within it)
                     tiled = self._tiled[style_id] = TiledStyle(self.manifest.root, self.manifest.styles[style_id],

@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from .backends.onnxruntime import OrtRunner
-from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
+from .errors import BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
 from .fsutil import sha256_file
 from .manifest import StyleSpec, TiledGraph, TiledSpec
 
@@ -713,17 +713,17 @@ class TiledStyle:
         self.root, self.style, self.spec = Path(bundle), style, style.tiled
         self.tensorrt = provider == "tensorrt"  # tile graph at fixed windows on the TensorRT EP
         if provider in (None, "tensorrt"):
-            from .backends.onnxruntime import choose_providers
+            from .backends.onnxruntime import changing_shapes_provider, tensorrt_ep_refusal
 
-            rest = "cuda" if "CUDAExecutionProvider" in choose_providers(None) else "cpu"
+            rest = changing_shapes_provider(provider)
             if self.tensorrt:
-                try:
-                    choose_providers("tensorrt")
+                exc = tensorrt_ep_refusal()
+                if exc is None:
                     log.info("Tiled graphs of %s: the tile graph at fixed windows (%s px squares) on the TensorRT "
                              "EP; other windows, the statistics graph and the exact mode's segments on %s (their "
                              "shapes change with each photo: an engine each would be rebuilt for every size).",
                              style.style_id, ", ".join(map(str, FIXED_WINDOWS)), rest)
-                except EmostyleError as exc:
+                else:
                     log.warning("The TensorRT EP is not usable for the tiled graphs of %s (%s); they run on %s.",
                                 style.style_id, exc, rest)
                     self.tensorrt = False
@@ -778,6 +778,7 @@ class TiledStyle:
     def _tensorrt_runner(self, window: tuple[int, int]) -> OrtRunner | None:
         """The tile graph on the TensorRT EP with the static profile min = opt = max = (1, h, w, C); None (one
         warning, and the TensorRT EP is not tried again) when onnxruntime cannot create it."""
+        from .backends import FailoverRunner
         from .backends import onnxruntime as ortb
         from .backends.base import cache_dir
         from .engines import Profile
@@ -791,8 +792,12 @@ class TiledStyle:
         # prefix would overwrite (and rebuild) each other's engine
         opts["trt_engine_cache_prefix"] += f"_{window[0]}x{window[1]}"
         try:
-            return OrtRunner(path, provider="tensorrt", intra_op_threads=self.threads,
-                             provider_options={ortb.PROVIDERS["tensorrt"]: opts})
+            engine = OrtRunner(path, provider="tensorrt", intra_op_threads=self.threads,
+                               provider_options={ortb.PROVIDERS["tensorrt"]: opts})
+            # the TensorRT EP may build (and fail) on the first run, not at load: then the tiles go to runner()
+            return FailoverRunner(engine, lambda: self.runner(g), on_failover=self._tensorrt_failed, logger=log,
+                                  what=f"The TensorRT EP failed to run the tile graph of {self.style.style_id} at "
+                                       f"{window[1]}x{window[0]}", fallback_name=f"the tiles run on {self.provider}")
         except EmostyleError as exc:
             log.warning("The TensorRT EP cannot run the tile graph of %s at %dx%d (%s); the tiles run on %s.",
                         self.style.style_id, window[1], window[0], exc, self.provider)
@@ -876,28 +881,20 @@ class TiledStyle:
         out = np.empty_like(padded)
         for (y0, y1, wy), (x0, x1, wx) in grid:
             tile_in = np.ascontiguousarray(padded[wy:wy + shape[0], wx:wx + shape[1]])[None]
-            try:
-                res = runner.run({name_in: tile_in, **stats})[name_out][0]
-            except BackendError as exc:  # the TensorRT EP may build (and fail) on the first run, not at load
-                if runner is self.runner(g):
-                    raise
-                runner = self._drop_tensorrt(shape, exc)
-                res = runner.run({name_in: tile_in, **stats})[name_out][0]
+            res = runner.run({name_in: tile_in, **stats})[name_out][0]  # a TensorRT EP runner fails over itself
             out[y0:y1, x0:x1] = res[y0 - wy:y1 - wy, x0 - wx:x1 - wx]
             if tick is not None:
                 tick()
         return out
 
-    def _drop_tensorrt(self, window: tuple[int, int], exc: Exception) -> OrtRunner:
-        """After a TensorRT EP tile run failed: one warning, the engine runners closed, the tiles on :meth:`runner`."""
-        log.warning("The TensorRT EP failed to run the tile graph of %s at %dx%d (%s); the tiles run on %s.",
-                    self.style.style_id, window[1], window[0], exc, self.provider)
+    def _tensorrt_failed(self) -> None:
+        """After a TensorRT EP tile run failed (its :class:`FailoverRunner` warned once): no TensorRT EP from now
+        on, the other windows' engine runners closed."""
         with self._lock:
             self.tensorrt = False
             runners, self._tile_runners = list(self._tile_runners.values()), {}
         for r in runners:
             r.close()
-        return self.runner(self.spec.tile)
 
     def _grid(self, hgt: int, wid: int, window: tuple[int, int]) -> Iterator[tuple[tuple[int, int, int], ...]]:
         a, h = self.spec.align, self.spec.halo

@@ -43,7 +43,7 @@ from .base import CACHE_ENV, OutsideProfileError, Runner, TensorInfo, cache_dir,
 if TYPE_CHECKING:
     from ..manifest import ClassifierSpec, Manifest, StyleSpec
 
-__all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FallbackRunner", "OutsideProfileError",
+__all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FailoverRunner", "FallbackRunner", "OutsideProfileError",
            "Runner", "TensorInfo", "cache_dir", "check_engines", "is_gpu", "choose_precision", "make_runner", "ort_runner_for",
            "runner_for"]
 
@@ -199,6 +199,53 @@ class FallbackRunner:
             self._fallback = None
         for r in runners:
             r.close()
+
+
+class FailoverRunner:
+    """A runner on a preferred provider with another behind it, for a provider that may fail at its first run.
+
+    onnxruntime's TensorRT EP may build its engine at the first run, not at load,
+    and fail there. The first ``BackendError`` of ``primary`` logs one warning
+    (``what`` names the graph and provider, ``fallback_name`` where it goes),
+    closes ``primary``, calls ``on_failover()`` and runs that input and every
+    later one on ``make_fallback()``'s runner, which this wrapper does not own
+    (its creator closes it). Errors of the fallback are raised. ``what`` is the
+    warning's subject ("The TensorRT EP failed to run the tile graph of X at WxH").
+    """
+
+    def __init__(self, primary: Runner, make_fallback: Callable[[], Runner], *, what: str, fallback_name: str,
+                 on_failover: Callable[[], None] | None = None, logger: logging.Logger | None = None) -> None:
+        self.name, self.device = primary.name, getattr(primary, "device", "cpu")
+        self._primary, self._make_fallback = primary, make_fallback
+        self._what, self._fallback_name = what, fallback_name
+        self._on_failover, self._log = on_failover, logger or log
+        self._failed = False
+        self._lock = threading.Lock()
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._primary.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._primary.outputs
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._failed:
+            try:
+                return self._primary.run(dict(feed))
+            except BackendError as exc:
+                with self._lock:
+                    first, self._failed = not self._failed, True
+                if first:
+                    self._log.warning("%s (%s); %s.", self._what, exc, self._fallback_name)
+                    self._primary.close()
+                    if self._on_failover is not None:
+                        self._on_failover()
+        return self._make_fallback().run(dict(feed))
+
+    def close(self) -> None:
+        self._primary.close()
 
 
 def _serves(engine: ModuleType) -> tuple[str, ...]:

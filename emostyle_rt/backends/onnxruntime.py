@@ -362,6 +362,32 @@ def choose_providers(provider: str | None = None) -> list[str]:
     return [full] if provider == "cpu" else [full, PROVIDERS["cpu"]]
 
 
+def changing_shapes_provider(provider: str | None) -> str:
+    """The provider of graphs whose input shapes change from run to run: "cuda" or "cpu", never "tensorrt".
+
+    MTCNN's P-Net (a shape per pyramid level and image size) and the tiled
+    executor's statistics graph, free windows and exact-mode segments: the
+    TensorRT EP would build an engine for every new shape, so they run on the
+    CUDA EP where the other graphs would use a GPU, else on the CPU.
+
+    Args:
+        provider: The caller's forced provider ("tensorrt", "cuda", "cpu") or
+            None (the best usable one). "cuda" and "cpu" are kept as given.
+    """
+    if provider not in (None, "tensorrt"):
+        return provider  # type: ignore[return-value]
+    return "cuda" if PROVIDERS["cuda"] in choose_providers(None) else "cpu"
+
+
+def tensorrt_ep_refusal() -> BackendError | None:
+    """Why the TensorRT EP cannot be forced here (the error ``choose_providers("tensorrt")`` raises), or None."""
+    try:
+        choose_providers("tensorrt")
+    except BackendError as exc:
+        return exc
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _auto_providers() -> tuple[str, ...]:
     """The best usable providers, decided (and logged) once per process."""

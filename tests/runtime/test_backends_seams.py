@@ -3,6 +3,7 @@ wrapper, the one loader and its registry, the libcuda module, the detector regis
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,60 @@ def test_the_budget_follows_the_runner_device_not_its_name(demo_bundle: Path, mo
             st._budget(_Named(name, device))  # type: ignore[arg-type]
     assert seen == [False, True, False]
     assert default_budget(gpu=False) > 0
+
+
+# -- one place decides providers ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("providers", "forced", "want"), [
+    ((TRT, CUDA, CPU), None, "cuda"), ((TRT, CUDA, CPU), "tensorrt", "cuda"), ((CPU,), None, "cpu"),
+    ((CPU,), "tensorrt", "cpu"), ((TRT, CUDA, CPU), "cpu", "cpu"), ((CPU,), "cuda", "cuda")])
+def test_graphs_with_changing_shapes_never_get_the_tensorrt_ep(
+        monkeypatch: pytest.MonkeyPatch, providers: tuple[str, ...], forced: str | None, want: str) -> None:
+    from emostyle_rt.mtcnn import graph_provider
+
+    monkeypatch.setattr(ortb, "choose_providers", lambda provider=None: list(providers))
+    assert ortb.changing_shapes_provider(forced) == want
+    assert graph_provider(forced) == want  # MTCNN asks the same function
+
+
+class _Failing:
+    name, device = "fake:tensorrt", "cuda:0"
+    inputs = outputs = ()
+
+    def __init__(self) -> None:
+        self.runs = self.closed = 0
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.runs += 1
+        raise BackendError("engine build failed")
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class _Echo:
+    name, device = "fake:cuda", "cuda:0"
+    inputs = outputs = ()
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"y": feed["x"] + 1}
+
+    def close(self) -> None:
+        pass
+
+
+def test_failover_runner_warns_once_closes_the_primary_and_runs_on_the_fallback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from emostyle_rt.backends import FailoverRunner
+
+    primary, fallback, failed = _Failing(), _Echo(), []
+    r = FailoverRunner(primary, lambda: fallback, what="The TensorRT EP failed to run g", fallback_name="on cuda",
+                       on_failover=lambda: failed.append(1))
+    assert r.device == "cuda:0" and r.name == "fake:tensorrt"
+    x = np.zeros((1, 2), np.float32)
+    with caplog.at_level(logging.WARNING, logger="emostyle_rt.backends"):
+        for _ in range(3):
+            assert np.array_equal(r.run({"x": x})["y"], x + 1)
+    assert primary.runs == 1 and primary.closed == 1 and failed == [1]
+    assert caplog.text.count("The TensorRT EP failed to run g (engine build failed); on cuda.") == 1
