@@ -172,7 +172,8 @@ class MtcnnDetector:
 
     ``spec`` and ``root``: the manifest's detector block and the bundle folder.
     ``provider`` as for the other graphs (None: CUDA when there is a GPU, else CPU;
-    see :func:`graph_provider`).
+    see :func:`graph_provider`). ``backend``: which loader of ``backends.LOADERS``
+    opens the graphs ("onnxruntime"; the provider is onnxruntime's).
     ``min_face_size`` replaces the bundle's (pixels of the detection copy, at
     least the spec's ``min_size``); ``detect_side`` caps the detection copy's
     longer side (None: the full image, like the package). Thread-safe: graphs
@@ -188,7 +189,13 @@ class MtcnnDetector:
         provider: str | None = None,
         min_face_size: float | None = None,
         detect_side: int | None = MTCNN_DETECT_SIDE,
+        backend: str = "onnxruntime",
     ) -> None:
+        from .backends import LOADERS
+
+        if backend not in LOADERS:
+            raise InvalidArgumentError(f"Unknown backend {backend!r} for the face detector's graphs."
+                                       + note(" or ".join(LOADERS), repr(backend)))
         if min_face_size is not None and (isinstance(min_face_size, bool) or not isinstance(min_face_size, (int, float))
                                           or not spec.min_size <= min_face_size <= 1e5):
             raise InvalidArgumentError("min_face_size is out of range; the pyramid only shrinks the image."
@@ -197,7 +204,9 @@ class MtcnnDetector:
                                         or detect_side < spec.min_size):
             raise InvalidArgumentError(
                 "detect_side is out of range." + note(f"None or an int >= {spec.min_size}", repr(detect_side)))
-        self.spec, self.root, self.provider = spec, Path(root), graph_provider(provider)
+        self.backend = backend
+        self.spec, self.root = spec, Path(root)
+        self.provider = graph_provider(provider) if backend == "onnxruntime" else None
         self.min_face_size = float(spec.min_face_size if min_face_size is None else min_face_size)
         self.detect_side = detect_side
         self._runners: dict[str, Any] = {}  # loaded on first use (damaged files fail the bundle's sha256 check at open)
@@ -215,10 +224,11 @@ class MtcnnDetector:
         return runner
 
     def _load(self, name: str, graph: DetectorGraph) -> Any:
-        from .backends import make_runner
+        from .backends import load_graph
 
         path = self.root / graph.onnx
-        runner = make_runner(path, provider=self.provider, small=True)  # a few ms per run: no spinning threads
+        # a few ms per run: no spinning threads
+        runner = load_graph(path, backend=self.backend, provider=self.provider, small=True)
         ins, outs = {t.name: t for t in runner.inputs}, {t.name for t in runner.outputs}
         missing = [n for n in graph.output_names if n not in outs] + [graph.input_name] * (graph.input_name not in ins)
         shape = ins[graph.input_name].shape if graph.input_name in ins else ()

@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from .backends.onnxruntime import OrtRunner
+from .backends.base import Runner
 from .errors import BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
 from .fsutil import sha256_file
 from .manifest import StyleSpec, TiledGraph, TiledSpec
@@ -703,9 +703,11 @@ class TiledStyle:
     def __init__(self, bundle: str | os.PathLike, style: StyleSpec, *, provider: str | None = None,
                  threads: int = 0, verify: bool = True, cache_dir: str | os.PathLike | None = None,
                  engine: str = "onnxruntime") -> None:
-        if engine not in ("onnxruntime", "openvino"):
+        from .backends import LOADERS
+
+        if engine not in LOADERS:
             raise InvalidArgumentError(f"Unknown engine {engine!r} for tiled graphs."
-                                       + note("onnxruntime or openvino", repr(engine)))
+                                       + note(" or ".join(LOADERS), repr(engine)))
         self.engine = engine
         if style.tiled is None:
             raise BundleError(f"Style {style.style_id!r} has no tiled graphs."
@@ -729,8 +731,8 @@ class TiledStyle:
                     self.tensorrt = False
             provider = rest
         self.provider, self.threads, self.verify, self.cache_dir = provider, threads, verify, cache_dir
-        self._runners: dict[str, OrtRunner] = {}
-        self._tile_runners: dict[tuple[int, int], OrtRunner] = {}  # TensorRT EP, one per fixed window
+        self._runners: dict[str, Runner] = {}
+        self._tile_runners: dict[tuple[int, int], Runner] = {}  # TensorRT EP, one per fixed window
         self._verified: set[str] = set()
         self._lock = threading.RLock()
         self.last_spool: tuple[int, int] = (0, 0)  # (peak RAM, bytes on disk) of the last exact run
@@ -745,22 +747,21 @@ class TiledStyle:
             self._verified.add(graph.onnx)
         return path
 
-    def runner(self, graph: TiledGraph) -> OrtRunner:
+    def runner(self, graph: TiledGraph) -> Runner:
         r = self._runners.get(graph.onnx)
         if r is None:
             with self._lock:
                 r = self._runners.get(graph.onnx)
                 if r is None:
-                    if self.engine == "openvino":
-                        from .backends.openvino import OvRunner
+                    from .backends import load_graph
 
-                        r = OvRunner(self._path(graph), threads=self.threads or None, cache=self.cache_dir)
-                    else:
-                        r = OrtRunner(self._path(graph), provider=self.provider, intra_op_threads=self.threads)
+                    # onnxruntime's provider; another engine (OpenVINO: its CPU plugin) chooses its own device
+                    r = load_graph(self._path(graph), backend=self.engine, threads=self.threads, cache=self.cache_dir,
+                                   provider=self.provider if self.engine == "onnxruntime" else None)
                     self._runners[graph.onnx] = r
         return r
 
-    def tile_runner(self, window: tuple[int, int]) -> OrtRunner:
+    def tile_runner(self, window: tuple[int, int]) -> Runner:
         """The tile graph's runner for tiles of ``window`` (h, w): a TensorRT EP engine for a fixed window, else
         :meth:`runner`'s (CUDA EP or CPU)."""
         if not (self.tensorrt and is_fixed_window(window)):
@@ -775,10 +776,10 @@ class TiledStyle:
                         self._tile_runners[window] = r
         return r if r is not None else self.runner(self.spec.tile)
 
-    def _tensorrt_runner(self, window: tuple[int, int]) -> OrtRunner | None:
+    def _tensorrt_runner(self, window: tuple[int, int]) -> Runner | None:
         """The tile graph on the TensorRT EP with the static profile min = opt = max = (1, h, w, C); None (one
         warning, and the TensorRT EP is not tried again) when onnxruntime cannot create it."""
-        from .backends import FailoverRunner
+        from .backends import FailoverRunner, load_graph
         from .backends import onnxruntime as ortb
         from .backends.base import cache_dir
         from .engines import Profile
@@ -792,8 +793,8 @@ class TiledStyle:
         # prefix would overwrite (and rebuild) each other's engine
         opts["trt_engine_cache_prefix"] += f"_{window[0]}x{window[1]}"
         try:
-            engine = OrtRunner(path, provider="tensorrt", intra_op_threads=self.threads,
-                               provider_options={ortb.PROVIDERS["tensorrt"]: opts})
+            engine = load_graph(path, provider="tensorrt", threads=self.threads,
+                                provider_options={ortb.PROVIDERS["tensorrt"]: opts})
             # the TensorRT EP may build (and fail) on the first run, not at load: then the tiles go to runner()
             return FailoverRunner(engine, lambda: self.runner(g), on_failover=self._tensorrt_failed, logger=log,
                                   what=f"The TensorRT EP failed to run the tile graph of {self.style.style_id} at "

@@ -44,13 +44,17 @@ if TYPE_CHECKING:
     from ..manifest import ClassifierSpec, Manifest, StyleSpec
 
 __all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FailoverRunner", "FallbackRunner", "OutsideProfileError",
-           "Runner", "TensorInfo", "cache_dir", "check_engines", "is_gpu", "choose_precision", "make_runner", "ort_runner_for",
+           "Runner", "TensorInfo", "cache_dir", "check_engines", "is_gpu", "LOADERS", "load_graph", "choose_precision", "make_runner", "ort_runner_for",
            "runner_for"]
 
 log = logging.getLogger(__name__)
 
 #: Compiled-engine backends, in the order ``backend="auto"`` tries them: name -> module (``find_runner``, ``RANGE``).
 ENGINES: dict[str, ModuleType] = {"tensorrt": tensorrt, "aoti": aoti, "openvino": openvino}
+#: Backends that open one ONNX file as it is (MTCNN's graphs, the tiled graphs, a bundle's graphs with
+#: ``backend=<name>``): name -> module with ``load_graph(path, *, provider, precision, threads, small,
+#: provider_options, cpu_fallback_path, cuda_graph, cache) -> Runner``. A new one is a module and a line here.
+LOADERS: dict[str, ModuleType] = {"onnxruntime": ort_backend, "openvino": openvino}
 BACKENDS = ("auto", "onnxruntime", *ENGINES)
 #: "auto": the bundle's verified FP16 graph on a GPU provider when it has one, else FP32. "bf16": style graphs in
 #: OpenVINO at bfloat16 on a CPU that has it (AVX512-BF16 / AMX), gated at PSNR >= 40 dB against FP32 (the classifier
@@ -62,6 +66,44 @@ _ENGINE_PRECISIONS = ("auto", "fp32", "fp16")
 CLASSIFIER = "classifier"
 
 
+def load_graph(
+    onnx_path: str | os.PathLike,
+    *,
+    backend: str = "onnxruntime",
+    provider: str | None = None,
+    precision: str = "fp32",
+    threads: int = 0,
+    small: bool = False,
+    provider_options: dict[str, dict] | None = None,
+    cpu_fallback_path: str | os.PathLike | None = None,
+    cuda_graph: bool = False,
+    cache: str | os.PathLike | None = None,
+) -> Runner:
+    """The one loader of an ONNX file: MTCNN's graphs, the tiled graphs and ``runner_for``'s onnxruntime path.
+
+    Args:
+        onnx_path: The graph file.
+        backend: A name of :data:`LOADERS` ("onnxruntime", "openvino", or one registered there).
+        provider: onnxruntime's "tensorrt", "cuda" or "cpu"; None: the best usable one.
+        precision: The graph's precision ("fp32", "fp16"; "bf16" in OpenVINO).
+        threads: Intra-op threads (0: the backend's default).
+        small: A graph of a few ms per run (MTCNN's, the classifier): no spinning CPU threads.
+        provider_options: Full onnxruntime provider name -> its options.
+        cpu_fallback_path: The graph to load instead if a GPU provider fails and onnxruntime falls back to CPU.
+        cuda_graph: Replay CUDA graphs for repeated input shapes (onnxruntime's CUDA EP only).
+        cache: The user cache folder (default :func:`cache_dir`).
+
+    Raises:
+        BackendError: An unknown backend, or the backend cannot load the graph as asked.
+    """
+    loader = LOADERS.get(backend)
+    if loader is None:
+        raise BackendError(f"No backend {backend!r} loads ONNX graphs." + note(" or ".join(LOADERS), backend))
+    return loader.load_graph(onnx_path, provider=provider, precision=precision, threads=threads, small=small,
+                             provider_options=provider_options, cpu_fallback_path=cpu_fallback_path,
+                             cuda_graph=cuda_graph, cache=cache)
+
+
 def make_runner(
     onnx_path: str | os.PathLike,
     *,
@@ -71,6 +113,7 @@ def make_runner(
     cpu_fallback_path: str | os.PathLike | None = None,
     cuda_graph: bool = False,
     small: bool = False,
+    threads: int = 0,
 ) -> Runner:
     """An onnxruntime runner for one ONNX file.
 
@@ -80,10 +123,12 @@ def make_runner(
     part of the runner's name); ``cpu_fallback_path`` is the graph to load instead
     if a GPU provider fails and onnxruntime falls back to CPU. ``cuda_graph``:
     replay CUDA graphs for repeated input shapes (CUDA EP only; see ``OrtRunner``). ``small``: a graph of a
-    few ms per run (MTCNN's, the classifier), whose CPU threads do not spin between runs.
+    few ms per run (MTCNN's, the classifier), whose CPU threads do not spin between runs. ``threads``:
+    intra-op threads (0: the default). :func:`load_graph` with ``backend="onnxruntime"``.
     """
-    return ort_backend.OrtRunner(onnx_path, provider=provider, provider_options=provider_options, precision=precision,
-                                 cpu_fallback_path=cpu_fallback_path, cuda_graph=cuda_graph, small=small)
+    return load_graph(onnx_path, backend="onnxruntime", provider=provider, provider_options=provider_options,
+                      precision=precision, cpu_fallback_path=cpu_fallback_path, cuda_graph=cuda_graph, small=small,
+                      threads=threads)
 
 
 def choose_precision(precision: str, provider: str, spec: ClassifierSpec | StyleSpec) -> str:
@@ -281,11 +326,12 @@ def runner_for(
     build); "bf16": style graphs in OpenVINO at bfloat16 (verified at first use).
     ``cache``: the user cache folder (default :func:`cache_dir`).
     """
-    if backend not in BACKENDS:
-        raise BackendError(f"Unknown backend {backend!r}." + note(" or ".join(BACKENDS), backend))
+    known = dict.fromkeys([*BACKENDS, *ENGINES, *LOADERS])
+    if backend not in known:
+        raise BackendError(f"Unknown backend {backend!r}." + note(" or ".join(known), backend))
     if precision not in PRECISIONS:
         raise BackendError(f"Unknown precision {precision!r}." + note(" or ".join(PRECISIONS), precision))
-    if backend in ENGINES and provider is not None:
+    if backend not in ("auto", "onnxruntime") and provider is not None:
         raise BackendError(
             f"An onnxruntime provider was given with backend={backend!r}."
             + note("provider=None, or backend='onnxruntime'", provider)
@@ -296,6 +342,13 @@ def runner_for(
     if backend in ENGINES and precision not in _serves(ENGINES[backend]):
         raise BackendError(f"backend={backend!r} does not run precision={precision!r}."
                            + note(" or ".join(_serves(ENGINES[backend])), precision))
+    if backend not in ENGINES and backend not in ("auto", "onnxruntime"):  # a plain loader of LOADERS
+        spec = _spec(manifest, key)
+        chosen = precision if precision == "bf16" else choose_precision(precision, ort_backend.PROVIDERS["cpu"], spec)
+        path = manifest.path(spec.fp16.onnx if chosen == "fp16" and spec.fp16 else spec.onnx)
+        runner = load_graph(path, backend=backend, precision=chosen, small=key == CLASSIFIER, cache=cache)
+        log.info("%s: using %s", key, runner.name)
+        return runner
     if backend in ENGINES and key == CLASSIFIER and not ENGINES[backend].HAS_CLASSIFIER:
         return ort_runner_for(manifest, key, precision=precision, cuda_graph=cuda_graph, cache=cache)
     if backend in ENGINES:

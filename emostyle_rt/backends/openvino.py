@@ -267,6 +267,41 @@ _kept_lock = threading.Lock()
 _kept_runs: dict[int, tuple[OvRunner, int]] = {}  # id(runner) -> (runner, largest input pixels), oldest first
 
 
+def load_graph(
+    onnx_path: str | os.PathLike,
+    *,
+    provider: str | None = None,
+    precision: str = "fp32",
+    threads: int = 0,
+    small: bool = False,
+    provider_options: dict[str, dict] | None = None,
+    cpu_fallback_path: str | os.PathLike | None = None,
+    cuda_graph: bool = False,
+    cache: str | os.PathLike | None = None,
+) -> OvRunner:
+    """This backend's loader (``backends.LOADERS["openvino"]``): one ONNX file on OpenVINO's CPU plugin, not gated.
+
+    Args:
+        onnx_path: The graph file.
+        provider: None or "cpu" (onnxruntime's providers are not OpenVINO's).
+        precision: "fp32" or "bf16".
+        threads: Inference threads (0: $EMOSTYLE_CPU_THREADS, else OpenVINO's default).
+        small: Accepted for the loader interface; OpenVINO's CPU plugin has no spinning to turn off.
+        provider_options: Must be empty (onnxruntime's).
+        cpu_fallback_path: Unused (there is no GPU session to fall back from).
+        cuda_graph: Must be False (CUDA EP only).
+        cache: The user cache folder for compiled blobs (default ``cache_dir()``).
+
+    Raises:
+        BackendError: A GPU provider, provider options or CUDA graphs were asked for.
+    """
+    if provider not in (None, "cpu") or provider_options or cuda_graph:
+        raise BackendError("OpenVINO runs graphs on its CPU plugin only." + note(
+            "provider None or 'cpu', no provider_options, cuda_graph=False",
+            f"provider={provider!r}, provider_options={provider_options!r}, cuda_graph={cuda_graph}"))
+    return OvRunner(onnx_path, precision=precision, threads=threads or None, cache=cache)
+
+
 def _kept(runner: OvRunner, pixels: int) -> None:
     """Record a finished run and release what the budget of :data:`KEEP_PIXELS` no longer covers."""
     release = []

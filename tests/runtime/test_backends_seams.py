@@ -116,3 +116,62 @@ def test_failover_runner_warns_once_closes_the_primary_and_runs_on_the_fallback(
             assert np.array_equal(r.run({"x": x})["y"], x + 1)
     assert primary.runs == 1 and primary.closed == 1 and failed == [1]
     assert caplog.text.count("The TensorRT EP failed to run g (engine build failed); on cuda.") == 1
+
+
+# -- one loading path: a backend is a module and one registry line ------------------------
+
+
+class _FakeBackend:
+    """A backend module as LOADERS wants one: ``load_graph`` (here: onnxruntime on the CPU, each load recorded)."""
+
+    def __init__(self) -> None:
+        self.loaded: list[tuple[Path, dict]] = []
+
+    def load_graph(self, onnx_path, **kw):  # noqa: ANN001, ANN003, ANN201 - the loader interface
+        self.loaded.append((Path(onnx_path), kw))
+        runner = ortb.load_graph(onnx_path, provider="cpu")
+        runner.name, runner.device = "fake:" + Path(onnx_path).name, "cpu"
+        return runner
+
+
+def test_a_backend_registered_with_one_line_loads_every_graph(
+        mtcnn_bundle: Path, tiled_bundle: Path, astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emostyle_rt import backends
+    from emostyle_rt.imageio import pad_to_multiple
+    from emostyle_rt.mtcnn import MtcnnDetector
+    from emostyle_rt.tiling import TiledStyle
+
+    fake = _FakeBackend()
+    monkeypatch.setitem(backends.LOADERS, "fake", fake)  # the one line
+    # the Stylizer's classifier and style graphs
+    with Stylizer(mtcnn_bundle, backend="fake") as st:
+        out = st.stylize(astronaut)
+        assert out.image.shape == astronaut.shape and out.face is not None
+        assert st._classifier_runner().name == "fake:" + Path(st.manifest.classifier.onnx).name
+        assert any(r.name.startswith("fake:") for r in st._styles.values())
+    assert fake.loaded[0][1]["small"] is True and fake.loaded[0][1]["precision"] == "fp32"  # the classifier
+    # MTCNN's three graphs
+    m = load_manifest(mtcnn_bundle)
+    fake.loaded.clear()
+    det = MtcnnDetector(m.detector, mtcnn_bundle, backend="fake")
+    try:
+        faces = det.detect(astronaut)
+        assert faces and {p.name for p, _ in fake.loaded} == {Path(g.onnx).name for g in m.detector.graphs.values()}
+        assert all(kw["small"] and kw["provider"] is None for _, kw in fake.loaded)
+    finally:
+        det.close()
+    # the tiled executor's graphs
+    tm = load_manifest(tiled_bundle)
+    style = next(s for s in tm.styles.values() if s.tiled is not None)
+    fake.loaded.clear()
+    tiled = TiledStyle(tiled_bundle, style, engine="fake")
+    try:
+        small = pad_to_multiple(np.ascontiguousarray(astronaut[:256, :256]), style.tiled.align)
+        assert tiled.run_fast(small, window=(128 + 2 * style.tiled.halo,) * 2).shape == small.shape
+        assert {p.name for p, _ in fake.loaded} >= {Path(style.tiled.stats.onnx).name, Path(style.tiled.tile.onnx).name}
+    finally:
+        tiled.close()
+    with pytest.raises(BackendError, match="Unknown backend 'nope'"):
+        backends.runner_for(m, "classifier", backend="nope")
+    with pytest.raises(BackendError, match="No backend 'nope' loads ONNX graphs"):
+        backends.load_graph(m.path(m.classifier.onnx), backend="nope")
