@@ -35,6 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .backends import LOADERS, Lazy, Runner
 from .errors import BundleError, InvalidArgumentError, InvalidImageError, note
 from .faces import Face, _downscale
 from .manifest import DetectorGraph, DetectorSpec
@@ -191,8 +192,6 @@ class MtcnnDetector:
         detect_side: int | None = MTCNN_DETECT_SIDE,
         backend: str = "onnxruntime",
     ) -> None:
-        from .backends import LOADERS
-
         if backend not in LOADERS:
             raise InvalidArgumentError(f"Unknown backend {backend!r} for the face detector's graphs."
                                        + note(" or ".join(LOADERS), repr(backend)))
@@ -209,19 +208,14 @@ class MtcnnDetector:
         self.provider = graph_provider(provider) if backend == "onnxruntime" else None
         self.min_face_size = float(spec.min_face_size if min_face_size is None else min_face_size)
         self.detect_side = detect_side
-        self._runners: dict[str, Any] = {}  # loaded on first use (damaged files fail the bundle's sha256 check at open)
         self._lock = threading.Lock()
+        # loaded on first use (damaged files fail the bundle's sha256 check at open)
+        self._runners: Lazy[str, Runner] = Lazy(self._lock)
 
     # -- graphs --------------------------------------------------------------
 
-    def _runner(self, name: str) -> Any:
-        runner = self._runners.get(name)
-        if runner is None:
-            with self._lock:
-                runner = self._runners.get(name)
-                if runner is None:
-                    runner = self._runners[name] = self._load(name, self.spec.graphs[name])
-        return runner
+    def _runner(self, name: str) -> Runner:
+        return self._runners.load(name, lambda: self._load(name, self.spec.graphs[name]))
 
     def _load(self, name: str, graph: DetectorGraph) -> Any:
         from .backends import load_graph
@@ -255,9 +249,7 @@ class MtcnnDetector:
 
     def close(self) -> None:
         """Free the graphs' sessions; they load again on next use."""
-        with self._lock:
-            runners, self._runners = list(self._runners.values()), {}
-        for r in runners:
+        for r in self._runners.drain():
             r.close()
 
     # -- detection -----------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from .backends import CLASSIFIER, Runner, check_engines, is_gpu, runner_for
+from .backends import CLASSIFIER, Lazy, Runner, check_engines, is_gpu, runner_for
 from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
 from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
@@ -228,10 +228,10 @@ class Stylizer:
         self._detector_spec, self._verify = detector, verify
         self._detector = make_detector(detector, self.manifest, provider=self._provider)
         self._precision, self._cuda_graph, self._cache_dir = precision, cuda_graph, cache_dir
-        self._runners: dict[str, Runner] = {}  # the classifier's runner (key CLASSIFIER)
-        self._styles: dict[str, Runner] = {}
-        self._tiled: dict[str, TiledStyle] = {}  # tiled graphs of a style, loaded when an image needs them
         self._lock = threading.Lock()
+        self._runners: Lazy[str, Runner] = Lazy(self._lock)  # the classifier's runner (key CLASSIFIER)
+        self._styles: Lazy[str, Runner] = Lazy(self._lock)
+        self._tiled: Lazy[str, TiledStyle] = Lazy(self._lock)  # tiled graphs of a style, loaded when an image needs them
         # Safety net when close() is never called: free every runner when the Stylizer is collected.
         self._finalizer = weakref.finalize(self, _close_runners, self._runners, self._styles, self._tiled)
         self._classifier_runner()  # loaded and checked now: a bad classifier graph fails here
@@ -499,26 +499,14 @@ class Stylizer:
         return runner
 
     def _classifier_runner(self) -> Runner:
-        runner = self._runners.get(CLASSIFIER)
-        if runner is None:
-            with self._lock:
-                runner = self._runners.get(CLASSIFIER)
-                if runner is None:
-                    runner = self._runners[CLASSIFIER] = self._runner(CLASSIFIER)
-        return runner
+        return self._runners.load(CLASSIFIER, lambda: self._runner(CLASSIFIER))
 
     @property
     def _classifier(self) -> Runner:
         return self._classifier_runner()
 
     def _style_runner(self, style_id: str) -> Runner:
-        runner = self._styles.get(style_id)
-        if runner is None:
-            with self._lock:
-                runner = self._styles.get(style_id)
-                if runner is None:
-                    runner = self._styles[style_id] = self._runner(style_id)
-        return runner
+        return self._styles.load(style_id, lambda: self._runner(style_id))
 
     def _budget(self, runner: Runner) -> int:
         """The memory budget of a style run: the caller's, else from the machine (GPU memory for a GPU runner)."""
@@ -527,20 +515,13 @@ class Stylizer:
         return default_budget(gpu=is_gpu(runner), held=self._held)
 
     def _tiled_style(self, style_id: str) -> TiledStyle:
-        tiled = self._tiled.get(style_id)
-        if tiled is None:
-            with self._lock:
-                tiled = self._tiled.get(style_id)
-                if tiled is None:
-                    # "tensorrt": the tile graph at fixed windows on the TensorRT EP, engines in the user cache;
-                    # the provider was checked when the classifier loaded (onnxruntime decides the rest)
-                    provider = self._provider
-                    # Tiled graphs run in onnxruntime, also when OpenVINO runs the whole graph: in OpenVINO the exact
-                    # mode's 235 strip runs at 12 MP peaked at 5.8 GB for a 2.3 GB budget (onnxruntime: within it)
-                    tiled = self._tiled[style_id] = TiledStyle(self.manifest.root, self.manifest.styles[style_id],
-                                                               provider=provider, verify=self._verify,
-                                                               cache_dir=self._cache_dir)
-        return tiled
+        # "tensorrt": the tile graph at fixed windows on the TensorRT EP, engines in the user cache; the provider
+        # was checked when the classifier loaded (onnxruntime decides the rest). Tiled graphs run in onnxruntime,
+        # also when OpenVINO runs the whole graph: in OpenVINO the exact mode's 235 strip runs at 12 MP peaked at
+        # 5.8 GB for a 2.3 GB budget (onnxruntime: within it)
+        return self._tiled.load(style_id, lambda: TiledStyle(self.manifest.root, self.manifest.styles[style_id],
+                                                             provider=self._provider, verify=self._verify,
+                                                             cache_dir=self._cache_dir))
 
     def _style(self, style_id: str, rgbs: list[np.ndarray], max_side: int | None,
                progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:

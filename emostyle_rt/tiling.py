@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from .backends import LOADERS, Lazy, load_graph
 from .backends.base import Runner
 from .errors import BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
 from .fsutil import sha256_file
@@ -703,8 +704,6 @@ class TiledStyle:
     def __init__(self, bundle: str | os.PathLike, style: StyleSpec, *, provider: str | None = None,
                  threads: int = 0, verify: bool = True, cache_dir: str | os.PathLike | None = None,
                  engine: str = "onnxruntime") -> None:
-        from .backends import LOADERS
-
         if engine not in LOADERS:
             raise InvalidArgumentError(f"Unknown engine {engine!r} for tiled graphs."
                                        + note(" or ".join(LOADERS), repr(engine)))
@@ -731,10 +730,10 @@ class TiledStyle:
                     self.tensorrt = False
             provider = rest
         self.provider, self.threads, self.verify, self.cache_dir = provider, threads, verify, cache_dir
-        self._runners: dict[str, Runner] = {}
-        self._tile_runners: dict[tuple[int, int], Runner] = {}  # TensorRT EP, one per fixed window
-        self._verified: set[str] = set()
         self._lock = threading.RLock()
+        self._runners: Lazy[str, Runner] = Lazy(self._lock)
+        self._tile_runners: Lazy[tuple[int, int], Runner] = Lazy(self._lock)  # TensorRT EP, one per fixed window
+        self._verified: set[str] = set()
         self.last_spool: tuple[int, int] = (0, 0)  # (peak RAM, bytes on disk) of the last exact run
 
     def _path(self, graph: TiledGraph) -> Path:
@@ -748,38 +747,23 @@ class TiledStyle:
         return path
 
     def runner(self, graph: TiledGraph) -> Runner:
-        r = self._runners.get(graph.onnx)
-        if r is None:
-            with self._lock:
-                r = self._runners.get(graph.onnx)
-                if r is None:
-                    from .backends import load_graph
-
-                    # onnxruntime's provider; another engine (OpenVINO: its CPU plugin) chooses its own device
-                    r = load_graph(self._path(graph), backend=self.engine, threads=self.threads, cache=self.cache_dir,
-                                   provider=self.provider if self.engine == "onnxruntime" else None)
-                    self._runners[graph.onnx] = r
-        return r
+        # onnxruntime's provider; another engine (OpenVINO: its CPU plugin) chooses its own device
+        return self._runners.load(graph.onnx, lambda: load_graph(
+            self._path(graph), backend=self.engine, threads=self.threads, cache=self.cache_dir,
+            provider=self.provider if self.engine == "onnxruntime" else None))
 
     def tile_runner(self, window: tuple[int, int]) -> Runner:
         """The tile graph's runner for tiles of ``window`` (h, w): a TensorRT EP engine for a fixed window, else
         :meth:`runner`'s (CUDA EP or CPU)."""
         if not (self.tensorrt and is_fixed_window(window)):
             return self.runner(self.spec.tile)
-        r = self._tile_runners.get(window)
-        if r is None:
-            with self._lock:
-                r = self._tile_runners.get(window)
-                if r is None and self.tensorrt:
-                    r = self._tensorrt_runner(window)
-                    if r is not None:
-                        self._tile_runners[window] = r
+        r = self._tile_runners.load(window, lambda: self._tensorrt_runner(window) if self.tensorrt else None)
         return r if r is not None else self.runner(self.spec.tile)
 
     def _tensorrt_runner(self, window: tuple[int, int]) -> Runner | None:
         """The tile graph on the TensorRT EP with the static profile min = opt = max = (1, h, w, C); None (one
         warning, and the TensorRT EP is not tried again) when onnxruntime cannot create it."""
-        from .backends import FailoverRunner, load_graph
+        from .backends import FailoverRunner
         from .backends import onnxruntime as ortb
         from .backends.base import cache_dir
         from .engines import Profile
@@ -807,8 +791,7 @@ class TiledStyle:
 
     def close(self) -> None:
         with self._lock:
-            runners = list(self._runners.values()) + list(self._tile_runners.values())
-            self._runners, self._tile_runners = {}, {}
+            runners = self._runners.drain() + self._tile_runners.drain()
         for r in runners:
             r.close()
 
@@ -893,7 +876,7 @@ class TiledStyle:
         on, the other windows' engine runners closed."""
         with self._lock:
             self.tensorrt = False
-            runners, self._tile_runners = list(self._tile_runners.values()), {}
+            runners = self._tile_runners.drain()
         for r in runners:
             r.close()
 

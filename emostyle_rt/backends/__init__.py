@@ -38,12 +38,13 @@ import numpy as np
 from ..errors import BackendError, note
 from . import aoti, openvino, tensorrt
 from . import onnxruntime as ort_backend
+from .lazy import Lazy
 from .base import CACHE_ENV, OutsideProfileError, Runner, TensorInfo, cache_dir, is_gpu
 
 if TYPE_CHECKING:
     from ..manifest import ClassifierSpec, Manifest, StyleSpec
 
-__all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FailoverRunner", "FallbackRunner", "OutsideProfileError",
+__all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FailoverRunner", "FallbackRunner", "Lazy", "OutsideProfileError",
            "Runner", "TensorInfo", "cache_dir", "check_engines", "is_gpu", "LOADERS", "load_graph", "choose_precision", "make_runner", "ort_runner_for",
            "runner_for"]
 

@@ -4,6 +4,7 @@ wrapper, the one loader and its registry, the libcuda module, the detector regis
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,56 @@ def test_a_backend_registered_with_one_line_loads_every_graph(
         backends.runner_for(m, "classifier", backend="nope")
     with pytest.raises(BackendError, match="No backend 'nope' loads ONNX graphs"):
         backends.load_graph(m.path(m.classifier.onnx), backend="nope")
+
+
+# -- one lazy-loading wrapper ---------------------------------------------------------------
+
+
+class _CountingLock:
+    """A lock that counts the threads that came to it, so a test can wait for all of them (no sleeps)."""
+
+    def __init__(self) -> None:
+        self._lock, self.arrived = threading.Lock(), 0
+        self.changed = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self.changed:
+            self.arrived += 1
+            self.changed.notify_all()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_the_lazy_wrapper_loads_once_while_every_thread_asks_at_once() -> None:
+    from emostyle_rt.backends import Lazy
+
+    n, lock = 8, _CountingLock()
+    lazy: Lazy[str, object] = Lazy(lock)
+    made: list[object] = []
+    start = threading.Barrier(n)
+
+    def make() -> object:
+        # runs in the first thread, holding the lock: return only once every thread has come to the lock
+        # (a wrapper without its check under the lock would make one value per thread)
+        with lock.changed:
+            assert lock.changed.wait_for(lambda: lock.arrived == n, timeout=60)
+        made.append(object())
+        return made[-1]
+
+    got: list[object] = []
+
+    def ask() -> None:
+        start.wait()
+        got.append(lazy.load("graph", make))
+
+    threads = [threading.Thread(target=ask) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and len(got) == n and all(g is made[0] for g in got)
+    assert lazy.load("graph", make) is made[0] and lock.arrived == n  # a loaded value takes no lock
+    assert lazy.load("none", lambda: None) is None and "none" not in lazy  # None is not kept
+    assert lazy.drain() == [made[0]] and lazy == {}
