@@ -37,13 +37,11 @@ Only numpy, OpenCV and onnxruntime are used. See docs/tiling.md.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -54,6 +52,7 @@ import numpy as np
 
 from .backends import LOADERS, Lazy, load_graph
 from .backends.base import Runner
+from .cuda import free_memory as gpu_free  # free bytes of a CUDA device, from the driver
 from .errors import BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
 from .fsutil import sha256_file
 from .manifest import StyleSpec, TiledGraph, TiledSpec
@@ -161,33 +160,6 @@ def host_available() -> int | None:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return None
-
-
-def gpu_free(device: int = 0) -> int | None:
-    """Free memory of CUDA device ``device`` from the driver (cuMemGetInfo in its primary context); None if unknown."""
-    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1"]
-    for name in names:
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        dev, ctx = ctypes.c_int(0), ctypes.c_void_p()
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        try:
-            if lib.cuInit(0) or lib.cuDeviceGet(ctypes.byref(dev), device) \
-                    or lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev):
-                return None
-            try:
-                if lib.cuCtxPushCurrent_v2(ctx):
-                    return None
-                ok = lib.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)) == 0
-                lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
-                return int(free.value) if ok else None
-            finally:
-                lib.cuDevicePrimaryCtxRelease_v2(dev)
-        except AttributeError:
-            return None
     return None
 
 

@@ -176,16 +176,9 @@ def build_identity(device: str) -> dict[str, Any]:
 
 
 def _driver_version() -> str | None:
-    import ctypes
+    from emostyle_rt.cuda import driver_version
 
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-        v = ctypes.c_int(0)
-        if lib.cuDriverGetVersion(ctypes.byref(v)) == 0:
-            return f"{v.value // 1000}.{v.value % 1000 // 10}"
-    except OSError:
-        pass
-    return None
+    return driver_version()
 
 
 # ---------------------------------------------------------------- build and gate

@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..cuda import device_count as cuda_device_count  # the process' one libcuda probe (kept under this name)
 from ..errors import BackendError, note
 from .base import TensorInfo
 
@@ -169,16 +170,6 @@ def _load_library(names: list[str | None]) -> ctypes.CDLL | None:
         except OSError:
             continue
     return None
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_device_count() -> int:
-    """Number of CUDA devices the driver reports; 0 without a driver or GPU."""
-    lib = _load_library(["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", ctypes.util.find_library("cuda")])
-    count = ctypes.c_int(0)
-    if lib is None or lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
 
 
 @functools.lru_cache(maxsize=1)

@@ -229,3 +229,31 @@ def test_the_lazy_wrapper_loads_once_while_every_thread_asks_at_once() -> None:
     assert lazy.load("graph", make) is made[0] and lock.arrived == n  # a loaded value takes no lock
     assert lazy.load("none", lambda: None) is None and "none" not in lazy  # None is not kept
     assert lazy.drain() == [made[0]] and lazy == {}
+
+
+# -- one cuda module ---------------------------------------------------------------------
+
+
+def test_libcuda_has_one_owner(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    from emostyle_rt import cuda, tiling
+    from emostyle_rt.backends import aoti as aotib
+
+    assert ortb.cuda_device_count is cuda.device_count and aotib.cuda_device is cuda.device_identity
+    assert tiling.gpu_free is cuda.free_memory
+
+    class Driver:
+        def cuDriverGetVersion(self, out) -> int:  # noqa: ANN001, N802 - the driver's name
+            out._obj.value = 13000
+            return 0
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **k: Driver())
+    assert cuda.driver_version() == "13.0"
+
+    def missing(name, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise OSError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    monkeypatch.setattr(cuda, "_found", lambda: None)
+    assert cuda.libcuda() is None and cuda.driver_version() is None and cuda.free_memory() is None
