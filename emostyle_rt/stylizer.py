@@ -22,7 +22,6 @@ from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentErr
 from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
 from .manifest import ClassifierInfo, Manifest, load_manifest
-from .mtcnn import MtcnnDetector
 from .tiling import (CALIBRATION, DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory,
                      process_rss)
 from .tiling import plan as tile_plan
@@ -227,6 +226,8 @@ class Stylizer:
         self._backend, self._provider = backend, provider
         self._detector_spec, self._verify = detector, verify
         self._detector = make_detector(detector, self.manifest, provider=self._provider)
+        # made here (from a name, a file or the bundle): its preload()/close() are the Stylizer's to call
+        self._own_detector = self._detector is not detector
         self._precision, self._cuda_graph, self._cache_dir = precision, cuda_graph, cache_dir
         self._lock = threading.Lock()
         self._runners: Lazy[str, Runner] = Lazy(self._lock)  # the classifier's runner (key CLASSIFIER)
@@ -336,8 +337,7 @@ class Stylizer:
         self._classifier_runner()
         for style_id in self.manifest.styles:
             self._style_runner(style_id)
-        if isinstance(self._detector, MtcnnDetector):
-            self._detector.preload()
+        self._detector_call("preload")
 
     def close(self) -> None:
         """Close every loaded runner: sessions, GPU buffers and streams are freed.
@@ -348,8 +348,7 @@ class Stylizer:
         """
         with self._lock:
             _close_runners(self._runners, self._styles, self._tiled)
-        if isinstance(self._detector, MtcnnDetector):  # the bundle's detector (its graphs reload on next use)
-            self._detector.close()
+        self._detector_call("close")  # the detector it made (its graphs reload on next use)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle by bundle path and options (for multiprocessing): the receiver re-opens the bundle.
@@ -459,6 +458,13 @@ class Stylizer:
             results.append(Classification(best, scored[0], faces[0] if faces else None, per_face,
                                           "face" if faces else "whole", info))
         return results
+
+    def _detector_call(self, method: str) -> None:
+        """``preload()`` / ``close()`` of a detector this Stylizer made, where it has one (a detector passed in
+        stays its caller's)."""
+        fn = getattr(self._detector, method, None) if self._own_detector else None
+        if callable(fn):
+            fn()
 
     def _detect(self, rgb: np.ndarray) -> list[Face]:
         """The detector's faces, checked: a list of ``Face`` inside the image (a custom detector may return anything)."""

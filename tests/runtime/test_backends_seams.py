@@ -257,3 +257,52 @@ def test_libcuda_has_one_owner(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ctypes, "CDLL", missing)
     monkeypatch.setattr(cuda, "_found", lambda: None)
     assert cuda.libcuda() is None and cuda.driver_version() is None and cuda.free_memory() is None
+
+
+# -- detectors in a registry -------------------------------------------------------------
+
+
+class _Detector:
+    """A detector module as DETECTORS wants one: ``detect``, and ``preload``/``close`` the Stylizer forwards."""
+
+    made: list["_Detector"] = []
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        _Detector.made.append(self)
+
+    def detect(self, rgb: np.ndarray) -> list:
+        from emostyle_rt.faces import Face
+
+        self.calls.append("detect")
+        h, w = rgb.shape[:2]
+        return [Face(w // 4, h // 4, w // 2, h // 2)]
+
+    def preload(self) -> None:
+        self.calls.append("preload")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_a_detector_registered_with_one_line_is_the_stylizers(
+        demo_bundle: Path, astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    from emostyle_rt import faces
+
+    _Detector.made = []
+    monkeypatch.setitem(faces.DETECTORS, "box", lambda manifest, *, provider=None: _Detector())  # the one line
+    with Stylizer(demo_bundle, detector="box") as st:
+        st.preload()
+        res = st.stylize(astronaut)
+        assert res.face is not None and res.face.box == (128, 128, 256, 256)
+    (det,) = _Detector.made
+    assert det.calls == ["preload", "detect", "close"]
+    # a detector object passed in stays its caller's: used, never preloaded or closed by the Stylizer
+    mine = _Detector()
+    with Stylizer(demo_bundle, detector=mine) as st:
+        st.preload()
+        st.classify(astronaut)
+    assert mine.calls == ["detect"]
+    with pytest.raises(BackendError, match='Unknown face detector .*"mtcnn", "haar", "box", a YuNet .onnx path or '
+                                           'a Haar .xml path'):
+        faces.make_detector("nope.txt")
