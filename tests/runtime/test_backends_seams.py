@@ -306,3 +306,33 @@ def test_a_detector_registered_with_one_line_is_the_stylizers(
     with pytest.raises(BackendError, match='Unknown face detector .*"mtcnn", "haar", "box", a YuNet .onnx path or '
                                            'a Haar .xml path'):
         faces.make_detector("nope.txt")
+
+
+# -- one owner of PSNR, IoU and the tolerances --------------------------------------------
+
+
+def test_psnr_iou_and_tolerances_have_one_owner() -> None:
+    import math
+
+    from emostyle_rt import metrics
+    from emostyle_rt.backends import openvino as ovb
+    from emostyle_rt.video import iou
+    from emostyle_rt.faces import Face
+
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 255  # mse 255^2 / 48
+    assert metrics.psnr(a, a) == math.inf and metrics.psnr(a, a, cap=metrics.PSNR_CAP_DB) == 100.0
+    assert metrics.psnr(a, b) == pytest.approx(10 * math.log10(48))
+    assert metrics.box_iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert metrics.box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
+    assert iou(Face(0, 0, 10, 10), Face(5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert ovb.psnr is metrics.psnr and ovb.BF16_MIN_PSNR == metrics.MIN_PSNR_DB
+    export = pytest.importorskip("emostyle_export.parity")
+    from emostyle_export import detectors, fp16
+
+    assert export.psnr is metrics.psnr and detectors.box_iou is metrics.box_iou
+    assert (export.CLASSIFIER_TOLERANCE, export.STYLE_TOLERANCE, fp16.MIN_PSNR_DB, fp16.PSNR_CAP_DB,
+            detectors.GRAPH_TOLERANCE) == (metrics.CLASSIFIER_TOLERANCE, metrics.STYLE_TOLERANCE,
+                                           metrics.MIN_PSNR_DB, metrics.PSNR_CAP_DB, metrics.DETECTOR_TOLERANCE)
+    assert fp16.psnr_db(a, a) == 100.0
