@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 from types import ModuleType
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
@@ -39,12 +39,12 @@ from ..errors import BackendError, note
 from . import aoti, openvino, tensorrt
 from . import onnxruntime as ort_backend
 from .lazy import Lazy
-from .base import CACHE_ENV, OutsideProfileError, Runner, TensorInfo, cache_dir, is_gpu
+from .base import CACHE_ENV, GraphLoader, OutsideProfileError, Runner, TensorInfo, cache_dir, is_gpu
 
 if TYPE_CHECKING:
     from ..manifest import ClassifierSpec, Manifest, StyleSpec
 
-__all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FailoverRunner", "FallbackRunner", "Lazy", "OutsideProfileError",
+__all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FailoverRunner", "FallbackRunner", "GraphLoader", "Lazy", "OutsideProfileError",
            "Runner", "TensorInfo", "cache_dir", "check_engines", "is_gpu", "LOADERS", "load_graph", "choose_precision", "make_runner", "ort_runner_for",
            "runner_for"]
 
@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 #: Compiled-engine backends, in the order ``backend="auto"`` tries them: name -> module (``find_runner``, ``RANGE``).
 ENGINES: dict[str, ModuleType] = {"tensorrt": tensorrt, "aoti": aoti, "openvino": openvino}
 #: Backends that open one ONNX file as it is (MTCNN's graphs, the tiled graphs, a bundle's graphs with
-#: ``backend=<name>``): name -> module with ``load_graph(path, *, provider, precision, threads, small,
-#: provider_options, cpu_fallback_path, cuda_graph, cache) -> Runner``. A new one is a module and a line here.
+#: ``backend=<name>``): name -> module with ``load_graph(loader: GraphLoader) -> Runner``. A new one is a module
+#: and a line here.
 LOADERS: dict[str, ModuleType] = {"onnxruntime": ort_backend, "openvino": openvino}
 BACKENDS = ("auto", "onnxruntime", *ENGINES)
 #: "auto": the bundle's verified FP16 graph on a GPU provider when it has one, else FP32. "bf16": style graphs in
@@ -67,42 +67,18 @@ _ENGINE_PRECISIONS = ("auto", "fp32", "fp16")
 CLASSIFIER = "classifier"
 
 
-def load_graph(
-    onnx_path: str | os.PathLike,
-    *,
-    backend: str = "onnxruntime",
-    provider: str | None = None,
-    precision: str = "fp32",
-    threads: int = 0,
-    small: bool = False,
-    provider_options: dict[str, dict] | None = None,
-    cpu_fallback_path: str | os.PathLike | None = None,
-    cuda_graph: bool = False,
-    cache: str | os.PathLike | None = None,
-) -> Runner:
-    """The one loader of an ONNX file: MTCNN's graphs, the tiled graphs and ``runner_for``'s onnxruntime path.
+def load_graph(onnx_path: str | os.PathLike, **options: Any) -> Runner:
+    """The one loader of an ONNX file: MTCNN's graphs, the tiled graphs and ``runner_for``'s plain paths.
 
     Args:
         onnx_path: The graph file.
-        backend: A name of :data:`LOADERS` ("onnxruntime", "openvino", or one registered there).
-        provider: onnxruntime's "tensorrt", "cuda" or "cpu"; None: the best usable one.
-        precision: The graph's precision ("fp32", "fp16"; "bf16" in OpenVINO).
-        threads: Intra-op threads (0: the backend's default).
-        small: A graph of a few ms per run (MTCNN's, the classifier): no spinning CPU threads.
-        provider_options: Full onnxruntime provider name -> its options.
-        cpu_fallback_path: The graph to load instead if a GPU provider fails and onnxruntime falls back to CPU.
-        cuda_graph: Replay CUDA graphs for repeated input shapes (onnxruntime's CUDA EP only).
-        cache: The user cache folder (default :func:`cache_dir`).
+        **options: The other fields of :class:`GraphLoader` (backend, provider, precision, threads, small,
+            provider_options, cpu_fallback_path, cuda_graph, cache).
 
     Raises:
         BackendError: An unknown backend, or the backend cannot load the graph as asked.
     """
-    loader = LOADERS.get(backend)
-    if loader is None:
-        raise BackendError(f"No backend {backend!r} loads ONNX graphs." + note(" or ".join(LOADERS), backend))
-    return loader.load_graph(onnx_path, provider=provider, precision=precision, threads=threads, small=small,
-                             provider_options=provider_options, cpu_fallback_path=cpu_fallback_path,
-                             cuda_graph=cuda_graph, cache=cache)
+    return GraphLoader(onnx_path, **options)()
 
 
 def make_runner(
@@ -191,7 +167,21 @@ def ort_runner_for(
                        cuda_graph=cuda_graph, small=key == CLASSIFIER)
 
 
-class FallbackRunner:
+class _Wrapper:
+    """A runner in front of another (``_primary``): its inputs and outputs are the primary's."""
+
+    _primary: Runner
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._primary.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._primary.outputs
+
+
+class FallbackRunner(_Wrapper):
     """A compiled-engine runner (TensorRT, AOTInductor) with onnxruntime behind it (``backend="auto"``).
 
     An input outside the engine's range (a 5 px image, a side over the range's
@@ -216,13 +206,6 @@ class FallbackRunner:
             return getattr(self._primary, name)
         raise AttributeError(name)
 
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._primary.inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._primary.outputs
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
@@ -247,7 +230,7 @@ class FallbackRunner:
             r.close()
 
 
-class FailoverRunner:
+class FailoverRunner(_Wrapper):
     """A runner on a preferred provider with another behind it, for a provider that may fail at its first run.
 
     onnxruntime's TensorRT EP may build its engine at the first run, not at load,
@@ -268,13 +251,6 @@ class FailoverRunner:
         self._failed = False
         self._lock = threading.Lock()
 
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._primary.inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._primary.outputs
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._failed:

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..cuda import device_count as cuda_device_count  # the process' one libcuda probe (kept under this name)
 from ..errors import BackendError, note
-from .base import TensorInfo
+from .base import GraphLoader, TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -701,31 +701,13 @@ class OrtRunner:
         self._graphs = None
 
 
-def load_graph(
-    onnx_path: str | os.PathLike,
-    *,
-    provider: str | None = None,
-    precision: str = "fp32",
-    threads: int = 0,
-    small: bool = False,
-    provider_options: dict[str, dict] | None = None,
-    cpu_fallback_path: str | os.PathLike | None = None,
-    cuda_graph: bool = False,
-    cache: str | os.PathLike | None = None,
-) -> OrtRunner:
-    """This backend's loader (``backends.LOADERS["onnxruntime"]``): one ONNX file in an :class:`OrtRunner`.
+def load_graph(loader: GraphLoader) -> OrtRunner:
+    """This backend's loader (``backends.LOADERS["onnxruntime"]``): ``loader``'s graph in an :class:`OrtRunner`.
 
     Args:
-        onnx_path: The graph file.
-        provider: "tensorrt", "cuda" or "cpu" forces that provider; None picks the best usable one.
-        precision: The graph's precision, as its runner's name says it ("fp32", "fp16").
-        threads: Intra-op threads (0: $EMOSTYLE_CPU_THREADS, else one per core).
-        small: A graph of a few ms per run: its CPU threads do not spin between runs.
-        provider_options: Full provider name -> that provider's options.
-        cpu_fallback_path: The graph to load instead when a GPU provider fails and the session falls back to CPU.
-        cuda_graph: Replay CUDA graphs for repeated input shapes (CUDA EP only).
-        cache: Unused here (the TensorRT EP's cache folder is in ``provider_options``).
+        loader: What to open and how (its ``cache`` is unused here: the TensorRT EP's cache folder travels in
+            ``provider_options``).
     """
-    return OrtRunner(onnx_path, provider=provider, intra_op_threads=threads, provider_options=provider_options,
-                     precision=precision, cpu_fallback_path=cpu_fallback_path, cuda_graph=cuda_graph, small=small)
-
+    return OrtRunner(loader.path, provider=loader.provider, intra_op_threads=loader.threads,
+                     provider_options=loader.provider_options, precision=loader.precision,
+                     cpu_fallback_path=loader.cpu_fallback_path, cuda_graph=loader.cuda_graph, small=loader.small)

@@ -49,7 +49,7 @@ import numpy as np
 from ..errors import BackendError, note
 from ..metrics import CLASSIFIER_TOLERANCE, MIN_PSNR_DB, STYLE_TOLERANCE, psnr  # psnr: also under this name
 from . import onnxruntime as ort_backend
-from .base import TensorInfo, cache_dir
+from .base import GraphLoader, TensorInfo, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -268,39 +268,24 @@ _kept_lock = threading.Lock()
 _kept_runs: dict[int, tuple[OvRunner, int]] = {}  # id(runner) -> (runner, largest input pixels), oldest first
 
 
-def load_graph(
-    onnx_path: str | os.PathLike,
-    *,
-    provider: str | None = None,
-    precision: str = "fp32",
-    threads: int = 0,
-    small: bool = False,
-    provider_options: dict[str, dict] | None = None,
-    cpu_fallback_path: str | os.PathLike | None = None,
-    cuda_graph: bool = False,
-    cache: str | os.PathLike | None = None,
-) -> OvRunner:
-    """This backend's loader (``backends.LOADERS["openvino"]``): one ONNX file on OpenVINO's CPU plugin, not gated.
+def load_graph(loader: GraphLoader) -> OvRunner:
+    """This backend's loader (``backends.LOADERS["openvino"]``): ``loader``'s graph on OpenVINO's CPU plugin, not
+    gated (``threads`` 0: $EMOSTYLE_CPU_THREADS, else OpenVINO's default; ``small`` needs nothing here: the CPU
+    plugin's threads do not spin).
 
     Args:
-        onnx_path: The graph file.
-        provider: None or "cpu" (onnxruntime's providers are not OpenVINO's).
-        precision: "fp32" or "bf16".
-        threads: Inference threads (0: $EMOSTYLE_CPU_THREADS, else OpenVINO's default).
-        small: Accepted for the loader interface; OpenVINO's CPU plugin has no spinning to turn off.
-        provider_options: Must be empty (onnxruntime's).
-        cpu_fallback_path: Unused (there is no GPU session to fall back from).
-        cuda_graph: Must be False (CUDA EP only).
-        cache: The user cache folder for compiled blobs (default ``cache_dir()``).
+        loader: What to open and how: provider None or "cpu", precision "fp32" or "bf16", no provider options,
+            no CUDA graphs.
 
     Raises:
         BackendError: A GPU provider, provider options or CUDA graphs were asked for.
     """
-    if provider not in (None, "cpu") or provider_options or cuda_graph:
+    if loader.provider not in (None, "cpu") or loader.provider_options or loader.cuda_graph:
         raise BackendError("OpenVINO runs graphs on its CPU plugin only." + note(
             "provider None or 'cpu', no provider_options, cuda_graph=False",
-            f"provider={provider!r}, provider_options={provider_options!r}, cuda_graph={cuda_graph}"))
-    return OvRunner(onnx_path, precision=precision, threads=threads or None, cache=cache)
+            f"provider={loader.provider!r}, provider_options={loader.provider_options!r}, "
+            f"cuda_graph={loader.cuda_graph}"))
+    return OvRunner(loader.path, precision=loader.precision, threads=loader.threads or None, cache=loader.cache)
 
 
 def _kept(runner: OvRunner, pixels: int) -> None:

@@ -3,6 +3,7 @@ wrapper, the one loader and its registry, the libcuda module, the detector regis
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 import emostyle_rt.stylizer as stylizer_mod
 from emostyle_rt import Stylizer
-from emostyle_rt.backends import is_gpu, make_runner
+from emostyle_rt.backends import GraphLoader, is_gpu, make_runner
 from emostyle_rt.backends import onnxruntime as ortb
 from emostyle_rt.errors import BackendError
 from emostyle_rt.manifest import load_manifest
@@ -126,12 +127,12 @@ class _FakeBackend:
     """A backend module as LOADERS wants one: ``load_graph`` (here: onnxruntime on the CPU, each load recorded)."""
 
     def __init__(self) -> None:
-        self.loaded: list[tuple[Path, dict]] = []
+        self.loaded: list[tuple[Path, GraphLoader]] = []
 
-    def load_graph(self, onnx_path, **kw):  # noqa: ANN001, ANN003, ANN201 - the loader interface
-        self.loaded.append((Path(onnx_path), kw))
-        runner = ortb.load_graph(onnx_path, provider="cpu")
-        runner.name, runner.device = "fake:" + Path(onnx_path).name, "cpu"
+    def load_graph(self, loader: GraphLoader) -> ortb.OrtRunner:
+        self.loaded.append((Path(loader.path), loader))
+        runner = ortb.load_graph(dataclasses.replace(loader, backend="onnxruntime", provider="cpu"))
+        runner.name, runner.device = "fake:" + Path(loader.path).name, "cpu"
         return runner
 
 
@@ -150,7 +151,7 @@ def test_a_backend_registered_with_one_line_loads_every_graph(
         assert out.image.shape == astronaut.shape and out.face is not None
         assert st._classifier_runner().name == "fake:" + Path(st.manifest.classifier.onnx).name
         assert any(r.name.startswith("fake:") for r in st._styles.values())
-    assert fake.loaded[0][1]["small"] is True and fake.loaded[0][1]["precision"] == "fp32"  # the classifier
+    assert fake.loaded[0][1].small is True and fake.loaded[0][1].precision == "fp32"  # the classifier
     # MTCNN's three graphs
     m = load_manifest(mtcnn_bundle)
     fake.loaded.clear()
@@ -158,7 +159,7 @@ def test_a_backend_registered_with_one_line_loads_every_graph(
     try:
         faces = det.detect(astronaut)
         assert faces and {p.name for p, _ in fake.loaded} == {Path(g.onnx).name for g in m.detector.graphs.values()}
-        assert all(kw["small"] and kw["provider"] is None for _, kw in fake.loaded)
+        assert all(g.small and g.provider is None and g.backend == "fake" for _, g in fake.loaded)
     finally:
         det.close()
     # the tiled executor's graphs
