@@ -23,6 +23,7 @@ from typing import Callable, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from .logutil import warn_once
 from .errors import BackendError, InvalidImageError, note
 from .manifest import CV2_GREY, DEFAULT_CROP, CropSpec, Manifest
 
@@ -209,10 +210,9 @@ def _no_bundle_detector(manifest: Manifest | None) -> FaceDetector:
     if not haar_ok:
         raise BackendError(f"{where}, and {why}")
     key = str(manifest.root.resolve()) if manifest is not None else ""
-    if manifest is not None and key not in _NO_DETECTOR_REPORTED:
-        _NO_DETECTOR_REPORTED.add(key)
-        log.warning("%s (made before emostyle-rt carried MTCNN): using OpenCV's Haar cascade. Add MTCNN with: "
-                    "emostyle-export --bundle %s --detector mtcnn", where, manifest.root)
+    if manifest is not None:
+        warn_once(log, _NO_DETECTOR_REPORTED, key, "%s (made before emostyle-rt carried MTCNN): using OpenCV's Haar "
+                  "cascade. Add MTCNN with: emostyle-export --bundle %s --detector mtcnn", where, manifest.root)
     return HaarDetector()
 
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from ..errors import BackendError, note
+from ..logutil import warn_once
 from . import aoti, openvino, tensorrt
 from . import onnxruntime as ort_backend
 from .lazy import Lazy
@@ -212,11 +213,9 @@ class FallbackRunner(_Wrapper):
             return self._primary.run(dict(feed))
         except OutsideProfileError as exc:
             shape = tuple(tuple(np.shape(a)[1:]) for a in feed.values())  # the batch is split, not a reason
+            warn_once(log, self._warned, shape, "%s: input %s is outside %s; running it in onnxruntime. %s",
+                      self.key, " ".join("x".join(map(str, s)) for s in shape), self.what, exc)
             with self._lock:
-                if shape not in self._warned:
-                    self._warned.add(shape)
-                    log.warning("%s: input %s is outside %s; running it in onnxruntime. %s", self.key,
-                                " ".join("x".join(map(str, s)) for s in shape), self.what, exc)
                 if self._fallback is None:
                     self._fallback = self._make_fallback()
                 fallback = self._fallback

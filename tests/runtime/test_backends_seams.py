@@ -337,3 +337,29 @@ def test_psnr_iou_and_tolerances_have_one_owner() -> None:
             detectors.GRAPH_TOLERANCE) == (metrics.CLASSIFIER_TOLERANCE, metrics.STYLE_TOLERANCE,
                                            metrics.MIN_PSNR_DB, metrics.PSNR_CAP_DB, metrics.DETECTOR_TOLERANCE)
     assert fp16.psnr_db(a, a) == 100.0
+
+
+# -- one warn-once -----------------------------------------------------------------------
+
+
+def test_warn_once_says_each_key_once_whatever_the_threads(caplog: pytest.LogCaptureFixture) -> None:
+    from emostyle_rt.logutil import first_time, warn_once
+
+    seen: set = set()
+    logger = logging.getLogger("emostyle_rt.test_once")
+    n = 8
+    start = threading.Barrier(n)
+    said: list[bool] = []
+
+    def say() -> None:
+        start.wait()
+        said.append(warn_once(logger, seen, ("bundle", "why"), "%s happened", "it"))
+
+    with caplog.at_level(logging.WARNING, logger="emostyle_rt.test_once"):
+        threads = [threading.Thread(target=say) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sorted(said) == [False] * (n - 1) + [True] and caplog.text.count("it happened") == 1
+    assert seen == {("bundle", "why")} and first_time(seen, "other") and not first_time(seen, "other")
