@@ -38,6 +38,8 @@ from .errors import (
     note,
     sentence,
 )
+from .formats import READ_SUFFIXES as FORMAT_READ_SUFFIXES
+from .formats import WRITE_SUFFIXES, output_name
 from .fsutil import check_replace, refuse_input
 from .imageio import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image_meta, write_bytes_atomic, write_image
 from .logutil import setup_cli_logging
@@ -49,10 +51,10 @@ from .videoio import VIDEO_SUFFIXES
 
 log = logging.getLogger("emostyle")
 
-#: Output formats, by extension.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: Output formats, by extension (``emostyle_rt.formats``).
+IMAGE_SUFFIXES = WRITE_SUFFIXES
 #: Inputs: the output formats and GIF (first frame; a GIF's output is a PNG, OpenCV's GIF writer quantises).
-READ_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")
+READ_SUFFIXES = FORMAT_READ_SUFFIXES
 #: What a folder walk picks up: photos and videos (mp4, mov, mkv, webm, avi; the output keeps the container).
 MEDIA_SUFFIXES = (*READ_SUFFIXES, *VIDEO_SUFFIXES)
 #: Per output folder: each stylised file's emotion and scores, one JSON line each, so a resumed run reports them.
@@ -232,11 +234,6 @@ def temporal_options(args: argparse.Namespace) -> TemporalOptions:
 # -- planning: pure, nothing is created ---------------------------------------------------------
 
 
-def _output_name(name: str) -> str:
-    """The output file name for an input name: the same, but a GIF becomes a PNG."""
-    return name[:-4] + ".png" if name.lower().endswith(".gif") else name
-
-
 def _walk(src: Path) -> list[Path]:
     """Image files under ``src``, sorted. Hidden files and folders are skipped, symlinked folders not
     followed, symlinked files read; skips are logged. (The output folder is never inside ``src``: plan refuses it.)"""
@@ -305,10 +302,10 @@ def plan(src: Path, dst: str | Path, *, force: bool = False) -> list[tuple[Path,
     dst = Path(dst)
     if src.is_dir():
         check_output_folder(src, dst, raw)
-        pairs = [(f, dst / f.relative_to(src).with_name(_output_name(f.name))) for f in _walk(src)]
+        pairs = [(f, dst / f.relative_to(src).with_name(output_name(f.name))) for f in _walk(src)]
     elif src.is_file():
         as_folder = dst.is_dir() or raw.endswith(("/", os.sep))
-        out = dst / _output_name(src.name) if as_folder else dst
+        out = dst / output_name(src.name) if as_folder else dst
         if src.suffix.lower() in VIDEO_SUFFIXES:
             if out.suffix.lower() not in VIDEO_SUFFIXES:
                 raise InvalidArgumentError(
