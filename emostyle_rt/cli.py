@@ -540,11 +540,17 @@ class _StepBar:
 
 class StateLog:
     """The output folder's ``.emostyle-state.jsonl``: each stylised file's entry, one JSON line, by output path
-    relative to the folder. A line is appended (and flushed) before its output is renamed into place, so a
-    kill or Ctrl-C never leaves an output without its emotion; the file is rewritten whole at the end."""
+    relative to the folder. A line is appended (and flushed) once its output is renamed into place
+    (``write_then_record``), so a resumed run reports the emotions of what is done; the file is rewritten whole
+    at the end. Shared by the local loop and ``emostyle_ray``'s actors.
+
+    Args:
+        path: the state file, or None (a single-file run: nothing is recorded). A link or a non-file there is
+            not used (one warning).
+        read: False: only append (a Ray actor's writer; the driver reads and compacts).
+    """
 
     def __init__(self, path: Path | None, *, read: bool = True) -> None:
-        """``read=False``: only append (a Ray actor's writer; the driver reads and compacts)."""
         if path is not None and (path.is_symlink() or path.exists() and not path.is_file()):
             log.warning("Not using %s: it is not a regular file; emotions of earlier runs are not kept.", path)
             path = None  # never append through a link or into something else
@@ -623,7 +629,19 @@ def _mkdirs(folders: Iterable[Path]) -> None:
 
 def stylize_video_file(st: Any, src: Path, dst: Path, args: argparse.Namespace, nested: bool,
                    entry: dict[str, Any], record: Any) -> Any:
-    """One video file -> ``dst`` (atomic), ``entry`` completed, then ``record(entry)`` (after the rename)."""
+    """One video file -> ``dst`` (atomic), ``entry`` completed, then ``record(entry)`` (after the rename).
+
+    Shared by the local loop and ``emostyle_ray``'s actors, so both write alike.
+
+    Args:
+        st: the Stylizer.
+        src: the input video.
+        dst: the output video (written atomically; an existing one is replaced only with ``args.force``).
+        args: the command line (``--emotion``, ``--max-side``, the video options, ``--force``, ``-q``).
+        nested: whether the video's progress bar sits under a folder run's bar.
+        entry: the file's report entry, completed with the result's summary.
+        record: called with ``entry`` once the output is in place (the state file's line).
+    """
     from .video import stylize_video
 
     fill_defaults(args)

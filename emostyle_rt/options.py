@@ -169,7 +169,8 @@ def add_stylizer_arguments(parser: argparse.ArgumentParser | Any, *, max_pixels:
                         help="face detector: the bundle's MTCNN (default), 'mtcnn', 'haar' (OpenCV 4 only) "
                              "or a YuNet .onnx file")
     parser.add_argument("--no-face", default=d.no_face,
-                        help="'whole' (classify the whole image), 'error', or an emotion")
+                        help="'whole' (classify the whole image), 'error' (refused; the service answers 422), "
+                             "or an emotion")
     parser.add_argument("--memory-budget", metavar="SIZE", default=None,
                         help=memory_budget_help or "memory one style run may use, e.g. 2GB or 512MiB (default: what "
                         "keeps the process near 2.5 GB peak RSS, at most 75%% of the available memory); larger photos "
