@@ -106,3 +106,14 @@ def test_check_max_side_is_public(demo_bundle: Path) -> None:
         st.check_max_side(st.manifest.min_side - 1)
     with pytest.raises(InvalidArgumentError, match="max_side"):
         st.check_max_side("512")  # type: ignore[arg-type]
+
+
+def test_fp16_without_every_styles_fp16_graph_is_refused_at_start(demo_bundle: Path) -> None:
+    """A bundle whose classifier has an FP16 graph but whose styles do not: refused when the Stylizer opens."""
+    from emostyle_rt.manifest import Fp16Graph, load_manifest
+
+    m = load_manifest(demo_bundle)
+    c = m.classifier  # its FP32 graph stands in for an FP16 one: the style graphs' check is what is tested
+    m = dataclasses.replace(m, classifier=dataclasses.replace(c, fp16=Fp16Graph(c.onnx, c.sha256, c.sha256, {})))
+    with pytest.raises(BackendError, match=rf"no FP16 graph for {len(m.styles)} of its {len(m.styles)} style graphs"):
+        Stylizer(m, precision="fp16", backend="onnxruntime")
