@@ -41,7 +41,7 @@ def stylize_folder(
     >>> r = stylize_folder("photos", "styled", bundle="engines/demo", actors=2)
     >>> r.done, r.failed, r.files[0]["emotion"]
     """
-    args = cli._parser().parse_args([os.fspath(src), "-o", os.fspath(dst), f"--ray={ray_address or 'local'}"])
+    args = cli.parser().parse_args([os.fspath(src), "-o", os.fspath(dst), f"--ray={ray_address or 'local'}"])
     args.bundle = Path(bundle) if bundle is not None else None
     args.report = Path(report) if report is not None else None
     args.actors, args.emotion, args.max_side, args.quality = actors, emotion, max_side, quality

@@ -176,7 +176,7 @@ class StyleActor:
         self.args = copy.copy(args)
         self.args.force, self.args.quiet = True, True
         self.st = cli.make_stylizer(args, bundle)
-        self.states = cli._StateLog(Path(state) if state else None, read=False)
+        self.states = cli.StateLog(Path(state) if state else None, read=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [self._one({k: v[j] for k, v in batch.items()}) for j in range(len(batch["i"]))]
@@ -190,8 +190,8 @@ class StyleActor:
             if row["error"]:
                 raise _Failed(str(row["error"]))
             if row["video"]:
-                cli._stylize_video(self.st, Path(str(row["src"])), dst, self.args, False, entry,
-                                   lambda e: self.states.add(rel, e))
+                cli.stylize_video_file(self.st, Path(str(row["src"])), dst, self.args, False, entry,
+                                         lambda e: self.states.add(rel, e))
             else:
                 meta = pickle.loads(row["meta"]) if len(row["meta"]) else None
                 cli.stylize_image_file(self.st, row["image"], dst, entry, self.args,

@@ -35,6 +35,7 @@ _EXPORTS = {
     "Manifest": "manifest",
     "load_manifest": "manifest",
     "MtcnnDetector": "mtcnn",
+    "StylizerOptions": "options",
     "Classification": "stylizer",
     "FaceEmotion": "stylizer",
     "StyleResult": "stylizer",
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from .faces import Face, FaceDetector, HaarDetector, YuNetDetector
     from .manifest import EMOTIONS, CropSpec, DetectorSpec, Manifest, load_manifest
     from .mtcnn import MtcnnDetector
+    from .options import StylizerOptions
     from .stylizer import Classification, FaceEmotion, StyleResult, Stylizer
 
 

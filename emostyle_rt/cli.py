@@ -38,10 +38,12 @@ from .errors import (
     note,
     sentence,
 )
+from .formats import READ_SUFFIXES as FORMAT_READ_SUFFIXES
+from .formats import WRITE_SUFFIXES, output_name
 from .fsutil import check_replace, refuse_input
 from .imageio import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image_meta, write_bytes_atomic, write_image
 from .logutil import setup_cli_logging
-from .tiling import DEFAULT_TILE_MODE, TILE_MODES, parse_memory
+from .options import StylizerOptions, add_stylizer_arguments, options_from_args
 from .manifest import DEFAULT_BUNDLE, MANIFEST_NAME, Manifest, bundle_hint, default_bundle, load_manifest
 from .coherence import DEFAULT_STRENGTH, MODES, CoherenceOptions
 from .video import TemporalOptions
@@ -49,10 +51,10 @@ from .videoio import VIDEO_SUFFIXES
 
 log = logging.getLogger("emostyle")
 
-#: Output formats, by extension.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: Output formats, by extension (``emostyle_rt.formats``).
+IMAGE_SUFFIXES = WRITE_SUFFIXES
 #: Inputs: the output formats and GIF (first frame; a GIF's output is a PNG, OpenCV's GIF writer quantises).
-READ_SUFFIXES = (*IMAGE_SUFFIXES, ".gif")
+READ_SUFFIXES = FORMAT_READ_SUFFIXES
 #: What a folder walk picks up: photos and videos (mp4, mov, mkv, webm, avi; the output keeps the container).
 MEDIA_SUFFIXES = (*READ_SUFFIXES, *VIDEO_SUFFIXES)
 #: Per output folder: each stylised file's emotion and scores, one JSON line each, so a resumed run reports them.
@@ -107,7 +109,8 @@ VIDEO_OPTIONS = {"classify_every": "--classify-every", "smooth": "--smooth", "sw
 PHOTO_OPTIONS = {"quality": "--quality", "strip_metadata": "--strip-metadata"}
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The ``emostyle`` command's argument parser (also what ``emostyle_ray.api`` parses its call with)."""
     p = argparse.ArgumentParser(prog="emostyle", description="Emotion-based style transfer for photos, videos, "
                                 "folders of both, and webcams.", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,25 +123,13 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"bundle folder (default: $EMOSTYLE_BUNDLE or {DEFAULT_BUNDLE})")
     p.add_argument("--emotion", help="use this emotion's style instead of classifying")
     p.add_argument("--max-side", type=int, default=None, help="run the style network at most this many pixels wide/high")
-    p.add_argument("--memory-budget", metavar="SIZE", default=None,
-                   help="memory one style run may use, e.g. 2GB or 512MiB (default: what keeps the process near 2.5 GB "
-                        "peak RSS, at most 75%% of the available memory); "
-                        "larger photos are styled in tiles with the whole photo's InstanceNorm statistics (no seams), "
-                        "a budget too small for any tile is refused before anything runs")
-    p.add_argument("--tile-mode", choices=TILE_MODES, default=DEFAULT_TILE_MODE,
-                   help=f"how tiles share statistics: exact (= untiled, layer by layer) or fast (from a sample of "
-                        f"full-resolution crops) (default {DEFAULT_TILE_MODE}; docs/tiling.md)")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
-                   help=f"largest photo in pixels, checked from its header before decoding (default {MAX_PIXELS}, "
-                        "a guard against decompression bombs; tiling styles any size within --memory-budget)")
     p.add_argument("--quality", type=int, default=None, help="photos: JPEG / WebP quality 1..100 (default: the library's)")
     p.add_argument("--strip-metadata", action="store_true", default=None,
                    help="photos: do not copy the input's EXIF and ICC profile")
-    p.add_argument("--no-face", default="whole", help="'whole' (classify the whole image), 'error', or an emotion")
-    p.add_argument("--detector", default=None, help="face detector: the bundle's MTCNN (default), 'mtcnn', 'haar' (OpenCV 4 only) "
-                                                         "or a YuNet .onnx file")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "aoti", "openvino"))
-    p.add_argument("--provider", default=None, choices=("tensorrt", "cuda", "cpu"), help="force an onnxruntime provider")
+    add_stylizer_arguments(
+        p.add_argument_group("the Stylizer (as emostyle serve; emostyle_rt.StylizerOptions)"),
+        max_pixels_help=f"largest photo in pixels, checked from its header before decoding (default {MAX_PIXELS}, "
+                        "a guard against decompression bombs; tiling styles any size within --memory-budget)")
     p.add_argument("--report", type=nonempty_path, default=None,
                    help="write a JSON report of each file's emotion and faces (an existing file is replaced only "
                         "if it is an emostyle report, or with --force)")
@@ -243,11 +234,6 @@ def temporal_options(args: argparse.Namespace) -> TemporalOptions:
 # -- planning: pure, nothing is created ---------------------------------------------------------
 
 
-def _output_name(name: str) -> str:
-    """The output file name for an input name: the same, but a GIF becomes a PNG."""
-    return name[:-4] + ".png" if name.lower().endswith(".gif") else name
-
-
 def _walk(src: Path) -> list[Path]:
     """Image files under ``src``, sorted. Hidden files and folders are skipped, symlinked folders not
     followed, symlinked files read; skips are logged. (The output folder is never inside ``src``: plan refuses it.)"""
@@ -316,10 +302,10 @@ def plan(src: Path, dst: str | Path, *, force: bool = False) -> list[tuple[Path,
     dst = Path(dst)
     if src.is_dir():
         check_output_folder(src, dst, raw)
-        pairs = [(f, dst / f.relative_to(src).with_name(_output_name(f.name))) for f in _walk(src)]
+        pairs = [(f, dst / f.relative_to(src).with_name(output_name(f.name))) for f in _walk(src)]
     elif src.is_file():
         as_folder = dst.is_dir() or raw.endswith(("/", os.sep))
-        out = dst / _output_name(src.name) if as_folder else dst
+        out = dst / output_name(src.name) if as_folder else dst
         if src.suffix.lower() in VIDEO_SUFFIXES:
             if out.suffix.lower() not in VIDEO_SUFFIXES:
                 raise InvalidArgumentError(
@@ -439,8 +425,7 @@ def check_options(args: argparse.Namespace, manifest: Manifest | None) -> None:
             raise InvalidArgumentError(f"--max-pixels {args.max_pixels} is below 1." + note("an integer >= 1", args.max_pixels))
         if args.quality is not None and not 1 <= args.quality <= 100:
             raise InvalidArgumentError(f"--quality {args.quality} is out of range." + note("1..100", args.quality))
-        if getattr(args, "memory_budget", None) is not None:
-            parse_memory(args.memory_budget)  # MemoryBudgetError naming the forms it takes
+        stylizer_options(args)  # BackendError / MemoryBudgetError / InvalidArgumentError naming what each takes
         temporal_options(args)
         coherence_options(args)
         if args.batch < 1:
@@ -472,6 +457,10 @@ def check_options(args: argparse.Namespace, manifest: Manifest | None) -> None:
         raise InvalidArgumentError(
             f"--max-side {args.max_side} is below the bundle's smallest style input."
             + note(f"an integer >= {m}", args.max_side))
+
+
+#: The parser's old private name (tests and scripts that call it).
+_parser = parser
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -549,13 +538,19 @@ class _StepBar:
             self.bar.close()
 
 
-class _StateLog:
+class StateLog:
     """The output folder's ``.emostyle-state.jsonl``: each stylised file's entry, one JSON line, by output path
-    relative to the folder. A line is appended (and flushed) before its output is renamed into place, so a
-    kill or Ctrl-C never leaves an output without its emotion; the file is rewritten whole at the end."""
+    relative to the folder. A line is appended (and flushed) once its output is renamed into place
+    (``write_then_record``), so a resumed run reports the emotions of what is done; the file is rewritten whole
+    at the end. Shared by the local loop and ``emostyle_ray``'s actors.
+
+    Args:
+        path: the state file, or None (a single-file run: nothing is recorded). A link or a non-file there is
+            not used (one warning).
+        read: False: only append (a Ray actor's writer; the driver reads and compacts).
+    """
 
     def __init__(self, path: Path | None, *, read: bool = True) -> None:
-        """``read=False``: only append (a Ray actor's writer; the driver reads and compacts)."""
         if path is not None and (path.is_symlink() or path.exists() and not path.is_file()):
             log.warning("Not using %s: it is not a regular file; emotions of earlier runs are not kept.", path)
             path = None  # never append through a link or into something else
@@ -632,9 +627,21 @@ def _mkdirs(folders: Iterable[Path]) -> None:
             ) from exc
 
 
-def _stylize_video(st: Any, src: Path, dst: Path, args: argparse.Namespace, nested: bool,
+def stylize_video_file(st: Any, src: Path, dst: Path, args: argparse.Namespace, nested: bool,
                    entry: dict[str, Any], record: Any) -> Any:
-    """One video file -> ``dst`` (atomic), ``entry`` completed, then ``record(entry)`` (after the rename)."""
+    """One video file -> ``dst`` (atomic), ``entry`` completed, then ``record(entry)`` (after the rename).
+
+    Shared by the local loop and ``emostyle_ray``'s actors, so both write alike.
+
+    Args:
+        st: the Stylizer.
+        src: the input video.
+        dst: the output video (written atomically; an existing one is replaced only with ``args.force``).
+        args: the command line (``--emotion``, ``--max-side``, the video options, ``--force``, ``-q``).
+        nested: whether the video's progress bar sits under a folder run's bar.
+        entry: the file's report entry, completed with the result's summary.
+        record: called with ``entry`` once the output is in place (the state file's line).
+    """
     from .video import stylize_video
 
     fill_defaults(args)
@@ -741,7 +748,7 @@ def run(args: argparse.Namespace) -> int:
                 _mkdirs([dst.parent])  # only now: an interrupted run leaves no empty mirrored folders
                 record = lambda e, rel=rel: states.add(rel, e)  # noqa: E731
                 if src.suffix.lower() in VIDEO_SUFFIXES:
-                    res = _stylize_video(st, src, dst, args, bar, entry, record)
+                    res = stylize_video_file(st, src, dst, args, bar, entry, record)
                 else:
                     steps = _StepBar(src.name, args.quiet, bar)
                     try:
@@ -776,16 +783,33 @@ def run(args: argparse.Namespace) -> int:
 # -- the pieces of a run that every executor shares (this module's loop, emostyle_ray's actors) ------------
 
 
+def stylizer_options(args: argparse.Namespace) -> StylizerOptions:
+    """The Stylizer options of the command line (``--backend``, ``--precision``, ``--memory-budget`` ...).
+
+    Args:
+        args: the parsed command line (or a Namespace made by hand: missing flags take the defaults).
+
+    Raises:
+        BackendError, InvalidArgumentError, MemoryBudgetError: a value that cannot work.
+    """
+    fill_defaults(args)
+    return options_from_args(args)
+
+
 def make_stylizer(args: argparse.Namespace, bundle: Any) -> Any:
-    """The Stylizer the command's options ask for (``bundle``: a Manifest or a folder); one place for the local
-    loop and emostyle_ray's actors, so both style alike."""
+    """The Stylizer the command's options ask for; one place for the local loop and emostyle_ray's actors,
+    so both style alike.
+
+    Args:
+        args: the parsed command line (its Stylizer options: :func:`stylizer_options`).
+        bundle: a Manifest or a bundle folder.
+    """
     from .stylizer import Stylizer
 
-    fill_defaults(args)
-    if args.max_pixels > OPENCV_MAX_PIXELS:  # OpenCV's own decoder limit, read once, at the first decode
-        os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(args.max_pixels))
-    return Stylizer(bundle, backend=args.backend, provider=args.provider, detector=args.detector, no_face=args.no_face,
-                    memory_budget=args.memory_budget, tile_mode=args.tile_mode, max_pixels=args.max_pixels)
+    options = stylizer_options(args)
+    if options.max_pixels > OPENCV_MAX_PIXELS:  # OpenCV's own decoder limit, read once, at the first decode
+        os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(options.max_pixels))
+    return Stylizer(bundle, options=options)
 
 
 def _missing_folders(folders: Iterable[Path]) -> list[Path]:
@@ -809,19 +833,19 @@ def _remove_empty(folders: Iterable[Path]) -> None:
 
 
 def begin_run(args: argparse.Namespace, folders: Sequence[Path], state: Path | None,
-              started: float) -> tuple[_StateLog, dict[str, dict[str, Any]], list[Path]]:
+              started: float) -> tuple[StateLog, dict[str, dict[str, Any]], list[Path]]:
     """Remove temporary files of killed runs where this run writes, open the state file; the state log, the ok
     entries of an earlier report (from before state files) by input, and the output folders that do not exist
     yet (each is created when its first output is written; ``finish_run`` removes those left empty)."""
     fresh = _missing_folders(folders)
     # Temporary files of killed runs, only where this run writes; outputs themselves are always complete.
     clean_stale_parts([*folders, *([args.report.parent] if args.report is not None else [])], started=started)
-    states = _StateLog(state)
+    states = StateLog(state)
     earlier = (_read_report(args.report) or {}).get("files", []) if args.report is not None else []
     return states, {e["input"]: e for e in earlier if e.get("status") in ("ok", "exists")}, fresh
 
 
-def skip_entry(src: Path, dst: Path, out_root: Path | None, force: bool, states: _StateLog,
+def skip_entry(src: Path, dst: Path, out_root: Path | None, force: bool, states: StateLog,
                old: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """The report entry of a planned file that is not done now, else None: a folder run skips an output that
     exists (resuming; its emotion from the state file), and nothing replaces a non-file at an output path."""
@@ -873,7 +897,7 @@ def stylize_image_file(st: Any, image: Any, dst: Path, entry: dict[str, Any], ar
     return res
 
 
-def finish_run(args: argparse.Namespace, manifest: Manifest, states: _StateLog, entries: list[dict[str, Any]], *,
+def finish_run(args: argparse.Namespace, manifest: Manifest, states: StateLog, entries: list[dict[str, Any]], *,
                interrupted: bool, stopped: bool, fresh: Sequence[Path] = ()) -> int:
     """Compact the state file, remove the ``fresh`` folders left empty, write the report (Ctrl-C waits), log the
     tally; the exit status."""
@@ -938,7 +962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["serve"]:
             return _serve(argv[1:])
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
         setup_cli_logging(args.quiet, log.name, library=("emostyle_rt",), verbose=args.verbose)
         return run(args)
     except EmostyleError as exc:

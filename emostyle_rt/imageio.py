@@ -30,6 +30,7 @@ from .errors import (
     note,
     sentence,
 )
+from .formats import sniff_format
 from .fsutil import PART_SUFFIX
 from .metadata import KINDS, ImageMeta, embed_meta, file_orientation, may_have_alpha, read_meta, warn_once
 
@@ -50,20 +51,21 @@ ImageInput = Union[str, os.PathLike, np.ndarray]
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG, JPEG, GIF, BMP or WebP header; None if unknown."""
+    """(width, height) from a PNG, JPEG, GIF, BMP, WebP or TIFF header; None if unknown."""
+    kind = sniff_format(data)
     try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if kind == "png":
             return struct.unpack(">II", data[16:24])
-        if data[:6] in (b"GIF87a", b"GIF89a"):
+        if kind == "gif":
             return struct.unpack("<HH", data[6:10])
-        if data[:2] == b"BM":
+        if kind == "bmp":
             w, h = struct.unpack("<ii", data[18:26])
             return abs(w), abs(h)
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        if kind == "webp":
             return _webp_size(data)
-        if data[:2] == b"\xff\xd8":
+        if kind == "jpeg":
             return _jpeg_size(data)
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
+        if kind == "tiff":
             return _tiff_size(data)
     except struct.error:
         return None

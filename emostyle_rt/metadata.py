@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from . import logutil
+from .formats import FORMATS, METADATA_SUFFIXES, sniff_format
 
 log = logging.getLogger(__name__)
 
-#: Output extensions -> container kind this module writes metadata into.
-KINDS = {".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".png": "png", ".webp": "webp",
-         ".tif": "tiff", ".tiff": "tiff"}
+#: Output extensions -> container kind this module writes metadata into (the table of ``emostyle_rt.formats``).
+KINDS = METADATA_SUFFIXES
 _MAX_ICC = 16 << 20  # a decompressed iCCP larger than this is refused (zlib bomb)
 _ORIENTATION, _ICC_TAG, _EXIF_IFD, _EXTRA_SAMPLES, _SAMPLES = 0x0112, 34675, 34665, 338, 277
 _warned: set[tuple[str, str]] = set()
@@ -56,15 +56,9 @@ _BAD = (_Malformed, struct.error, IndexError, ValueError, zlib.error, OverflowEr
 
 
 def _kind(data: bytes) -> str | None:
-    if data[:2] == b"\xff\xd8":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    return None
+    """The container kind of encoded bytes this module reads and writes metadata in (``formats.sniff_format``)."""
+    kind = sniff_format(data)
+    return kind if kind is not None and FORMATS[kind].metadata else None
 
 
 def warn_once(key: tuple[str, str], msg: str, *args: object) -> None:

@@ -20,10 +20,10 @@ import numpy as np
 from .backends import CLASSIFIER, Lazy, Runner, check_engines, is_gpu, runner_for
 from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
 from .faces import Face, FaceDetector, crop_face, make_detector
-from .imageio import MAX_PIXELS, ImageInput, load_image, pad_to_multiple
+from .imageio import ImageInput, load_image, pad_to_multiple
 from .manifest import ClassifierInfo, Manifest, load_manifest
-from .tiling import (CALIBRATION, DEFAULT_TILE_MODE, TILE_MODES, TiledStyle, default_budget, estimate_whole, parse_memory,
-                     process_rss)
+from .options import NO_FACE_POLICIES, StylizerOptions
+from .tiling import CALIBRATION, TiledStyle, default_budget, estimate_whole, process_rss
 from .tiling import plan as tile_plan
 
 if TYPE_CHECKING:
@@ -31,12 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: No-face policies besides a fixed emotion name.
-NO_FACE_POLICIES = ("whole", "error")
 #: Same-size images are stacked into one style run up to this many pixels per run.
 BATCH_PIXELS = 1 << 20
-#: Largest face-crop margin (a fraction of the box size added on each side).
-MAX_MARGIN = 2.0
 
 
 def _check_graph(
@@ -151,84 +147,55 @@ def _close_runners(*holders: dict[str, Runner]) -> None:
 class Stylizer:
     """Runs a bundle written by ``emostyle-export``.
 
-    ``backend``: "auto" (native TensorRT engine when one fits, else an AOTInductor
-    package, else OpenVINO for the style graphs on a machine without a GPU
-    provider where it is installed, else onnxruntime), "onnxruntime", "tensorrt",
-    "aoti" (style graphs from AOTInductor packages; the classifier in onnxruntime)
-    or "openvino" (every graph in OpenVINO's CPU plugin). ``provider`` forces an onnxruntime provider
-    ("tensorrt", "cuda", "cpu"). ``detector``: None (the bundle's MTCNN; Haar
-    for bundles without one), "mtcnn", "haar" (where this OpenCV has it), a YuNet
-    ``.onnx`` path or any object with ``detect(rgb) -> list[Face]``. ``no_face``: "whole"
-    (classify the whole image), "error" (raise ``NoFaceError``) or an emotion.
-    ``margin``: None crops faces as the bundle's crop spec says
-    (``manifest.classifier.crop``); a number replaces only its margin (a
-    fraction of the box on each side).
-    ``precision``: "auto" (the bundle's verified FP16 graph on a GPU provider when
-    it has one, else FP32), "fp32", "fp16" or "bf16" (style graphs in OpenVINO at
-    bfloat16 on a CPU with AVX512-BF16 / AMX, gated at PSNR >= 40 dB against FP32). ``cuda_graph``: replay CUDA graphs
-    for repeated input shapes (video; CUDA EP only). ``cache_dir``: the user
-    cache for the TensorRT EP's engines (default $EMOSTYLE_CACHE_DIR, else
-    $XDG_CACHE_HOME/emostyle-rt or ~/.cache/emostyle-rt; never the bundle).
-    ``memory_budget``: bytes (or text such as "2GB", "512MiB") one style run may
-    use on top of what the process holds; None: what keeps the process' peak
-    RSS at about 2.5 GB (``DEFAULT_PEAK_RSS`` less what the process held when this
-    Stylizer opened), and at most 75% of the memory available when the run
-    starts (for a GPU provider: 75% of the GPU's free memory). A run whose
-    estimate is larger goes in tiles (``tile_mode`` "exact" or "fast", see
-    :mod:`emostyle_rt.tiling`); one that cannot fit raises ``MemoryBudgetError`` before it starts.
-    ``close()`` (or ``with Stylizer(...)``) frees sessions and GPU buffers.
+    Its options are one :class:`~emostyle_rt.options.StylizerOptions`, given as
+    ``options=`` or as keywords of the same names (``Stylizer(bundle, backend="onnxruntime")``;
+    keywords given with ``options=`` replace those options). ``close()`` (or
+    ``with Stylizer(...)``) frees sessions and GPU buffers. A Stylizer pickles as
+    its bundle path and options (the receiver re-opens the bundle).
+
+    Args:
+        bundle: a bundle folder (str or os.PathLike) or a loaded ``Manifest``.
+        options: the options (default: ``StylizerOptions()``).
+        **kwargs: options by name, as the fields of ``StylizerOptions``: ``backend``, ``provider``,
+            ``detector``, ``no_face``, ``margin``, ``max_pixels``, ``verify``, ``precision``,
+            ``cuda_graph``, ``cache_dir``, ``memory_budget``, ``tile_mode`` (each described there).
+
+    Raises:
+        BundleError: the bundle cannot be read, or its classifier graph disagrees with its manifest.
+        BackendError: a backend, provider or precision that cannot run here (refused now, once).
+        InvalidArgumentError: an option's value that cannot work.
+        TypeError: an unknown option name.
     """
 
-    def __init__(
-        self,
-        bundle: str | os.PathLike | Manifest,
-        *,
-        backend: str = "auto",
-        provider: str | None = None,
-        detector: FaceDetector | str | os.PathLike | None = None,
-        no_face: str = "whole",
-        margin: float | None = None,
-        max_pixels: int = MAX_PIXELS,
-        verify: bool = True,
-        precision: str = "auto",
-        cuda_graph: bool = False,
-        cache_dir: str | os.PathLike | None = None,
-        memory_budget: int | str | None = None,
-        tile_mode: str = DEFAULT_TILE_MODE,
-    ) -> None:
+    def __init__(self, bundle: str | os.PathLike | Manifest, *, options: StylizerOptions | None = None,
+                 **kwargs: Any) -> None:
         if isinstance(bundle, bytes) or not isinstance(bundle, (str, os.PathLike, Manifest)):
             raise InvalidArgumentError(
                 "A Stylizer's bundle is a bundle folder or a Manifest."
                 + note("a path (str or os.PathLike) or a Manifest", f"{bundle!r} ({type(bundle).__name__})"))
-        if tile_mode not in TILE_MODES:
-            raise InvalidArgumentError(f"Unknown tile_mode {tile_mode!r}." + note(" or ".join(TILE_MODES), repr(tile_mode)))
+        if options is not None and not isinstance(options, StylizerOptions):
+            raise InvalidArgumentError("options must be a StylizerOptions."
+                                       + note("emostyle_rt.StylizerOptions(...) or None", type(options).__name__))
+        options = StylizerOptions(**kwargs) if options is None else options.replace(**kwargs) if kwargs else options
+        #: Every option of this Stylizer (what pickling carries).
+        self.options = options
         #: Bytes a style run may use (None: from the machine at each run); how over-budget runs share statistics.
-        self.memory_budget = None if memory_budget is None else parse_memory(memory_budget)
-        self.tile_mode = tile_mode
-        self.manifest = bundle if isinstance(bundle, Manifest) else load_manifest(bundle, verify_files=verify)
-        if no_face not in NO_FACE_POLICIES and no_face not in self.manifest.labels:
+        self.memory_budget, self.tile_mode = options.memory_budget, options.tile_mode
+        self.manifest = bundle if isinstance(bundle, Manifest) else load_manifest(bundle, verify_files=options.verify)
+        if options.no_face not in NO_FACE_POLICIES and options.no_face not in self.manifest.labels:
             raise InvalidArgumentError(
-                f"Unknown no-face policy {no_face!r}." + note(f"{NO_FACE_POLICIES} or an emotion", no_face)
+                f"Unknown no-face policy {options.no_face!r}." + note(f"{NO_FACE_POLICIES} or an emotion", options.no_face)
             )
-        if margin is not None and (
-                isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin <= MAX_MARGIN):
-            raise InvalidArgumentError(
-                "margin must be a number from 0 to the box size's multiple around the face."
-                + note(f"0 <= margin <= {MAX_MARGIN} (a float such as 0.2), or None for the bundle's crop spec", repr(margin))
-            )
-        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-            raise InvalidArgumentError("max_pixels must be a positive integer." + note("an int >= 1", repr(max_pixels)))
-        self.no_face, self.max_pixels = no_face, max_pixels
-        self.margin = None if margin is None else float(margin)
+        self.no_face, self.max_pixels, self.margin = options.no_face, options.max_pixels, options.margin
         #: The face crop: the bundle's spec, its margin replaced by ``margin`` (a fraction of the box) when given.
-        self.crop = self.manifest.classifier.crop if margin is None else replace(
-            self.manifest.classifier.crop, margin=float(margin), margin_unit="fraction")
-        self._backend, self._provider = backend, provider
-        self._detector_spec, self._verify = detector, verify
-        self._detector = make_detector(detector, self.manifest, provider=self._provider)
+        self.crop = self.manifest.classifier.crop if self.margin is None else replace(
+            self.manifest.classifier.crop, margin=self.margin, margin_unit="fraction")
+        self._backend, self._provider = options.backend, options.provider
+        self._detector_spec, self._verify = options.detector, options.verify
+        self._detector = make_detector(options.detector, self.manifest, provider=self._provider)
         # made here (from a name, a file or the bundle): its preload()/close() are the Stylizer's to call
-        self._own_detector = self._detector is not detector
-        self._precision, self._cuda_graph, self._cache_dir = precision, cuda_graph, cache_dir
+        self._own_detector = self._detector is not options.detector
+        self._precision, self._cuda_graph, self._cache_dir = options.precision, options.cuda_graph, options.cache_dir
         self._lock = threading.Lock()
         self._runners: Lazy[str, Runner] = Lazy(self._lock)  # the classifier's runner (key CLASSIFIER)
         self._styles: Lazy[str, Runner] = Lazy(self._lock)
@@ -237,10 +204,29 @@ class Stylizer:
         self._finalizer = weakref.finalize(self, _close_runners, self._runners, self._styles, self._tiled)
         self._classifier_runner()  # loaded and checked now: a bad classifier graph fails here
         # backend="tensorrt" / "aoti" without an engine for some style: refused now, once, not at each image
-        check_engines(self.manifest, backend)
+        check_engines(self.manifest, options.backend)
+        self._check_precision()
         #: What the process held once this Stylizer opened: the default budget keeps a run's peak RSS at about
         #: this plus the budget (``emostyle_rt.tiling.default_budget``).
         self._held = process_rss()
+
+    def _check_precision(self) -> None:
+        """An explicit precision the style graphs cannot run here is refused now, once, not at each image.
+
+        "fp16" on onnxruntime needs every style's FP16 graph (the classifier's was checked as it loaded);
+        "bf16" depends on the machine (OpenVINO, the CPU's bfloat16), so the first style graph is loaded now.
+        """
+        precision = self.options.precision
+        if precision == "fp16" and self._backend in ("auto", "onnxruntime"):
+            missing = [sid for sid, spec in self.manifest.styles.items() if spec.fp16 is None]
+            if missing:
+                raise BackendError(
+                    f"precision='fp16' was asked for but the bundle has no FP16 graph for {len(missing)} of its "
+                    f"{len(self.manifest.styles)} style graphs ({', '.join(missing[:3])}"
+                    f"{', ...' if len(missing) > 3 else ''})."
+                    + note("an fp16 block for every style (emostyle-export --bundle DIR --fp16)", "FP32 only"))
+        if precision == "bf16" and self.manifest.styles:
+            self._style_runner(next(iter(self.manifest.styles)))
 
     # -- public API ---------------------------------------------------------
 
@@ -291,7 +277,7 @@ class Stylizer:
 
     def _stylize_many(self, images: Iterable[ImageInput], emotion: str | None, max_side: int | None, bgr: bool,
                       progress: Callable[[int, int], None] | None) -> list[StyleResult]:
-        self._check_max_side(max_side)
+        self.check_max_side(max_side)
         alphas: list[np.ndarray | None] = []  # alphas[i]: image i's alpha plane, passed through unstyled, or None
         rgbs = self._load_batch(images, bgr, alphas, "stylize")
         if emotion is not None:
@@ -355,15 +341,11 @@ class Stylizer:
 
         Loaded graphs and sessions are not pickled; a custom detector object must be picklable itself.
         """
-        return {
-            "bundle": str(self.manifest.root), "backend": self._backend, "provider": self._provider,
-            "detector": self._detector_spec, "no_face": self.no_face, "margin": self.margin,
-            "max_pixels": self.max_pixels, "verify": self._verify, "precision": self._precision,
-            "cuda_graph": self._cuda_graph, "cache_dir": self._cache_dir,
-            "memory_budget": self.memory_budget, "tile_mode": self.tile_mode,
-        }
+        return {"bundle": str(self.manifest.root), "options": self.options}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Re-open the bundle with the pickled options (also the older form: the options as keywords)."""
+        state = dict(state)
         self.__init__(state.pop("bundle"), **state)  # type: ignore[misc]
 
     def __enter__(self) -> Stylizer:
@@ -421,7 +403,15 @@ class Stylizer:
             )
         return rgb
 
-    def _check_max_side(self, max_side: int | None) -> None:
+    def check_max_side(self, max_side: int | None) -> None:
+        """Refuse a ``max_side`` the style graphs cannot take (``stylize``'s and ``stream``'s rule).
+
+        Args:
+            max_side: the longer side the style graph runs at, or None (the image's own size).
+
+        Raises:
+            InvalidArgumentError: not an integer, or below the bundle's smallest style input.
+        """
         m = self.manifest.min_side
         if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < m):
             got = repr(max_side) if isinstance(max_side, (int, np.integer)) and not isinstance(max_side, bool) \

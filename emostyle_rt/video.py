@@ -667,7 +667,7 @@ def stream(
         _positive("fps", fps)
     _positive("batch", batch, integer=True)
     _positive("queue_frames", queue_frames, integer=True)
-    stylizer._check_max_side(max_side)  # noqa: SLF001 - the Stylizer's own rule
+    stylizer.check_max_side(max_side)  # the Stylizer's own rule
     styles = dict(stylizer.manifest.emotions)
     if emotion is not None:
         timeline, fixed = None, EmotionState(emotion, styles[emotion], {}, reason="given")

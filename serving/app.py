@@ -89,8 +89,7 @@ class Service:
             started = time.perf_counter()
             c = self.config
             if self.stylizer is None:
-                self.stylizer = Stylizer(c.bundle, backend=c.backend, provider=c.provider, detector=c.detector,
-                                         no_face=c.no_face, max_pixels=c.max_pixels, memory_budget=c.memory_budget)
+                self.stylizer = Stylizer(c.bundle, options=c.options)
             for label in self.stylizer.labels:
                 self.metrics.emotions.labels(label, "face")
             if c.warmup:

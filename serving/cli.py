@@ -26,6 +26,7 @@ from typing import Iterator, Sequence
 from emostyle_rt.errors import BundleError, EmostyleError, InvalidArgumentError, note, sentence
 from emostyle_rt.cli import nonempty_path
 from emostyle_rt.logutil import setup_cli_logging
+from emostyle_rt.options import add_stylizer_arguments, options_from_args
 from emostyle_rt.manifest import DEFAULT_BUNDLE, MANIFEST_NAME, bundle_hint, default_bundle, load_manifest
 
 from .config import CONFIG_ENV, SERVE_MAX_BODY, SERVE_MAX_PIXELS, ServeConfig
@@ -77,19 +78,13 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"requests held at once per process before 429 (default {d.queue})")
     p.add_argument("--max-body-mb", type=float, default=SERVE_MAX_BODY / (1 << 20),
                    help=f"largest request body in MiB (default {SERVE_MAX_BODY >> 20}; more: 413)")
-    p.add_argument("--max-pixels", type=int, default=SERVE_MAX_PIXELS,
-                   help=f"largest image in pixels, checked from its header before decoding (default {SERVE_MAX_PIXELS})")
-    p.add_argument("--no-face", default=d.no_face, help="'whole' (classify the whole image), 'error' (422), or an emotion")
-    p.add_argument("--detector", default=None, help="face detector: the bundle's MTCNN (default), 'mtcnn', 'haar' or a "
-                                                     "YuNet .onnx file")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "aoti", "openvino"),
-                   help="runtime backend, as for emostyle (default auto: TensorRT engine, AOTInductor package, "
-                        "OpenVINO on a CPU-only machine, onnxruntime)")
-    p.add_argument("--provider", default=None, choices=("tensorrt", "cuda", "cpu"), help="force an onnxruntime provider")
-    p.add_argument("--memory-budget", metavar="SIZE", default=None,
-                   help="memory one style run of each worker may use, e.g. 2GB (default: the machine's available "
-                        "memory split between the workers, at most what keeps a worker near 2.5 GB peak RSS; larger "
-                        "photos go in tiles)")
+    add_stylizer_arguments(
+        p.add_argument_group("the Stylizer of each worker (as emostyle; emostyle_rt.StylizerOptions)"),
+        max_pixels=SERVE_MAX_PIXELS,
+        max_pixels_help=f"largest image in pixels, checked from its header before decoding (default {SERVE_MAX_PIXELS})",
+        memory_budget_help="memory one style run of each worker may use, e.g. 2GB (default: the machine's available "
+                           "memory split between the workers, at most what keeps a worker near 2.5 GB peak RSS; larger "
+                           "photos go in tiles)")
     p.add_argument("--quality", type=int, default=None, help="JPEG / WebP quality of answers 1..100 (default: the library's)")
     p.add_argument("--strip-metadata", action="store_true", help="do not copy the upload's EXIF and ICC profile")
     p.add_argument("--no-ui", action="store_true",
@@ -159,11 +154,12 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         raise InvalidArgumentError(f"--graceful-timeout {args.graceful_timeout} is negative." + note(">= 0", args.graceful_timeout))
     if not args.keep_alive > 0:
         raise InvalidArgumentError(f"--keep-alive {args.keep_alive} must be positive." + note("> 0", args.keep_alive))
-    from emostyle_rt.tiling import parse_memory, worker_budget
+    from emostyle_rt.tiling import worker_budget
 
-    # Each worker's share of the machine (they add up to what it has); one worker: the library's own default.
-    budget = parse_memory(args.memory_budget) if args.memory_budget is not None else \
-        worker_budget(args.workers) if args.workers > 1 else None
+    options = options_from_args(args)
+    if options.memory_budget is None and args.workers > 1:
+        # Each worker's share of the machine (they add up to what it has); one worker: the library's own default.
+        options = options.replace(memory_budget=worker_budget(args.workers))
     bundle = default_bundle(args.bundle)
     try:
         load_manifest(bundle)
@@ -172,11 +168,10 @@ def _config(args: argparse.Namespace) -> ServeConfig:
             raise
         raise BundleError(f"No bundle at {bundle}." + bundle_hint()) from exc
     return ServeConfig(bundle=str(bundle), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
-                       max_body=int(args.max_body_mb * (1 << 20)), max_pixels=args.max_pixels, backend=args.backend,
-                       provider=args.provider, detector=args.detector, no_face=args.no_face, quality=args.quality,
+                       max_body=int(args.max_body_mb * (1 << 20)), quality=args.quality,
                        strip_metadata=args.strip_metadata, warmup=not args.no_warmup,
                        header_timeout=args.header_timeout, body_timeout=args.body_timeout, ui=not args.no_ui,
-                       memory_budget=budget).check()
+                       options=options).check()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,8 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from emostyle_rt.stylizer import Stylizer
 
         # Opened here so that a bad bundle, detector or --no-face fails now, with exit status 2.
-        stylizer = Stylizer(config.bundle, backend=config.backend, provider=config.provider, detector=config.detector,
-                            no_face=config.no_face, max_pixels=config.max_pixels, memory_budget=config.memory_budget)
+        stylizer = Stylizer(config.bundle, options=config.options)
     except EmostyleError as exc:
         log.error("%s", exc)
         return 2

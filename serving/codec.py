@@ -12,43 +12,32 @@ from dataclasses import dataclass
 import numpy as np
 
 from emostyle_rt.errors import InvalidArgumentError, note
+from emostyle_rt.formats import FORMATS as IMAGE_FORMATS
+from emostyle_rt.formats import output_format
+from emostyle_rt.formats import sniff_format as sniff_image_format
 from emostyle_rt.imageio import decode_image, encode_image
 from emostyle_rt.metadata import read_meta
 
 from .errors import NotAcceptableError, UnsupportedMediaTypeError
 
-#: Output format name -> (file extension the encoder takes, MIME type).
-FORMATS = {
-    "jpeg": (".jpg", "image/jpeg"),
-    "png": (".png", "image/png"),
-    "webp": (".webp", "image/webp"),
-    "bmp": (".bmp", "image/bmp"),
-    "tiff": (".tif", "image/tiff"),
-}
+#: Output format name -> (file extension the encoder takes, MIME type), from the runtime's table.
+FORMATS = {f.name: (f.suffixes[0], f.mime) for f in IMAGE_FORMATS.values() if f.written}
 #: Names a client may use for a format (query ``format=`` or form field).
 FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff", **{k: k for k in FORMATS}}
 #: MIME type -> format, for ``Accept``.
 MIME_FORMATS = {mime: name for name, (_, mime) in FORMATS.items()}
 #: Raw request bodies the service takes (the image format itself is read from the bytes).
-RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/gif",
-             "application/octet-stream")
+RAW_TYPES = (*(f.mime for f in IMAGE_FORMATS.values()), "image/x-ms-bmp", "application/octet-stream")
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
 
 
 def sniff_format(data: bytes) -> str | None:
-    """The format of encoded image bytes, from their signature; None if it is none of ours (GIF answers PNG)."""
-    if data[:2] == b"\xff\xd8":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:6] in (b"GIF87a", b"GIF89a"):
-        return "png"  # a GIF's answer is a PNG, as the command's output (OpenCV's GIF writer quantises)
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:2] == b"BM":
-        return "bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    return None
+    """The answer's format for encoded image bytes, from their signature; None if it is none of ours.
+
+    A GIF's answer is a PNG, as the command's output (``emostyle_rt.formats.output_format``).
+    """
+    return output_format(sniff_image_format(data))
 
 
 def media_type(content_type: str | None) -> str:

@@ -69,11 +69,12 @@ def app(args: dict[str, str]) -> Any:
     """Builder for ``serve run emostyle_serve.ray_serve:app bundle=DIR [num_replicas=N num_gpus=G ...]``."""
     known = {"num_replicas", "num_cpus", "num_gpus", "name"}
     fields = {k: v for k, v in args.items() if k not in known}
-    conversions = {"max_batch": int, "queue": int, "max_body": int, "max_pixels": int, "max_wait_ms": float,
-                   "header_timeout": float, "body_timeout": float,
-                   "quality": int, "strip_metadata": lambda v: v.lower() in ("1", "true", "yes"),
-                   "warmup": lambda v: v.lower() in ("1", "true", "yes"),
-                   "ui": lambda v: v.lower() in ("1", "true", "yes")}
+    flag = lambda v: v.lower() in ("1", "true", "yes")  # noqa: E731
+    conversions = {"max_batch": int, "queue": int, "max_body": int, "max_wait_ms": float,
+                   "header_timeout": float, "body_timeout": float, "quality": int, "strip_metadata": flag,
+                   "warmup": flag, "ui": flag,
+                   # the Stylizer's options (StylizerOptions; the others are text)
+                   "max_pixels": int, "margin": float, "verify": flag, "cuda_graph": flag}
     try:
         cfg = ServeConfig(**{k: conversions.get(k, str)(v) for k, v in fields.items()})
         replicas = args.get("num_replicas", "1")
@@ -82,5 +83,6 @@ def app(args: dict[str, str]) -> Any:
                            name=args.get("name", "emostyle"))
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"Bad Ray Serve arguments: {exc}."
-                                   + note("bundle=DIR and ServeConfig fields, num_replicas, num_cpus, num_gpus",
+                                   + note("bundle=DIR, ServeConfig fields and StylizerOptions names, num_replicas, "
+                                          "num_cpus, num_gpus",
                                           sorted(args))) from exc

@@ -45,7 +45,7 @@ from .base import CACHE_ENV, GraphLoader, OutsideProfileError, Runner, TensorInf
 if TYPE_CHECKING:
     from ..manifest import ClassifierSpec, Manifest, StyleSpec
 
-__all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FailoverRunner", "FallbackRunner", "GraphLoader", "Lazy", "OutsideProfileError",
+__all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FailoverRunner", "backend_names", "FallbackRunner", "GraphLoader", "Lazy", "OutsideProfileError",
            "Runner", "TensorInfo", "cache_dir", "check_engines", "is_gpu", "LOADERS", "load_graph", "choose_precision", "make_runner", "ort_runner_for",
            "runner_for"]
 
@@ -66,6 +66,12 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _ENGINE_PRECISIONS = ("auto", "fp32", "fp16")
 #: Key of the classifier graph in ``runner_for``; style graphs use their style id.
 CLASSIFIER = "classifier"
+
+
+def backend_names() -> tuple[str, ...]:
+    """Every ``backend=`` value, in order: "auto", "onnxruntime", the engines, then loaders registered in
+    :data:`LOADERS` (:data:`BACKENDS` is the built-in ones; this also sees a backend registered later)."""
+    return tuple(dict.fromkeys([*BACKENDS, *ENGINES, *LOADERS]))
 
 
 def load_graph(onnx_path: str | os.PathLike, **options: Any) -> Runner:
@@ -302,7 +308,7 @@ def runner_for(
     build); "bf16": style graphs in OpenVINO at bfloat16 (verified at first use).
     ``cache``: the user cache folder (default :func:`cache_dir`).
     """
-    known = dict.fromkeys([*BACKENDS, *ENGINES, *LOADERS])
+    known = backend_names()
     if backend not in known:
         raise BackendError(f"Unknown backend {backend!r}." + note(" or ".join(known), backend))
     if precision not in PRECISIONS:
