@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from emostyle_export.parity import psnr
+from emostyle_rt.metrics import BENCH_MIN_PSNR_DB, BENCH_PROB_TOLERANCE, psnr
 
-#: Classifier: max |p - p_eager| allowed, per precision.
-PROB_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+#: Classifier: max |p - p_eager| allowed, per precision (emostyle_rt.metrics owns the figures).
+PROB_TOLERANCE = BENCH_PROB_TOLERANCE
 #: Style and chain images: minimum PSNR (dB) against the eager output, per precision.
-PSNR_MIN_DB = {"fp32": 40.0, "fp16": 30.0}
+PSNR_MIN_DB = BENCH_MIN_PSNR_DB
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from emostyle_rt import metrics
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +144,7 @@ def synthetic_set(n_faces: int = 64, n_empty: int = 16, size: tuple[int, int] = 
     return out
 
 
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (x, y, w, h) boxes."""
-    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    union = a[2] * a[3] + b[2] * b[3] - iw * ih
-    return iw * ih / union if union > 0 else 0.0
+iou = metrics.box_iou  # the one IoU of two (x, y, w, h) boxes (emostyle_rt.metrics)
 
 
 @dataclass(frozen=True)

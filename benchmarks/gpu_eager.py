@@ -38,16 +38,26 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SIZES = {"256x256": (256, 256), "512x512": (512, 512), "1280x720": (720, 1280), "1920x1080": (1080, 1920)}
 TRANSFORMER = Path(__file__).resolve().parent.parent / "export" / "models" / "transformer.py"
+METRICS = Path(__file__).resolve().parent.parent / "emostyle_rt" / "metrics.py"
 
 
-def load_transformer(path: Path = TRANSFORMER) -> type:
-    """TransformerNet from the project's model file, imported by path (needs only torch)."""
-    spec = importlib.util.spec_from_file_location("emostyle_transformer", path)
+def _by_path(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise FileNotFoundError(f"cannot import {path}")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.TransformerNet
+    return mod
+
+
+def load_transformer(path: Path = TRANSFORMER) -> type:
+    """TransformerNet from the project's model file, imported by path (needs only torch)."""
+    return _by_path("emostyle_transformer", path).TransformerNet
+
+
+#: The one PSNR (emostyle_rt/metrics.py, imported by path: nothing of this project need be installed; torch tensors
+#: stay on their device).
+psnr = _by_path("emostyle_metrics", METRICS).psnr
 
 
 def photo(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -64,9 +74,6 @@ def photo(h: int, w: int, seed: int = 0) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def stats(ms: list[float], batch: int) -> dict[str, float]:

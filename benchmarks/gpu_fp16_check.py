@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from emostyle_export.models.transformer import TransformerNet
 from emostyle_export.styles import style_contract
+from emostyle_rt import metrics
 from torch import nn
 
 
@@ -132,8 +132,8 @@ def make_net(convention: str, checkpoint: Path | None, device: torch.device) -> 
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a.double() - b.double()) ** 2).mean().item()
-    return 100.0 if mse == 0 else min(100.0, 10 * math.log10(255.0**2 / mse))
+    """The one PSNR (emostyle_rt.metrics), capped at 100 dB (identical outputs) for the JSON report."""
+    return metrics.psnr(a, b, cap=metrics.PSNR_CAP_DB)
 
 
 def run_variant(net32: TransformerNet, net16: TransformerNet, img: torch.Tensor, convention: str,

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import BackendError, BundleError, note
 from .fsutil import read_json_object, sha256_file
+from .logutil import warn_once
 
 log = logging.getLogger(__name__)
 
@@ -427,9 +428,7 @@ _WARNED: set[tuple[str, str]] = set()
 
 
 def _warn_once(path: Path, reason: str) -> None:
-    if (str(path), reason) not in _WARNED:
-        _WARNED.add((str(path), reason))
-        log.warning("AOTInductor package %s is not usable: %s. Falling back.", path, reason)
+    warn_once(log, _WARNED, (str(path), reason), "AOTInductor package %s is not usable: %s. Falling back.", path, reason)
 
 
 def find_package(

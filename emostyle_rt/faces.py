@@ -18,11 +18,12 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
+from .logutil import warn_once
 from .errors import BackendError, InvalidImageError, note
 from .manifest import CV2_GREY, DEFAULT_CROP, CropSpec, Manifest
 
@@ -65,7 +66,12 @@ class Face:
 
 @runtime_checkable
 class FaceDetector(Protocol):
-    """Anything that finds faces in an HxWx3 uint8 RGB image."""
+    """Anything that finds faces in an HxWx3 uint8 RGB image.
+
+    A detector that loads graphs may also have ``preload()`` (load them now) and
+    ``close()`` (free them; they load again on next use): the Stylizer calls them
+    on the detectors it makes (:func:`make_detector` from a name, file or the bundle).
+    """
 
     def detect(self, rgb: np.ndarray) -> list[Face]: ...
 
@@ -170,10 +176,31 @@ def haar_available() -> tuple[bool, str]:
 _NO_DETECTOR_REPORTED: set[str] = set()
 
 
-def _bundle_mtcnn(manifest: Manifest, provider: str | None) -> FaceDetector:
+def _bundle_mtcnn(manifest: Manifest | None, *, provider: str | None = None) -> FaceDetector:
+    """The bundle's MTCNN (``detector="mtcnn"``); BackendError for a bundle without one."""
+    if manifest is None or manifest.detector is None:
+        which = "no bundle was given" if manifest is None else f"bundle {manifest.root} has none"
+        raise BackendError(
+            f"detector='mtcnn' needs a bundle with a face detector; {which}."
+            + note("a manifest with a detector block (emostyle-export --bundle DIR --detector mtcnn)", "none"))
     from .mtcnn import MtcnnDetector
 
-    return MtcnnDetector(manifest.detector, manifest.root, provider=provider)  # type: ignore[arg-type]
+    return MtcnnDetector(manifest.detector, manifest.root, provider=provider)
+
+
+def _haar(manifest: Manifest | None, *, provider: str | None = None) -> FaceDetector:
+    """OpenCV's Haar cascade (``detector="haar"``)."""
+    return HaarDetector()
+
+
+#: Detectors by name: name -> ``factory(manifest, *, provider) -> FaceDetector``. A new detector is a module
+#: (a class with ``detect(rgb) -> list[Face]``, optionally ``preload()`` and ``close()``) and a line here.
+DETECTORS: dict[str, Callable[..., FaceDetector]] = {"mtcnn": _bundle_mtcnn, "haar": _haar}
+#: Detectors given as a model file: file suffix -> (what it is, ``factory(path) -> FaceDetector``).
+DETECTOR_FILES: dict[str, tuple[str, Callable[[str | os.PathLike], FaceDetector]]] = {
+    ".onnx": ("a YuNet .onnx path", YuNetDetector),
+    ".xml": ("a Haar .xml path", HaarDetector),
+}
 
 
 def _no_bundle_detector(manifest: Manifest | None) -> FaceDetector:
@@ -183,10 +210,9 @@ def _no_bundle_detector(manifest: Manifest | None) -> FaceDetector:
     if not haar_ok:
         raise BackendError(f"{where}, and {why}")
     key = str(manifest.root.resolve()) if manifest is not None else ""
-    if manifest is not None and key not in _NO_DETECTOR_REPORTED:
-        _NO_DETECTOR_REPORTED.add(key)
-        log.warning("%s (made before emostyle-rt carried MTCNN): using OpenCV's Haar cascade. Add MTCNN with: "
-                    "emostyle-export --bundle %s --detector mtcnn", where, manifest.root)
+    if manifest is not None:
+        warn_once(log, _NO_DETECTOR_REPORTED, key, "%s (made before emostyle-rt carried MTCNN): using OpenCV's Haar "
+                  "cascade. Add MTCNN with: emostyle-export --bundle %s --detector mtcnn", where, manifest.root)
     return HaarDetector()
 
 
@@ -198,35 +224,33 @@ def make_detector(
 ) -> FaceDetector:
     """The face detector to use with ``manifest``'s bundle.
 
-    None: the bundle's MTCNN when it has one, else OpenCV's Haar cascade (a
-    warning; BackendError where this OpenCV has none). "mtcnn": the bundle's
-    MTCNN (BackendError without one). "haar" or a ``.xml`` path: a Haar cascade
-    (BackendError where this OpenCV has none). A ``.onnx`` path: YuNet. A
-    detector object (anything with ``detect(rgb) -> list[Face]``): as is.
-    ``provider``: the onnxruntime provider of the MTCNN graphs (as for the
-    other graphs).
+    Names and model-file suffixes come from :data:`DETECTORS` and
+    :data:`DETECTOR_FILES`.
+
+    Args:
+        detector: None: the bundle's MTCNN when it has one, else OpenCV's Haar
+            cascade (a warning; BackendError where this OpenCV has none).
+            "mtcnn": the bundle's MTCNN (BackendError without one). "haar" or a
+            ``.xml`` path: a Haar cascade (BackendError where this OpenCV has
+            none). A ``.onnx`` path: YuNet. A detector object (anything with
+            ``detect(rgb) -> list[Face]``): as is.
+        manifest: The bundle whose detector block "mtcnn" (and None) use.
+        provider: The onnxruntime provider of the MTCNN graphs (as for the other graphs).
     """
     if detector is None:
         if manifest is not None and manifest.detector is not None:
-            return _bundle_mtcnn(manifest, provider)
+            return DETECTORS["mtcnn"](manifest, provider=provider)
         return _no_bundle_detector(manifest)
-    if detector == "mtcnn":
-        if manifest is None or manifest.detector is None:
-            which = "no bundle was given" if manifest is None else f"bundle {manifest.root} has none"
-            raise BackendError(
-                f"detector='mtcnn' needs a bundle with a face detector; {which}."
-                + note("a manifest with a detector block (emostyle-export --bundle DIR --detector mtcnn)", "none"))
-        return _bundle_mtcnn(manifest, provider)
-    if detector == "haar":
-        return HaarDetector()
+    if isinstance(detector, str) and detector in DETECTORS:
+        return DETECTORS[detector](manifest, provider=provider)
     if isinstance(detector, (str, os.PathLike)):
-        if str(detector).lower().endswith(".onnx"):
-            return YuNetDetector(detector)
-        if str(detector).lower().endswith(".xml"):
-            return HaarDetector(detector)
+        suffix = os.path.splitext(str(detector))[1].lower()
+        if suffix in DETECTOR_FILES:
+            return DETECTOR_FILES[suffix][1](detector)
+        wanted = [f'"{name}"' for name in DETECTORS] + [what for what, _ in DETECTOR_FILES.values()]
         raise BackendError(
             f"Unknown face detector {str(detector)!r}."
-            + note('"mtcnn", "haar", a YuNet .onnx path or a Haar .xml path', detector)
+            + note(", ".join(wanted[:-1]) + " or " + wanted[-1], detector)
         )
     if isinstance(detector, FaceDetector):
         return detector

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import MutableMapping, Sequence
+import threading
+from typing import Hashable, MutableMapping, Sequence
 
 #: Environment that keeps TensorFlow quiet at import (no oneDNN banner, no INFO/WARNING lines from C++).
 TF_QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
@@ -20,6 +21,41 @@ def quiet_tensorflow(env: MutableMapping[str, str] | None = None) -> MutableMapp
     for key, value in TF_QUIET_ENV.items():
         env.setdefault(key, value)
     return env
+
+
+_ONCE_LOCK = threading.Lock()
+
+
+def first_time(seen: set, key: Hashable) -> bool:
+    """Whether ``key`` is new to ``seen`` (then added): the one check behind every "said once" message.
+
+    Thread-safe (one lock for every such set: two threads never both see a key as new).
+
+    Args:
+        seen: The keys said so far (one set per kind of message, owned by the module that says it).
+        key: What this message is about (a bundle, a path and reason, an input shape).
+    """
+    with _ONCE_LOCK:
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
+
+def warn_once(logger: logging.Logger, seen: set, key: Hashable, msg: str, *args: object) -> bool:
+    """Log ``msg % args`` as a warning the first time ``key`` is seen in ``seen``; whether it was said.
+
+    Args:
+        logger: The logger that says it.
+        seen: The keys said so far (see :func:`first_time`).
+        key: What this message is about.
+        msg: The message, %-style.
+        *args: Its arguments.
+    """
+    if not first_time(seen, key):
+        return False
+    logger.warning(msg, *args)
+    return True
 
 
 class _StderrHandler(logging.StreamHandler):

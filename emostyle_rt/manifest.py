@@ -32,6 +32,7 @@ from typing import Any, Mapping
 from .engines import AotiEntry, TrtEngine
 from .errors import BundleError, InvalidArgumentError, note
 from .fsutil import read_json_object, sha256_file
+from .logutil import first_time
 
 __all__ = ["read_json_object", "sha256_file"]  # part of this module's API since 0.1.0 (they live in fsutil)
 
@@ -915,8 +916,7 @@ def _classifier_crop(c: Mapping[str, Any], root: Path) -> CropSpec:
     if "crop" in c:
         return crop_from_json(c["crop"], "classifier.crop")
     key = str(root.resolve())
-    if key not in _NO_CROP_REPORTED:
-        _NO_CROP_REPORTED.add(key)
+    if first_time(_NO_CROP_REPORTED, key):
         log.warning(
             "Bundle %s has no classifier crop spec (made by emostyle-rt 0.1.0): using the default crop (%s). If the "
             "classifier was trained on other crops its emotions will disagree; record its crop with: "

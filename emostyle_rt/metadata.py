@@ -28,6 +28,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
+from . import logutil
 from .formats import FORMATS, METADATA_SUFFIXES, sniff_format
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,7 @@ def _kind(data: bytes) -> str | None:
 
 def warn_once(key: tuple[str, str], msg: str, *args: object) -> None:
     """Log a warning the first time ``key`` is seen in this process (one per kind of loss, not per file)."""
-    if key not in _warned:
-        _warned.add(key)
-        log.warning(msg, *args)
+    logutil.warn_once(log, _warned, key, msg, *args)
 
 
 # -- container walkers --------------------------------------------------------------------------------

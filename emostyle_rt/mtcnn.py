@@ -35,6 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .backends import LOADERS, Lazy, Runner
 from .errors import BundleError, InvalidArgumentError, InvalidImageError, note
 from .faces import Face, _downscale
 from .manifest import DetectorGraph, DetectorSpec
@@ -158,15 +159,13 @@ def graph_provider(provider: str | None) -> str:
     TensorRT EP: P-Net's input shape changes with every pyramid level and image
     size, and the TensorRT EP builds an engine for each new shape.
     """
-    from .backends.onnxruntime import PROVIDERS, choose_providers
+    from .backends.onnxruntime import changing_shapes_provider
 
-    if provider not in (None, "tensorrt"):
-        return provider  # type: ignore[return-value]
-    gpu = PROVIDERS["cuda"] in choose_providers(None)
+    chosen = changing_shapes_provider(provider)
     if provider == "tensorrt":
         log.info("MTCNN runs on the %s EP: P-Net's shapes change per pyramid level (a TensorRT engine each).",
-                 "CUDA" if gpu else "CPU")
-    return "cuda" if gpu else "cpu"
+                 chosen.upper())
+    return chosen
 
 
 class MtcnnDetector:
@@ -174,7 +173,8 @@ class MtcnnDetector:
 
     ``spec`` and ``root``: the manifest's detector block and the bundle folder.
     ``provider`` as for the other graphs (None: CUDA when there is a GPU, else CPU;
-    see :func:`graph_provider`).
+    see :func:`graph_provider`). ``backend``: which loader of ``backends.LOADERS``
+    opens the graphs ("onnxruntime"; the provider is onnxruntime's).
     ``min_face_size`` replaces the bundle's (pixels of the detection copy, at
     least the spec's ``min_size``); ``detect_side`` caps the detection copy's
     longer side (None: the full image, like the package). Thread-safe: graphs
@@ -190,7 +190,11 @@ class MtcnnDetector:
         provider: str | None = None,
         min_face_size: float | None = None,
         detect_side: int | None = MTCNN_DETECT_SIDE,
+        backend: str = "onnxruntime",
     ) -> None:
+        if backend not in LOADERS:
+            raise InvalidArgumentError(f"Unknown backend {backend!r} for the face detector's graphs."
+                                       + note(" or ".join(LOADERS), repr(backend)))
         if min_face_size is not None and (isinstance(min_face_size, bool) or not isinstance(min_face_size, (int, float))
                                           or not spec.min_size <= min_face_size <= 1e5):
             raise InvalidArgumentError("min_face_size is out of range; the pyramid only shrinks the image."
@@ -199,28 +203,26 @@ class MtcnnDetector:
                                         or detect_side < spec.min_size):
             raise InvalidArgumentError(
                 "detect_side is out of range." + note(f"None or an int >= {spec.min_size}", repr(detect_side)))
-        self.spec, self.root, self.provider = spec, Path(root), graph_provider(provider)
+        self.backend = backend
+        self.spec, self.root = spec, Path(root)
+        self.provider = graph_provider(provider) if backend == "onnxruntime" else None
         self.min_face_size = float(spec.min_face_size if min_face_size is None else min_face_size)
         self.detect_side = detect_side
-        self._runners: dict[str, Any] = {}  # loaded on first use (damaged files fail the bundle's sha256 check at open)
         self._lock = threading.Lock()
+        # loaded on first use (damaged files fail the bundle's sha256 check at open)
+        self._runners: Lazy[str, Runner] = Lazy(self._lock)
 
     # -- graphs --------------------------------------------------------------
 
-    def _runner(self, name: str) -> Any:
-        runner = self._runners.get(name)
-        if runner is None:
-            with self._lock:
-                runner = self._runners.get(name)
-                if runner is None:
-                    runner = self._runners[name] = self._load(name, self.spec.graphs[name])
-        return runner
+    def _runner(self, name: str) -> Runner:
+        return self._runners.load(name, lambda: self._load(name, self.spec.graphs[name]))
 
     def _load(self, name: str, graph: DetectorGraph) -> Any:
-        from .backends import make_runner
+        from .backends import load_graph
 
         path = self.root / graph.onnx
-        runner = make_runner(path, provider=self.provider, small=True)  # a few ms per run: no spinning threads
+        # a few ms per run: no spinning threads
+        runner = load_graph(path, backend=self.backend, provider=self.provider, small=True)
         ins, outs = {t.name: t for t in runner.inputs}, {t.name for t in runner.outputs}
         missing = [n for n in graph.output_names if n not in outs] + [graph.input_name] * (graph.input_name not in ins)
         shape = ins[graph.input_name].shape if graph.input_name in ins else ()
@@ -247,9 +249,7 @@ class MtcnnDetector:
 
     def close(self) -> None:
         """Free the graphs' sessions; they load again on next use."""
-        with self._lock:
-            runners, self._runners = list(self._runners.values()), {}
-        for r in runners:
+        for r in self._runners.drain():
             r.close()
 
     # -- detection -----------------------------------------------------------

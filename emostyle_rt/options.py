@@ -6,7 +6,7 @@ Stylizer carries one, and every front end (``emostyle``, ``emostyle serve``, Ray
 Serve, ``emostyle --ray``) builds its Stylizer from one. The command-line flags
 of the options are added to a parser by :func:`add_stylizer_arguments` (used by
 ``emostyle`` and ``emostyle serve``) and read back by :func:`options_from_args`;
-their choice lists come from the registries (:data:`emostyle_rt.backends.BACKENDS`,
+their choice lists come from the registries (:func:`emostyle_rt.backends.backend_names`,
 :data:`~emostyle_rt.backends.PRECISIONS`, the onnxruntime providers,
 :data:`emostyle_rt.tiling.TILE_MODES`), never copied.
 
@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .backends import BACKENDS, PRECISIONS
+from .backends import PRECISIONS, backend_names
 from .backends.onnxruntime import PROVIDERS
 from .errors import BackendError, InvalidArgumentError, note
 from .imageio import MAX_PIXELS
@@ -45,7 +45,7 @@ class StylizerOptions:
             the style graphs on a machine without a GPU provider where it is installed, else onnxruntime),
             "onnxruntime", "tensorrt", "aoti" (style graphs from AOTInductor packages; the classifier in
             onnxruntime) or "openvino" (every graph in OpenVINO's CPU plugin). The list:
-            :data:`emostyle_rt.backends.BACKENDS`.
+            :func:`emostyle_rt.backends.backend_names`.
         provider: None (the best usable one), or force an onnxruntime provider: "tensorrt", "cuda" or "cpu".
         detector: None (the bundle's MTCNN; Haar for bundles without one), "mtcnn", "haar" (where this OpenCV
             has it), a YuNet ``.onnx`` path, or any object with ``detect(rgb) -> list[Face]``.
@@ -88,8 +88,8 @@ class StylizerOptions:
     tile_mode: str = DEFAULT_TILE_MODE
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise BackendError(f"Unknown backend {self.backend!r}." + note(" or ".join(BACKENDS), self.backend))
+        if self.backend not in backend_names():  # a backend registered in backends.LOADERS counts
+            raise BackendError(f"Unknown backend {self.backend!r}." + note(" or ".join(backend_names()), self.backend))
         if self.provider is not None and self.provider not in PROVIDERS:
             raise BackendError(f"Unknown onnxruntime provider {self.provider!r}."
                                + note(" or ".join(PROVIDERS), self.provider))
@@ -156,7 +156,7 @@ def add_stylizer_arguments(parser: argparse.ArgumentParser | Any, *, max_pixels:
         max_pixels_help: the help of ``--max-pixels``.
     """
     d = StylizerOptions()
-    parser.add_argument("--backend", default=d.backend, choices=BACKENDS,
+    parser.add_argument("--backend", default=d.backend, choices=backend_names(),
                         help="runtime backend (default auto: TensorRT engine, AOTInductor package, OpenVINO on a "
                              "CPU-only machine, onnxruntime)")
     parser.add_argument("--provider", default=d.provider, choices=tuple(PROVIDERS),

@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from .backends import CLASSIFIER, Runner, check_engines, runner_for
+from .backends import CLASSIFIER, Lazy, Runner, check_engines, is_gpu, runner_for
 from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
 from .faces import Face, FaceDetector, crop_face, make_detector
 from .imageio import ImageInput, load_image, pad_to_multiple
 from .manifest import ClassifierInfo, Manifest, load_manifest
-from .mtcnn import MtcnnDetector
 from .options import NO_FACE_POLICIES, StylizerOptions
 from .tiling import CALIBRATION, TiledStyle, default_budget, estimate_whole, process_rss
 from .tiling import plan as tile_plan
@@ -194,11 +193,13 @@ class Stylizer:
         self._backend, self._provider = options.backend, options.provider
         self._detector_spec, self._verify = options.detector, options.verify
         self._detector = make_detector(options.detector, self.manifest, provider=self._provider)
+        # made here (from a name, a file or the bundle): its preload()/close() are the Stylizer's to call
+        self._own_detector = self._detector is not options.detector
         self._precision, self._cuda_graph, self._cache_dir = options.precision, options.cuda_graph, options.cache_dir
-        self._runners: dict[str, Runner] = {}  # the classifier's runner (key CLASSIFIER)
-        self._styles: dict[str, Runner] = {}
-        self._tiled: dict[str, TiledStyle] = {}  # tiled graphs of a style, loaded when an image needs them
         self._lock = threading.Lock()
+        self._runners: Lazy[str, Runner] = Lazy(self._lock)  # the classifier's runner (key CLASSIFIER)
+        self._styles: Lazy[str, Runner] = Lazy(self._lock)
+        self._tiled: Lazy[str, TiledStyle] = Lazy(self._lock)  # tiled graphs of a style, loaded when an image needs them
         # Safety net when close() is never called: free every runner when the Stylizer is collected.
         self._finalizer = weakref.finalize(self, _close_runners, self._runners, self._styles, self._tiled)
         self._classifier_runner()  # loaded and checked now: a bad classifier graph fails here
@@ -322,8 +323,7 @@ class Stylizer:
         self._classifier_runner()
         for style_id in self.manifest.styles:
             self._style_runner(style_id)
-        if isinstance(self._detector, MtcnnDetector):
-            self._detector.preload()
+        self._detector_call("preload")
 
     def close(self) -> None:
         """Close every loaded runner: sessions, GPU buffers and streams are freed.
@@ -334,8 +334,7 @@ class Stylizer:
         """
         with self._lock:
             _close_runners(self._runners, self._styles, self._tiled)
-        if isinstance(self._detector, MtcnnDetector):  # the bundle's detector (its graphs reload on next use)
-            self._detector.close()
+        self._detector_call("close")  # the detector it made (its graphs reload on next use)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle by bundle path and options (for multiprocessing): the receiver re-opens the bundle.
@@ -450,6 +449,13 @@ class Stylizer:
                                           "face" if faces else "whole", info))
         return results
 
+    def _detector_call(self, method: str) -> None:
+        """``preload()`` / ``close()`` of a detector this Stylizer made, where it has one (a detector passed in
+        stays its caller's)."""
+        fn = getattr(self._detector, method, None) if self._own_detector else None
+        if callable(fn):
+            fn()
+
     def _detect(self, rgb: np.ndarray) -> list[Face]:
         """The detector's faces, checked: a list of ``Face`` inside the image (a custom detector may return anything)."""
         faces = self._detector.detect(rgb)
@@ -489,48 +495,29 @@ class Stylizer:
         return runner
 
     def _classifier_runner(self) -> Runner:
-        runner = self._runners.get(CLASSIFIER)
-        if runner is None:
-            with self._lock:
-                runner = self._runners.get(CLASSIFIER)
-                if runner is None:
-                    runner = self._runners[CLASSIFIER] = self._runner(CLASSIFIER)
-        return runner
+        return self._runners.load(CLASSIFIER, lambda: self._runner(CLASSIFIER))
 
     @property
     def _classifier(self) -> Runner:
         return self._classifier_runner()
 
     def _style_runner(self, style_id: str) -> Runner:
-        runner = self._styles.get(style_id)
-        if runner is None:
-            with self._lock:
-                runner = self._styles.get(style_id)
-                if runner is None:
-                    runner = self._styles[style_id] = self._runner(style_id)
-        return runner
+        return self._styles.load(style_id, lambda: self._runner(style_id))
 
     def _budget(self, runner: Runner) -> int:
         """The memory budget of a style run: the caller's, else from the machine (GPU memory for a GPU runner)."""
         if self.memory_budget is not None:
             return self.memory_budget
-        name = runner.name.lower()
-        return default_budget(gpu="cuda" in name or "tensorrt" in name, held=self._held)
+        return default_budget(gpu=is_gpu(runner), held=self._held)
 
     def _tiled_style(self, style_id: str) -> TiledStyle:
-        tiled = self._tiled.get(style_id)
-        if tiled is None:
-            with self._lock:
-                tiled = self._tiled.get(style_id)
-                if tiled is None:
-                    # "tensorrt": the tile graph at fixed windows on the TensorRT EP, engines in the user cache
-                    provider = self._provider if self._provider in ("cpu", "cuda", "tensorrt") else None
-                    # Tiled graphs run in onnxruntime, also when OpenVINO runs the whole graph: in OpenVINO the exact
-                    # mode's 235 strip runs at 12 MP peaked at 5.8 GB for a 2.3 GB budget (onnxruntime: within it)
-                    tiled = self._tiled[style_id] = TiledStyle(self.manifest.root, self.manifest.styles[style_id],
-                                                               provider=provider, verify=self._verify,
-                                                               cache_dir=self._cache_dir)
-        return tiled
+        # "tensorrt": the tile graph at fixed windows on the TensorRT EP, engines in the user cache; the provider
+        # was checked when the classifier loaded (onnxruntime decides the rest). Tiled graphs run in onnxruntime,
+        # also when OpenVINO runs the whole graph: in OpenVINO the exact mode's 235 strip runs at 12 MP peaked at
+        # 5.8 GB for a 2.3 GB budget (onnxruntime: within it)
+        return self._tiled.load(style_id, lambda: TiledStyle(self.manifest.root, self.manifest.styles[style_id],
+                                                             provider=self._provider, verify=self._verify,
+                                                             cache_dir=self._cache_dir))
 
     def _style(self, style_id: str, rgbs: list[np.ndarray], max_side: int | None,
                progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:

@@ -37,13 +37,11 @@ Only numpy, OpenCV and onnxruntime are used. See docs/tiling.md.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -52,8 +50,10 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from .backends.onnxruntime import OrtRunner
-from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
+from .backends import LOADERS, Lazy, load_graph
+from .backends.base import Runner
+from .cuda import free_memory as gpu_free  # free bytes of a CUDA device, from the driver
+from .errors import BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
 from .fsutil import sha256_file
 from .manifest import StyleSpec, TiledGraph, TiledSpec
 
@@ -160,33 +160,6 @@ def host_available() -> int | None:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return None
-
-
-def gpu_free(device: int = 0) -> int | None:
-    """Free memory of CUDA device ``device`` from the driver (cuMemGetInfo in its primary context); None if unknown."""
-    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1"]
-    for name in names:
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        dev, ctx = ctypes.c_int(0), ctypes.c_void_p()
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        try:
-            if lib.cuInit(0) or lib.cuDeviceGet(ctypes.byref(dev), device) \
-                    or lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev):
-                return None
-            try:
-                if lib.cuCtxPushCurrent_v2(ctx):
-                    return None
-                ok = lib.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)) == 0
-                lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
-                return int(free.value) if ok else None
-            finally:
-                lib.cuDevicePrimaryCtxRelease_v2(dev)
-        except AttributeError:
-            return None
     return None
 
 
@@ -703,9 +676,9 @@ class TiledStyle:
     def __init__(self, bundle: str | os.PathLike, style: StyleSpec, *, provider: str | None = None,
                  threads: int = 0, verify: bool = True, cache_dir: str | os.PathLike | None = None,
                  engine: str = "onnxruntime") -> None:
-        if engine not in ("onnxruntime", "openvino"):
+        if engine not in LOADERS:
             raise InvalidArgumentError(f"Unknown engine {engine!r} for tiled graphs."
-                                       + note("onnxruntime or openvino", repr(engine)))
+                                       + note(" or ".join(LOADERS), repr(engine)))
         self.engine = engine
         if style.tiled is None:
             raise BundleError(f"Style {style.style_id!r} has no tiled graphs."
@@ -713,26 +686,26 @@ class TiledStyle:
         self.root, self.style, self.spec = Path(bundle), style, style.tiled
         self.tensorrt = provider == "tensorrt"  # tile graph at fixed windows on the TensorRT EP
         if provider in (None, "tensorrt"):
-            from .backends.onnxruntime import choose_providers
+            from .backends.onnxruntime import changing_shapes_provider, tensorrt_ep_refusal
 
-            rest = "cuda" if "CUDAExecutionProvider" in choose_providers(None) else "cpu"
+            rest = changing_shapes_provider(provider)
             if self.tensorrt:
-                try:
-                    choose_providers("tensorrt")
+                exc = tensorrt_ep_refusal()
+                if exc is None:
                     log.info("Tiled graphs of %s: the tile graph at fixed windows (%s px squares) on the TensorRT "
                              "EP; other windows, the statistics graph and the exact mode's segments on %s (their "
                              "shapes change with each photo: an engine each would be rebuilt for every size).",
                              style.style_id, ", ".join(map(str, FIXED_WINDOWS)), rest)
-                except EmostyleError as exc:
+                else:
                     log.warning("The TensorRT EP is not usable for the tiled graphs of %s (%s); they run on %s.",
                                 style.style_id, exc, rest)
                     self.tensorrt = False
             provider = rest
         self.provider, self.threads, self.verify, self.cache_dir = provider, threads, verify, cache_dir
-        self._runners: dict[str, OrtRunner] = {}
-        self._tile_runners: dict[tuple[int, int], OrtRunner] = {}  # TensorRT EP, one per fixed window
-        self._verified: set[str] = set()
         self._lock = threading.RLock()
+        self._runners: Lazy[str, Runner] = Lazy(self._lock)
+        self._tile_runners: Lazy[tuple[int, int], Runner] = Lazy(self._lock)  # TensorRT EP, one per fixed window
+        self._verified: set[str] = set()
         self.last_spool: tuple[int, int] = (0, 0)  # (peak RAM, bytes on disk) of the last exact run
 
     def _path(self, graph: TiledGraph) -> Path:
@@ -745,39 +718,24 @@ class TiledStyle:
             self._verified.add(graph.onnx)
         return path
 
-    def runner(self, graph: TiledGraph) -> OrtRunner:
-        r = self._runners.get(graph.onnx)
-        if r is None:
-            with self._lock:
-                r = self._runners.get(graph.onnx)
-                if r is None:
-                    if self.engine == "openvino":
-                        from .backends.openvino import OvRunner
+    def runner(self, graph: TiledGraph) -> Runner:
+        # onnxruntime's provider; another engine (OpenVINO: its CPU plugin) chooses its own device
+        return self._runners.load(graph.onnx, lambda: load_graph(
+            self._path(graph), backend=self.engine, threads=self.threads, cache=self.cache_dir,
+            provider=self.provider if self.engine == "onnxruntime" else None))
 
-                        r = OvRunner(self._path(graph), threads=self.threads or None, cache=self.cache_dir)
-                    else:
-                        r = OrtRunner(self._path(graph), provider=self.provider, intra_op_threads=self.threads)
-                    self._runners[graph.onnx] = r
-        return r
-
-    def tile_runner(self, window: tuple[int, int]) -> OrtRunner:
+    def tile_runner(self, window: tuple[int, int]) -> Runner:
         """The tile graph's runner for tiles of ``window`` (h, w): a TensorRT EP engine for a fixed window, else
         :meth:`runner`'s (CUDA EP or CPU)."""
         if not (self.tensorrt and is_fixed_window(window)):
             return self.runner(self.spec.tile)
-        r = self._tile_runners.get(window)
-        if r is None:
-            with self._lock:
-                r = self._tile_runners.get(window)
-                if r is None and self.tensorrt:
-                    r = self._tensorrt_runner(window)
-                    if r is not None:
-                        self._tile_runners[window] = r
+        r = self._tile_runners.load(window, lambda: self._tensorrt_runner(window) if self.tensorrt else None)
         return r if r is not None else self.runner(self.spec.tile)
 
-    def _tensorrt_runner(self, window: tuple[int, int]) -> OrtRunner | None:
+    def _tensorrt_runner(self, window: tuple[int, int]) -> Runner | None:
         """The tile graph on the TensorRT EP with the static profile min = opt = max = (1, h, w, C); None (one
         warning, and the TensorRT EP is not tried again) when onnxruntime cannot create it."""
+        from .backends import FailoverRunner
         from .backends import onnxruntime as ortb
         from .backends.base import cache_dir
         from .engines import Profile
@@ -791,8 +749,12 @@ class TiledStyle:
         # prefix would overwrite (and rebuild) each other's engine
         opts["trt_engine_cache_prefix"] += f"_{window[0]}x{window[1]}"
         try:
-            return OrtRunner(path, provider="tensorrt", intra_op_threads=self.threads,
-                             provider_options={ortb.PROVIDERS["tensorrt"]: opts})
+            engine = load_graph(path, provider="tensorrt", threads=self.threads,
+                                provider_options={ortb.PROVIDERS["tensorrt"]: opts})
+            # the TensorRT EP may build (and fail) on the first run, not at load: then the tiles go to runner()
+            return FailoverRunner(engine, lambda: self.runner(g), on_failover=self._tensorrt_failed, logger=log,
+                                  what=f"The TensorRT EP failed to run the tile graph of {self.style.style_id} at "
+                                       f"{window[1]}x{window[0]}", fallback_name=f"the tiles run on {self.provider}")
         except EmostyleError as exc:
             log.warning("The TensorRT EP cannot run the tile graph of %s at %dx%d (%s); the tiles run on %s.",
                         self.style.style_id, window[1], window[0], exc, self.provider)
@@ -801,8 +763,7 @@ class TiledStyle:
 
     def close(self) -> None:
         with self._lock:
-            runners = list(self._runners.values()) + list(self._tile_runners.values())
-            self._runners, self._tile_runners = {}, {}
+            runners = self._runners.drain() + self._tile_runners.drain()
         for r in runners:
             r.close()
 
@@ -876,28 +837,20 @@ class TiledStyle:
         out = np.empty_like(padded)
         for (y0, y1, wy), (x0, x1, wx) in grid:
             tile_in = np.ascontiguousarray(padded[wy:wy + shape[0], wx:wx + shape[1]])[None]
-            try:
-                res = runner.run({name_in: tile_in, **stats})[name_out][0]
-            except BackendError as exc:  # the TensorRT EP may build (and fail) on the first run, not at load
-                if runner is self.runner(g):
-                    raise
-                runner = self._drop_tensorrt(shape, exc)
-                res = runner.run({name_in: tile_in, **stats})[name_out][0]
+            res = runner.run({name_in: tile_in, **stats})[name_out][0]  # a TensorRT EP runner fails over itself
             out[y0:y1, x0:x1] = res[y0 - wy:y1 - wy, x0 - wx:x1 - wx]
             if tick is not None:
                 tick()
         return out
 
-    def _drop_tensorrt(self, window: tuple[int, int], exc: Exception) -> OrtRunner:
-        """After a TensorRT EP tile run failed: one warning, the engine runners closed, the tiles on :meth:`runner`."""
-        log.warning("The TensorRT EP failed to run the tile graph of %s at %dx%d (%s); the tiles run on %s.",
-                    self.style.style_id, window[1], window[0], exc, self.provider)
+    def _tensorrt_failed(self) -> None:
+        """After a TensorRT EP tile run failed (its :class:`FailoverRunner` warned once): no TensorRT EP from now
+        on, the other windows' engine runners closed."""
         with self._lock:
             self.tensorrt = False
-            runners, self._tile_runners = list(self._tile_runners.values()), {}
+            runners = self._tile_runners.drain()
         for r in runners:
             r.close()
-        return self.runner(self.spec.tile)
 
     def _grid(self, hgt: int, wid: int, window: tuple[int, int]) -> Iterator[tuple[tuple[int, int, int], ...]]:
         a, h = self.spec.align, self.spec.halo

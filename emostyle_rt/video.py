@@ -218,12 +218,10 @@ class SegmentLog:
 
 
 def iou(a: Face, b: Face) -> float:
-    """Intersection over union of two boxes."""
-    x0, y0 = max(a.x, b.x), max(a.y, b.y)
-    x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
-    inter = max(0, x1 - x0) * max(0, y1 - y0)
-    union = a.area + b.area - inter
-    return inter / union if union > 0 else 0.0
+    """Intersection over union of two faces' boxes (:func:`emostyle_rt.metrics.box_iou`)."""
+    from .metrics import box_iou
+
+    return box_iou(a.box, b.box)
 
 
 class EmotionSmoother:

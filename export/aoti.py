@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from emostyle_rt import metrics
 from emostyle_rt.backends import aoti as aoti_backend
 from emostyle_rt.engines import AOTI_DEVICES, AOTI_DIR, AOTI_PRECISIONS, AotiEntry, AotiSidecar, Profile, aoti_key
 from emostyle_rt.errors import BackendError, note, sentence
@@ -51,9 +52,9 @@ from .errors import ExportError, ParityError
 
 log = logging.getLogger(__name__)
 
-MIN_PSNR_DB = 40.0  # fp16 / bf16 packages against the FP32 ONNX graph
+MIN_PSNR_DB = metrics.MIN_PSNR_DB  # fp16 / bf16 packages against the FP32 ONNX graph
 MAX_FP32_DIFF = 1  # grey levels, fp32 packages
-PSNR_CAP_DB = 100.0  # JSON has no inf
+PSNR_CAP_DB = metrics.PSNR_CAP_DB  # JSON has no inf
 #: Inductor options per device: freezing folds the weights into the package as constants
 #: (on CPU also prepacked for oneDNN convolutions).
 INDUCTOR_CONFIGS: dict[str, dict[str, Any]] = {"cpu": {"freezing": True}, "cuda": {"freezing": True}}
@@ -176,16 +177,9 @@ def build_identity(device: str) -> dict[str, Any]:
 
 
 def _driver_version() -> str | None:
-    import ctypes
+    from emostyle_rt.cuda import driver_version
 
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-        v = ctypes.c_int(0)
-        if lib.cuDriverGetVersion(ctypes.byref(v)) == 0:
-            return f"{v.value // 1000}.{v.value % 1000 // 10}"
-    except OSError:
-        pass
-    return None
+    return driver_version()
 
 
 # ---------------------------------------------------------------- build and gate
@@ -247,7 +241,7 @@ def gate_inputs(profile: Profile) -> list[tuple[str, np.ndarray]]:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return min(PSNR_CAP_DB, parity.psnr(a, b))
+    return metrics.psnr(a, b, cap=PSNR_CAP_DB)
 
 
 def gate(package: Path, side: AotiSidecar, onnx_path: Path, net: Any) -> dict[str, Any]:

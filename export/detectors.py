@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from emostyle_rt import metrics
 from emostyle_rt.errors import note, sentence
 from emostyle_rt.manifest import MTCNN_CASCADE, MTCNN_GRAPHS, DetectorGraph, DetectorSpec, detector_from_json, sha256_file
 
@@ -39,7 +40,7 @@ log = logging.getLogger("emostyle_export")
 
 DETECTOR_DIR = "detector"
 INPUT_NAME = "image"
-GRAPH_TOLERANCE = 1e-4  # max abs diff of any output (offsets, landmarks, probabilities)
+GRAPH_TOLERANCE = metrics.DETECTOR_TOLERANCE  # max abs diff of any output (offsets, landmarks, probabilities)
 MIN_IOU = 0.9  # every face the package finds, found by the runtime cascade with at least this IoU
 
 
@@ -202,13 +203,7 @@ def _photos() -> list[tuple[str, np.ndarray]]:
             ("coffee 400x600 (no face)", np.ascontiguousarray(data.coffee()))]
 
 
-def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """IoU of two x, y, w, h boxes."""
-    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+box_iou = metrics.box_iou  # the one IoU of two x, y, w, h boxes (emostyle_rt.metrics)
 
 
 def check_cascade(spec: DetectorSpec, root: Path) -> dict[str, Any]:

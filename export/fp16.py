@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
+from emostyle_rt import metrics
 from emostyle_rt.errors import note
 from emostyle_rt.fsutil import write_bytes_atomic
 from emostyle_rt.imageio import pad_to_multiple
 from emostyle_rt.manifest import STYLE_SIZE_MULTIPLE, sha256_file
 
 from .errors import ExportError, ParityError
-from .parity import ASTRONAUT_FACE, astronaut, psnr
+from .parity import ASTRONAUT_FACE, astronaut
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -58,8 +59,8 @@ _FLOAT32_ONLY_INPUTS = {("Resize", 2), ("Upsample", 1)}
 #: Ops that reduce internally; the emulator computes their internals in fp32.
 _EMULATED_IN_FP32 = {"InstanceNormalization", "LayerNormalization", "Softmax", "ReduceMean",
                      "ReduceSum", "ReduceSumSquare", "ReduceL2", "GlobalAveragePool", "AveragePool"}
-MIN_PSNR_DB = 40.0
-PSNR_CAP_DB = 100.0  # reported for identical outputs (JSON has no inf)
+MIN_PSNR_DB = metrics.MIN_PSNR_DB
+PSNR_CAP_DB = metrics.PSNR_CAP_DB  # reported for identical outputs (JSON has no inf)
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,7 @@ def _session(model: "onnx.ModelProto", optimize: bool) -> Any:
 
 def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR on the 0..255 scale, capped at :data:`PSNR_CAP_DB` (the manifest is JSON: no inf)."""
-    return min(PSNR_CAP_DB, psnr(a, b))
+    return metrics.psnr(a, b, cap=PSNR_CAP_DB)
 
 
 def default_style_images() -> list[tuple[str, np.ndarray]]:

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from emostyle_rt import metrics
 from emostyle_rt.errors import note
 
 from .errors import ExportError, ParityError
 
-CLASSIFIER_TOLERANCE = 1e-4  # max abs diff of probabilities
-STYLE_TOLERANCE = 1  # grey levels on the 0..255 output
+CLASSIFIER_TOLERANCE = metrics.CLASSIFIER_TOLERANCE  # max abs diff of probabilities
+STYLE_TOLERANCE = metrics.STYLE_TOLERANCE  # grey levels on the 0..255 output
 ASTRONAUT_FACE = (177, 66, 95, 95)  # x, y, w, h of the face in skimage.data.astronaut()
 
 
@@ -91,10 +92,7 @@ def style_inputs(seed: int = 0) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two images on the 0..255 scale; inf for identical images."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+psnr = metrics.psnr  # the one PSNR (emostyle_rt.metrics), under the name the export and the bench import
 
 
 def _session(path: Path) -> Any:

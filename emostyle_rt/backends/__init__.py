@@ -31,26 +31,32 @@ import logging
 import os
 import threading
 from types import ModuleType
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
 from ..errors import BackendError, note
+from ..logutil import warn_once
 from . import aoti, openvino, tensorrt
 from . import onnxruntime as ort_backend
-from .base import CACHE_ENV, OutsideProfileError, Runner, TensorInfo, cache_dir
+from .lazy import Lazy
+from .base import CACHE_ENV, GraphLoader, OutsideProfileError, Runner, TensorInfo, cache_dir, is_gpu
 
 if TYPE_CHECKING:
     from ..manifest import ClassifierSpec, Manifest, StyleSpec
 
-__all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FallbackRunner", "OutsideProfileError",
-           "Runner", "TensorInfo", "cache_dir", "check_engines", "choose_precision", "make_runner", "ort_runner_for",
+__all__ = ["BACKENDS", "CACHE_ENV", "CLASSIFIER", "ENGINES", "PRECISIONS", "FailoverRunner", "backend_names", "FallbackRunner", "GraphLoader", "Lazy", "OutsideProfileError",
+           "Runner", "TensorInfo", "cache_dir", "check_engines", "is_gpu", "LOADERS", "load_graph", "choose_precision", "make_runner", "ort_runner_for",
            "runner_for"]
 
 log = logging.getLogger(__name__)
 
 #: Compiled-engine backends, in the order ``backend="auto"`` tries them: name -> module (``find_runner``, ``RANGE``).
 ENGINES: dict[str, ModuleType] = {"tensorrt": tensorrt, "aoti": aoti, "openvino": openvino}
+#: Backends that open one ONNX file as it is (MTCNN's graphs, the tiled graphs, a bundle's graphs with
+#: ``backend=<name>``): name -> module with ``load_graph(loader: GraphLoader) -> Runner``. A new one is a module
+#: and a line here.
+LOADERS: dict[str, ModuleType] = {"onnxruntime": ort_backend, "openvino": openvino}
 BACKENDS = ("auto", "onnxruntime", *ENGINES)
 #: "auto": the bundle's verified FP16 graph on a GPU provider when it has one, else FP32. "bf16": style graphs in
 #: OpenVINO at bfloat16 on a CPU that has it (AVX512-BF16 / AMX), gated at PSNR >= 40 dB against FP32 (the classifier
@@ -62,6 +68,26 @@ _ENGINE_PRECISIONS = ("auto", "fp32", "fp16")
 CLASSIFIER = "classifier"
 
 
+def backend_names() -> tuple[str, ...]:
+    """Every ``backend=`` value, in order: "auto", "onnxruntime", the engines, then loaders registered in
+    :data:`LOADERS` (:data:`BACKENDS` is the built-in ones; this also sees a backend registered later)."""
+    return tuple(dict.fromkeys([*BACKENDS, *ENGINES, *LOADERS]))
+
+
+def load_graph(onnx_path: str | os.PathLike, **options: Any) -> Runner:
+    """The one loader of an ONNX file: MTCNN's graphs, the tiled graphs and ``runner_for``'s plain paths.
+
+    Args:
+        onnx_path: The graph file.
+        **options: The other fields of :class:`GraphLoader` (backend, provider, precision, threads, small,
+            provider_options, cpu_fallback_path, cuda_graph, cache).
+
+    Raises:
+        BackendError: An unknown backend, or the backend cannot load the graph as asked.
+    """
+    return GraphLoader(onnx_path, **options)()
+
+
 def make_runner(
     onnx_path: str | os.PathLike,
     *,
@@ -71,6 +97,7 @@ def make_runner(
     cpu_fallback_path: str | os.PathLike | None = None,
     cuda_graph: bool = False,
     small: bool = False,
+    threads: int = 0,
 ) -> Runner:
     """An onnxruntime runner for one ONNX file.
 
@@ -80,10 +107,12 @@ def make_runner(
     part of the runner's name); ``cpu_fallback_path`` is the graph to load instead
     if a GPU provider fails and onnxruntime falls back to CPU. ``cuda_graph``:
     replay CUDA graphs for repeated input shapes (CUDA EP only; see ``OrtRunner``). ``small``: a graph of a
-    few ms per run (MTCNN's, the classifier), whose CPU threads do not spin between runs.
+    few ms per run (MTCNN's, the classifier), whose CPU threads do not spin between runs. ``threads``:
+    intra-op threads (0: the default). :func:`load_graph` with ``backend="onnxruntime"``.
     """
-    return ort_backend.OrtRunner(onnx_path, provider=provider, provider_options=provider_options, precision=precision,
-                                 cpu_fallback_path=cpu_fallback_path, cuda_graph=cuda_graph, small=small)
+    return load_graph(onnx_path, backend="onnxruntime", provider=provider, provider_options=provider_options,
+                      precision=precision, cpu_fallback_path=cpu_fallback_path, cuda_graph=cuda_graph, small=small,
+                      threads=threads)
 
 
 def choose_precision(precision: str, provider: str, spec: ClassifierSpec | StyleSpec) -> str:
@@ -145,7 +174,21 @@ def ort_runner_for(
                        cuda_graph=cuda_graph, small=key == CLASSIFIER)
 
 
-class FallbackRunner:
+class _Wrapper:
+    """A runner in front of another (``_primary``): its inputs and outputs are the primary's."""
+
+    _primary: Runner
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._primary.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._primary.outputs
+
+
+class FallbackRunner(_Wrapper):
     """A compiled-engine runner (TensorRT, AOTInductor) with onnxruntime behind it (``backend="auto"``).
 
     An input outside the engine's range (a 5 px image, a side over the range's
@@ -156,6 +199,7 @@ class FallbackRunner:
     def __init__(self, primary: Runner, make_fallback: Callable[[], Runner], key: str,
                  what: str = "the engine's range") -> None:
         self.name = primary.name
+        self.device = getattr(primary, "device", "cpu")
         self.key, self.what = key, what
         self._primary = primary
         self._make_fallback = make_fallback
@@ -169,24 +213,15 @@ class FallbackRunner:
             return getattr(self._primary, name)
         raise AttributeError(name)
 
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._primary.inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._primary.outputs
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             return self._primary.run(dict(feed))
         except OutsideProfileError as exc:
             shape = tuple(tuple(np.shape(a)[1:]) for a in feed.values())  # the batch is split, not a reason
+            warn_once(log, self._warned, shape, "%s: input %s is outside %s; running it in onnxruntime. %s",
+                      self.key, " ".join("x".join(map(str, s)) for s in shape), self.what, exc)
             with self._lock:
-                if shape not in self._warned:
-                    self._warned.add(shape)
-                    log.warning("%s: input %s is outside %s; running it in onnxruntime. %s", self.key,
-                                " ".join("x".join(map(str, s)) for s in shape), self.what, exc)
                 if self._fallback is None:
                     self._fallback = self._make_fallback()
                 fallback = self._fallback
@@ -198,6 +233,46 @@ class FallbackRunner:
             self._fallback = None
         for r in runners:
             r.close()
+
+
+class FailoverRunner(_Wrapper):
+    """A runner on a preferred provider with another behind it, for a provider that may fail at its first run.
+
+    onnxruntime's TensorRT EP may build its engine at the first run, not at load,
+    and fail there. The first ``BackendError`` of ``primary`` logs one warning
+    (``what`` names the graph and provider, ``fallback_name`` where it goes),
+    closes ``primary``, calls ``on_failover()`` and runs that input and every
+    later one on ``make_fallback()``'s runner, which this wrapper does not own
+    (its creator closes it). Errors of the fallback are raised. ``what`` is the
+    warning's subject ("The TensorRT EP failed to run the tile graph of X at WxH").
+    """
+
+    def __init__(self, primary: Runner, make_fallback: Callable[[], Runner], *, what: str, fallback_name: str,
+                 on_failover: Callable[[], None] | None = None, logger: logging.Logger | None = None) -> None:
+        self.name, self.device = primary.name, getattr(primary, "device", "cpu")
+        self._primary, self._make_fallback = primary, make_fallback
+        self._what, self._fallback_name = what, fallback_name
+        self._on_failover, self._log = on_failover, logger or log
+        self._failed = False
+        self._lock = threading.Lock()
+
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._failed:
+            try:
+                return self._primary.run(dict(feed))
+            except BackendError as exc:
+                with self._lock:
+                    first, self._failed = not self._failed, True
+                if first:
+                    self._log.warning("%s (%s); %s.", self._what, exc, self._fallback_name)
+                    self._primary.close()
+                    if self._on_failover is not None:
+                        self._on_failover()
+        return self._make_fallback().run(dict(feed))
+
+    def close(self) -> None:
+        self._primary.close()
 
 
 def _serves(engine: ModuleType) -> tuple[str, ...]:
@@ -233,11 +308,12 @@ def runner_for(
     build); "bf16": style graphs in OpenVINO at bfloat16 (verified at first use).
     ``cache``: the user cache folder (default :func:`cache_dir`).
     """
-    if backend not in BACKENDS:
-        raise BackendError(f"Unknown backend {backend!r}." + note(" or ".join(BACKENDS), backend))
+    known = backend_names()
+    if backend not in known:
+        raise BackendError(f"Unknown backend {backend!r}." + note(" or ".join(known), backend))
     if precision not in PRECISIONS:
         raise BackendError(f"Unknown precision {precision!r}." + note(" or ".join(PRECISIONS), precision))
-    if backend in ENGINES and provider is not None:
+    if backend not in ("auto", "onnxruntime") and provider is not None:
         raise BackendError(
             f"An onnxruntime provider was given with backend={backend!r}."
             + note("provider=None, or backend='onnxruntime'", provider)
@@ -248,6 +324,13 @@ def runner_for(
     if backend in ENGINES and precision not in _serves(ENGINES[backend]):
         raise BackendError(f"backend={backend!r} does not run precision={precision!r}."
                            + note(" or ".join(_serves(ENGINES[backend])), precision))
+    if backend not in ENGINES and backend not in ("auto", "onnxruntime"):  # a plain loader of LOADERS
+        spec = _spec(manifest, key)
+        chosen = precision if precision == "bf16" else choose_precision(precision, ort_backend.PROVIDERS["cpu"], spec)
+        path = manifest.path(spec.fp16.onnx if chosen == "fp16" and spec.fp16 else spec.onnx)
+        runner = load_graph(path, backend=backend, precision=chosen, small=key == CLASSIFIER, cache=cache)
+        log.info("%s: using %s", key, runner.name)
+        return runner
     if backend in ENGINES and key == CLASSIFIER and not ENGINES[backend].HAS_CLASSIFIER:
         return ort_runner_for(manifest, key, precision=precision, cuda_graph=cuda_graph, cache=cache)
     if backend in ENGINES:

@@ -23,8 +23,6 @@ is the probe's child: it loads the package, runs it on every array of
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import functools
 import json
 import logging
@@ -42,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..cuda import device_identity as cuda_device  # (capability, name) of device 0, cached
 from ..engines import AOTI_DIR, AotiHost, AotiSidecar, cpu_isas, find_package
 from ..errors import BackendError, InvalidImageError, note
 from .base import OutsideProfileError, TensorInfo, cache_dir
@@ -84,31 +83,6 @@ def _cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_device() -> tuple[str, str] | None:
-    """(compute capability "major.minor", name) of CUDA device 0 from the driver, or None without one."""
-    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
-    try:
-        lib = ctypes.CDLL(name)
-    except OSError:
-        found = ctypes.util.find_library("cuda")
-        if found is None:
-            return None
-        try:
-            lib = ctypes.CDLL(found)
-        except OSError:
-            return None
-    dev, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
-    buf = ctypes.create_string_buffer(256)
-    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
-    if (lib.cuInit(0) != 0 or lib.cuDeviceGet(ctypes.byref(dev), 0) != 0
-            or lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) != 0
-            or lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev) != 0):
-        return None
-    lib.cuDeviceGetName(buf, 256, dev)
-    return f"{major.value}.{minor.value}", buf.value.decode(errors="replace")
 
 
 @functools.lru_cache(maxsize=1)
@@ -336,6 +310,7 @@ class AotiRunner:
         self.name = f"aoti:{side.key}:{side.precision}"
         self._torch = torch
         self._device = torch.device(side.device)
+        self.device = "cpu" if self._device.type == "cpu" else f"{self._device.type}:{self._device.index or 0}"
         try:
             if self._device.type == "cuda":
                 cuda_context(torch, self._device)

@@ -37,8 +37,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..cuda import device_count as cuda_device_count  # the process' one libcuda probe (kept under this name)
 from ..errors import BackendError, note
-from .base import TensorInfo
+from .base import GraphLoader, TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,14 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
-_GPU = ("tensorrt", "cuda")
-_GPU_FULL = (PROVIDERS["tensorrt"], PROVIDERS["cuda"])
+#: The device kind each provider runs on (onnxruntime's names): the one provider -> device map.
+PROVIDER_DEVICES = {
+    "TensorrtExecutionProvider": "cuda",
+    "CUDAExecutionProvider": "cuda",
+    "CPUExecutionProvider": "cpu",
+}
+_GPU = tuple(short for short, full in PROVIDERS.items() if PROVIDER_DEVICES[full] != "cpu")
+_GPU_FULL = tuple(PROVIDERS[short] for short in _GPU)
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 
 #: CPU memory strategies ($EMOSTYLE_CPU_MEMORY; default "shared"). Measured with
@@ -101,6 +108,24 @@ MAX_CUDA_GRAPHS = 4
 CUDA_OPTIONS: dict[str, str] = {}
 
 
+def provider_device(provider: str, device_id: int = 0) -> str:
+    """The device an onnxruntime provider runs on: "cuda:N" (CUDA and TensorRT EPs) or "cpu".
+
+    Args:
+        provider: A provider's full name ("CUDAExecutionProvider") or short name ("cuda").
+        device_id: The provider's ``device_id`` option (GPU providers only).
+
+    Raises:
+        BackendError: ``provider`` is none of :data:`PROVIDERS`.
+    """
+    full = PROVIDERS.get(provider, provider)
+    kind = PROVIDER_DEVICES.get(full)
+    if kind is None:
+        raise BackendError(f"Unknown onnxruntime provider {provider!r}."
+                           + note(" or ".join([*PROVIDERS, *PROVIDER_DEVICES]), provider))
+    return "cpu" if kind == "cpu" else f"{kind}:{int(device_id)}"
+
+
 class OutOfMemoryError(BackendError, MemoryError):
     """A run needed more (device) memory than there is; smaller inputs still run."""
 
@@ -145,16 +170,6 @@ def _load_library(names: list[str | None]) -> ctypes.CDLL | None:
         except OSError:
             continue
     return None
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_device_count() -> int:
-    """Number of CUDA devices the driver reports; 0 without a driver or GPU."""
-    lib = _load_library(["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", ctypes.util.find_library("cuda")])
-    count = ctypes.c_int(0)
-    if lib is None or lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
 
 
 @functools.lru_cache(maxsize=1)
@@ -336,6 +351,32 @@ def choose_providers(provider: str | None = None) -> list[str]:
             + note(f"libnvinfer {ort_tensorrt_major() or '?'}", "none (see the log at INFO)")
         )
     return [full] if provider == "cpu" else [full, PROVIDERS["cpu"]]
+
+
+def changing_shapes_provider(provider: str | None) -> str:
+    """The provider of graphs whose input shapes change from run to run: "cuda" or "cpu", never "tensorrt".
+
+    MTCNN's P-Net (a shape per pyramid level and image size) and the tiled
+    executor's statistics graph, free windows and exact-mode segments: the
+    TensorRT EP would build an engine for every new shape, so they run on the
+    CUDA EP where the other graphs would use a GPU, else on the CPU.
+
+    Args:
+        provider: The caller's forced provider ("tensorrt", "cuda", "cpu") or
+            None (the best usable one). "cuda" and "cpu" are kept as given.
+    """
+    if provider not in (None, "tensorrt"):
+        return provider  # type: ignore[return-value]
+    return "cuda" if PROVIDERS["cuda"] in choose_providers(None) else "cpu"
+
+
+def tensorrt_ep_refusal() -> BackendError | None:
+    """Why the TensorRT EP cannot be forced here (the error ``choose_providers("tensorrt")`` raises), or None."""
+    try:
+        choose_providers("tensorrt")
+    except BackendError as exc:
+        return exc
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -583,6 +624,7 @@ class OrtRunner:
         self.precision = precision
         gpu_suffix = f":{precision}" if self._gpu or precision != "fp32" else ""
         self.name = f"onnxruntime:{used[0]}{gpu_suffix}" + (":cuda-graph" if self._graphs else "")
+        self.device = provider_device(used[0], self._device_id)
         self.path = path
         self._inputs = _info(self._session.get_inputs())
         self._outputs = _info(self._session.get_outputs())
@@ -657,3 +699,15 @@ class OrtRunner:
         """Drop the session (and its CUDA graphs); onnxruntime frees its memory when the last run ends."""
         self._session = None
         self._graphs = None
+
+
+def load_graph(loader: GraphLoader) -> OrtRunner:
+    """This backend's loader (``backends.LOADERS["onnxruntime"]``): ``loader``'s graph in an :class:`OrtRunner`.
+
+    Args:
+        loader: What to open and how (its ``cache`` is unused here: the TensorRT EP's cache folder travels in
+            ``provider_options``).
+    """
+    return OrtRunner(loader.path, provider=loader.provider, intra_op_threads=loader.threads,
+                     provider_options=loader.provider_options, precision=loader.precision,
+                     cpu_fallback_path=loader.cpu_fallback_path, cuda_graph=loader.cuda_graph, small=loader.small)

@@ -47,8 +47,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import BackendError, note
+from ..metrics import CLASSIFIER_TOLERANCE, MIN_PSNR_DB, STYLE_TOLERANCE, psnr  # psnr: also under this name
 from . import onnxruntime as ort_backend
-from .base import TensorInfo, cache_dir
+from .base import GraphLoader, TensorInfo, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ HAS_CLASSIFIER = True
 PRECISIONS = ("auto", "fp32", "bf16")
 #: The bf16 gate: PSNR of the style output against onnxruntime FP32 on the probe images. A briefly trained style
 #: network gave 48.7-51.9 dB on real photos (benchmarks/results/openvino-cpu.md); 40 dB is the project's bar.
-BF16_MIN_PSNR = 40.0
+BF16_MIN_PSNR = MIN_PSNR_DB
 #: The precision hint given to the CPU plugin (its own default is bf16 on AVX512-BF16 / AMX CPUs).
 INFERENCE_PRECISION = "f32"
 #: Peak RSS growth of a whole-graph run per byte of the graph's live activations (the tiling planner's estimate,
@@ -183,6 +184,7 @@ class OvRunner:
         self._active = 0  # runs in flight (memory is released only when none is)
         self._lock = threading.Lock()
         self.name = f"openvino:CPU:{precision}"
+        self.device = "cpu"
         self.memory_calibration = MEMORY_CALIBRATION
         log.info("Loaded %s with OpenVINO %s (CPU, %s, %s threads).", self.path.name, version(), precision, n or "all")
 
@@ -266,6 +268,26 @@ _kept_lock = threading.Lock()
 _kept_runs: dict[int, tuple[OvRunner, int]] = {}  # id(runner) -> (runner, largest input pixels), oldest first
 
 
+def load_graph(loader: GraphLoader) -> OvRunner:
+    """This backend's loader (``backends.LOADERS["openvino"]``): ``loader``'s graph on OpenVINO's CPU plugin, not
+    gated (``threads`` 0: $EMOSTYLE_CPU_THREADS, else OpenVINO's default; ``small`` needs nothing here: the CPU
+    plugin's threads do not spin).
+
+    Args:
+        loader: What to open and how: provider None or "cpu", precision "fp32" or "bf16", no provider options,
+            no CUDA graphs.
+
+    Raises:
+        BackendError: A GPU provider, provider options or CUDA graphs were asked for.
+    """
+    if loader.provider not in (None, "cpu") or loader.provider_options or loader.cuda_graph:
+        raise BackendError("OpenVINO runs graphs on its CPU plugin only." + note(
+            "provider None or 'cpu', no provider_options, cuda_graph=False",
+            f"provider={loader.provider!r}, provider_options={loader.provider_options!r}, "
+            f"cuda_graph={loader.cuda_graph}"))
+    return OvRunner(loader.path, precision=loader.precision, threads=loader.threads or None, cache=loader.cache)
+
+
 def _kept(runner: OvRunner, pixels: int) -> None:
     """Record a finished run and release what the budget of :data:`KEEP_PIXELS` no longer covers."""
     release = []
@@ -309,12 +331,6 @@ def _marker(spec: Any, precision: str) -> Path:
     return cache_dir() / VERIFIED_DIR / f"{spec.sha256[:32]}-ov{version().split('-')[0]}-{_cpu_key()}-{precision}.json"
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images (inf when equal)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
-
-
 def gate(runner: OvRunner, reference: Any, spec: Any, *, style: bool) -> dict[str, Any]:
     """Run ``runner`` and the onnxruntime ``reference`` on the probes; BackendError if they disagree.
 
@@ -324,11 +340,11 @@ def gate(runner: OvRunner, reference: Any, spec: Any, *, style: bool) -> dict[st
     """
     if style:
         feed = {spec.input_name: probe_images()}
-        tol = float(spec.parity.get("tolerance", 1))
+        tol = float(spec.parity.get("tolerance", STYLE_TOLERANCE))
     else:
         side = probe_images(spec.height, spec.width)
         feed = {spec.input_name: side if spec.channels == 3 else np.ascontiguousarray(side[..., :1])}
-        tol = float(spec.parity.get("tolerance", 1e-4))
+        tol = float(spec.parity.get("tolerance", CLASSIFIER_TOLERANCE))
     got = runner.run(feed)[spec.output_name]
     want = reference.run(feed)[spec.output_name]
     if got.shape != want.shape or got.dtype != want.dtype:

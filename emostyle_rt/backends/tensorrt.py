@@ -158,6 +158,7 @@ class TensorRTRunner:
     """
 
     name = "tensorrt"
+    device = "cuda:0"  # engines run on the CUDA runtime's current device (this package never selects another)
 
     def __init__(self, plan: str | Path) -> None:
         import tensorrt as trt

@@ -132,7 +132,7 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> type[_Recorder]:
     """onnxruntime reporting the TensorRT and CUDA EPs; runners recorded (and run on the CPU)."""
     _Recorder.calls = []
     monkeypatch.setattr(ortb, "choose_providers", lambda provider=None: list(_PROVIDERS[provider]))
-    monkeypatch.setattr(tiling, "OrtRunner", _Recorder)
+    monkeypatch.setattr(ortb, "OrtRunner", _Recorder)
     return _Recorder
 
 
@@ -225,7 +225,7 @@ def test_tensorrt_unavailable_falls_back_with_one_warning(
                 raise BackendError("onnxruntime cannot load tile.onnx: TensorRT build failed")
             super().__init__(path, **kw)
 
-    monkeypatch.setattr(tiling, "OrtRunner", Refusing)
+    monkeypatch.setattr(ortb, "OrtRunner", Refusing)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="emostyle_rt.tiling"):
         t = TiledStyle(tiled_bundle, style, provider="tensorrt", cache_dir=tmp_path)
@@ -249,7 +249,7 @@ def test_tensorrt_failing_at_its_first_run_falls_back_with_one_warning(
                 raise BackendError("onnxruntime failed to run tile.onnx: TensorRT engine build failed")
             return super().run(feed)
 
-    monkeypatch.setattr(tiling, "OrtRunner", FailsToRun)
+    monkeypatch.setattr(ortb, "OrtRunner", FailsToRun)
     padded = pad_to_multiple(photo, style.tiled.align)
     cpu = TiledStyle(tiled_bundle, style, provider="cpu")
     t = TiledStyle(tiled_bundle, style, provider="tensorrt", cache_dir=tmp_path)
