@@ -23,8 +23,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .bundle.files import bundle_path, check_name, sha256_problem
+from .bundle.jsonio import check_keys, read_json_object, unknown_keys_problem
 from .errors import BackendError, BundleError, note
-from .fsutil import read_json_object, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +85,18 @@ def _required(cls: type) -> set[str]:
 
 
 def _from_json(cls: type, d: Any, what: str, convert: Mapping[str, Any] | None = None) -> Any:
-    """``cls(**d)`` for a JSON object holding the dataclass' fields (defaults may be left out, unknown keys are
-    ignored: a newer writer may add some); :class:`BundleError` naming ``what`` otherwise."""
+    """``cls(**d)`` for a JSON object holding the dataclass' fields (defaults may be left out; an unknown key is
+    refused, the policy of :mod:`emostyle_rt.bundle.jsonio`); :class:`BundleError` naming ``what`` otherwise."""
     convert = convert or {}
     if not isinstance(d, Mapping):
         raise BundleError(f"{what} is not a JSON object." + note("an object", type(d).__name__))
+    names = {f.name for f in fields(cls)}
+    check_keys(d, names, what)
     missing = sorted(_required(cls) - set(d))
     if missing:
         raise BundleError(f"{what} lacks {missing}." + note(sorted(_required(cls)), sorted(d)))
-    names = {f.name for f in fields(cls)}
     try:
-        return cls(**{k: convert[k](v) if k in convert else v for k, v in d.items() if k in names})
+        return cls(**{k: convert[k](v) if k in convert else v for k, v in d.items()})
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{what} has a malformed field ({exc}).") from exc
 
@@ -191,13 +193,32 @@ class TrtEngine:
                 "profiles": [p.to_json() for p in self.profiles]}
 
     @classmethod
-    def from_json(cls, d: Any) -> TrtEngine:
-        return _from_json(cls, d, "Manifest engines entry", {"profiles": _profiles})
+    def from_json(cls, d: Any, source: str | Path | None = None) -> TrtEngine:
+        """One entry of the manifest's ``engines`` list.
+
+        Args:
+            d: The JSON object.
+            source: The manifest's path, named in errors.
+
+        Raises:
+            BundleError: A field is missing, unknown or malformed, or a file name leaves the bundle.
+        """
+        what = f"Manifest {source}: engines entry" if source is not None else "Manifest engines entry"
+        entry = _from_json(cls, d, what, {"profiles": _profiles})
+        for key in ("plan", "sidecar"):
+            check_name(getattr(entry, key), f"engines entry {key}", source or "manifest.json")
+        return entry
 
 
 def read_sidecar(sidecar: Path) -> dict[str, Any]:
     """The sidecar as a dict; :class:`BundleError` when unreadable."""
     return read_json_object(sidecar, "Engine sidecar")
+
+
+def _inside(bundle_root: str | Path, *paths: Path) -> None:
+    """The path rule for engine files found by name: BundleError when one leads (a symlink) outside the bundle."""
+    for path in paths:
+        bundle_path(bundle_root, path.relative_to(bundle_root).as_posix())
 
 
 def _file_problems(path: Path, size: Any, digest: Any, check_hash: bool, what: str) -> list[str]:
@@ -206,7 +227,7 @@ def _file_problems(path: Path, size: Any, digest: Any, check_hash: bool, what: s
         return [f"{what} file {path.name} is missing"]
     if path.stat().st_size != size:
         return [f"{what} is {path.stat().st_size} bytes, sidecar says {size} (truncated?)"]
-    if check_hash and sha256_file(path) != digest:
+    if check_hash and sha256_problem(path, digest):
         return [f"{what} sha256 does not match its sidecar (corrupt or replaced)"]
     return []
 
@@ -222,6 +243,9 @@ def sidecar_problems(
 ) -> list[str]:
     """Reasons the plan must not be used here (empty: usable)."""
     problems: list[str] = []
+    unknown = unknown_keys_problem(data, {f.name for f in fields(TrtSidecar)}, "the sidecar")
+    if unknown:
+        problems.append(unknown.rstrip("."))
     if data.get("format") != SIDECAR_FORMAT:
         problems.append(f"sidecar format {data.get('format')!r}, expected {SIDECAR_FORMAT}")
     if data.get("tensorrt_version") != trt_version:
@@ -260,6 +284,7 @@ def find_engine(
                         note(here, others))
         return None
     try:
+        _inside(bundle_root, plan, sidecar)
         data = read_sidecar(sidecar)
     except BundleError as exc:
         log.warning("%s Falling back to onnxruntime.", exc)
@@ -356,8 +381,21 @@ class AotiEntry:
                 "parity": dict(self.parity)}
 
     @classmethod
-    def from_json(cls, d: Any) -> AotiEntry:
-        return _from_json(cls, d, "Manifest aoti entry")
+    def from_json(cls, d: Any, source: str | Path | None = None) -> AotiEntry:
+        """One entry of the manifest's ``aoti`` list.
+
+        Args:
+            d: The JSON object.
+            source: The manifest's path, named in errors.
+
+        Raises:
+            BundleError: A field is missing, unknown or malformed, or a file name leaves the bundle.
+        """
+        what = f"Manifest {source}: aoti entry" if source is not None else "Manifest aoti entry"
+        entry = _from_json(cls, d, what)
+        for key in ("package", "sidecar"):
+            check_name(getattr(entry, key), f"aoti entry {key}", source or "manifest.json")
+        return entry
 
 
 @dataclass(frozen=True)
@@ -447,6 +485,7 @@ def find_package(
             if not sidecar.is_file():
                 continue
             try:
+                _inside(bundle_root, pkg, sidecar)
                 side = AotiSidecar.from_json(read_json_object(sidecar, "AOTInductor sidecar"))
             except BundleError as exc:
                 rejected.append((pkg, str(exc)))

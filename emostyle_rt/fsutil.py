@@ -10,14 +10,14 @@ the one rule for removing them: :func:`stale_temp_files`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Collection, Iterable
+from typing import Collection, Iterable
 
-from .errors import BundleError, InvalidArgumentError, note
+from .bundle.jsonio import read_json_object  # noqa: F401  (its 0.1.0 home; the bundle format's reader owns it)
+from .errors import InvalidArgumentError, note
 
 PART_SUFFIX = ".part"
 TEMP_PREFIX = ".emostyle-"
@@ -103,17 +103,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """A JSON file that must hold an object (a manifest, a sidecar); :class:`BundleError` naming ``what`` otherwise."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{what} {path} cannot be read as JSON: {exc}.") from exc
-    if not isinstance(data, dict):
-        raise BundleError(f"{what} {path} is not a JSON object.")
-    return data
 
 
 def pid_alive(pid: int) -> bool:

@@ -24,8 +24,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from emostyle_rt.errors import note, sentence
 from emostyle_rt.fsutil import pid_alive, write_bytes_atomic
-from emostyle_rt.manifest import (
-    CROP_PRESETS,
+from emostyle_rt.bundle.manifest import (
     DEFAULT_CROP,
     EMOTIONS,
     FORMAT_VERSION,
@@ -46,6 +45,7 @@ from emostyle_rt.manifest import (
 )
 
 from . import parity
+from .crop import CROP_PRESETS
 from .checkpoints import CONVENTIONS, StyleCheckpoint, load_style_checkpoint
 from .errors import ExportError
 

@@ -360,7 +360,7 @@ def plan_from_args(args: argparse.Namespace) -> Any:
 def classifier_crop(args: argparse.Namespace, cfg: dict[str, Any] | None = None) -> Any:
     """--classifier-crop, else the config's classifier_crop (a CropSpec), else None (the demo classifier's own crop,
     the default spec for others)."""
-    from emostyle_rt.manifest import parse_crop
+    from .crop import parse_crop
 
     if args.classifier_crop is not None:
         return parse_crop(args.classifier_crop)

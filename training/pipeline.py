@@ -239,7 +239,7 @@ def run_all(config_path: str | Path, output: str | Path, *, work: str | Path | N
             force: bool = False, progress: bool = True) -> Path:
     """Train what the config asks for, then export the bundle to ``output``; returns the bundle's path."""
     from emostyle_export.bundle import ExportPlan, StyleSource, export_bundle
-    from emostyle_rt.manifest import parse_crop
+    from emostyle_export.crop import parse_crop
 
     from emostyle_export.bundle import check_destination
 
