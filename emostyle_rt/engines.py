@@ -101,6 +101,28 @@ def _from_json(cls: type, d: Any, what: str, convert: Mapping[str, Any] | None =
         raise BundleError(f"{what} has a malformed field ({exc}).") from exc
 
 
+def _entry_from_json(cls: type, d: Any, block: str, files: tuple[str, ...], source: str | Path | None,
+                     convert: Mapping[str, Any] | None = None) -> Any:
+    """One entry of the manifest's ``engines`` or ``aoti`` list.
+
+    Args:
+        cls: The entry's dataclass.
+        d: The JSON object.
+        block: The list's name in the manifest.
+        files: The entry's fields that name bundle files (the path rule).
+        source: The manifest's path, named in errors.
+        convert: Field converters.
+
+    Raises:
+        BundleError: A field is missing, unknown or malformed, or a file name leaves the bundle.
+    """
+    what = f"Manifest {source}: {block} entry" if source is not None else f"Manifest {block} entry"
+    entry = _from_json(cls, d, what, convert)
+    for key in files:
+        check_name(getattr(entry, key), f"{block} entry {key}", source or "manifest.json")
+    return entry
+
+
 def _profiles(v: Any) -> tuple[Profile, ...]:
     return tuple(Profile.from_json(p) for p in v)
 
@@ -129,9 +151,20 @@ def plan_paths(bundle_root: str | Path, model_key: str, trt_version: str, comput
     return folder / f"{model_key}.plan", folder / f"{model_key}.plan.json"
 
 
+#: The runtime graph key of the classifier; every other graph key is a style id.
+CLASSIFIER_KEY = "classifier"
+
+
 def model_key_for(key: str) -> str:
-    """Engine model key of a runtime graph key: ``classifier`` or ``style.<style-id>``."""
-    return "classifier" if key == "classifier" else f"style.{key}"
+    """Engine model key of a runtime graph key: ``classifier`` or ``style.<style-id>``.
+
+    The one owner of that naming (plan files ``trt/<arch-key>/<model-key>.plan``, the
+    manifest's ``engines[].model_key``).
+
+    Args:
+        key: :data:`CLASSIFIER_KEY` or a style id.
+    """
+    return CLASSIFIER_KEY if key == CLASSIFIER_KEY else f"style.{key}"
 
 
 @dataclass(frozen=True)
@@ -194,20 +227,8 @@ class TrtEngine:
 
     @classmethod
     def from_json(cls, d: Any, source: str | Path | None = None) -> TrtEngine:
-        """One entry of the manifest's ``engines`` list.
-
-        Args:
-            d: The JSON object.
-            source: The manifest's path, named in errors.
-
-        Raises:
-            BundleError: A field is missing, unknown or malformed, or a file name leaves the bundle.
-        """
-        what = f"Manifest {source}: engines entry" if source is not None else "Manifest engines entry"
-        entry = _from_json(cls, d, what, {"profiles": _profiles})
-        for key in ("plan", "sidecar"):
-            check_name(getattr(entry, key), f"engines entry {key}", source or "manifest.json")
-        return entry
+        """One entry of the manifest's ``engines`` list (see :func:`_entry_from_json`)."""
+        return _entry_from_json(cls, d, "engines", ("plan", "sidecar"), source, {"profiles": _profiles})
 
 
 def read_sidecar(sidecar: Path) -> dict[str, Any]:
@@ -241,7 +262,16 @@ def sidecar_problems(
     source_sha256: str | None = None,
     check_plan_hash: bool = True,
 ) -> list[str]:
-    """Reasons the plan must not be used here (empty: usable)."""
+    """Reasons the plan must not be used here (empty: usable).
+
+    Args:
+        data: The sidecar as read from JSON (an unknown key is one of the reasons: the bundle format's policy).
+        plan: The plan file it describes.
+        trt_version: This machine's TensorRT version.
+        compute_capability: This GPU's, e.g. "9.0".
+        source_sha256: The FP16 graph the plan must have been built from (None: not compared).
+        check_plan_hash: Compare the plan's sha256 too (its size always).
+    """
     problems: list[str] = []
     unknown = unknown_keys_problem(data, {f.name for f in fields(TrtSidecar)}, "the sidecar")
     if unknown:
@@ -274,7 +304,15 @@ def find_engine(
     *,
     source_sha256: str | None = None,
 ) -> Path | None:
-    """The plan to use for ``model_key`` on this GPU/TensorRT, or None (with a warning saying why)."""
+    """The plan to use for ``model_key`` on this GPU/TensorRT, or None (with a warning saying why).
+
+    Args:
+        bundle_root: The bundle folder (a plan or sidecar that leads out of it is not used).
+        model_key: ``classifier`` or ``style.<id>`` (:func:`model_key_for`).
+        trt_version: This machine's TensorRT version.
+        compute_capability: This GPU's, e.g. "9.0".
+        source_sha256: The FP16 graph the plan must have been built from (None: not compared).
+    """
     plan, sidecar = plan_paths(bundle_root, model_key, trt_version, compute_capability)
     here = arch_key(trt_version, compute_capability)
     if not sidecar.is_file():
@@ -382,20 +420,8 @@ class AotiEntry:
 
     @classmethod
     def from_json(cls, d: Any, source: str | Path | None = None) -> AotiEntry:
-        """One entry of the manifest's ``aoti`` list.
-
-        Args:
-            d: The JSON object.
-            source: The manifest's path, named in errors.
-
-        Raises:
-            BundleError: A field is missing, unknown or malformed, or a file name leaves the bundle.
-        """
-        what = f"Manifest {source}: aoti entry" if source is not None else "Manifest aoti entry"
-        entry = _from_json(cls, d, what)
-        for key in ("package", "sidecar"):
-            check_name(getattr(entry, key), f"aoti entry {key}", source or "manifest.json")
-        return entry
+        """One entry of the manifest's ``aoti`` list (see :func:`_entry_from_json`)."""
+        return _entry_from_json(cls, d, "aoti", ("package", "sidecar"), source)
 
 
 @dataclass(frozen=True)
@@ -477,6 +503,13 @@ def find_package(
 
     Packages built for other machines are skipped silently when one fits; when
     none does, each reason is warned about once per process.
+
+    Args:
+        bundle_root: The bundle folder (a package or sidecar that leads out of it is not used).
+        style_id: The style.
+        host: What this machine offers.
+        devices: The devices to try, in order ("cpu", "cuda").
+        source_sha256: The FP32 style graph the package must have been built from (None: not compared).
     """
     rejected: list[tuple[Path, str]] = []
     for device in devices:

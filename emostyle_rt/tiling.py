@@ -54,7 +54,7 @@ import numpy as np
 
 from .backends.onnxruntime import OrtRunner
 from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
-from .fsutil import sha256_file
+from .bundle.files import bundle_path, check_sha256
 from .manifest import StyleSpec, TiledGraph, TiledSpec
 
 log = logging.getLogger(__name__)
@@ -737,11 +737,9 @@ class TiledStyle:
 
     def _path(self, graph: TiledGraph) -> Path:
         """The graph's file, its sha256 checked against the manifest once (when ``verify``)."""
-        path = self.root / graph.onnx
+        path = bundle_path(self.root, graph.onnx)  # the bundle format's path rule and sha256 check
         if self.verify and graph.onnx not in self._verified:
-            if sha256_file(path) != graph.sha256:
-                raise BundleError(f"Bundle file {path} does not match its manifest (damaged or replaced)."
-                                  + note(f"sha256 {graph.sha256[:16]}...", "another file"))
+            check_sha256(path, graph.sha256)
             self._verified.add(graph.onnx)
         return path
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..engines import AotiEntry, TrtEngine
+from ..engines import CLASSIFIER_KEY, AotiEntry, TrtEngine
 from ..errors import BundleError, InvalidArgumentError, note
 from ..fsutil import sha256_file  # noqa: F401  (part of this module's API since 0.1.0)
 from .files import bundle_path, check_name, check_sha256, inside_bundle
@@ -333,7 +333,14 @@ class ClassifierSpec:
 
     @classmethod
     def from_json(cls, c: Any, root: Path, mpath: Path, n_labels: int = len(EMOTIONS)) -> ClassifierSpec:
-        """The manifest's ``classifier`` object; BundleError naming the field when it is not valid."""
+        """The manifest's ``classifier`` object; BundleError naming the field when it is not valid.
+
+        Args:
+            c: The JSON object.
+            root: The bundle folder.
+            mpath: The manifest's path, named in errors.
+            n_labels: How many labels the manifest has (the classifier's output count must match).
+        """
         if not isinstance(c, Mapping):
             raise BundleError("Manifest field manifest.classifier has the wrong type." + note("dict", type(c).__name__))
         check_keys(c, CLASSIFIER_KEYS, "classifier", f"Manifest {mpath}")
@@ -384,6 +391,7 @@ class TiledTensor:
 
     @classmethod
     def from_json(cls, d: Any, where: str, source: str | Path | None = None) -> TiledTensor:
+        """One tensor of a tiled graph (``where``: its place; ``source``: the manifest, named in errors)."""
         if isinstance(d, Mapping):
             check_keys(d, TILED_TENSOR_KEYS, where, _manifest_label(source))
         return cls(_get(d, "name", where, str), _tiled_int(d, "channels", where), _tiled_int(d, "scale", where))
@@ -405,6 +413,7 @@ class TiledNorm:
 
     @classmethod
     def from_json(cls, d: Any, where: str, source: str | Path | None = None) -> TiledNorm:
+        """One InstanceNorm of a tiled spec (``where``: its place; ``source``: the manifest, named in errors)."""
         if isinstance(d, Mapping):
             check_keys(d, TILED_NORM_KEYS, where, _manifest_label(source))
         return cls(_get(d, "tensor", where, str), _tiled_int(d, "channels", where), _tiled_int(d, "scale", where),
@@ -437,6 +446,13 @@ class TiledGraph:
 
     @classmethod
     def from_json(cls, d: Any, where: str, source: str | Path | None = None) -> TiledGraph:
+        """One graph of a tiled spec; its ``onnx`` follows the path rule.
+
+        Args:
+            d: The JSON object.
+            where: Its place in the manifest, e.g. ``styles.candy.tiled.stats``.
+            source: The manifest's path, named in errors.
+        """
         if isinstance(d, Mapping):
             check_keys(d, TILED_GRAPH_KEYS, where, _manifest_label(source))
         norm = d.get("norm") if isinstance(d, Mapping) else None
@@ -794,6 +810,23 @@ class Manifest:
                 + note("one of the bundle's emotions", sorted(self.emotions))
             ) from None
 
+    def spec(self, key: str) -> ClassifierSpec | StyleSpec:
+        """The graph of runtime key ``key``: the classifier for :data:`CLASSIFIER_KEY`, else the style ``key``.
+
+        Args:
+            key: ``"classifier"`` or a style id.
+
+        Raises:
+            BundleError: No such style in the bundle.
+        """
+        if key == CLASSIFIER_KEY:
+            return self.classifier
+        try:
+            return self.styles[key]
+        except KeyError:
+            raise BundleError(f"Bundle {self.root} has no graph {key!r}."
+                              + note(f"{CLASSIFIER_KEY!r} or a style id", sorted(self.styles))) from None
+
     def path(self, relative: str) -> Path:
         """The path of bundle file ``relative`` (the path rule of :mod:`emostyle_rt.bundle.files`).
 
@@ -1045,6 +1078,9 @@ def bundle_files(raw: Mapping[str, Any]) -> set[str]:
     (also ones made from another FP32 graph), tiled graphs, detector graphs,
     engine plans, sidecars and their arch folders' timing caches, AOTInductor
     packages and sidecars. Names outside the bundle (absolute, ``..``) are not listed.
+
+    Args:
+        raw: The manifest as read from JSON.
     """
     from ..engines import TRT_DIR, TRT_TIMING_CACHE
 

@@ -223,3 +223,27 @@ def test_one_json_reader_for_manifests_and_sidecars(tmp_path: Path) -> None:
         engines.read_sidecar(tmp_path / "a.json")
     with pytest.raises(BundleError, match="Manifest .*b.json cannot be read as JSON"):
         read_json_object(tmp_path / "b.json", "Manifest")
+
+
+def test_the_graph_of_a_runtime_key(demo_bundle: Path) -> None:
+    from emostyle_rt.engines import CLASSIFIER_KEY, model_key_for
+
+    m = load_manifest(demo_bundle, verify_files=False)
+    assert m.spec(CLASSIFIER_KEY) is m.classifier and m.spec("demo-sad") is m.styles["demo-sad"]
+    assert model_key_for(CLASSIFIER_KEY) == "classifier" and model_key_for("demo-sad") == "style.demo-sad"
+    with pytest.raises(BundleError, match=r"no graph 'calm'.*'demo-sad'"):
+        m.spec("calm")
+
+
+def test_the_old_import_path_is_the_same_module() -> None:
+    """``emostyle_rt.manifest`` is the bundle module itself; the names that moved out are still reachable there."""
+    import emostyle_rt.manifest as old
+    from emostyle_export.crop import parse_crop
+    from emostyle_rt import console
+    from emostyle_rt.bundle import manifest as new
+
+    assert old is new and old.load_manifest is load_manifest
+    assert old.parse_crop is parse_crop and old.default_bundle is console.default_bundle
+    assert old.DEFAULT_BUNDLE == console.DEFAULT_BUNDLE and old.read_json_object is read_json_object
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        old.nothing_here  # noqa: B018
