@@ -12,7 +12,9 @@ until their command runs: the runtime never does.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from pathlib import Path
 
 #: The exit status of an interrupted command (128 + SIGINT), as every command's ``main`` returns it.
 INTERRUPTED = 130
@@ -51,3 +53,39 @@ def emostyle_train() -> int:
 
 if __name__ == "__main__":
     sys.exit(emostyle())
+
+
+# ---------------------------------------------------------------- the bundle a command uses when none is given
+# A front-end default, not the runtime's: Stylizer and load_manifest open only the folder they are given.
+
+#: The bundle the command-line tools use when none is given: ``emostyle-export --demo`` writes it.
+DEFAULT_BUNDLE = Path("engines") / "demo"
+BUNDLE_ENV = "EMOSTYLE_BUNDLE"
+
+
+def default_bundle(explicit: str | Path | None = None) -> Path:
+    """The bundle a command uses: ``explicit`` (``--bundle``), else $EMOSTYLE_BUNDLE, else engines/demo.
+
+    engines/demo is looked up in the working directory, then in the source tree
+    of an editable install (so the repo's demo bundle works from any folder).
+
+    Args:
+        explicit: The command's ``--bundle`` value, None when not given.
+
+    Returns:
+        The bundle folder (not checked: the command's own error says when it is missing, with :func:`bundle_hint`).
+    """
+    from .bundle.manifest import MANIFEST_NAME
+
+    if explicit is not None:
+        return Path(explicit)
+    if os.environ.get(BUNDLE_ENV):
+        return Path(os.environ[BUNDLE_ENV])
+    repo = Path(__file__).resolve().parent.parent / DEFAULT_BUNDLE
+    return repo if not DEFAULT_BUNDLE.is_dir() and (repo / MANIFEST_NAME).is_file() else DEFAULT_BUNDLE
+
+
+def bundle_hint() -> str:
+    """How to choose or make a bundle: the tail of the error about a missing one."""
+    return (f" Choose one with --bundle DIR or {BUNDLE_ENV}=DIR, or make the demo bundle (export extra) with:"
+            f"  emostyle-export --demo -o {DEFAULT_BUNDLE}")

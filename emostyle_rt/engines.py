@@ -23,8 +23,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .bundle.files import bundle_path, check_name, sha256_problem
+from .bundle.jsonio import check_keys, read_json_object, unknown_keys_problem
 from .errors import BackendError, BundleError, note
-from .fsutil import read_json_object, sha256_file
 from .logutil import warn_once
 
 log = logging.getLogger(__name__)
@@ -85,19 +86,42 @@ def _required(cls: type) -> set[str]:
 
 
 def _from_json(cls: type, d: Any, what: str, convert: Mapping[str, Any] | None = None) -> Any:
-    """``cls(**d)`` for a JSON object holding the dataclass' fields (defaults may be left out, unknown keys are
-    ignored: a newer writer may add some); :class:`BundleError` naming ``what`` otherwise."""
+    """``cls(**d)`` for a JSON object holding the dataclass' fields (defaults may be left out; an unknown key is
+    refused, the policy of :mod:`emostyle_rt.bundle.jsonio`); :class:`BundleError` naming ``what`` otherwise."""
     convert = convert or {}
     if not isinstance(d, Mapping):
         raise BundleError(f"{what} is not a JSON object." + note("an object", type(d).__name__))
+    names = {f.name for f in fields(cls)}
+    check_keys(d, names, what)
     missing = sorted(_required(cls) - set(d))
     if missing:
         raise BundleError(f"{what} lacks {missing}." + note(sorted(_required(cls)), sorted(d)))
-    names = {f.name for f in fields(cls)}
     try:
-        return cls(**{k: convert[k](v) if k in convert else v for k, v in d.items() if k in names})
+        return cls(**{k: convert[k](v) if k in convert else v for k, v in d.items()})
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{what} has a malformed field ({exc}).") from exc
+
+
+def _entry_from_json(cls: type, d: Any, block: str, files: tuple[str, ...], source: str | Path | None,
+                     convert: Mapping[str, Any] | None = None) -> Any:
+    """One entry of the manifest's ``engines`` or ``aoti`` list.
+
+    Args:
+        cls: The entry's dataclass.
+        d: The JSON object.
+        block: The list's name in the manifest.
+        files: The entry's fields that name bundle files (the path rule).
+        source: The manifest's path, named in errors.
+        convert: Field converters.
+
+    Raises:
+        BundleError: A field is missing, unknown or malformed, or a file name leaves the bundle.
+    """
+    what = f"Manifest {source}: {block} entry" if source is not None else f"Manifest {block} entry"
+    entry = _from_json(cls, d, what, convert)
+    for key in files:
+        check_name(getattr(entry, key), f"{block} entry {key}", source or "manifest.json")
+    return entry
 
 
 def _profiles(v: Any) -> tuple[Profile, ...]:
@@ -128,9 +152,20 @@ def plan_paths(bundle_root: str | Path, model_key: str, trt_version: str, comput
     return folder / f"{model_key}.plan", folder / f"{model_key}.plan.json"
 
 
+#: The runtime graph key of the classifier; every other graph key is a style id.
+CLASSIFIER_KEY = "classifier"
+
+
 def model_key_for(key: str) -> str:
-    """Engine model key of a runtime graph key: ``classifier`` or ``style.<style-id>``."""
-    return "classifier" if key == "classifier" else f"style.{key}"
+    """Engine model key of a runtime graph key: ``classifier`` or ``style.<style-id>``.
+
+    The one owner of that naming (plan files ``trt/<arch-key>/<model-key>.plan``, the
+    manifest's ``engines[].model_key``).
+
+    Args:
+        key: :data:`CLASSIFIER_KEY` or a style id.
+    """
+    return CLASSIFIER_KEY if key == CLASSIFIER_KEY else f"style.{key}"
 
 
 @dataclass(frozen=True)
@@ -192,13 +227,20 @@ class TrtEngine:
                 "profiles": [p.to_json() for p in self.profiles]}
 
     @classmethod
-    def from_json(cls, d: Any) -> TrtEngine:
-        return _from_json(cls, d, "Manifest engines entry", {"profiles": _profiles})
+    def from_json(cls, d: Any, source: str | Path | None = None) -> TrtEngine:
+        """One entry of the manifest's ``engines`` list (see :func:`_entry_from_json`)."""
+        return _entry_from_json(cls, d, "engines", ("plan", "sidecar"), source, {"profiles": _profiles})
 
 
 def read_sidecar(sidecar: Path) -> dict[str, Any]:
     """The sidecar as a dict; :class:`BundleError` when unreadable."""
     return read_json_object(sidecar, "Engine sidecar")
+
+
+def _inside(bundle_root: str | Path, *paths: Path) -> None:
+    """The path rule for engine files found by name: BundleError when one leads (a symlink) outside the bundle."""
+    for path in paths:
+        bundle_path(bundle_root, path.relative_to(bundle_root).as_posix())
 
 
 def _file_problems(path: Path, size: Any, digest: Any, check_hash: bool, what: str) -> list[str]:
@@ -207,7 +249,7 @@ def _file_problems(path: Path, size: Any, digest: Any, check_hash: bool, what: s
         return [f"{what} file {path.name} is missing"]
     if path.stat().st_size != size:
         return [f"{what} is {path.stat().st_size} bytes, sidecar says {size} (truncated?)"]
-    if check_hash and sha256_file(path) != digest:
+    if check_hash and sha256_problem(path, digest):
         return [f"{what} sha256 does not match its sidecar (corrupt or replaced)"]
     return []
 
@@ -221,8 +263,20 @@ def sidecar_problems(
     source_sha256: str | None = None,
     check_plan_hash: bool = True,
 ) -> list[str]:
-    """Reasons the plan must not be used here (empty: usable)."""
+    """Reasons the plan must not be used here (empty: usable).
+
+    Args:
+        data: The sidecar as read from JSON (an unknown key is one of the reasons: the bundle format's policy).
+        plan: The plan file it describes.
+        trt_version: This machine's TensorRT version.
+        compute_capability: This GPU's, e.g. "9.0".
+        source_sha256: The FP16 graph the plan must have been built from (None: not compared).
+        check_plan_hash: Compare the plan's sha256 too (its size always).
+    """
     problems: list[str] = []
+    unknown = unknown_keys_problem(data, {f.name for f in fields(TrtSidecar)}, "the sidecar")
+    if unknown:
+        problems.append(unknown.rstrip("."))
     if data.get("format") != SIDECAR_FORMAT:
         problems.append(f"sidecar format {data.get('format')!r}, expected {SIDECAR_FORMAT}")
     if data.get("tensorrt_version") != trt_version:
@@ -251,7 +305,15 @@ def find_engine(
     *,
     source_sha256: str | None = None,
 ) -> Path | None:
-    """The plan to use for ``model_key`` on this GPU/TensorRT, or None (with a warning saying why)."""
+    """The plan to use for ``model_key`` on this GPU/TensorRT, or None (with a warning saying why).
+
+    Args:
+        bundle_root: The bundle folder (a plan or sidecar that leads out of it is not used).
+        model_key: ``classifier`` or ``style.<id>`` (:func:`model_key_for`).
+        trt_version: This machine's TensorRT version.
+        compute_capability: This GPU's, e.g. "9.0".
+        source_sha256: The FP16 graph the plan must have been built from (None: not compared).
+    """
     plan, sidecar = plan_paths(bundle_root, model_key, trt_version, compute_capability)
     here = arch_key(trt_version, compute_capability)
     if not sidecar.is_file():
@@ -261,6 +323,7 @@ def find_engine(
                         note(here, others))
         return None
     try:
+        _inside(bundle_root, plan, sidecar)
         data = read_sidecar(sidecar)
     except BundleError as exc:
         log.warning("%s Falling back to onnxruntime.", exc)
@@ -357,8 +420,9 @@ class AotiEntry:
                 "parity": dict(self.parity)}
 
     @classmethod
-    def from_json(cls, d: Any) -> AotiEntry:
-        return _from_json(cls, d, "Manifest aoti entry")
+    def from_json(cls, d: Any, source: str | Path | None = None) -> AotiEntry:
+        """One entry of the manifest's ``aoti`` list (see :func:`_entry_from_json`)."""
+        return _entry_from_json(cls, d, "aoti", ("package", "sidecar"), source)
 
 
 @dataclass(frozen=True)
@@ -438,6 +502,13 @@ def find_package(
 
     Packages built for other machines are skipped silently when one fits; when
     none does, each reason is warned about once per process.
+
+    Args:
+        bundle_root: The bundle folder (a package or sidecar that leads out of it is not used).
+        style_id: The style.
+        host: What this machine offers.
+        devices: The devices to try, in order ("cpu", "cuda").
+        source_sha256: The FP32 style graph the package must have been built from (None: not compared).
     """
     rejected: list[tuple[Path, str]] = []
     for device in devices:
@@ -446,6 +517,7 @@ def find_package(
             if not sidecar.is_file():
                 continue
             try:
+                _inside(bundle_root, pkg, sidecar)
                 side = AotiSidecar.from_json(read_json_object(sidecar, "AOTInductor sidecar"))
             except BundleError as exc:
                 rejected.append((pkg, str(exc)))

@@ -2,28 +2,41 @@
 
 A reader sees the old file or the complete new one, never a part. This module
 owns the rule for a file a tool creates (:func:`check_output_file`: never an
-input, an existing file replaced only with ``--force``), the temporary-file name, ``.emostyle-<pid>-<token>.<name>.part`` (pid of
-the writer, 12 random hex digits, at most 96 bytes of the target's name), and
-the one rule for removing them: :func:`stale_temp_files`.
+input, an existing file replaced only with ``--force``), and every temporary
+name a tool writes: a file's ``.emostyle-<pid>-<token>.<name>.part`` (pid of the
+writer, 12 random hex digits, at most 96 bytes of the target's name; removed by
+the one rule :func:`stale_temp_files`), a folder or file being built beside its
+target ``.<name>.partial-<pid>-<token>`` and the one it replaces
+``.<name>.old-<pid>-<token>`` (:func:`work_name`, matched by :func:`work_match`),
+and a tool's stage folder inside a bundle ``.emostyle-stage-<pid>-<token>``
+(:func:`stage_name`). A folder is published whole with :func:`publish_folder`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
-from typing import Any, Collection, Iterable
+from typing import Callable, Collection, Iterable
 
-from .errors import BundleError, InvalidArgumentError, note
+from .bundle.jsonio import read_json_object  # noqa: F401  (its 0.1.0 home; the bundle format's reader owns it)
+from .errors import InvalidArgumentError, note
 
 PART_SUFFIX = ".part"
 TEMP_PREFIX = ".emostyle-"
 #: Exactly the names :func:`write_bytes_atomic` creates; nothing else is ever removed.
 TEMP_NAME = re.compile(r"^\.emostyle-(?P<pid>[1-9][0-9]{0,9})-(?P<token>[0-9a-f]{12})\.(?P<name>.+)\.part$", re.DOTALL)
 _NAME_BYTES = 96  # keeps the temporary name under the usual 255-byte limit
+#: Work paths beside a target ``<name>`` (a bundle, an ``aoti/<key>`` folder, a classifier file), made by
+#: :func:`work_name`. Older releases wrote the start time in seconds as the token (bundles, AOTInductor folders)
+#: or none (a classifier's ``.<stem>.partial-<pid>.keras``): those still match.
+WORK_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>[1-9][0-9]{0,9})(?:-(?P<token>[0-9a-f]+))?"
+                       r"(?P<suffix>\.[A-Za-z0-9]+)?$", re.DOTALL)
+#: A tool's hidden stage folder inside a bundle, made by :func:`stage_name`.
+STAGE_NAME = re.compile(r"^\.emostyle-stage-(?P<pid>[1-9][0-9]{0,9})-(?P<token>[0-9a-f]{12})$")
 
 
 def path_argument(text: str) -> Path:
@@ -69,6 +82,116 @@ def temp_name(target: str) -> str:
     return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}.{short}{PART_SUFFIX}"
 
 
+def work_name(name: str, kind: str = "partial", suffix: str = "") -> str:
+    """The hidden name of a folder or file built (or set aside) beside ``name`` in the same folder.
+
+    Args:
+        name: The target's name (a bundle folder, an ``aoti/<key>`` folder, a file stem).
+        kind: "partial" (being built; renamed onto the target when complete) or "old" (the target it replaces,
+            removed once the new one is in place).
+        suffix: Kept at the end (``.keras``: the saver picks the format from it).
+
+    Returns:
+        ``.<name>.<kind>-<pid>-<token><suffix>``, which :func:`work_match` recognises.
+    """
+    if kind not in ("partial", "old"):
+        raise ValueError(f"kind must be 'partial' or 'old', not {kind!r}")
+    return f".{name}.{kind}-{os.getpid()}-{secrets.token_hex(6)}{suffix}"
+
+
+def work_match(entry: str, name: str | None = None, *, kinds: tuple[str, ...] = ("partial", "old"),
+               suffix: str = "", token: bool = True) -> re.Match[str] | None:
+    """Whether ``entry`` (a file or folder name) is a work path of :func:`work_name`; its match (``kind``, ``pid``).
+
+    Args:
+        entry: The name found in a folder.
+        name: The target it must belong to (None: any, then ``m["name"]`` says which).
+        kinds: The kinds accepted.
+        suffix: The suffix it must end in ("" for none).
+        token: Require the ``-<token>`` part (False also accepts the old ``.<stem>.partial-<pid>.keras``).
+    """
+    m = WORK_NAME.match(entry)
+    if (m is None or (name is not None and m["name"] != name) or m["kind"] not in kinds
+            or (m["suffix"] or "") != suffix or (token and m["token"] is None)):
+        return None
+    return m
+
+
+def stage_name() -> str:
+    """A fresh name for a tool's hidden stage folder inside a bundle: ``.emostyle-stage-<pid>-<token>``."""
+    return f"{TEMP_PREFIX}stage-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def make_work_folder(parent: Path, name: str | None = None, *, parents: bool = False) -> Path:
+    """Create a fresh work folder in ``parent``: :func:`work_name` of ``name``, or a :func:`stage_name` for None.
+
+    Args:
+        parent: The folder that holds it.
+        name: The target it is built for; None for a stage folder.
+        parents: Create ``parent`` too.
+
+    Returns:
+        The new, empty folder (created exclusively: a name drawn twice is drawn again). OS errors propagate.
+    """
+    if parents:
+        parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        folder = parent / (stage_name() if name is None else work_name(name))
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:  # 48 random bits collided: draw again
+            continue
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` to disk (before the folder is published with :func:`publish_folder`).
+
+    Args:
+        root: The folder.
+    """
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def publish_folder(tmp: Path, dest: Path,
+                   remove_old: Callable[[Path], list[str]] | None = None) -> tuple[Path | None, list[str]]:
+    """Move the finished folder ``tmp`` onto ``dest``; an old ``dest`` goes only after the new one is there.
+
+    The old one is first renamed to ``work_name(dest.name, "old")`` beside it, so a
+    kill at any point leaves the old folder or the new one (a tool's next run
+    restores or removes what a killed one left).
+
+    Args:
+        tmp: The complete new folder (in ``dest``'s parent, so the rename is atomic).
+        dest: Where it goes.
+        remove_old: Removes the old folder and returns what it kept (a bundle: only its own files go);
+            None: all of it (a folder that is ours whole).
+
+    Returns:
+        The old folder's path (None: there was none) and what ``remove_old`` kept of it (there, for the caller
+        to report).
+    """
+    old = None
+    if dest.exists():
+        old = dest.parent / work_name(dest.name, "old")
+        os.replace(dest, old)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if old is not None:
+            os.replace(old, dest)
+        raise
+    if old is None:
+        return None, []
+    if remove_old is None:
+        shutil.rmtree(old, ignore_errors=True)
+        return old, []
+    return old, remove_old(old)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and ``os.replace``.
 
@@ -103,17 +226,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """A JSON file that must hold an object (a manifest, a sidecar); :class:`BundleError` naming ``what`` otherwise."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{what} {path} cannot be read as JSON: {exc}.") from exc
-    if not isinstance(data, dict):
-        raise BundleError(f"{what} {path} is not a JSON object.")
-    return data
 
 
 def pid_alive(pid: int) -> bool:

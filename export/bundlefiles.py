@@ -24,24 +24,28 @@ import contextlib
 import json
 import logging
 import os
-import re
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from emostyle_rt.errors import BundleError, note
-from emostyle_rt.fsutil import TEMP_NAME, pid_alive, read_json_object, sha256_file, write_bytes_atomic
-from emostyle_rt.manifest import MANIFEST_NAME, bundle_files, load_manifest
+from emostyle_rt.bundle.files import sha256_problem
+from emostyle_rt.bundle.jsonio import read_json_object
+from emostyle_rt.bundle.manifest import MANIFEST_NAME, bundle_files, load_manifest
+from emostyle_rt.fsutil import (  # the staging folder of ``--bundle`` and the build folders of ``--aoti``: fsutil's
+    STAGE_NAME,
+    TEMP_NAME,
+    make_work_folder,
+    pid_alive,
+    sha256_file,
+    work_match,
+    write_bytes_atomic,
+)
 
 from .errors import ExportError
 
 log = logging.getLogger("emostyle_export")
 
-#: A staging folder of ``emostyle-export --bundle`` (pid of the writer, 12 random hex digits).
-STAGE_NAME = re.compile(r"^\.emostyle-stage-(?P<pid>[1-9][0-9]{0,9})-(?P<token>[0-9a-f]{12})$")
-#: A hidden build folder of ``--aoti`` inside ``aoti/`` (see emostyle_export.aoti).
-AOTI_PARTIAL = re.compile(r"^\.(?P<key>.+)\.(partial|old)-(?P<pid>[1-9][0-9]{0,9})-\d+$")
 JOURNAL = "journal.json"
 BACKUP = "replaced"
 #: Folders a bundle may hold even when empty (a build removed what was in them).
@@ -72,11 +76,11 @@ def _dead_leftover(rel: str, folder: Path) -> bool:
     name = Path(rel).name
     m = STAGE_NAME.match(name) or TEMP_NAME.match(name)
     if m is None and Path(rel).parent.as_posix() == "aoti":
-        m = AOTI_PARTIAL.match(name)
+        m = work_match(name)  # a build folder of --aoti inside aoti/ (see emostyle_export.aoti)
     if m is None or pid_alive(int(m["pid"])):
         return False
     p = folder / rel
-    return not p.is_symlink() and (p.is_dir() if STAGE_NAME.match(name) or AOTI_PARTIAL.match(name) else p.is_file())
+    return not p.is_symlink() and (p.is_dir() if STAGE_NAME.match(name) or work_match(name) else p.is_file())
 
 
 def foreign_paths(folder: Path, raw: Mapping[str, Any]) -> list[str]:
@@ -226,7 +230,7 @@ def _journal_files(stage: Path) -> dict[str, Any] | None:
 
 
 def _same(path: Path, digest: str) -> bool:
-    return path.is_file() and not path.is_symlink() and sha256_file(path) == digest
+    return not path.is_symlink() and sha256_problem(path, digest) is None
 
 
 def _finish_drops(bundle: Path, drops: Mapping[str, str]) -> None:
@@ -293,21 +297,14 @@ class Stage:
 
     def __init__(self, bundle: Path, raw: Mapping[str, Any]) -> None:
         self.bundle, self.raw = bundle, raw
-        while True:
-            root = bundle / f".emostyle-stage-{os.getpid()}-{secrets.token_hex(6)}"
-            try:
-                root.mkdir()
-                break
-            except FileExistsError:
-                continue
-        self.root = root
+        self.root = make_work_folder(bundle)
         self._mirrored: dict[str, tuple[int, int]] = {}
         try:
             for rel in sorted(bundle_files(raw) - {MANIFEST_NAME}):
                 src = bundle / rel
                 if not src.is_file() or src.is_symlink():
                     continue
-                dst = root / rel
+                dst = self.root / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     os.link(src, dst)

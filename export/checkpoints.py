@@ -33,12 +33,38 @@ FAMILY_CONVENTION = {"authors": "imagenet", "pytorch-examples": "0-255"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# authors' key prefix -> our (pytorch/examples) prefix
-_AUTHORS_RENAMES = (
+#: The authors' state-dict key prefixes -> ours (pytorch/examples'): the one copy of that map, used both ways by
+#: :func:`authors_to_ours` and :func:`ours_to_authors`.
+AUTHORS_RENAMES = (
     ("up1.conv2d.conv2d.", "deconv1.conv2d."),
     ("up2.conv2d.conv2d.", "deconv2.conv2d."),
     ("up3.conv2d.", "deconv3.conv2d."),
 )
+
+
+def _renamed(key: str, pairs: tuple[tuple[str, str], ...]) -> str:
+    for old, new in pairs:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def authors_to_ours(key: str) -> str:
+    """One state-dict key of the authors' layout (``up1.conv2d.conv2d.weight``) in ours (``deconv1.conv2d.weight``).
+
+    Args:
+        key: The key; others than the renamed prefixes are returned as they are.
+    """
+    return _renamed(key, AUTHORS_RENAMES)
+
+
+def ours_to_authors(key: str) -> str:
+    """One state-dict key of our layout in the authors' (the inverse of :func:`authors_to_ours`).
+
+    Args:
+        key: The key; others than the renamed prefixes are returned as they are.
+    """
+    return _renamed(key, tuple((new, old) for old, new in AUTHORS_RENAMES))
 _STALE_NORM_KEY = re.compile(r"(^|\.)in\d+\.(running_mean|running_var|num_batches_tracked)$")
 
 
@@ -124,12 +150,7 @@ def _normalise_keys(family: str, state: dict[str, Any]) -> tuple[dict[str, Any],
         if _STALE_NORM_KEY.search(key):
             dropped.append(key)
             continue
-        if family == "authors":
-            for old, new in _AUTHORS_RENAMES:
-                if key.startswith(old):
-                    key = new + key[len(old):]
-                    break
-        out[key] = value
+        out[authors_to_ours(key) if family == "authors" else key] = value
     return out, dropped
 
 
@@ -205,14 +226,7 @@ def save_in_family(model: Any, path: str | Path, family: str, **metadata: Any) -
     if family == "pytorch-examples":
         torch.save(state, path)
     elif family == "authors":
-        renamed = {}
-        for key, value in state.items():
-            for new, old in ((n, o) for o, n in _AUTHORS_RENAMES):
-                if key.startswith(new):
-                    key = old + key[len(new):]
-                    break
-            renamed[key] = value
-        torch.save({"state_dict": renamed, **metadata}, path)
+        torch.save({"state_dict": {ours_to_authors(k): v for k, v in state.items()}, **metadata}, path)
     else:
         raise CheckpointError(f"Unknown checkpoint family {family!r}." + note(list(FAMILY_CONVENTION), family))
     return path

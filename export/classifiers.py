@@ -21,6 +21,7 @@ from emostyle_rt.errors import note, sentence
 from emostyle_rt.logutil import quiet_tensorflow
 from emostyle_rt.manifest import EMOTIONS, is_seven_emotions
 
+from . import ONNX_OPSET
 from .errors import CheckpointError, ExportError
 
 __all__ = ["quiet_tensorflow"]  # re-exported: training imports it from here
@@ -216,7 +217,7 @@ def _load_savedmodel(path: Path) -> KerasClassifier:
                            format="savedmodel", source=path)
 
 
-def convert_classifier(clf: KerasClassifier, scale: str, add_softmax: bool, out_path: Path, opset: int = 17) -> None:
+def convert_classifier(clf: KerasClassifier, scale: str, add_softmax: bool, out_path: Path, opset: int = ONNX_OPSET) -> None:
     """Write the uint8-in, probabilities-out ONNX graph of ``clf`` to ``out_path``.
 
     tf2onnx's ``from_keras`` fails on Keras 3 models; a ``tf.function`` with an

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from emostyle_rt.console import INTERRUPTED
-from emostyle_rt.errors import EmostyleError, note, sentence
+from emostyle_rt.errors import EmostyleError, note
 from emostyle_rt.fsutil import path_argument
 from emostyle_rt.logutil import setup_cli_logging
 from emostyle_rt.manifest import EMOTIONS
@@ -250,30 +249,9 @@ def _wrong_type(path: Path, key: str, expected: str, value: Any) -> ExportError:
 
 def _read_config(path: Path) -> dict[str, Any]:
     """The config file as a dict whose values have the types in ``CONFIG_KEYS`` (a typed error otherwise)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ExportError(f"Cannot read config file {path}: " + sentence(exc)) from exc
-    kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ExportError(
-            f"Config file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})."
-            + note(f"a UTF-8 {kind} file", "other bytes")
-        ) from None
-    try:
-        if kind == "JSON":
-            cfg = json.loads(text)
-        else:
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package (the extras' marker)
-                import tomli as tomllib
+    from .configfile import read_config_file
 
-            cfg = tomllib.loads(text)
-    except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ExportError(f"Config file {path} is not valid {kind}: " + sentence(exc)) from exc
+    cfg = read_config_file(path, ExportError)
     if not isinstance(cfg, dict):
         raise _wrong_type(path, "the top level", "a TOML table / JSON object of settings (classifier, styles, ...)",
                           cfg)
@@ -360,7 +338,7 @@ def plan_from_args(args: argparse.Namespace) -> Any:
 def classifier_crop(args: argparse.Namespace, cfg: dict[str, Any] | None = None) -> Any:
     """--classifier-crop, else the config's classifier_crop (a CropSpec), else None (the demo classifier's own crop,
     the default spec for others)."""
-    from emostyle_rt.manifest import parse_crop
+    from .crop import parse_crop
 
     if args.classifier_crop is not None:
         return parse_crop(args.classifier_crop)

@@ -33,7 +33,7 @@ from emostyle_rt import metrics
 from emostyle_rt.errors import note, sentence
 from emostyle_rt.manifest import MTCNN_CASCADE, MTCNN_GRAPHS, DetectorGraph, DetectorSpec, detector_from_json, sha256_file
 
-from . import parity
+from . import ONNX_OPSET, parity
 from .errors import ExportError, ParityError
 
 log = logging.getLogger("emostyle_export")
@@ -100,7 +100,7 @@ def _weights_record() -> dict[str, Any]:
             "url": "https://github.com/ipazc/mtcnn", "weights_sha256": digests}
 
 
-def convert_net(model: Any, name: str, size: int | None, conv: dict[str, Any], out_path: Path, opset: int = 17) -> None:
+def convert_net(model: Any, name: str, size: int | None, conv: dict[str, Any], out_path: Path, opset: int = ONNX_OPSET) -> None:
     """Write one network as a float32-pixels-in ONNX graph (normalisation inside; outputs named as MTCNN_GRAPHS)."""
     import onnx
     import tensorflow as tf
@@ -243,7 +243,7 @@ def check_cascade(spec: DetectorSpec, root: Path) -> dict[str, Any]:
             "images": names, "reference": "mtcnn.MTCNN().detect_faces"}
 
 
-def export_mtcnn(root: Path, step: Callable[..., None] = lambda *a: None, opset: int = 17) -> dict[str, Any]:
+def export_mtcnn(root: Path, step: Callable[..., None] = lambda *a: None, opset: int = ONNX_OPSET) -> dict[str, Any]:
     """Export, check and describe the MTCNN detector into bundle folder ``root``; returns the manifest block."""
     nets = load_mtcnn()
     conv = mtcnn_conventions()

@@ -15,6 +15,7 @@ import numpy as np
 
 from emostyle_rt.errors import note, sentence
 
+from . import ONNX_OPSET
 from .checkpoints import CONVENTIONS, IMAGENET_MEAN, IMAGENET_STD
 from .errors import ExportError
 
@@ -121,7 +122,7 @@ def lower_precision(model: Any, precision: str) -> Any:
     return low.eval()
 
 
-def export_style(model: Any, convention: str, out_path: Path, opset: int = 17) -> None:
+def export_style(model: Any, convention: str, out_path: Path, opset: int = ONNX_OPSET) -> None:
     """Export the wrapped style network with dynamic batch, height and width."""
     import torch
 

@@ -44,6 +44,7 @@ from emostyle_rt.errors import note, sentence
 from emostyle_rt.fsutil import sha256_file
 from emostyle_rt.manifest import STYLE_SIZE_MULTIPLE, StyleSpec, TiledGraph, TiledNorm, TiledSpec, TiledTensor
 
+from . import ONNX_OPSET
 from .errors import ExportError, ParityError
 from .parity import STYLE_TOLERANCE, astronaut, psnr
 
@@ -233,7 +234,7 @@ def _reduce(op: str, x: str, out: str, opset: int) -> list[Any]:
 
 
 def _opset(model: Any) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=17)
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=ONNX_OPSET)
 
 
 def stats_model(model: Any, norms: list[Any]) -> Any:

@@ -102,23 +102,7 @@ class Page:
 
 def demo_notice(manifest: Manifest) -> str:
     """The page's line on a demo bundle's untrained parts ("" when nothing is untrained), from the manifest."""
-    untrained = manifest.untrained_parts()
-    styles = [u for u in untrained if u != "classifier"]
-    if not untrained:
-        return ""
-    if "classifier" in untrained and len(styles) == len(manifest.labels):
-        return "This service runs a demo bundle (seeded, untrained weights): its emotions and styles mean nothing yet."
-    parts = []
-    if "classifier" in untrained:
-        parts.append("its emotion classifier is untrained (seeded weights): its emotions mean nothing yet")
-    else:
-        parts.append(f"its emotion classifier is trained ({manifest.classifier.info.name})")
-    if len(styles) == len(manifest.labels):
-        parts.append("its seven style networks are untrained (seeded weights): the styles they paint mean nothing yet")
-    elif styles:
-        parts.append(f"the style networks of {', '.join(styles)} are untrained (seeded weights): those styles mean "
-                     "nothing yet")
-    return "This service runs a demo bundle: " + "; ".join(parts) + "."
+    return f"This service runs a demo bundle that holds {s}." if (s := manifest.untrained_sentence()) else ""
 
 
 def page_config(service: Service, manifest: Manifest) -> dict[str, Any]:

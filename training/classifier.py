@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ import cv2
 import numpy as np
 
 from emostyle_rt.errors import note, sentence
-from emostyle_rt.fsutil import write_bytes_atomic
+from emostyle_rt.fsutil import work_name, write_bytes_atomic
 from emostyle_rt.manifest import EMOTIONS
 
 from .data import IMAGE_SUFFIXES, try_read
@@ -479,7 +478,7 @@ def train_classifier(config: ClassifierConfig, output: str | Path, *, work: str 
 
     from .plots import classifier_curves, confusion_matrix_png
 
-    tmp = output.with_name(f".{output.stem}.partial-{os.getpid()}-{secrets.token_hex(6)}.keras")
+    tmp = output.with_name(work_name(output.stem, suffix=".keras"))  # the saver picks the format from the suffix
     try:
         model.save(tmp)
         os.replace(tmp, output)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from emostyle_rt.errors import note
-from emostyle_rt.fsutil import TEMP_NAME, check_output_file, pid_alive, write_bytes_atomic
+from emostyle_rt.fsutil import TEMP_NAME, check_output_file, pid_alive, work_match, write_bytes_atomic
 
 from .errors import TrainingError
 
@@ -138,12 +138,11 @@ def without_work_folders(files: Iterable[Path], root: Path) -> list[Path]:
 
 def clean_partials(folder: Path, stem: str) -> None:
     """Remove ``.<stem>.partial-<pid>[-<token>].keras`` files of killed classifier runs in ``folder`` (pid gone)."""
-    pattern = re.compile(rf"^\.{re.escape(stem)}\.partial-(?P<pid>[1-9][0-9]{{0,9}})(-[0-9a-f]{{12}})?\.keras$")
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return
     for e in entries:
-        m = pattern.match(e.name)
+        m = work_match(e.name, stem, kinds=("partial",), suffix=".keras", token=False)
         if m and e.is_file(follow_symlinks=False) and not pid_alive(int(m["pid"])):
             os.unlink(e.path)

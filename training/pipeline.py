@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from emostyle_rt.errors import EmostyleError, note, sentence
+from emostyle_rt.errors import EmostyleError, note
 from emostyle_rt.manifest import EMOTIONS
 
 from .classifier import ClassifierConfig, check_config, list_dataset
@@ -73,24 +73,17 @@ class AllPlan:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """A TOML or JSON file as a dict (typed errors for unreadable or invalid files)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainingError(f"Cannot read config file {path}: " + sentence(exc)) from exc
-    try:
-        if Path(path).suffix.lower() == ".json":
-            cfg = json.loads(text)
-        else:
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package (the extras' marker)
-                import tomli as tomllib
+    """A TOML or JSON file as a dict (typed errors for unreadable or invalid files).
 
-            cfg = tomllib.loads(text)
-    except ValueError as exc:
-        raise TrainingError(f"Config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
-                            + sentence(exc)) from exc
+    Args:
+        path: The config file (read by :func:`emostyle_export.configfile.read_config_file`).
+
+    Raises:
+        TrainingError: The file cannot be read or parsed, is not a table, or has unknown sections.
+    """
+    from emostyle_export.configfile import read_config_file
+
+    cfg = read_config_file(path, TrainingError)
     if not isinstance(cfg, dict):
         raise TrainingError(f"Config file {path} must hold a table of sections." + note(list(SECTIONS), cfg))
     unknown = sorted(set(cfg) - set(SECTIONS))
@@ -239,7 +232,7 @@ def run_all(config_path: str | Path, output: str | Path, *, work: str | Path | N
             force: bool = False, progress: bool = True) -> Path:
     """Train what the config asks for, then export the bundle to ``output``; returns the bundle's path."""
     from emostyle_export.bundle import ExportPlan, StyleSource, export_bundle
-    from emostyle_rt.manifest import parse_crop
+    from emostyle_export.crop import parse_crop
 
     from emostyle_export.bundle import check_destination
 

@@ -51,9 +51,6 @@ CHECKPOINT_FORMAT = "emostyle-train/style-checkpoint/1"
 #: Options that change the trained weights: a checkpoint resumes only if these match.
 FINGERPRINT_FIELDS = ("size", "style_size", "batch", "lr", "content_weight", "style_weight", "tv_weight",
                       "content_layer", "style_layers", "style_layer_weights", "seed")
-# authors' key prefix <- ours (see emostyle_export.checkpoints)
-AUTHORS_KEYS = (("deconv1.conv2d.", "up1.conv2d.conv2d."), ("deconv2.conv2d.", "up2.conv2d.conv2d."),
-                ("deconv3.conv2d.", "up3.conv2d."))
 
 
 @dataclass(frozen=True)
@@ -254,14 +251,9 @@ def _torch_bytes(obj: Any) -> bytes:
 
 def authors_state_dict(model: Any) -> dict[str, Any]:
     """Our ``TransformerNet`` keys -> the authors' (``up1/up2/up3``), tensors on the CPU."""
-    out = {}
-    for key, value in model.state_dict().items():
-        for ours, theirs in AUTHORS_KEYS:
-            if key.startswith(ours):
-                key = theirs + key[len(ours):]
-                break
-        out[key] = value.detach().cpu().clone()
-    return out
+    from emostyle_export.checkpoints import ours_to_authors
+
+    return {ours_to_authors(k): v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def _commit_hash() -> str:

@@ -1,6 +1,7 @@
 """Damaged bundles fail when they are opened, with an error naming the file and the problem.
 
-Each test copies the demo bundle (styles are symlinked; a file is damaged only
+Each test copies the demo bundle (styles and detector graphs are hard links: a
+symlink out of the bundle is refused by the path rule; a file is damaged only
 after its link is replaced by a real copy, so the shared bundle is never touched).
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,19 +28,23 @@ def _copy_bundle(src: Path, dst: Path) -> Path:
     dst.mkdir(parents=True)
     shutil.copy2(src / "manifest.json", dst / "manifest.json")
     shutil.copy2(src / "classifier.onnx", dst / "classifier.onnx")
-    (dst / "styles").mkdir()
-    for f in (src / "styles").iterdir():
-        (dst / "styles" / f.name).symlink_to(f.resolve())
+    shutil.copytree(src / "styles", dst / "styles", copy_function=_link)
     if (src / "detector").is_dir():  # the face detector's graphs (bundles since issue 11)
-        (dst / "detector").mkdir()
-        for f in (src / "detector").iterdir():
-            (dst / "detector" / f.name).symlink_to(f.resolve())
+        shutil.copytree(src / "detector", dst / "detector", copy_function=_link)
     return dst
 
 
+def _link(src: str, dst: str) -> None:
+    """A hard link (same file system), else a copy: never a symlink, which would lead outside the bundle."""
+    try:
+        os.link(Path(src).resolve(), dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _own(path: Path) -> Path:
-    """Replace a symlink by a private copy so it can be damaged."""
-    if path.is_symlink():
+    """Replace a link (hard or symbolic) by a private copy so it can be damaged."""
+    if path.is_symlink() or path.stat().st_nlink > 1:
         data = path.read_bytes()
         path.unlink()
         path.write_bytes(data)

@@ -342,7 +342,7 @@ def fp16(root, rel, kind, step):
     pause("staged")
     return Fp16Graph(rel16, sha256_file(root / rel16), sha256_file(root / rel), {"kind": kind})
 
-fsync = bundle._fsync_tree
+fsync = bundle.fsync_tree  # fsutil.fsync_tree, as bundle calls it
 def fsync_tree(root):
     fsync(root)
     pause("built")
@@ -353,7 +353,7 @@ def os_replace(a, b):
         pause("swapped")
     if ".emostyle-stage-" in str(a) and ".emostyle-stage-" not in str(b):  # a commit moved a file in
         pause("moving")
-bundle._build, bundle._fp16, bundle._fsync_tree = build, fp16, fsync_tree
+bundle._build, bundle._fp16, bundle.fsync_tree = build, fp16, fsync_tree
 os.replace = os_replace
 from emostyle_export.cli import main
 sys.exit(main(sys.argv[1:]))
