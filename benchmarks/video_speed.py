@@ -3,6 +3,7 @@
     python benchmarks/video_speed.py --bundle engines/demo                       # 640x360 and 1280x720
     python benchmarks/video_speed.py --bundle engines/demo --sizes 640x360 --frames 30 --batch 1,2,4
     python benchmarks/video_speed.py --bundle engines/demo --rss --sizes 160x90 --seconds 300
+    python benchmarks/video_speed.py --bundle engines/demo --decisions --sizes 640x360 --frames 150   # lookahead's cost
 
 Speed: a synthetic clip (the astronaut photo panning, H.264 + AAC) is styled file
 to file (decode, face tracking and classification on schedule, style, encode,
@@ -93,6 +94,32 @@ def speed(st, width: int, height: int, frames: int, batch: int, rounds: int, tmp
             "spread": (min(ratio) - 1, max(ratio) - 1), "cpu_overhead": float(np.median(cpu)) - 1}
 
 
+def decisions(st, width: int, height: int, frames: int, rounds: int, tmp: Path) -> dict[str, float]:
+    """What the lookahead's analysis pass costs: the same file styled with ``decision="causal"`` and "lookahead",
+    alternated ``rounds`` times (medians): wall and CPU time of each, and the analysis pass's share of the
+    lookahead run's wall time."""
+    from emostyle_rt.video import stylize_video
+
+    src = synthetic_clip(tmp / f"dec-{width}x{height}.mp4", width, height, frames)
+    stylize_video(st, src, tmp / "warm.mp4", decision="causal", overwrite=True)  # load the graphs once
+    wall: dict[str, list[float]] = {"causal": [], "lookahead": []}
+    cpu: dict[str, list[float]] = {"causal": [], "lookahead": []}
+    share = []
+    for r in range(rounds):
+        for d in ("causal", "lookahead") if r % 2 == 0 else ("lookahead", "causal"):
+            t, c = time.perf_counter(), time.process_time()
+            res = stylize_video(st, src, tmp / f"dec-{d}-{r}.mp4", decision=d)
+            wall[d].append(time.perf_counter() - t)
+            cpu[d].append(time.process_time() - c)
+            if d == "lookahead":
+                share.append(res.analysis_seconds / res.wall_seconds)
+    med = {d: float(np.median(v)) for d, v in wall.items()}
+    return {"frames": frames, "causal_s": med["causal"], "lookahead_s": med["lookahead"],
+            "wall_ratio": float(np.median(np.array(wall["lookahead"]) / np.array(wall["causal"]))),
+            "cpu_ratio": float(np.median(np.array(cpu["lookahead"]) / np.array(cpu["causal"]))),
+            "analysis_share": float(np.median(share))}
+
+
 def parts(st, width: int, height: int, frames: int, tmp: Path) -> dict[str, float]:
     """Milliseconds per frame of each stage alone, one thread (less disturbed by other jobs than a whole run)."""
     import av
@@ -166,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss", action="store_true", help="measure memory over a long clip instead of speed")
     p.add_argument("--parts", action="store_true", help="time each stage alone instead (ms per frame)")
     p.add_argument("--seconds", type=int, default=300, help="--rss: clip length in seconds (default 300)")
+    p.add_argument("--decisions", action="store_true",
+                   help="compare a file's causal and lookahead emotion decision instead (the analysis pass's cost)")
     args = p.parse_args(argv)
     import logging
 
@@ -181,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.parts:
                 for k, v in parts(st, w, h, args.frames, tmp).items():
                     print(f"{w}x{h} {k}: {v:.1%}" if k.startswith("rest /") else f"{w}x{h} {k}: {v:.1f} ms", flush=True)
+                continue
+            if args.decisions:
+                r = decisions(st, w, h, args.frames, args.rounds, tmp)
+                print(f"{w}x{h}: {r['frames']} frames x {args.rounds} rounds (medians): causal {r['causal_s']:.2f} s, "
+                      f"lookahead {r['lookahead_s']:.2f} s (x{r['wall_ratio']:.2f} wall, x{r['cpu_ratio']:.2f} CPU); "
+                      f"the analysis pass is {r['analysis_share']:.0%} of the lookahead run", flush=True)
                 continue
             if args.rss:
                 print(f"RSS over {args.seconds} s of {w}x{h} at 30 fps:")

@@ -1,7 +1,8 @@
 """Choose the stream's emotion-over-time defaults by measurement (``emostyle_rt.video.TemporalOptions``).
 
     python benchmarks/video_sweep.py                          # sweep on the real-classifier noise model
-    python benchmarks/video_sweep.py --markdown benchmarks/results/video_sweep.md --figure docs/img/emotion-tradeoff.png
+    python benchmarks/video_sweep.py --markdown benchmarks/results/video_sweep.md --figure docs/img/emotion-tradeoff.png \
+        --json benchmarks/results/video_sweep.json
     python benchmarks/video_sweep.py --fit                    # refit the noise model to the issue's clip statistics
     python benchmarks/video_sweep.py --noise synthetic        # the earlier synthetic model (white noise + drift)
 
@@ -36,6 +37,11 @@ Clips (60 s; 10 seeds; 15, 30 and 60 fps):
   leads by >= 0.3 (mean over the next 2 s) for >= 2 s: the seconds from each such
   change to the switch (target <= 1.0 s for every change), the same segment checks.
 
+**Video files: the lookahead planner** (``emostyle_rt.lookahead.plan_segments``, what ``stylize_video`` uses by
+default): the analysis pass (the same ``EmotionTimeline`` schedule, its classifications kept: ``analysis_track``)
+then the plan, played through ``PlannedTimeline`` and the same ``SegmentLog``; every ``LOOKAHEAD_GRID`` setting on
+both models, its defaults chosen by ``choose_lookahead``. The causal rule stays what cameras use.
+
 A setting passes when every target holds on every seed and frame rate. The
 trade-off curve: the talk clip's switch rate against the change clip's worst
 following delay over all settings (``--figure``).
@@ -49,9 +55,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -59,8 +66,18 @@ from typing import Any, Callable
 import numpy as np
 
 from emostyle_rt.errors import NoFaceError
+from emostyle_rt.lookahead import LookaheadOptions
 from emostyle_rt.stylizer import Classification
-from emostyle_rt.video import EmotionState, EmotionTimeline, SegmentLog, StyledFrame, TemporalOptions
+from emostyle_rt.video import (
+    EmotionState,
+    EmotionTimeline,
+    EmotionTrack,
+    PlannedTimeline,
+    SegmentLog,
+    StyledFrame,
+    TemporalOptions,
+    plan_emotions,
+)
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 STYLES = {k: k for k in LABELS}
@@ -272,6 +289,7 @@ class Run:
     segments: tuple[Any, ...]  # emostyle_rt.video.Segment
     latencies: tuple[float, ...]  # per sustained change (inf: never followed)
     seconds: float
+    offsets: tuple[float, ...] = ()  # per sustained change: its segment's start minus the change (signed; inf: none)
 
     @property
     def shortest(self) -> float:
@@ -285,11 +303,35 @@ class Run:
         return sum(1 for s in self.segments if s.classifications and max(s.scores, key=s.scores.get) != s.emotion)
 
 
-def run_clip(options: TemporalOptions, scores: np.ndarray, fps: float, rec_fps: float = 30.0,
-             changes: tuple[tuple[float, str], ...] = ()) -> Run:
-    """``scores`` (recorded at ``rec_fps``) played at ``fps`` through EmotionTimeline and SegmentLog."""
+def analysis_track(options: TemporalOptions, scores: np.ndarray, fps: float, rec_fps: float = 30.0) -> EmotionTrack:
+    """The lookahead's analysis pass on ``scores`` played at ``fps``: the real ``EmotionTimeline`` schedule (what
+    ``emostyle_rt.video.analyse`` runs on a file), keeping each frame's raw scores."""
     state = {"t": 0.0}
     tl = EmotionTimeline(LABELS, STYLES, _classifier(scores, state, rec_fps), options, "neutral")
+    n = int(len(scores) / rec_fps * fps)
+    rows, reasons = np.full((n, len(LABELS)), np.nan), []
+    for i in range(n):
+        state["t"] = i / fps
+        s = tl.step(_DUMMY, i, i / fps)
+        if s.observed is not None:
+            rows[i] = [s.observed[k] for k in LABELS]
+        reasons.append(s.reason)
+    return EmotionTrack(LABELS, np.arange(n) / fps, rows, tuple(reasons), (None,) * n, 0.0)
+
+
+def run_clip(options: TemporalOptions, scores: np.ndarray, fps: float, rec_fps: float = 30.0,
+             changes: tuple[tuple[float, str], ...] = (), lookahead: LookaheadOptions | None = None,
+             track: EmotionTrack | None = None) -> Run:
+    """``scores`` (recorded at ``rec_fps``) played at ``fps`` through EmotionTimeline and SegmentLog; with
+    ``lookahead``, planned on the analysis pass's ``track`` (made here when not given) and played through
+    PlannedTimeline instead, as ``stylize_video`` does for a file."""
+    state = {"t": 0.0}
+    tl: EmotionTimeline | PlannedTimeline
+    if lookahead is None:
+        tl = EmotionTimeline(LABELS, STYLES, _classifier(scores, state, rec_fps), options, "neutral")
+    else:
+        track = track if track is not None else analysis_track(options, scores, fps, rec_fps)
+        tl = PlannedTimeline(plan_emotions(track, lookahead, "neutral"), STYLES)
     segs = SegmentLog()
     n = int(len(scores) / rec_fps * fps)
     switches: list[float] = []
@@ -309,7 +351,26 @@ def run_clip(options: TemporalOptions, scores: np.ndarray, fps: float, rec_fps: 
             latencies.append(math.inf)
             pending.pop(0)
     latencies += [math.inf for c, _ in pending if n / fps - c > MAX_FOLLOW_S]
-    return Run(tuple(switches), segs.segments(), tuple(latencies), n / fps)
+    found = segs.segments()
+    return Run(tuple(switches), found, tuple(latencies), n / fps, offsets(found, changes))
+
+
+def offsets(segments: tuple[Any, ...], changes: tuple[tuple[float, str], ...],
+            period: float = CHANGE_S) -> tuple[float, ...]:
+    """Per change (at c, to emotion e), where the style's switch to e lies: the start of the segment of e in force
+    1 s after c, or else of the first one that starts after c, minus c (signed: negative, the style changed before
+    the face did). Left out when that segment started more than 2 s before c (the style was e already: no switch
+    was needed for this change); inf when no segment of e starts within 6 s."""
+    out = []
+    for c, e in changes:
+        at = next((s for s in segments if s.start <= c + 1.0 < s.end), None)
+        seg = at if at is not None and at.emotion == e else next(
+            (s for s in segments if s.emotion == e and s.start > c), None)
+        if seg is None or seg.start >= c + period:
+            out.append(math.inf)
+        elif seg.start > c - SUSTAINED_S:
+            out.append(seg.start - c)
+    return tuple(out)
 
 
 def sustained_changes(p: np.ndarray, fps: float, period: float = CHANGE_S) -> tuple[tuple[float, str], ...]:
@@ -341,12 +402,22 @@ def real_clips(seeds: int, model: MixModel = FITTED,
     return tuple(out)
 
 
-def evaluate(options: TemporalOptions, seeds: int = SEEDS, model: MixModel = FITTED) -> dict[str, float]:
-    """The targets' figures of ``options`` over every clip, seed and frame rate."""
-    rate, shortest, errors, segments, lat, extra = [], math.inf, 0, 0, [], 0
-    for (kind, p, changes), fps in itertools.product(real_clips(seeds, model), FPS):
-        r = run_clip(options, p, fps, 30.0, changes)
-        shortest = min(shortest, r.shortest)
+@lru_cache(maxsize=512)
+def _track(options: TemporalOptions, seeds: int, model: MixModel, clip: int, fps: float) -> EmotionTrack:
+    """The analysis pass of one clip (shared by every lookahead setting: it depends on the schedule only)."""
+    return analysis_track(options, real_clips(seeds, model)[clip][1], fps)
+
+
+def evaluate(options: TemporalOptions, seeds: int = SEEDS, model: MixModel = FITTED,
+             lookahead: LookaheadOptions | None = None) -> dict[str, float]:
+    """The targets' figures of ``options`` (with ``lookahead``: of that plan, on the analysis pass of ``options``'
+    schedule) over every clip, seed and frame rate."""
+    rate, shortest, errors, segments, lat, extra, offs = [], math.inf, 0, 0, [], 0, []
+    for (j, (kind, p, changes)), fps in itertools.product(enumerate(real_clips(seeds, model)), FPS):
+        track = None if lookahead is None else _track(options, seeds, model, j, fps)
+        r = run_clip(options, p, fps, 30.0, changes, lookahead, track)
+        shortest = min(shortest, r.shortest if lookahead is None else min(s.end - s.start for s in r.segments))
+        offs += list(r.offsets)
         errors += r.label_errors
         segments += len(r.segments)
         if kind == "talk":
@@ -360,7 +431,14 @@ def evaluate(options: TemporalOptions, seeds: int = SEEDS, model: MixModel = FIT
             "shortest_s": shortest, "label_errors": errors, "segments": segments,
             "follow_max": float(la.max()), "follow_p95": p95,
             "follow_mean": float(la[np.isfinite(la)].mean()) if np.isfinite(la).any() else math.inf,
-            "changes": len(lat), "change_extra_max": extra}
+            "changes": len(lat), "change_extra_max": extra, **_offset_stats(offs)}
+
+
+def _offset_stats(offs: list[float]) -> dict[str, float]:
+    o = np.array(offs) if offs else np.array([math.inf])
+    f = o[np.isfinite(o)]
+    return {"offset_mean": float(f.mean()) if len(f) else math.inf, "offset_min": float(f.min()) if len(f) else math.inf,
+            "offset_max": float(o.max()), "offset_missed": int((~np.isfinite(o)).sum())}
 
 
 def _long_enough(r: dict[str, float]) -> bool:
@@ -382,6 +460,36 @@ def sweep(seeds: int, grid: dict[str, tuple] = GRID) -> list[tuple[TemporalOptio
         o = TemporalOptions(**dict(zip(grid, values)))
         out.append((o, evaluate(o, seeds)))
     return out
+
+
+#: The lookahead planner's settings (``emostyle_rt.lookahead.LookaheadOptions``): switch penalty per evidence kind.
+LOOKAHEAD_GRID = {"prob": (0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.6, 0.75, 1.0),
+                  "log": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)}
+
+
+def sweep_lookahead(seeds: int, model: MixModel = FITTED, options: TemporalOptions | None = None,
+                    min_segment: float = MIN_SEGMENT_S) -> list[tuple[LookaheadOptions, dict[str, float]]]:
+    """Every LOOKAHEAD_GRID setting on the analysis pass of ``options``' schedule (default: the stream's)."""
+    o = options or TemporalOptions()
+    return [(la, evaluate(o, seeds, model, la)) for ev, pens in LOOKAHEAD_GRID.items() for pen in pens
+            for la in (LookaheadOptions(pen, min_segment, ev),)]
+
+
+def steady(r: dict[str, float]) -> bool:
+    """Passes every target, and no talk clip switches more than once per 4 s (not only their mean)."""
+    return passes(r) and r["switches_per_4s_max"] <= MAX_SWITCHES_PER_4S
+
+
+def choose_lookahead(by_model: dict[str, list[tuple[LookaheadOptions, dict[str, float]]]]) -> LookaheadOptions | None:
+    """The planner's defaults' rule: of the evidence kind with the most penalties that are :func:`steady` on every
+    model, the middle one of those penalties (as much room to missing changes above as to extra switches below)."""
+    names = list(by_model)
+    ok = [la for j, (la, _) in enumerate(by_model[names[0]]) if all(steady(by_model[n][j][1]) for n in names)]
+    if not ok:
+        return None
+    kinds = {ev: [la for la in ok if la.evidence == ev] for ev in LOOKAHEAD_GRID}
+    best = max(kinds.values(), key=len)
+    return best[(len(best) - 1) // 2]
 
 
 # ---------------------------------------------------------------- the earlier synthetic model
@@ -435,10 +543,25 @@ HEAD = ("| EMA tau s | margin | hold s | min segment s | every k | every s | tal
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 
 
-def _row(o: TemporalOptions, r: dict[str, float]) -> str:
-    return (f"{_opts(o)} {r['switches_per_4s']:.2f}, {r['switches_per_4s_max']:.2f} | {r['shortest_s']:.2f} | "
+def _cells(r: dict[str, float]) -> str:
+    """The targets' cells of a table row: switches, shortest segment, labels wrong, follow max / p95 / mean."""
+    return (f"{r['switches_per_4s']:.2f}, {r['switches_per_4s_max']:.2f} | {r['shortest_s']:.2f} | "
             f"{r['label_errors']}/{r['segments']} | {r['follow_max']:.2f} | {r['follow_p95']:.2f} | "
-            f"{r['follow_mean']:.2f} | {'yes' if passes(r) else 'no'} |")
+            f"{r['follow_mean']:.2f} |")
+
+
+def _row(o: TemporalOptions, r: dict[str, float]) -> str:
+    return f"{_opts(o)} {_cells(r)} {'yes' if passes(r) else 'no'} |"
+
+
+LHEAD = ("| evidence | switch penalty | min segment s | talk: switches / 4 s (mean, worst clip) | shortest segment s "
+         "| labels wrong | change: follow max s | p95 | mean | boundary offset mean, min, max s | passes |\n"
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+
+
+def _lrow(la: LookaheadOptions, r: dict[str, float]) -> str:
+    return (f"| {la.evidence} | {la.switch_penalty:g} | {la.min_segment_seconds:g} | {_cells(r)} "
+            f"{r['offset_mean']:.2f}, {r['offset_min']:.2f}, {r['offset_max']:.2f} | {'yes' if passes(r) else 'no'} |")
 
 
 def pareto(results: list[tuple[TemporalOptions, dict[str, float]]]) -> list[tuple[TemporalOptions, dict[str, float]]]:
@@ -453,14 +576,16 @@ def pareto(results: list[tuple[TemporalOptions, dict[str, float]]]) -> list[tupl
 
 
 def figure(results: list[tuple[TemporalOptions, dict[str, float]]], marks: dict[str, tuple[TemporalOptions, dict]],
-           path: Path) -> None:
-    """Switch rate (talk clip) against following delay (change clip, p95), every setting; the front and ``marks``."""
+           path: Path, planner: list[tuple[LookaheadOptions, dict[str, float]]] = (),
+           planner_default: LookaheadOptions | None = None) -> None:
+    """Switch rate (talk clip) against following delay (change clip, p95), every setting; the front and ``marks``;
+    ``planner``: the lookahead planner's curve over its switch penalty (evidence "prob"), its default marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.4, 4.8))
+    fig, ax = plt.subplots(figsize=(7.4, 5.0))
     cap = 3.0
     x = lambda r: min(r["follow_p95"], cap)  # noqa: E731
     ok = [r["switches_per_4s_max"] <= MAX_SWITCHES_PER_4S for _, r in results]
@@ -476,15 +601,27 @@ def figure(results: list[tuple[TemporalOptions, dict[str, float]]], marks: dict[
         ax.scatter([x(r)], [r["switches_per_4s"]], marker=style[0], s=style[2], c=style[1], zorder=5,
                    label=f"{name} (EMA {o.smooth_seconds} s, margin {o.switch_margin}, hold {o.switch_seconds} s, "
                      f"min segment {o.min_segment_seconds} s)")
+    curve = [(la, r) for la, r in planner if la.evidence == "prob" and r["switches_per_4s"] > 0]
+    if curve:
+        ax.plot([x(r) for _, r in curve], [r["switches_per_4s"] for _, r in curve], "o-", c="#31a354", ms=4, lw=1.2,
+                label="lookahead planner (files), over its switch penalty; every label its highest mean")
+        for la, r in curve:
+            ax.annotate(f"{la.switch_penalty:g}", (x(r), r["switches_per_4s"]), fontsize=6, xytext=(4, 0),
+                        textcoords="offset points", color="#31a354")
+        d = next(((la, r) for la, r in curve if la == planner_default), None)
+        if d is not None:
+            ax.scatter([x(d[1])], [d[1]["switches_per_4s"]], marker="*", s=260, c="#31a354", edgecolors="k", zorder=6,
+                       label=f"planner default (penalty {d[0].switch_penalty:g}, min segment {d[0].min_segment_seconds:g} s)")
     ax.axvline(MAX_FOLLOW_S, ls="--", c="k", lw=0.8)
     ax.axhline(MAX_SWITCHES_PER_4S, ls="--", c="k", lw=0.8)
     ax.set_xlabel(f"delay following a sustained change, p95, s (change clip; {cap:g} = later or never)")
     ax.set_ylabel("style switches per 4 s (talk clip, mean)")
     ax.set_yscale("log")
-    ax.set_title("Emotion over time: steadiness against following delay (fer classifier noise model)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title("Emotion over time: steadiness against following delay (fer classifier noise model);\n"
+                 "causal rule (webcam, live) and lookahead planner (video files)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -509,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit", action="store_true", help="refit the real noise model to the issue's clip statistics")
     p.add_argument("--markdown", type=Path, help="also write the tables to this file")
     p.add_argument("--figure", type=Path, help="write the trade-off figure (PNG) here")
+    p.add_argument("--json", type=Path, help="also write every figure as JSON here")
     args = p.parse_args(argv)
     default = TemporalOptions()
     if args.noise == "synthetic":
@@ -555,6 +693,33 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["The trade-off front (no setting beats these on both switch rate and p95 delay):", "", HEAD,
               *(_row(o, r) for o, r in pareto(results)), "", "Every setting:", "", HEAD,
               *(_row(o, r) for o, r in results), ""]
+    planned = {n: sweep_lookahead(args.seeds, m) for n, m in MODELS.items()}
+    la_pick = choose_lookahead(planned)
+    la_default = LookaheadOptions()
+    la_d = {n: evaluate(default, args.seeds, m, la_default) for n, m in MODELS.items()}
+    lines += ["## Video files: the lookahead planner", "",
+              "`emostyle_rt.lookahead.plan_segments` on the analysis pass of the default schedule (the same "
+              "classifications the causal rule sees), the same clips, seeds, frame rates and targets. Follow delay as "
+              "for the causal rule: from the change to the first frame styled with the new emotion (0 when the style "
+              "changed at or before the change). Boundary offset: the start of the new emotion's segment minus the "
+              "change, signed (negative: the style changed before the face did; changes whose style was already the "
+              "new emotion 2 s before are left out).", "",
+              f"The planner's default (`LookaheadOptions()`) on every model, with the causal defaults for comparison:",
+              "", "| model | rule | switches / 4 s (mean, worst clip) | shortest segment s | labels wrong | follow max, "
+              "p95, mean s | boundary offset mean, min, max s |", "|---|---|---:|---:|---:|---:|---:|"]
+    for n, m in MODELS.items():
+        c = d if n == "fitted" else evaluate(default, args.seeds, m)
+        for rule, r in ((f"lookahead, penalty {la_default.switch_penalty:g} ({la_default.evidence})", la_d[n]),
+                        ("causal defaults", c)):
+            lines.append(f"| {n} | {rule} | {r['switches_per_4s']:.2f}, {r['switches_per_4s_max']:.2f} | "
+                         f"{r['shortest_s']:.2f} | {r['label_errors']}/{r['segments']} | {r['follow_max']:.2f}, "
+                         f"{r['follow_p95']:.2f}, {r['follow_mean']:.2f} | {r['offset_mean']:.2f}, {r['offset_min']:.2f}, "
+                         f"{r['offset_max']:.2f} |")
+    lines += ["", "The rule `choose_lookahead` picks: " + ("none" if la_pick is None else
+              f"evidence {la_pick.evidence}, switch penalty {la_pick.switch_penalty:g}")
+              + f" (`LookaheadOptions()`: {la_default.evidence}, {la_default.switch_penalty:g}).", ""]
+    for n, rows in planned.items():
+        lines += [f"Every planner setting on model {n}:", "", LHEAD, *(_lrow(la, r) for la, r in rows), ""]
     syn, syn_e = evaluate_synthetic(default, args.seeds), evaluate_synthetic(earlier, args.seeds)
     lines += [f"The earlier synthetic model: steady clip at most {syn['steady_max']} switch(es) with the defaults "
               f"({syn_e['steady_max']} with the earlier ones); changes every 3 s followed in p95 {syn['follow_p95']:.2f} s, "
@@ -564,9 +729,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text("# Stream emotion defaults: sweep on a real classifier's noise\n\n```\n"
                                  "python benchmarks/video_sweep.py --markdown benchmarks/results/video_sweep.md "
-                                 "--figure docs/img/emotion-tradeoff.png\n```\n\n" + text, encoding="utf-8")
+                                 "--figure docs/img/emotion-tradeoff.png --json benchmarks/results/video_sweep.json"
+                                 "\n```\n\n" + text, encoding="utf-8")
     if args.figure:
-        figure(results, {"defaults": (default, d), "earlier defaults": (earlier, e)}, args.figure)
+        figure(results, {"causal defaults": (default, d), "earlier causal defaults": (earlier, e)}, args.figure,
+               planned["fitted"], la_default)
+    if args.json:
+        fin = lambda r: {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}  # noqa: E731
+        doc = {"command": "python benchmarks/video_sweep.py --json benchmarks/results/video_sweep.json",
+               "seeds": args.seeds, "fps": list(FPS), "seconds": SECONDS, "models": {n: asdict(m) for n, m in MODELS.items()},
+               "targets": {"switches_per_4s": MAX_SWITCHES_PER_4S, "min_segment_s": MIN_SEGMENT_S,
+                           "follow_s": MAX_FOLLOW_S, "label_errors": 0},
+               "causal": {"defaults": {"options": asdict(default), "fitted": fin(d)},
+                          "sweep_fitted": [{"options": asdict(o), **fin(r)} for o, r in results]},
+               "lookahead": {"defaults": {"options": asdict(la_default), **{n: fin(r) for n, r in la_d.items()}},
+                             "chosen": None if la_pick is None else asdict(la_pick),
+                             "sweep": {n: [{"options": asdict(la), **fin(r)} for la, r in rows]
+                                       for n, rows in planned.items()}}}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

@@ -46,7 +46,7 @@ from .logutil import setup_cli_logging
 from .options import StylizerOptions, add_stylizer_arguments, options_from_args
 from .manifest import DEFAULT_BUNDLE, MANIFEST_NAME, Manifest, bundle_hint, default_bundle, load_manifest
 from .coherence import DEFAULT_STRENGTH, MODES, CoherenceOptions
-from .video import TemporalOptions
+from .video import DECISIONS, TemporalOptions
 from .videoio import VIDEO_SUFFIXES
 
 log = logging.getLogger("emostyle")
@@ -75,11 +75,15 @@ EXAMPLES = """examples:
                                                              # (a file named "serve" is given as ./serve)
 
 videos: the style follows the face's emotion over time without flickering: a frame is classified
-every --classify-every frames (and at once when the tracked face moves or is lost), the scores are
-smoothed over --smooth seconds, and the style switches only when another emotion leads by
---switch-margin for --switch-after seconds, and not sooner than --min-segment seconds after the last switch
+every --classify-every frames (and at once when the tracked face moves or is lost). A video file is
+classified first (a pass that keeps only the scores), its segments are planned on the whole clip (none
+shorter than --min-segment seconds, each labelled with its highest mean score, switches where the face
+changes), then it is styled (--emotion-decision lookahead, the default for files). The webcam decides
+as the frames come (causal): the scores are smoothed over --smooth seconds, and the style switches only when
+another emotion leads by --switch-margin for --switch-after seconds, and not sooner than --min-segment seconds
+after the last switch; --emotion-decision causal does the same for files
 (docs/emotion-over-time.md says how the defaults were measured). The report lists each video's segments (start, end,
-emotion, mean scores). Outputs appear only when complete; a killed run leaves nothing behind.
+emotion, mean scores) and how they were decided. Outputs appear only when complete; a killed run leaves nothing behind.
 Textures are kept steady (--coherence flow, the default): each styled frame is blended with the
 previous output, warped along the input's optical flow, where that flow is reliable; the report's
 "coherence" gives the output's and the input's warping error (E_warp, 8-bit levels; lower is steadier).
@@ -103,6 +107,7 @@ def nonempty(value: str) -> str:
 #: Options of videos and the webcam only: given for a run without any, they are refused (see check_applies).
 VIDEO_OPTIONS = {"classify_every": "--classify-every", "smooth": "--smooth", "switch_margin": "--switch-margin",
                  "switch_after": "--switch-after", "min_segment": "--min-segment", "crossfade": "--crossfade",
+                 "emotion_decision": "--emotion-decision",
                  "batch": "--batch",
                  "coherence": "--coherence", "coherence_strength": "--coherence-strength"}
 #: Options of photos only (a video keeps its own encoding and metadata): refused for a run without photos.
@@ -151,6 +156,10 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--webcam", type=int, metavar="N", help="record OpenCV camera N into -o (a video file)")
     v.add_argument("--seconds", type=float, help="--webcam: stop after this many seconds (default: at Ctrl-C)")
     v.add_argument("--preview", action="store_true", help="--webcam: show the styled frames in a window (needs a display)")
+    v.add_argument("--emotion-decision", choices=DECISIONS, default=None,
+                   help="how a video's segments are decided: 'lookahead' (the default for files: classified first, "
+                        "planned on the whole clip, then styled) or 'causal' (as the frames come: the webcam's only "
+                        "rule; --smooth, --switch-margin and --switch-after tune it)")
     v.add_argument("--classify-every", type=int, default=None, metavar="K",
                    help=f"classify every K frames (and at least every {d.classify_seconds} s; default {d.classify_every})")
     v.add_argument("--smooth", type=float, default=None, metavar="S",
@@ -221,6 +230,33 @@ def coherence_options(args: argparse.Namespace) -> CoherenceOptions:
     """The coherence options of the command line (a typed error for a bad value)."""
     fill_defaults(args)
     return CoherenceOptions(args.coherence, args.coherence_strength)
+
+
+#: Options of the causal rule only (the lookahead plan of a file does not use them).
+CAUSAL_OPTIONS = {"smooth": "--smooth", "switch_margin": "--switch-margin", "switch_after": "--switch-after"}
+
+
+def emotion_decision(args: argparse.Namespace) -> str:
+    """How this run's videos are decided: --emotion-decision, else lookahead for files and causal for the webcam."""
+    given = getattr(args, "emotion_decision", None)
+    return given or ("causal" if getattr(args, "webcam", None) is not None else "lookahead")
+
+
+def check_decision(args: argparse.Namespace) -> None:
+    """The webcam cannot look ahead; the causal rule's options are refused for a lookahead plan (not ignored)."""
+    fill_defaults(args)
+    decision = emotion_decision(args)
+    if getattr(args, "webcam", None) is not None and decision != "causal":
+        raise InvalidArgumentError(
+            f"--emotion-decision {decision} needs the whole video before styling it, and the webcam is live: its "
+            "emotion is decided as the frames come." + note("--emotion-decision causal (or none) with --webcam",
+                                                             decision))
+    bad = [flag for name, flag in CAUSAL_OPTIONS.items() if name in getattr(args, "given", set())]
+    if decision == "lookahead" and bad:
+        raise InvalidArgumentError(
+            f"{', '.join(bad)} tune{'s' if len(bad) == 1 else ''} the causal rule, and video files are planned with "
+            "lookahead; an option that does not apply is refused, not ignored."
+            + note("--emotion-decision causal with " + ", ".join(bad), "--emotion-decision lookahead"))
 
 
 def temporal_options(args: argparse.Namespace) -> TemporalOptions:
@@ -442,6 +478,7 @@ def check_options(args: argparse.Namespace, manifest: Manifest | None) -> None:
         if (args.input is None) == (args.webcam is None):
             raise InvalidArgumentError("Give an input file or folder, or --webcam N, not both."
                                        + note("one of them", "both" if args.input is not None else "neither"))
+        check_decision(args)
         if args.webcam is None and (args.seconds is not None or args.preview):
             raise InvalidArgumentError("--seconds and --preview are for --webcam." + note("--webcam N", "none"))
         if args.seconds is not None and not args.seconds > 0:
@@ -655,7 +692,7 @@ def stylize_video_file(st: Any, src: Path, dst: Path, args: argparse.Namespace, 
         return write_then_record(dst, entry, record, lambda: stylize_video(
             st, src, dst, emotion=args.emotion, max_side=args.max_side, options=temporal_options(args),
             batch=args.batch, overwrite=args.force, progress=bar, before_commit=done,
-            coherence=coherence_options(args)))
+            coherence=coherence_options(args), decision=emotion_decision(args)))
     finally:
         bar.close()
 

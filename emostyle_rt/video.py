@@ -19,12 +19,19 @@ the frame rate does not change it); the style switches only when another emotion
 leads the current one by ``switch_margin`` for ``switch_seconds``, and not sooner than ``min_segment_seconds``
 after the last switch.
 
+Video files decide with lookahead by default (:func:`stylize_video`, ``decision="lookahead"``): an analysis
+pass decodes the file and classifies it on the same schedule, keeping only the scores (:func:`analyse`), the
+segments are chosen offline (``emostyle_rt.lookahead.plan_segments``: every segment at least
+``min_segment_seconds``, each labelled with its highest mean score), and a second decoding is styled with that
+plan (``stream(..., plan=...)``). Cameras and other live sources stay causal.
+
 PyAV (file input/output) is imported only by :func:`stylize_video`, never by
 ``import emostyle_rt``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import numbers
@@ -43,6 +50,7 @@ import numpy as np
 from .coherence import Blender, CoherenceLog, CoherenceOptions, CoherenceReport, FlowTracker, FrameCoherence
 from .errors import InvalidArgumentError, InvalidImageError, NoFaceError, VideoReadError, note
 from .faces import Face
+from .lookahead import LookaheadOptions, PlannedSegment, plan_segments
 
 if TYPE_CHECKING:
     from .stylizer import Classification, Stylizer
@@ -339,7 +347,7 @@ class EmotionTimeline:
         self._initial = initial
         self._last: tuple[int, float] | None = None  # (index, time) of the last classification
         self._box: Face | None = None  # the box last classified
-        self._fade: tuple[str, int] | None = None  # (faded-out emotion, frames left)
+        self._fade = CrossFade(options.crossfade_frames)
 
     def _reason(self, rgb: np.ndarray, i: int, t: float) -> tuple[str, Face | None]:
         if self._last is None:
@@ -373,18 +381,148 @@ class EmotionTimeline:
         before = self.smoother.emotion or self._initial
         switched = self.smoother.decide(t)
         emotion = self.smoother.emotion or self._initial
-        if switched and self.o.crossfade_frames:
-            self._fade = (before, self.o.crossfade_frames)
-        previous, fade = None, 1.0
-        if self._fade is not None:
-            old, left = self._fade
-            n = self.o.crossfade_frames
-            previous, fade = old, (n - left + 1) / (n + 1)
-            self._fade = (old, left - 1) if left > 1 else None
-            if old == emotion:
-                previous, fade = None, 1.0
+        previous, fade = self._fade.step(before, emotion, switched)
         scores = {} if self.smoother.scores is None else dict(zip(self.labels, self.smoother.scores.tolist()))
         return EmotionState(emotion, self.styles[emotion], scores, face, observed, reason, switched, previous, fade)
+
+
+class CrossFade:
+    """The cross-fade of a switch: over ``frames`` frames the new style's weight rises from 1/(frames+1) to 1."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        self._fade: tuple[str, int] | None = None  # (faded-out emotion, frames left)
+
+    def step(self, before: str, emotion: str, switched: bool) -> tuple[str | None, float]:
+        """(the emotion faded out or None, the new style's weight) of this frame."""
+        if switched and self.frames:
+            self._fade = (before, self.frames)
+        if self._fade is None:
+            return None, 1.0
+        old, left = self._fade
+        n = self.frames
+        self._fade = (old, left - 1) if left > 1 else None
+        return (None, 1.0) if old == emotion else (old, (n - left + 1) / (n + 1))
+
+
+# -- lookahead: files classified first, segments chosen offline ------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class EmotionTrack:
+    """What the analysis pass of a file keeps (no frames): per frame its time, raw classifier scores (``scores``:
+    [frames, labels], a row of NaN where it was not classified or no face was found), why it was classified
+    (``reasons``, as ``EmotionState.reason``) and the face found or tracked."""
+
+    labels: tuple[str, ...]
+    times: np.ndarray
+    scores: np.ndarray
+    reasons: tuple[str, ...]
+    faces: tuple[Face | None, ...]
+    seconds: float  # wall time of the pass
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def observed(self, i: int) -> dict[str, float] | None:
+        """Frame ``i``'s raw scores as a dict (label order), or None."""
+        row = self.scores[i]
+        return dict(zip(self.labels, row.tolist())) if np.isfinite(row).all() else None
+
+
+@dataclass(frozen=True)
+class EmotionPlan:
+    """A file's emotion decided with lookahead: the analysis pass's ``track`` and the planned ``segments``."""
+
+    track: EmotionTrack
+    segments: tuple[PlannedSegment, ...]
+    options: LookaheadOptions
+
+
+def analyse(stylizer: Stylizer, frames: Any, *, fps: float | None = None, options: TemporalOptions | None = None,
+            bgr: bool = False, classify: Callable[[np.ndarray], Classification] | None = None,
+            progress: Callable[[int], None] | None = None) -> EmotionTrack:
+    """The analysis pass: ``frames`` (any source :func:`stream` takes, decoded here in a thread) classified on the
+    stream's schedule (``options``: ``classify_every`` / ``classify_seconds``, a new classification when the tracked
+    face moves or is lost); only the scores are kept. ``classify`` replaces ``stylizer.classify`` (tests, the sweep);
+    ``progress(frames_done)`` per frame."""
+    options = options or TemporalOptions()
+    labels = stylizer.labels
+    timeline = EmotionTimeline(labels, {k: k for k in labels}, classify or stylizer.classify, options,
+                               default_initial(labels))
+    return _analyse(timeline, frames, fps, bgr, progress)
+
+
+def _analyse(timeline: EmotionTimeline, frames: Any, fps: float | None, bgr: bool,
+             progress: Callable[[int], None] | None) -> EmotionTrack:
+    started = time.monotonic()
+    labels = timeline.labels
+    stop = threading.Event()
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+    source = threading.Thread(target=_run_source, args=(frames, fps, bgr, False, q, stop), name="emostyle-source",
+                              daemon=True)
+    source.start()
+    times: list[float] = []
+    rows: list[np.ndarray] = []
+    reasons: list[str] = []
+    faces: list[Face | None] = []
+    missing = np.full(len(labels), np.nan)
+    try:
+        while True:
+            item = _get(q, stop)
+            if isinstance(item, _Failure):
+                raise item.exc
+            if not isinstance(item, _Item):
+                break
+            s = timeline.step(item.rgb, item.index, item.time)
+            times.append(item.time)
+            rows.append(missing if s.observed is None else np.array([s.observed.get(k, 0.0) for k in labels]))
+            reasons.append(s.reason)
+            faces.append(s.face)
+            if progress is not None:
+                progress(len(times))
+    finally:
+        stop.set()
+        source.join(timeout=30)
+    scores = np.stack(rows) if rows else np.zeros((0, len(labels)))
+    return EmotionTrack(labels, np.array(times, np.float64), scores, tuple(reasons), tuple(faces),
+                        time.monotonic() - started)
+
+
+def plan_emotions(track: EmotionTrack, options: LookaheadOptions | None = None,
+                  initial: str | None = None) -> EmotionPlan:
+    """The segments of ``track`` (``emostyle_rt.lookahead.plan_segments``); ``initial``: the emotion of a file in
+    which no face was found (default: :func:`default_initial`)."""
+    options = options or LookaheadOptions()
+    segments = plan_segments(track.scores, times=track.times, labels=track.labels, options=options,
+                             initial=initial or default_initial(track.labels))
+    return EmotionPlan(track, segments, options)
+
+
+class PlannedTimeline:
+    """The analysis stage of a stream styled with an :class:`EmotionPlan`: each frame's state from the plan (no
+    classification); the frames must be those the plan was made from (the same file decoded again)."""
+
+    def __init__(self, plan: EmotionPlan, styles: dict[str, str], crossfade_frames: int = 0) -> None:
+        self.plan, self.styles = plan, styles
+        self._fade = CrossFade(crossfade_frames)
+        self._firsts = np.array([s.first for s in plan.segments])
+        self._last = plan.segments[0].emotion if plan.segments else ""
+
+    def step(self, rgb: np.ndarray, i: int, t: float) -> EmotionState:
+        tr = self.plan.track
+        if i >= len(tr) or abs(tr.times[i] - t) > 1e-3:
+            raise VideoReadError(
+                f"Frame {i} at {t:.3f} s is not a frame the emotion plan was made from (a second decoding of the "
+                "file differs from the first)." + note(f"{len(tr)} frames as analysed",
+                                                      f"frame {i}" if i >= len(tr) else f"{tr.times[i]:.3f} s"))
+        k = int(np.searchsorted(self._firsts, i, side="right")) - 1
+        seg = self.plan.segments[k]
+        switched = i == seg.first and k > 0
+        before, self._last = self._last, seg.emotion
+        previous, fade = self._fade.step(before, seg.emotion, switched)
+        return EmotionState(seg.emotion, self.styles[seg.emotion], dict(seg.scores), tr.faces[i], tr.observed(i),
+                            tr.reasons[i], switched, previous, fade)
 
 
 # -- sources -------------------------------------------------------------------------------------
@@ -547,7 +685,7 @@ def _run_source(frames: Any, fps: float | None, bgr: bool, live: bool, out: queu
                 pass
 
 
-def _run_analysis(timeline: EmotionTimeline | None, fixed: EmotionState | None, flows: FlowTracker | None,
+def _run_analysis(timeline: EmotionTimeline | PlannedTimeline | None, fixed: EmotionState | None, flows: FlowTracker | None,
                   inq: queue.Queue, out: queue.Queue, stop: threading.Event) -> None:
     try:
         while True:
@@ -647,11 +785,14 @@ def stream(
     queue_frames: int = QUEUE_FRAMES,
     coherence: str | CoherenceOptions | None = "off",
     measure: bool = False,
+    plan: EmotionPlan | None = None,
 ) -> Generator[StyledFrame, None, None]:
     """Styled frames of ``frames`` with their :class:`EmotionState`; see ``Stylizer.stream``.
 
     ``coherence``: "off", "flow" or ``CoherenceOptions`` (blend with the warped previous output,
     ``emostyle_rt.coherence``); ``measure``: also fill each frame's warping error (``StyledFrame.coherence``).
+    ``plan``: style with segments chosen in advance (:func:`analyse` then :func:`plan_emotions` on the same
+    frames) instead of deciding as the frames come; not with ``emotion`` or ``live``.
     """
     coh = CoherenceOptions.of(coherence)
     if not isinstance(measure, bool):
@@ -669,8 +810,20 @@ def stream(
     _positive("queue_frames", queue_frames, integer=True)
     stylizer.check_max_side(max_side)  # the Stylizer's own rule
     styles = dict(stylizer.manifest.emotions)
+    if plan is not None:
+        if not isinstance(plan, EmotionPlan):
+            raise InvalidArgumentError("plan must be an EmotionPlan." + note("EmotionPlan", type(plan).__name__))
+        if emotion is not None or live:
+            raise InvalidArgumentError("A plan decides the emotion of frames known in advance; it takes neither a "
+                                       "fixed emotion nor a live source." + note("plan alone", "emotion" if emotion
+                                                                                 is not None else "live=True"))
+        if plan.track.labels != labels:
+            raise InvalidArgumentError("The plan was made with other labels." + note(list(labels),
+                                                                                     list(plan.track.labels)))
     if emotion is not None:
         timeline, fixed = None, EmotionState(emotion, styles[emotion], {}, reason="given")
+    elif plan is not None:
+        timeline, fixed = PlannedTimeline(plan, styles, options.crossfade_frames), None
     else:
         timeline = EmotionTimeline(labels, styles, stylizer.classify, options, initial or default_initial(labels))
         fixed = None
@@ -678,7 +831,7 @@ def stream(
 
 
 def _pipeline(stylizer: Stylizer, frames: Any, fps: float | None, bgr: bool, live: bool,
-              timeline: EmotionTimeline | None, fixed: EmotionState | None, batch: int, max_side: int | None,
+              timeline: EmotionTimeline | PlannedTimeline | None, fixed: EmotionState | None, batch: int, max_side: int | None,
               size: int, coherence: CoherenceOptions, measure: bool) -> Generator[StyledFrame, None, None]:
     # coherence state belongs to this stream alone: two streams styled at once never mix
     tracked = coherence.mode != "off" or measure
@@ -720,7 +873,9 @@ def _pipeline(stylizer: Stylizer, frames: Any, fps: float | None, bgr: bool, liv
 @dataclass(frozen=True)
 class VideoResult:
     """What :func:`stylize_video` wrote: frame count, seconds, size (width, height), audio, style segments,
-    and ``coherence`` (mode, frames blended / reset / flow failures, E_warp of the output and of the input)."""
+    and ``coherence`` (mode, frames blended / reset / flow failures, E_warp of the output and of the input).
+    ``decision``: how the segments were chosen ("lookahead": planned after an analysis pass that took
+    ``analysis_seconds`` of ``wall_seconds``, with ``plan``; "causal": as the frames came; "given": ``emotion``)."""
 
     input: str
     output: str
@@ -733,6 +888,9 @@ class VideoResult:
     segments: tuple[Segment, ...]
     wall_seconds: float
     coherence: CoherenceReport | None = None
+    decision: str = "causal"
+    analysis_seconds: float = 0.0
+    plan: LookaheadOptions | None = None
 
     @property
     def emotion(self) -> str:
@@ -747,10 +905,30 @@ class VideoResult:
         d = {"kind": "video", "emotion": self.emotion, "frames": self.frames, "seconds": round(self.seconds, 3),
              "fps": None if self.fps is None else round(self.fps, 3), "size": list(self.size), "audio": self.audio,
              "rotation": self.rotation, "speed_fps": round(self.frames / self.wall_seconds, 2) if self.wall_seconds else None,
-             "segments": [s.summary() for s in self.segments]}
+             "segments": [s.summary() for s in self.segments], "decision": self.decision}
+        if self.plan is not None:
+            d["plan"] = {**dataclasses.asdict(self.plan), "analysis_seconds": round(self.analysis_seconds, 3)}
         if self.coherence is not None:
             d["coherence"] = self.coherence.summary()
         return d
+
+
+#: How a file's emotion over time is decided (``stylize_video(decision=...)``, ``emostyle --emotion-decision``).
+DECISIONS = ("lookahead", "causal")
+
+
+def decision_options(decision: str | LookaheadOptions, options: TemporalOptions | None = None) -> LookaheadOptions | None:
+    """The lookahead options of ``decision`` ("lookahead": the defaults with ``options.min_segment_seconds``), None
+    for "causal"; a typed error for anything else."""
+    if isinstance(decision, LookaheadOptions):
+        return decision
+    if decision == "causal":
+        return None
+    if decision == "lookahead":
+        o = options or TemporalOptions()
+        return LookaheadOptions(min_segment_seconds=o.min_segment_seconds)
+    raise InvalidArgumentError(f"Unknown emotion decision {decision!r}."
+                               + note([*DECISIONS, "a LookaheadOptions"], repr(decision)))
 
 
 def stylize_video(
@@ -766,32 +944,54 @@ def stylize_video(
     progress: Callable[[StyledFrame, int], None] | None = None,
     before_commit: Callable[[VideoResult], None] | None = None,
     coherence: str | CoherenceOptions | None = "off",
+    decision: str | LookaheadOptions = "lookahead",
+    analysis_progress: Callable[[int, int], None] | None = None,
 ) -> VideoResult:
     """Style the video file ``src`` into ``dst`` (mp4, mov, mkv, webm, avi; the container follows ``dst``'s
     extension). Frame timing (variable too), size, audio and rotation are kept; ``dst`` appears only when
     complete (a temporary file in its folder until then). ``progress(frame, expected_frames)`` runs per
     frame (0 when the file does not say); ``before_commit(result)`` just before the rename. ``coherence``:
     "off", "flow" or ``CoherenceOptions``; the result's ``coherence`` holds the output's and the input's
-    E_warp either way (measured with the stream's reduced-resolution flow)."""
+    E_warp either way (measured with the stream's reduced-resolution flow).
+
+    ``decision``: "lookahead" (default): the file is decoded and classified first (the frames are not kept,
+    ``analysis_progress(frames_done, expected_frames)``), the segments are planned on the whole clip
+    (``LookaheadOptions()``, with ``options.min_segment_seconds``; or give ``LookaheadOptions``), then it is
+    decoded again and styled; "causal": decided as the frames come (``options``), as a camera is."""
     from . import videoio
 
     coh = CoherenceOptions.of(coherence)
+    look = decision_options(decision, options)
     dst = Path(dst)
     videoio.container_suffix(dst)
     if dst.exists() and not (overwrite and dst.is_file()):
         raise InvalidArgumentError(f"Output {dst} already exists." + note("a new path (or overwrite=True)", dst))
     started = time.monotonic()
+    plan = None
+    if look is not None and emotion is None:
+        first = videoio.VideoReader(src)
+        try:
+            total = first.expected_frames
+            track = analyse(stylizer, first.frames(None), fps=float(first.fps) if first.fps else None,
+                            options=options, progress=None if analysis_progress is None else
+                            (lambda k: analysis_progress(k, total)))
+        finally:
+            first.close()
+        plan = plan_emotions(track, look)
+        log.info("%s: analysed %d frames in %.1f s; %d planned segment(s).", Path(src).name, len(track),
+                 track.seconds, len(plan.segments))
     reader = videoio.VideoReader(src)
     try:
-        plan = videoio.plan_audio(reader, dst.suffix.lower())
-        if plan.mode == "encode":
-            log.warning("%s: %s; re-encoding its audio as %s.", Path(src).name, plan.reason, plan.codec)
-        elif plan.mode == "drop":
-            log.warning("%s: its audio is dropped: %s.", Path(src).name, plan.reason)
-        sink = videoio.AudioSink(plan, reader.audio) if plan.mode in ("copy", "encode") else None
+        audio = videoio.plan_audio(reader, dst.suffix.lower())
+        if audio.mode == "encode":
+            log.warning("%s: %s; re-encoding its audio as %s.", Path(src).name, audio.reason, audio.codec)
+        elif audio.mode == "drop":
+            log.warning("%s: its audio is dropped: %s.", Path(src).name, audio.reason)
+        sink = videoio.AudioSink(audio, reader.audio) if audio.mode in ("copy", "encode") else None
         segs, cohs = SegmentLog(), CoherenceLog(coh)
         frames = stream(stylizer, reader.frames(sink), fps=float(reader.fps) if reader.fps else None,
-                        emotion=emotion, max_side=max_side, options=options, batch=batch, coherence=coh, measure=True)
+                        emotion=emotion, max_side=max_side, options=options, batch=batch, coherence=coh, measure=True,
+                        plan=plan)
         writer: videoio.VideoWriter | None = None
         try:
             for f in frames:
@@ -809,8 +1009,10 @@ def stylize_video(
             segments = segs.segments()
             seconds = segments[-1].end - segments[0].start if segments else 0.0
             result = VideoResult(str(src), str(dst), writer.frames, seconds, float(reader.fps) if reader.fps else None,
-                                 writer.size or (0, 0), plan.summary(), reader.rotation, segments,
-                                 time.monotonic() - started, cohs.report())
+                                 writer.size or (0, 0), audio.summary(), reader.rotation, segments,
+                                 time.monotonic() - started, cohs.report(),
+                                 "given" if emotion is not None else "causal" if plan is None else "lookahead",
+                                 0.0 if plan is None else plan.track.seconds, None if plan is None else plan.options)
             if before_commit is not None:
                 before_commit(result)
             writer.commit()
