@@ -5,6 +5,10 @@
     python -m emostyle_bench.tiling --bundle DIR --size 8000x6000 --budget 2GB --modes exact
     python -m emostyle_bench.tiling --bundle DIR --size 1632x1224 --budget 300MB --picture docs/img/tiling-seams.png
     python -m emostyle_bench.tiling --bundle DIR --calibrate        # activation bytes/pixel vs measured RSS
+    python -m emostyle_bench.tiling --bundle DIR --modes untiled,default@base,default --baseline ../main --pairs 2
+
+A mode ending in ``@base`` runs in the ``--baseline`` checkout (its ``.venv``
+and code): before/after figures of a change in one interleaved run.
 
 The bundle needs tiled graphs (``emostyle-export --bundle DIR --tiled``). Each
 run is a fresh process (``--child``) styling one photo with a ``Stylizer``, so
@@ -144,13 +148,19 @@ def child(args: argparse.Namespace) -> None:
 
 
 def _run_child(args: argparse.Namespace, mode: str, save: str | None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "emostyle_bench.tiling", "--child", mode, "--bundle", str(args.bundle),
+    python, cwd, child_mode = sys.executable, None, mode
+    if mode.endswith("@base"):  # the baseline checkout's own interpreter and code (run from its root)
+        if args.baseline is None:
+            raise SystemExit(f"Mode {mode} needs --baseline DIR (a checkout with its .venv).")
+        python, cwd, child_mode = str(args.baseline / ".venv" / "bin" / "python"), str(args.baseline), mode[:-5]
+    cmd = [python, "-m", "emostyle_bench.tiling", "--child", child_mode, "--bundle", str(args.bundle.resolve()),
            "--size", f"{args.size[0]}x{args.size[1]}", "--budget", str(args.budget), "--emotion", args.emotion,
            "--backend", args.backend]
     if save:
         cmd += ["--save", save]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=cwd)
     row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["mode"] = mode
     print(json.dumps({k: v for k, v in row.items() if k not in ("rows", "cols")}), flush=True)
     return row
 
@@ -310,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, default=384, help="side of the picture's crops (default 384)")
     p.add_argument("--calibrate", action="store_true", help="measure RSS per graph activation byte")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON result here")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="a checkout (with its .venv) that runs the modes ending in @base, for before/after runs")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

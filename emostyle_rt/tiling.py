@@ -46,7 +46,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -106,13 +106,21 @@ BUDGET_FRACTION = 0.75
 #: 12 and 48 MP (docs/tiling.md, benchmarks/results/memory-defaults.md): with OpenVINO (557 B/px) photos up to about
 #: 3.5 MP still run whole, where tiling costs the most time; larger ones go in tiles.
 DEFAULT_PEAK_RSS = 2_500_000_000
-#: The least default budget, whatever the process already holds (tiles of the exact mode need about 200 MB).
+#: The least budget of a worker's share (``worker_budget``; tiles of the exact mode need about 200 MB).
 MIN_DEFAULT_BUDGET = 512 << 20
+#: The least default budget of one process, whatever it already holds, when the machine has the room (75% of
+#: MemAvailable still caps it): what a 2 MP photo (1920x1080: 1.37 GB) needs whole on the default CPU engine
+#: (OpenVINO, 1.2 x 517 B/px), so such photos and 720p on onnxruntime (1.26 GB) never go to disk tiles because
+#: the process is large (a notebook with torch loaded holds 2 GB and more: the 512 MB floor sent 720p to tiles).
+HELD_FLOOR_BUDGET = 1_500_000_000
 #: What a process holds besides a run, for budgets planned before it exists (a Stylizer with its classifier,
 #: detector and a style loaded: 200-300 MB measured).
 TYPICAL_HELD = 300 << 20
 #: Device budget when a GPU provider runs and its free memory cannot be read.
 GPU_DEFAULT_BUDGET = 4 << 30
+#: A read buffer of the exact mode's spool is kept for the next segment's strips when it is at most this many
+#: times what they read (so held memory stays near what the strips need; res-block strips alternate 1.48x sizes).
+READ_SLACK = 1.5
 #: Where the exact mode spools activations ($EMOSTYLE_SPOOL_DIR, else the system's temp folder).
 SPOOL_ENV = "EMOSTYLE_SPOOL_DIR"
 #: Square fast-mode windows (tile interior + halo on both sides, px) that ``plan(..., fixed_windows=True)`` snaps
@@ -178,18 +186,20 @@ def process_rss() -> int | None:
 def default_budget(gpu: bool = False, *, held: int | None = None) -> int:
     """The budget when none is given.
 
-    Host: the smaller of :data:`BUDGET_FRACTION` of the available memory and
-    :data:`DEFAULT_PEAK_RSS` less ``held`` (what the process held when its
-    Stylizer opened; default: its RSS now), at least :data:`MIN_DEFAULT_BUDGET`.
-    Without /proc (not Linux) only the peak rule applies, with ``held`` 0
-    unless given. GPU: :data:`BUDGET_FRACTION` of the device's free memory, or
-    :data:`GPU_DEFAULT_BUDGET` when it cannot be read.
+    Host: :data:`DEFAULT_PEAK_RSS` less ``held`` (what the process held when its
+    Stylizer opened; default: its RSS now), at least :data:`HELD_FLOOR_BUDGET`,
+    and at most :data:`BUDGET_FRACTION` of the memory available now. So a
+    large process (a notebook with torch loaded) still runs photos up to about
+    2 MP whole where the machine has room; what the machine has, not what the
+    process holds, decides below that. Without /proc (not Linux) only the peak
+    rule applies, with ``held`` 0 unless given. GPU: :data:`BUDGET_FRACTION` of
+    the device's free memory, or :data:`GPU_DEFAULT_BUDGET` when it cannot be read.
     """
     if gpu:
         free = gpu_free()
         return int(free * BUDGET_FRACTION) if free else GPU_DEFAULT_BUDGET
     held = process_rss() if held is None else held
-    budget = max(MIN_DEFAULT_BUDGET, DEFAULT_PEAK_RSS - (held or 0))
+    budget = max(HELD_FLOOR_BUDGET, DEFAULT_PEAK_RSS - (held or 0))
     avail = host_available()
     return min(budget, int(avail * BUDGET_FRACTION)) if avail else budget
 
@@ -517,19 +527,23 @@ class _Spool:
         self._root = root
         self.dir: str | None = None
         self._ram: dict[str, np.ndarray] = {}
-        self._free: dict[tuple[int, ...], np.ndarray] = {}
+        self._free: list[np.ndarray] = []  # dropped RAM tensors' buffers, kept for reuse within the limit
         self._files: dict[str, tuple[int, int, int, int]] = {}  # name -> (fd, C, H, W)
+        self._reads: dict[str, np.ndarray] = {}  # name -> the flat buffer its strips are read into (this segment)
+        self._read_pool: list[np.ndarray] = []  # the last segment's read buffers, kept for the next one
         self._made = 0
 
     def create(self, name: str, channels: int, height: int, width: int) -> None:
         size = 4 * channels * height * width
         shape = (channels, height, width)
         if self.ram_used + size <= self.ram_limit:
-            # a dropped tensor's buffer of the same shape is reused (its pages are mapped already); another
-            # shape's is let go first if both would not fit (held memory never exceeds the limit)
-            buf = self._free.pop(shape, None)
-            if buf is None and sum(b.nbytes for b in self._free.values()) + self.ram_used + size > self.ram_limit:
-                self._free = {}
+            # a dropped tensor's buffer of the same shape is reused (its pages are mapped already: a fresh one
+            # costs a page fault per 4 kB); others are let go, oldest first, while they and the new one would not
+            # fit (held memory never exceeds the limit)
+            buf = next((b for b in self._free if b.shape == shape), None)
+            self._free = [b for b in self._free if b is not buf]
+            while self._free and sum(b.nbytes for b in self._free) + self.ram_used + size > self.ram_limit:
+                self._free.pop(0)
             self._ram[name] = buf if buf is not None else np.empty(shape, np.float32)
             self.ram_used += size
             self.ram_peak = max(self.ram_peak, self.ram_used)
@@ -562,11 +576,23 @@ class _Spool:
                 done += os.pwrite(fd, data[done:], offset + done)
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of every channel as a 1 x C x rows x W float32 array."""
-        if name in self._ram:
-            return np.ascontiguousarray(self._ram[name][:, start:stop])[None]
+        """Rows ``start:stop`` of every channel as a 1 x C x rows x W float32 array.
+
+        The array is a view of a buffer that this tensor's next read reuses (a
+        strip's input is used before the next strip is read), and, after
+        :meth:`release_reads`, the next segment's reads: a fresh buffer of a
+        strip's size costs a page fault per page on every read (measured on this
+        project's KVM machine: 0.9 s for 384 MB fresh, 0.06 s mapped). A kept
+        buffer is at most :data:`READ_SLACK` times the read it serves.
+        """
+        src = self._ram.get(name)
+        c, w = (src.shape[0], src.shape[2]) if src is not None else self._files[name][1::2]
+        shape = (1, c, stop - start, w)
+        out = self._read_buffer(name, c * (stop - start) * w)[:c * (stop - start) * w].reshape(shape)
+        if src is not None:
+            np.copyto(out[0], src[:, start:stop])
+            return out
         fd, c, h, w = self._files[name]
-        out = np.empty((1, c, stop - start, w), np.float32)
         for ch in range(c):
             view = memoryview(out[0, ch]).cast("B")
             offset, done = (ch * h + start) * w * 4, 0
@@ -582,16 +608,52 @@ class _Spool:
         if name in self._ram:
             buf = self._ram.pop(name)
             self.ram_used -= buf.nbytes
-            self._free = {buf.shape: buf}  # kept for reuse; create() lets it go before the limit is passed
+            self._free.append(buf)  # kept for reuse; create() lets it go before the limit is passed
         else:
             os.close(self._files.pop(name)[0])
+
+    def _read_buffer(self, name: str, count: int) -> np.ndarray:
+        """A flat float32 buffer of at least ``count`` items for reads of ``name``: its own, a kept one, or new."""
+        buf = self._reads.get(name)
+        if buf is None or buf.size < count:
+            fits = [b for b in self._read_pool if b.size >= count]
+            buf = min(fits, key=lambda b: b.size) if fits else np.empty(count, np.float32)
+            self._read_pool = [b for b in self._read_pool if b is not buf]
+            self._reads[name] = buf  # a smaller one of this name is let go
+        return buf
+
+    def release_reads(self, sizes: Iterable[int] = ()) -> None:
+        """End of a segment: its read buffers are let go, but for one per item count in ``sizes`` (the next
+        segment's reads of one strip) of at least that and at most :data:`READ_SLACK` times it, kept for them."""
+        pool, self._reads = list(self._read_pool) + list(self._reads.values()), {}
+        self._read_pool = []
+        for count in sorted(sizes, reverse=True):
+            fits = [b for b in pool if count <= b.size <= READ_SLACK * count]
+            if fits:
+                buf = min(fits, key=lambda b: b.size)
+                pool = [b for b in pool if b is not buf]
+                self._read_pool.append(buf)
 
     def close(self) -> None:
         for name in list(self._files) + list(self._ram):
             self.drop(name)
-        self._free = {}
+        self._free, self._reads, self._read_pool = [], {}, []
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _row_sums(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel sum and sum of squares (float64) of a C x rows x W float32 block.
+
+    Each row's sums are taken in float32 (numpy's pairwise sum; an einsum for the
+    squares, which makes no squared copy), then added up in float64: one pass
+    over the block instead of three, and as accurate as the pairwise sum over the
+    whole strip (measured: relative error 2e-8 against float64 sums).
+    """
+    rows = block.reshape(block.shape[0], -1, block.shape[-1])
+    s1 = rows.sum(axis=2, dtype=np.float32).sum(axis=1, dtype=np.float64)
+    s2 = np.einsum("crw,crw->cr", rows, rows).sum(axis=1, dtype=np.float64)
+    return s1, s2
 
 
 def _spool_events(spec: TiledSpec) -> Iterator[tuple[int, str, Any]]:
@@ -935,10 +997,10 @@ class TiledStyle:
                             out[y0:y1] = res[t.name][0, r0:r1]
                             continue
                         block = res[t.name][0, :, r0:r1]
-                        if t.name in sums:  # float32 pairwise sums per strip, accumulated in float64
-                            flat = block.reshape(block.shape[0], -1)
-                            sums[t.name][0] += flat.sum(axis=1).astype(np.float64)
-                            sums[t.name][1] += np.square(flat).sum(axis=1).astype(np.float64)
+                        if t.name in sums:  # float32 sums per row (no temporaries), accumulated in float64
+                            s1, s2 = _row_sums(block)
+                            sums[t.name][0] += s1
+                            sums[t.name][1] += s2
                         if store:
                             spool.write(t.name, y0 // t.scale, block)
                     del res
@@ -954,6 +1016,11 @@ class TiledStyle:
                 for _, what, t in (e for e in events if e[0] == i and e[1] == "drop"):
                     if t.name in spool:
                         spool.drop(t.name)
+                if i + 1 < len(segs):  # keep read buffers for the next segment's strips (same sizes, mostly)
+                    nxt = segs[i + 1]
+                    rows = min(hgt, min(hgt, rows_per[i + 1]) + 2 * nxt.halo)
+                    spool.release_reads(t.channels * (rows // t.scale) * (wid // t.scale)
+                                        for t in nxt.inputs if t.name != image)
                 log.debug("exact mode: segment %d/%d done (%s in RAM, %s on disk)", i + 1, len(segs),
                           format_bytes(spool.ram_used), format_bytes(spool.disk_bytes))
             log.debug("exact mode: spool peak %s in RAM, %s on disk", format_bytes(spool.ram_peak),

@@ -352,7 +352,7 @@ def test_default_budget_keeps_a_photo_near_the_peak_target(style: StyleSpec, mon
 
     monkeypatch.setattr(t, "host_available", lambda: 20 << 30)  # a roomy machine: the peak rule decides
     assert t.default_budget(held=300 << 20) == t.DEFAULT_PEAK_RSS - (300 << 20)
-    assert t.default_budget(held=5 << 30) == t.MIN_DEFAULT_BUDGET  # never below the smallest useful budget
+    assert t.default_budget(held=5 << 30) == t.HELD_FLOOR_BUDGET  # a large process: the floor, room permitting
     monkeypatch.setattr(t, "host_available", lambda: 1 << 30)  # a small machine: 75% of what it has
     assert t.default_budget(held=300 << 20) == int(0.75 * (1 << 30))
     monkeypatch.setattr(t, "host_available", lambda: None)  # no /proc/meminfo: the peak rule alone
@@ -362,6 +362,26 @@ def test_default_budget_keeps_a_photo_near_the_peak_target(style: StyleSpec, mon
     assert t.plan(style, 1224, 1632, budget, whole_calibration=1.2).mode == "whole"
     assert t.plan(style, 3000, 4000, budget, whole_calibration=1.2).mode == "exact"
     assert t.plan(style, 6000, 8000, budget).estimate <= budget  # 48 MP: tiled within it
+
+
+def test_a_large_process_still_runs_photos_up_to_2mp_whole_where_the_machine_has_room(
+        style: StyleSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook holding 2-5 GB (torch loaded) gets the floor: 720p and 2 MP (1920x1080) whole on OpenVINO's
+    estimate, 720p whole on onnxruntime's; 12 MP still tiled. A machine without the room tiles them."""
+    from emostyle_rt import tiling as t
+
+    monkeypatch.setattr(t, "host_available", lambda: 16 << 30)
+    for held in (2 << 30, 5 << 30):
+        budget = t.default_budget(held=held)
+        assert budget == t.HELD_FLOOR_BUDGET
+        assert t.plan(style, 1080, 1920, budget, whole_calibration=1.2).mode == "whole"
+        assert t.plan(style, 720, 1280, budget, whole_calibration=1.2).mode == "whole"
+        assert t.plan(style, 720, 1280, budget).mode == "whole"  # onnxruntime's calibration (2.5)
+        assert t.plan(style, 3000, 4000, budget, whole_calibration=1.2).mode == "exact"
+    monkeypatch.setattr(t, "host_available", lambda: 1 << 30)  # 1 GB available: what the machine has decides
+    budget = t.default_budget(held=2 << 30)
+    assert budget == int(0.75 * (1 << 30))
+    assert t.plan(style, 1080, 1920, budget, whole_calibration=1.2).mode == "exact"
 
 
 def test_worker_budgets_add_up_to_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
