@@ -170,9 +170,13 @@ def _x(v: float | None) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     cpu = result["lscpu"]
-    lines = [f"# MTCNN on OpenVINO against onnxruntime (CPU)", "",
+    flags = set(cpu.get("Flags", "").split())
+    notable = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16")
+               if f in flags]
+    lines = ["# MTCNN on OpenVINO against onnxruntime (CPU)", "",
              f"Command: `{result['command']}`", "",
-             f"Machine: {cpu.get('Model name', '?')}, {cpu.get('CPU(s)', '?')} CPUs; {result['note']}", "",
+             f"Machine: {cpu.get('Model name', '?')}, {cpu.get('CPU(s)', '?')} CPUs (flags: {', '.join(notable)}); "
+             f"{result['note']}", "",
              f"OpenVINO {result['openvino']}, onnxruntime {result['onnxruntime']}; {result['rounds']} interleaved "
              "rounds, medians; speed-up = median per-round ratio onnxruntime / path (> 1: faster).", "",
              f"Graphs serving each path: {json.dumps(result['serving'])}", "",
@@ -197,6 +201,20 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{st['levels'][-1]}): compiling a static model per level took {st['static_compile_ms_all_levels']} "
                   "ms in all.", "", "| P-Net path | ms per pyramid | x onnxruntime |", "|---|---:|---:|"]
         lines += [f"| {k} | {v['median_ms']:.2f} | {v['speedup_vs_onnxruntime']:.2f} |" for k, v in st["paths"].items()]
+    ch = result.get("chain")
+    if ch:  # the whole chain, measured by benchmarks/openvino_cpu.py and kept here beside the detector's figures
+        lines += ["", f"Whole chain, before (MTCNN all in onnxruntime) and after (auto), one fresh process, interleaved: "
+                  f"`{ch['command']}` ({ch['note']}).", "",
+                  "| size | onnxruntime ms | auto, after ms | auto, before ms | after / before speed-up | eager ms |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in ch["rows"]:
+            p = r["paths"]
+            after, before = p["default (auto)"]["median_ms"], p["default, MTCNN in onnxruntime (before)"]["median_ms"]
+            eager = p.get("eager (Keras + PyTorch)", {}).get("median_ms")
+            lines.append(f"| {r['size']} | {p['onnxruntime']['median_ms']:.0f} | {after:.0f} | {before:.0f} | "
+                         f"{before / after:.2f} | {'-' if eager is None else f'{eager:.0f}'} |")
+    if result.get("reading"):
+        lines += ["", "## Reading", "", result["reading"]]
     return "\n".join(lines) + "\n"
 
 

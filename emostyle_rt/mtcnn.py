@@ -1,4 +1,4 @@
-"""MTCNN face detection in numpy + onnxruntime, as the ``mtcnn`` package (1.0) runs it.
+"""MTCNN face detection in numpy + onnxruntime (or OpenVINO), as the ``mtcnn`` package (1.0) runs it.
 
 The cascade (Zhang et al. 2016): an image pyramid through P-Net (proposals),
 non-maximum suppression, R-Net on 24x24 patches (refinement), O-Net on 48x48
