@@ -500,16 +500,9 @@ class GatedRunner:
         self._verified = False
         self._lock = threading.Lock()
         self.name, self.device = primary.name, "cpu"
-        self._inputs, self._outputs = primary.inputs, primary.outputs
+        self.inputs: tuple[TensorInfo, ...] = primary.inputs  # the graph's, whichever runtime serves it
+        self.outputs: tuple[TensorInfo, ...] = primary.outputs
         self.gate_result: dict[str, Any] | None = None  # the gate's figures once it ran
-
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._outputs
 
     @property
     def serving(self) -> str:

@@ -27,14 +27,6 @@ PHOTOS = {"astronaut": data.astronaut(), "camera": np.ascontiguousarray(np.dstac
           "coffee": np.ascontiguousarray(data.coffee())}
 
 
-@pytest.fixture()
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty user cache; no graph failed in this process yet."""
-    monkeypatch.setenv("EMOSTYLE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(ovb, "_FAILED", {})
-    return tmp_path / "cache"
-
-
 @pytest.fixture(scope="module")
 def manifest(mtcnn_bundle: Path) -> Manifest:
     return load_manifest(mtcnn_bundle)
