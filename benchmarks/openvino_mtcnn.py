@@ -114,6 +114,60 @@ def bench_detect(bundle: Path, photos: dict[str, np.ndarray], sizes: list[str], 
     return [{"serving": serving}, *rows]
 
 
+def _detectors(bundle: Path) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """The three paths' detectors, graphs loaded, each graph's runner timed into ``spent[path][graph]``."""
+    from emostyle_rt.manifest import load_manifest
+    from emostyle_rt.mtcnn import MtcnnDetector
+
+    m = load_manifest(bundle)
+    dets, spent = {}, {}
+    for label in ("onnxruntime", "openvino", "auto"):
+        det = MtcnnDetector(m.detector, m.root, backend=label)  # type: ignore[arg-type]
+        det.preload()
+        spent[label] = dict.fromkeys(GRAPHS, 0.0)
+        for g in GRAPHS:
+            det._runners[g] = _Timed(det._runners[g], g, spent[label])
+        dets[label] = det
+    return dets, spent
+
+
+#: Image sizes no path has seen (``--new-sizes``): 20 sizes from 301x257 to 624x580, each its own pyramid.
+NEW_SIZES = tuple(zip(range(301, 641, 17), range(257, 597, 17)))
+
+
+def bench_new_sizes(bundle: Path, passes: int) -> list[dict[str, Any]]:
+    """Each path detects astronaut at ``NEW_SIZES`` in turn (order alternating), ``passes`` times over: pass 1 is
+    what a folder of photos of different sizes sees (every shape new), later passes a repeat of the same sizes."""
+    dets, spent = _detectors(bundle)
+    base = _photo("astronaut")
+    for d in dets.values():
+        d.detect(base)  # the gates, at 512x512
+    out = []
+    for k in range(passes):
+        times: dict[str, dict[str, list[float]]] = {lab: {g: [] for g in ("detect", *GRAPHS)} for lab in dets}
+        for i, (w, h) in enumerate(NEW_SIZES):
+            im = _resized(base, w, h)
+            labels = list(dets)
+            for lab in labels[i % 3:] + labels[: i % 3]:
+                for g in GRAPHS:
+                    spent[lab][g] = 0.0
+                t0 = time.perf_counter()
+                dets[lab].detect(im)
+                times[lab]["detect"].append(time.perf_counter() - t0)
+                for g in GRAPHS:
+                    times[lab][g].append(spent[lab][g])
+        row = {"pass": k + 1, "paths": {lab: {g: {
+            "total_ms": round(sum(v) * 1000, 1),
+            "speedup_vs_onnxruntime": round(statistics.median(b / t for b, t in zip(times["onnxruntime"][g], v) if t > 0), 3)
+            if all(v) else None} for g, v in tt.items()} for lab, tt in times.items()}}
+        out.append(row)
+        print(json.dumps({"pass": k + 1, **{lab: {g: v["speedup_vs_onnxruntime"] for g, v in p.items()}
+                                            for lab, p in row["paths"].items()}}), flush=True)
+    for d in dets.values():
+        d.close()
+    return out
+
+
 def bench_static(bundle: Path, rounds: int) -> dict[str, Any]:
     """P-Net on a 720p photo's pyramid: dynamic shapes (one model) against a static model per level."""
     import cv2
@@ -179,8 +233,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['note']}", "",
              f"OpenVINO {result['openvino']}, onnxruntime {result['onnxruntime']}; {result['rounds']} interleaved "
              "rounds, medians; speed-up = median per-round ratio onnxruntime / path (> 1: faster).", "",
-             f"Graphs serving each path: {json.dumps(result['serving'])}", "",
-             "| photo | size | detect ort ms | openvino ms (x) | auto ms (x) | P-Net ov x | R-Net ov x | O-Net ov x "
+             f"Graphs serving each path: {json.dumps(result.get('serving'))}"
+             + (f" ({result['paths_note']})" if result.get("paths_note") else ""), "",
+             "| photo | size | detect ort ms | openvino ms (x) | P-Net, R-Net in OV ms (x) | P-Net ov x | R-Net ov x | O-Net ov x "
              "| faces ort / ov | min IoU |" , "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in result["detect"]:
         p = r["paths"]
@@ -201,15 +256,29 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{st['levels'][-1]}): compiling a static model per level took {st['static_compile_ms_all_levels']} "
                   "ms in all.", "", "| P-Net path | ms per pyramid | x onnxruntime |", "|---|---:|---:|"]
         lines += [f"| {k} | {v['median_ms']:.2f} | {v['speedup_vs_onnxruntime']:.2f} |" for k, v in st["paths"].items()]
+    ns = result.get("new_sizes")
+    if ns:
+        lines += ["", f"New sizes: astronaut at {len(NEW_SIZES)} image sizes no path had seen ({NEW_SIZES[0][0]}x"
+                  f"{NEW_SIZES[0][1]} to {NEW_SIZES[-1][0]}x{NEW_SIZES[-1][1]}), paths alternating; pass 1 is every "
+                  "shape new, passes 2+ the same sizes again"
+                  + (f" (`{result['new_sizes_command']}`)" if result.get("new_sizes_command") else "") + ".", "",
+                  "| pass | path | detect total ms | detect x | P-Net x | R-Net x | O-Net x |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in ns:
+            for lab, p in r["paths"].items():
+                lines.append(f"| {r['pass']} | {lab} | {p['detect']['total_ms']:.0f} | "
+                             + " | ".join(_x(p[g]["speedup_vs_onnxruntime"]) for g in ("detect", *GRAPHS)) + " |")
     ch = result.get("chain")
     if ch:  # the whole chain, measured by benchmarks/openvino_cpu.py and kept here beside the detector's figures
-        lines += ["", f"Whole chain, before (MTCNN all in onnxruntime) and after (auto), one fresh process, interleaved: "
-                  f"`{ch['command']}` ({ch['note']}).", "",
-                  "| size | onnxruntime ms | auto, after ms | auto, before ms | after / before speed-up | eager ms |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        tried, kept = ("auto, P-Net and R-Net in OpenVINO (the rule first tried)",
+                       "auto, MTCNN in onnxruntime (the rule kept: as on main)")
+        lines += ["", f"Whole chain, MTCNN in onnxruntime against P-Net and R-Net in OpenVINO, one fresh process, "
+                  f"interleaved: `{ch['command']}` ({ch['note']}).", "",
+                  "| size | onnxruntime ms | P-Net, R-Net in OpenVINO ms | MTCNN in onnxruntime ms | speed-up of the "
+                  "former | eager ms |", "|---|---:|---:|---:|---:|---:|"]
         for r in ch["rows"]:
             p = r["paths"]
-            after, before = p["default (auto)"]["median_ms"], p["default, MTCNN in onnxruntime (before)"]["median_ms"]
+            after, before = p[tried]["median_ms"], p[kept]["median_ms"]
             eager = p.get("eager (Keras + PyTorch)", {}).get("median_ms")
             lines.append(f"| {r['size']} | {p['onnxruntime']['median_ms']:.0f} | {after:.0f} | {before:.0f} | "
                          f"{before / after:.2f} | {'-' if eager is None else f'{eager:.0f}'} |")
@@ -226,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--extra", type=Path, nargs="*", default=[], help="more photos (JPEG/PNG files)")
     ap.add_argument("--static", action="store_true", help="also P-Net dynamic shapes against static per level")
+    ap.add_argument("--new-sizes", type=int, default=0, metavar="PASSES",
+                    help="also 20 image sizes never seen before, this many passes (0: not run)")
+    ap.add_argument("--stages", default="detect", help="detect (the photos at --sizes), or none")
     ap.add_argument("--note", default="", help="what the machine was doing (load, other runs)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
@@ -237,19 +309,23 @@ def main(argv: list[str] | None = None) -> int:
 
     photos = {n: _photo(n) for n in PHOTOS}
     photos.update({p.stem: read_image(p) for p in args.extra})
-    rows = bench_detect(args.bundle, photos, args.sizes.split(","), args.rounds)
-    serving, rows = rows[0]["serving"], rows[1:]
-    summary = {k: round(statistics.median(x for r in rows if (x := r["paths"]["openvino"][k]["speedup_vs_onnxruntime"])
-                                          is not None), 3) for k in ("detect", *GRAPHS)}
-    summary["auto detect"] = round(statistics.median(r["paths"]["auto"]["detect"]["speedup_vs_onnxruntime"]
-                                                     for r in rows), 3)
     result = {"command": "python -m emostyle_bench.openvino_mtcnn " + " ".join(sys.argv[1:] if argv is None else argv),
               "lscpu": lscpu(), "note": args.note, "openvino": ovb.version(), "onnxruntime": onnxruntime.__version__,
-              "rounds": args.rounds, "serving": serving, "detect": rows, "summary": summary}
+              "rounds": args.rounds}
+    if "detect" in args.stages.split(","):
+        rows = bench_detect(args.bundle, photos, args.sizes.split(","), args.rounds)
+        serving, rows = rows[0]["serving"], rows[1:]
+        summary = {k: round(statistics.median(x for r in rows if (x := r["paths"]["openvino"][k]["speedup_vs_onnxruntime"])
+                                              is not None), 3) for k in ("detect", *GRAPHS)}
+        summary["auto detect"] = round(statistics.median(r["paths"]["auto"]["detect"]["speedup_vs_onnxruntime"]
+                                                         for r in rows), 3)
+        result.update(serving=serving, detect=rows, summary=summary)
+        print(json.dumps(summary))
+    if args.new_sizes:
+        result["new_sizes"] = bench_new_sizes(args.bundle, args.new_sizes)
     if args.static:
         result["static"] = bench_static(args.bundle, args.rounds)
         print(json.dumps(result["static"]), flush=True)
-    print(json.dumps(summary))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     if args.markdown:

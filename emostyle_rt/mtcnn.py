@@ -176,11 +176,11 @@ class MtcnnDetector:
     ``provider`` as for the other graphs (None: CUDA when there is a GPU, else CPU;
     see :func:`graph_provider`). ``backend``: "auto" (the default; the Stylizer
     passes its own): on a CPU-only machine with OpenVINO installed, the graphs
-    that ``backends.openvino.auto_uses`` names (P-Net and R-Net) run in OpenVINO,
-    gated against onnxruntime on their first input, the rest in onnxruntime; a
-    ``provider`` given means onnxruntime. "openvino": all three in OpenVINO, gated
-    (a failed gate raises). "onnxruntime" or another loader of ``backends.LOADERS``:
-    that one.
+    that ``backends.openvino.auto_uses`` names (none today: measured slower on new
+    shapes) run in OpenVINO, gated against onnxruntime on their first input, the
+    rest in onnxruntime; a ``provider`` given means onnxruntime. "openvino": all
+    three in OpenVINO, gated (a failed gate raises). "onnxruntime" or another
+    loader of ``backends.LOADERS``: that one.
     ``min_face_size`` replaces the bundle's (pixels of the detection copy, at
     least the spec's ``min_size``); ``detect_side`` caps the detection copy's
     longer side (None: the full image, like the package). Thread-safe: graphs

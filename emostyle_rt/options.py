@@ -42,8 +42,8 @@ class StylizerOptions:
 
     Args:
         backend: "auto" (a native TensorRT engine when one fits, else an AOTInductor package, else OpenVINO for
-            the style graphs and MTCNN's P-Net and R-Net on a machine without a GPU provider where it is
-            installed, else onnxruntime), "onnxruntime" (every graph, the detector's too), "tensorrt", "aoti"
+            the style graphs on a machine without a GPU provider where it is installed, else onnxruntime; the
+            face detector's graphs stay in onnxruntime), "onnxruntime" (every graph), "tensorrt", "aoti"
             (style graphs from AOTInductor packages; the classifier in onnxruntime) or "openvino" (every graph,
             the detector's three too, in OpenVINO's CPU plugin). The list:
             :func:`emostyle_rt.backends.backend_names`.

@@ -25,18 +25,18 @@ gate) with ``backend="auto"`` logs one warning and onnxruntime runs instead.
 
 ``backend="auto"`` uses it on a machine whose onnxruntime has no GPU
 provider, when the ``openvino`` package is installed, for the graphs that
-:func:`auto_uses` names (measured faster here): the style graphs and MTCNN's
-P-Net and R-Net. The classifier and O-Net stay in onnxruntime (tiny graphs:
-per-call overhead decides, and onnxruntime's is lower); ``backend="openvino"``
-runs every graph in OpenVINO.
+:func:`auto_uses` names (measured faster here): the style graphs. The classifier
+and MTCNN's graphs stay in onnxruntime (tiny graphs: per-call and per-shape
+overhead decide, and onnxruntime's is lower); ``backend="openvino"`` runs every
+graph in OpenVINO.
 
 MTCNN's graphs (:func:`detector_runner`) have no probe images: each is gated on
 its first real input (a pyramid level, the image's candidates) against
 onnxruntime, within the graph's parity tolerance (``DETECTOR_TOLERANCE``); a
 failed gate logs one warning and onnxruntime runs that graph from then on.
 P-Net's input shape changes with every pyramid level, so it runs with dynamic
-shapes (one compiled model; compiling a static model per shape costs ~54 ms a
-shape, which a photo's 9-level pyramid never pays back: see
+shapes (one compiled model; compiling a static model per shape costs ~40-54 ms a
+shape, which a photo's 9-level pyramid does not pay back: see
 benchmarks/results/openvino-cpu-mtcnn.md).
 """
 
@@ -79,12 +79,15 @@ INFERENCE_PRECISION = "f32"
 #: ``emostyle_rt.tiling.estimate_whole``): 557 B/px measured for the paper's network (517 B/px live) at 1.0, 2.0 and
 #: 4.2 MP alike, i.e. 1.08 (onnxruntime's arena: 833-1302 B/px, calibrated at 2.5). Rounded up.
 MEMORY_CALIBRATION = 1.2
-#: MTCNN's graphs that ``backend="auto"`` runs in OpenVINO on a CPU-only machine, and only these. Measured on real
-#: photos (astronaut, camera, coffee, chelsea, amber at 512 / 720p / 1080p: 15 cases, 7 interleaved rounds, 2-core
-#: Xeon with AMX, shared; benchmarks/results/openvino-cpu-mtcnn.md), the median per-case speed-up over onnxruntime:
-#: P-Net 1.16x (0.94-1.50), R-Net 1.61x (1.13-1.92), O-Net 0.97x (0.82-1.21: equal, so it stays in onnxruntime);
-#: whole detect 1.16x with this rule, boxes identical in every case.
-AUTO_DETECTOR_GRAPHS = frozenset({"pnet", "rnet"})
+#: MTCNN's graphs that ``backend="auto"`` runs in OpenVINO on a CPU-only machine: none, by measurement (2-core Xeon
+#: with AMX, shared; benchmarks/results/openvino-cpu-mtcnn.md, OpenVINO 2026.4 with dynamic shapes). Where every
+#: shape repeats (the same photo sizes, 7 rounds), OpenVINO is faster: P-Net 1.16x onnxruntime, R-Net 1.61x, O-Net
+#: 0.97x, whole detect 1.16x. But each new input shape costs OpenVINO a first run several times the graph's time,
+#: and P-Net's shapes change with every image size, R-Net's and O-Net's batch with every image: on 20 photo sizes
+#: seen once the whole detect ran at 0.47x onnxruntime all in OpenVINO (0.78x with P-Net and R-Net only; P-Net
+#: 0.39x, R-Net 0.50x), and O-Net left in onnxruntime ran 0.26-0.60x its own speed after OpenVINO's threads.
+#: ``backend="openvino"`` runs all three there (for a video at one resolution, where shapes repeat).
+AUTO_DETECTOR_GRAPHS: frozenset[str] = frozenset()
 #: Folders under the user cache: OpenVINO's compiled blobs, and the markers of graphs that passed the gate.
 BLOBS_DIR, VERIFIED_DIR = "openvino/blobs", "openvino/verified"
 #: Graphs whose compile or gate failed in this process: path -> why (tried once, warned once).
@@ -413,7 +416,8 @@ def auto_uses(key: str, *, style: bool) -> bool:
 
     The one rule, by measurement on this project's CPU: style graphs yes (1.26-1.78x onnxruntime,
     benchmarks/results/openvino-cpu.md); the classifier no (0.88-0.98x); MTCNN's graphs those of
-    :data:`AUTO_DETECTOR_GRAPHS` (P-Net and R-Net; "pnet", "rnet", "onet" are their keys).
+    :data:`AUTO_DETECTOR_GRAPHS` (none: new input shapes cost OpenVINO more than it saves; "pnet", "rnet",
+    "onet" are their keys).
     """
     return style or key in AUTO_DETECTOR_GRAPHS
 
