@@ -66,20 +66,19 @@ def compare_boxes(ref: list[Any], got: list[Any]) -> dict[str, Any]:
             "same_boxes": [f.box for f in ref] == [f.box for f in got]}
 
 
-def bench_detect(bundle: Path, photos: dict[str, np.ndarray], sizes: list[str], rounds: int) -> list[dict[str, Any]]:
-    from emostyle_rt.manifest import load_manifest
-    from emostyle_rt.mtcnn import MtcnnDetector
+def _timed_detect(det: Any, im: np.ndarray, spent: dict[str, float], times: dict[str, list[float]]) -> None:
+    """One detect: its time to ``times["detect"]``, each graph's runner time to ``times[graph]``."""
+    for g in GRAPHS:
+        spent[g] = 0.0
+    t0 = time.perf_counter()
+    det.detect(im)
+    times["detect"].append(time.perf_counter() - t0)
+    for g in GRAPHS:
+        times[g].append(spent[g])
 
-    m = load_manifest(bundle)
-    paths = {"onnxruntime": "onnxruntime", "openvino": "openvino", "auto": "auto"}
-    dets, spent = {}, {}
-    for label, backend in paths.items():
-        det = MtcnnDetector(m.detector, m.root, backend=backend)  # type: ignore[arg-type]
-        det.preload()
-        spent[label] = dict.fromkeys(GRAPHS, 0.0)
-        for g in GRAPHS:
-            det._runners[g] = _Timed(det._runners[g], g, spent[label])
-        dets[label] = det
+
+def bench_detect(bundle: Path, photos: dict[str, np.ndarray], sizes: list[str], rounds: int) -> list[dict[str, Any]]:
+    dets, spent = _detectors(bundle)
     cases = [(name, size, _resized(im, *SIZES[size])) for size in sizes for name, im in photos.items()]
     rows = []
     for name, size, im in cases:
@@ -88,13 +87,7 @@ def bench_detect(bundle: Path, photos: dict[str, np.ndarray], sizes: list[str], 
         labels = list(dets)
         for r in range(rounds):
             for label in labels[r % len(labels):] + labels[: r % len(labels)]:
-                for g in GRAPHS:
-                    spent[label][g] = 0.0
-                t0 = time.perf_counter()
-                dets[label].detect(im)
-                times[label]["detect"].append(time.perf_counter() - t0)
-                for g in GRAPHS:
-                    times[label][g].append(spent[label][g])
+                _timed_detect(dets[label], im, spent[label], times[label])
         row: dict[str, Any] = {"photo": name, "size": size, "paths": {}}
         for label in dets:
             row["paths"][label] = {
@@ -149,13 +142,7 @@ def bench_new_sizes(bundle: Path, passes: int) -> list[dict[str, Any]]:
             im = _resized(base, w, h)
             labels = list(dets)
             for lab in labels[i % 3:] + labels[: i % 3]:
-                for g in GRAPHS:
-                    spent[lab][g] = 0.0
-                t0 = time.perf_counter()
-                dets[lab].detect(im)
-                times[lab]["detect"].append(time.perf_counter() - t0)
-                for g in GRAPHS:
-                    times[lab][g].append(spent[lab][g])
+                _timed_detect(dets[lab], im, spent[lab], times[lab])
         row = {"pass": k + 1, "paths": {lab: {g: {
             "total_ms": round(sum(v) * 1000, 1),
             "speedup_vs_onnxruntime": round(statistics.median(b / t for b, t in zip(times["onnxruntime"][g], v) if t > 0), 3)

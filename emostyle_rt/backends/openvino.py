@@ -85,7 +85,7 @@ MEMORY_CALIBRATION = 1.2
 #: 0.97x, whole detect 1.16x. But each new input shape costs OpenVINO a first run several times the graph's time,
 #: and P-Net's shapes change with every image size, R-Net's and O-Net's batch with every image: on 20 photo sizes
 #: seen once the whole detect ran at 0.47x onnxruntime all in OpenVINO (0.78x with P-Net and R-Net only; P-Net
-#: 0.39x, R-Net 0.50x), and O-Net left in onnxruntime ran 0.26-0.60x its own speed after OpenVINO's threads.
+#: 0.39x, R-Net 0.50x), and whatever ran right after OpenVINO paid about 20% more while its threads held the cores.
 #: ``backend="openvino"`` runs all three there (for a video at one resolution, where shapes repeat).
 AUTO_DETECTOR_GRAPHS: frozenset[str] = frozenset()
 #: Folders under the user cache: OpenVINO's compiled blobs, and the markers of graphs that passed the gate.
