@@ -226,9 +226,7 @@ class MtcnnDetector:
         return self._runners.load(name, lambda: self._load(name, self.spec.graphs[name]))
 
     def _load(self, name: str, graph: DetectorGraph) -> Any:
-        from .backends import load_graph
-
-        from .backends import openvino
+        from .backends import load_graph, openvino
 
         path = self.root / graph.onnx
 

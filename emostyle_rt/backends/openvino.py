@@ -503,10 +503,15 @@ class GatedRunner:
         self._fallback: Any = None
         self._verified = False
         self._lock = threading.Lock()
-        self.name, self.device = primary.name, "cpu"
+        self._name, self.device = primary.name, "cpu"
         self.inputs: tuple[TensorInfo, ...] = primary.inputs  # the graph's, whichever runtime serves it
         self.outputs: tuple[TensorInfo, ...] = primary.outputs
         self.gate_result: dict[str, Any] | None = None  # the gate's figures once it ran
+
+    @property
+    def name(self) -> str:
+        """The serving runner's name ("openvino:CPU:fp32", or onnxruntime's after a failed gate)."""
+        return self._fallback.name if self._fallback is not None else self._name
 
     @property
     def serving(self) -> str:

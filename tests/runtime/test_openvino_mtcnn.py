@@ -98,6 +98,7 @@ def test_a_broken_openvino_graph_falls_back_with_one_warning_and_onnxruntimes_bo
         _same_faces(faces[name], want)
     _same_faces(faces_again, ort_faces["astronaut"])
     assert _serving(det) == {"pnet": "onnxruntime", "rnet": "openvino", "onet": "onnxruntime:CPUExecutionProvider"}
+    assert det._runners["pnet"].name == "onnxruntime:CPUExecutionProvider"  # the name says who serves
     assert _serving(again)["pnet"] == "onnxruntime:CPUExecutionProvider"
     det.close()
     again.close()
