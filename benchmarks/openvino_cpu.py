@@ -150,10 +150,11 @@ def bench_small_graphs(m: Any, rounds: int, calls: int) -> list[dict[str, Any]]:
     return rows
 
 
-#: Chain paths of the fresh process: (label, Stylizer backend, whether the small onnxruntime graphs spin).
-#: "default, spinning" is the default as it was before the detector's and classifier's sessions stopped spinning.
+#: Chain paths of the fresh process: (label, Stylizer backend, MTCNN's backend; None: the Stylizer's).
+#: "default, MTCNN in OpenVINO": the default with the detector's graphs in OpenVINO (``auto`` keeps them in
+#: onnxruntime: benchmarks/results/openvino-cpu-mtcnn.md).
 CHAIN_PATHS = (("onnxruntime", "onnxruntime", None), ("default (auto)", "auto", None),
-               ("default, spinning (before)", "auto", True))
+               ("default, MTCNN in OpenVINO", "auto", "openvino"))
 
 
 class _Plans:
@@ -193,21 +194,21 @@ def _chain_child(bundle: Path, sizes: list[str], rounds: int, eager: bool) -> No
     """In a fresh process: open every path's Stylizer first (each plans its budget as a user's process would), then
     time them interleaved; one JSON row per size on stdout, with each path's plan (whole, or how it was tiled)."""
     from emostyle_rt import Stylizer
-    from emostyle_rt.backends import onnxruntime as ortb
+    from emostyle_rt.manifest import load_manifest
+    from emostyle_rt.mtcnn import MtcnnDetector
     from emostyle_rt.tiling import process_rss
 
     plans = _Plans()
     stylizers: dict[str, Any] = {}
     held: dict[str, float] = {}
-    for label, backend, spinning in CHAIN_PATHS:
-        before, ortb.SMALL_GRAPH_SPINNING = ortb.SMALL_GRAPH_SPINNING, bool(spinning) if spinning is not None \
-            else ortb.SMALL_GRAPH_SPINNING
-        try:
-            held[label] = round((process_rss() or 0) / 1e6)
-            st = stylizers[label] = Stylizer(bundle, backend=backend)
-            st._detector.preload()  # the detector's sessions are made now, with this path's spinning
-        finally:
-            ortb.SMALL_GRAPH_SPINNING = before
+    for label, backend, detector_backend in CHAIN_PATHS:
+        held[label] = round((process_rss() or 0) / 1e6)
+        detector = None
+        if detector_backend is not None:
+            m = load_manifest(bundle)
+            detector = MtcnnDetector(m.detector, m.root, backend=detector_backend)  # type: ignore[arg-type]
+        st = stylizers[label] = Stylizer(bundle, backend=backend, detector=detector)
+        st._detector.preload()  # the detector's sessions are made now
     fns: dict[str, Callable[[np.ndarray], tuple[str, np.ndarray]]] = {}
 
     def ours(st: Any) -> Callable[[np.ndarray], tuple[str, np.ndarray]]:

@@ -1,7 +1,7 @@
 """Face detection and the classifier's face crop.
 
 The default detector is the bundle's MTCNN (``emostyle_rt.mtcnn``: boxes, scores
-and five landmarks, run by onnxruntime like the other graphs). OpenCV's
+and five landmarks, run by the Stylizer's backend like the other graphs). OpenCV's
 frontal-face Haar cascade is used when asked for ("haar"), or for bundles made
 before the detector travelled in them, and only where this OpenCV has it
 (OpenCV 5 removed ``CascadeClassifier`` and its files). A YuNet ONNX model
@@ -176,24 +176,30 @@ def haar_available() -> tuple[bool, str]:
 _NO_DETECTOR_REPORTED: set[str] = set()
 
 
-def _bundle_mtcnn(manifest: Manifest | None, *, provider: str | None = None) -> FaceDetector:
-    """The bundle's MTCNN (``detector="mtcnn"``); BackendError for a bundle without one."""
+def _bundle_mtcnn(manifest: Manifest | None, *, provider: str | None = None, backend: str = "auto") -> FaceDetector:
+    """The bundle's MTCNN (``detector="mtcnn"``); BackendError for a bundle without one.
+
+    ``backend``: the Stylizer's; one that loads no plain ONNX file (TensorRT, AOTInductor engines) means "auto"
+    for MTCNN's graphs (see :class:`~emostyle_rt.mtcnn.MtcnnDetector`).
+    """
     if manifest is None or manifest.detector is None:
         which = "no bundle was given" if manifest is None else f"bundle {manifest.root} has none"
         raise BackendError(
             f"detector='mtcnn' needs a bundle with a face detector; {which}."
             + note("a manifest with a detector block (emostyle-export --bundle DIR --detector mtcnn)", "none"))
+    from .backends import LOADERS
     from .mtcnn import MtcnnDetector
 
-    return MtcnnDetector(manifest.detector, manifest.root, provider=provider)
+    return MtcnnDetector(manifest.detector, manifest.root, provider=provider,
+                         backend=backend if backend in LOADERS else "auto")
 
 
-def _haar(manifest: Manifest | None, *, provider: str | None = None) -> FaceDetector:
+def _haar(manifest: Manifest | None, *, provider: str | None = None, backend: str = "auto") -> FaceDetector:
     """OpenCV's Haar cascade (``detector="haar"``)."""
     return HaarDetector()
 
 
-#: Detectors by name: name -> ``factory(manifest, *, provider) -> FaceDetector``. A new detector is a module
+#: Detectors by name: name -> ``factory(manifest, *, provider, backend) -> FaceDetector``. A new detector is a module
 #: (a class with ``detect(rgb) -> list[Face]``, optionally ``preload()`` and ``close()``) and a line here.
 DETECTORS: dict[str, Callable[..., FaceDetector]] = {"mtcnn": _bundle_mtcnn, "haar": _haar}
 #: Detectors given as a model file: file suffix -> (what it is, ``factory(path) -> FaceDetector``).
@@ -221,6 +227,7 @@ def make_detector(
     manifest: Manifest | None = None,
     *,
     provider: str | None = None,
+    backend: str = "auto",
 ) -> FaceDetector:
     """The face detector to use with ``manifest``'s bundle.
 
@@ -236,13 +243,15 @@ def make_detector(
             ``detect(rgb) -> list[Face]``): as is.
         manifest: The bundle whose detector block "mtcnn" (and None) use.
         provider: The onnxruntime provider of the MTCNN graphs (as for the other graphs).
+        backend: The Stylizer's ``backend=``, which the MTCNN graphs follow ("auto": OpenVINO for those
+            measured faster there on a CPU-only machine; "onnxruntime"; "openvino": all three).
     """
     if detector is None:
         if manifest is not None and manifest.detector is not None:
-            return DETECTORS["mtcnn"](manifest, provider=provider)
+            return DETECTORS["mtcnn"](manifest, provider=provider, backend=backend)
         return _no_bundle_detector(manifest)
     if isinstance(detector, str) and detector in DETECTORS:
-        return DETECTORS[detector](manifest, provider=provider)
+        return DETECTORS[detector](manifest, provider=provider, backend=backend)
     if isinstance(detector, (str, os.PathLike)):
         suffix = os.path.splitext(str(detector))[1].lower()
         if suffix in DETECTOR_FILES:

@@ -1,4 +1,4 @@
-"""MTCNN face detection in numpy + onnxruntime, as the ``mtcnn`` package (1.0) runs it.
+"""MTCNN face detection in numpy + onnxruntime (or OpenVINO), as the ``mtcnn`` package (1.0) runs it.
 
 The cascade (Zhang et al. 2016): an image pyramid through P-Net (proposals),
 non-maximum suppression, R-Net on 24x24 patches (refinement), O-Net on 48x48
@@ -39,6 +39,7 @@ from .backends import LOADERS, Lazy, Runner
 from .errors import BundleError, InvalidArgumentError, InvalidImageError, note
 from .faces import Face, _downscale
 from .manifest import DetectorGraph, DetectorSpec
+from .metrics import DETECTOR_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,13 @@ class MtcnnDetector:
 
     ``spec`` and ``root``: the manifest's detector block and the bundle folder.
     ``provider`` as for the other graphs (None: CUDA when there is a GPU, else CPU;
-    see :func:`graph_provider`). ``backend``: which loader of ``backends.LOADERS``
-    opens the graphs ("onnxruntime"; the provider is onnxruntime's).
+    see :func:`graph_provider`). ``backend``: "auto" (the default; the Stylizer
+    passes its own): on a CPU-only machine with OpenVINO installed, the graphs
+    that ``backends.openvino.auto_uses`` names (none today: measured slower on new
+    shapes) run in OpenVINO, gated against onnxruntime on their first input, the
+    rest in onnxruntime; a ``provider`` given means onnxruntime. "openvino": all
+    three in OpenVINO, gated (a failed gate raises). "onnxruntime" or another
+    loader of ``backends.LOADERS``: that one.
     ``min_face_size`` replaces the bundle's (pixels of the detection copy, at
     least the spec's ``min_size``); ``detect_side`` caps the detection copy's
     longer side (None: the full image, like the package). Thread-safe: graphs
@@ -190,11 +196,11 @@ class MtcnnDetector:
         provider: str | None = None,
         min_face_size: float | None = None,
         detect_side: int | None = MTCNN_DETECT_SIDE,
-        backend: str = "onnxruntime",
+        backend: str = "auto",
     ) -> None:
-        if backend not in LOADERS:
+        if backend != "auto" and backend not in LOADERS:
             raise InvalidArgumentError(f"Unknown backend {backend!r} for the face detector's graphs."
-                                       + note(" or ".join(LOADERS), repr(backend)))
+                                       + note(" or ".join(("auto", *LOADERS)), repr(backend)))
         if min_face_size is not None and (isinstance(min_face_size, bool) or not isinstance(min_face_size, (int, float))
                                           or not spec.min_size <= min_face_size <= 1e5):
             raise InvalidArgumentError("min_face_size is out of range; the pyramid only shrinks the image."
@@ -203,9 +209,11 @@ class MtcnnDetector:
                                         or detect_side < spec.min_size):
             raise InvalidArgumentError(
                 "detect_side is out of range." + note(f"None or an int >= {spec.min_size}", repr(detect_side)))
-        self.backend = backend
         self.spec, self.root = spec, Path(root)
-        self.provider = graph_provider(provider) if backend == "onnxruntime" else None
+        if backend == "auto" and provider is not None:
+            backend = "onnxruntime"  # a provider is onnxruntime's, as for the other graphs (runner_for)
+        self.backend = backend
+        self.provider = graph_provider(provider) if backend in ("auto", "onnxruntime") else None
         self.min_face_size = float(spec.min_face_size if min_face_size is None else min_face_size)
         self.detect_side = detect_side
         self._lock = threading.Lock()
@@ -218,11 +226,21 @@ class MtcnnDetector:
         return self._runners.load(name, lambda: self._load(name, self.spec.graphs[name]))
 
     def _load(self, name: str, graph: DetectorGraph) -> Any:
-        from .backends import load_graph
+        from .backends import load_graph, openvino
 
         path = self.root / graph.onnx
-        # a few ms per run: no spinning threads
-        runner = load_graph(path, backend=self.backend, provider=self.provider, small=True)
+
+        def onnxruntime() -> Runner:  # a few ms per run: no spinning threads
+            return load_graph(path, backend="onnxruntime", provider=self.provider or "cpu", small=True)
+
+        tolerance = float(graph.parity.get("tolerance", DETECTOR_TOLERANCE))
+        if self.backend in ("auto", "openvino"):
+            runner = openvino.detector_runner(path, name, onnxruntime, required=self.backend == "openvino",
+                                              tolerance=tolerance) or onnxruntime()
+        elif self.backend == "onnxruntime":
+            runner = onnxruntime()
+        else:
+            runner = load_graph(path, backend=self.backend, small=True)
         ins, outs = {t.name: t for t in runner.inputs}, {t.name for t in runner.outputs}
         missing = [n for n in graph.output_names if n not in outs] + [graph.input_name] * (graph.input_name not in ins)
         shape = ins[graph.input_name].shape if graph.input_name in ins else ()

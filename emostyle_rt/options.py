@@ -42,9 +42,10 @@ class StylizerOptions:
 
     Args:
         backend: "auto" (a native TensorRT engine when one fits, else an AOTInductor package, else OpenVINO for
-            the style graphs on a machine without a GPU provider where it is installed, else onnxruntime),
-            "onnxruntime", "tensorrt", "aoti" (style graphs from AOTInductor packages; the classifier in
-            onnxruntime) or "openvino" (every graph in OpenVINO's CPU plugin). The list:
+            the style graphs on a machine without a GPU provider where it is installed, else onnxruntime; the
+            face detector's graphs stay in onnxruntime), "onnxruntime" (every graph), "tensorrt", "aoti"
+            (style graphs from AOTInductor packages; the classifier in onnxruntime) or "openvino" (every graph,
+            the detector's three too, in OpenVINO's CPU plugin). The list:
             :func:`emostyle_rt.backends.backend_names`.
         provider: None (the best usable one), or force an onnxruntime provider: "tensorrt", "cuda" or "cpu".
         detector: None (the bundle's MTCNN; Haar for bundles without one), "mtcnn", "haar" (where this OpenCV

@@ -192,7 +192,8 @@ class Stylizer:
             self.manifest.classifier.crop, margin=self.margin, margin_unit="fraction")
         self._backend, self._provider = options.backend, options.provider
         self._detector_spec, self._verify = options.detector, options.verify
-        self._detector = make_detector(options.detector, self.manifest, provider=self._provider)
+        self._detector = make_detector(options.detector, self.manifest, provider=self._provider,
+                                       backend=self._backend)
         # made here (from a name, a file or the bundle): its preload()/close() are the Stylizer's to call
         self._own_detector = self._detector is not options.detector
         self._precision, self._cuda_graph, self._cache_dir = options.precision, options.cuda_graph, options.cache_dir

@@ -23,11 +23,21 @@ PSNR >= :data:`BF16_MIN_PSNR` dB against onnxruntime FP32); a marker in the user
 (``<cache>/openvino/verified``) remembers that it passed. Any failure (compile,
 gate) with ``backend="auto"`` logs one warning and onnxruntime runs instead.
 
-``backend="auto"`` uses it for style graphs on a machine whose onnxruntime has
-no GPU provider, when the ``openvino`` package is installed. The classifier
-stays in onnxruntime there (a 128x128 graph: per-call overhead decides, and
-onnxruntime's is lower; benchmarks/results/openvino-cpu.md); ``backend="openvino"``
-runs it in OpenVINO too. MTCNN's graphs always run in onnxruntime.
+``backend="auto"`` uses it on a machine whose onnxruntime has no GPU
+provider, when the ``openvino`` package is installed, for the graphs that
+:func:`auto_uses` names (measured faster here): the style graphs. The classifier
+and MTCNN's graphs stay in onnxruntime (tiny graphs: per-call and per-shape
+overhead decide, and onnxruntime's is lower); ``backend="openvino"`` runs every
+graph in OpenVINO.
+
+MTCNN's graphs (:func:`detector_runner`) have no probe images: each is gated on
+its first real input (a pyramid level, the image's candidates) against
+onnxruntime, within the graph's parity tolerance (``DETECTOR_TOLERANCE``); a
+failed gate logs one warning and onnxruntime runs that graph from then on.
+P-Net's input shape changes with every pyramid level, so it runs with dynamic
+shapes (one compiled model; compiling a static model per shape costs ~40-54 ms a
+shape, which a photo's 9-level pyramid does not pay back: see
+benchmarks/results/openvino-cpu-mtcnn.md).
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import BackendError, note
-from ..metrics import CLASSIFIER_TOLERANCE, MIN_PSNR_DB, STYLE_TOLERANCE, psnr  # psnr: also under this name
+from ..metrics import CLASSIFIER_TOLERANCE, DETECTOR_TOLERANCE, MIN_PSNR_DB, STYLE_TOLERANCE, psnr  # psnr: also here
 from . import onnxruntime as ort_backend
 from .base import GraphLoader, TensorInfo, cache_dir
 
@@ -69,6 +79,15 @@ INFERENCE_PRECISION = "f32"
 #: ``emostyle_rt.tiling.estimate_whole``): 557 B/px measured for the paper's network (517 B/px live) at 1.0, 2.0 and
 #: 4.2 MP alike, i.e. 1.08 (onnxruntime's arena: 833-1302 B/px, calibrated at 2.5). Rounded up.
 MEMORY_CALIBRATION = 1.2
+#: MTCNN's graphs that ``backend="auto"`` runs in OpenVINO on a CPU-only machine: none, by measurement (2-core Xeon
+#: with AMX, shared; benchmarks/results/openvino-cpu-mtcnn.md, OpenVINO 2026.4 with dynamic shapes). Where every
+#: shape repeats (the same photo sizes, 7 rounds), OpenVINO is faster: P-Net 1.16x onnxruntime, R-Net 1.61x, O-Net
+#: 0.97x, whole detect 1.16x. But each new input shape costs OpenVINO a first run several times the graph's time,
+#: and P-Net's shapes change with every image size, R-Net's and O-Net's batch with every image: on 20 photo sizes
+#: seen once the whole detect ran at 0.47x onnxruntime all in OpenVINO (0.78x with P-Net and R-Net only; P-Net
+#: 0.39x, R-Net 0.50x), and whatever ran right after OpenVINO paid about 20% more while its threads held the cores.
+#: ``backend="openvino"`` runs all three there (for a video at one resolution, where shapes repeat).
+AUTO_DETECTOR_GRAPHS: frozenset[str] = frozenset()
 #: Folders under the user cache: OpenVINO's compiled blobs, and the markers of graphs that passed the gate.
 BLOBS_DIR, VERIFIED_DIR = "openvino/blobs", "openvino/verified"
 #: Graphs whose compile or gate failed in this process: path -> why (tried once, warned once).
@@ -392,6 +411,22 @@ def verified_runner(manifest: Any, key: str, spec: Any, *, style: bool, precisio
     return runner
 
 
+def auto_uses(key: str, *, style: bool) -> bool:
+    """Whether ``backend="auto"`` runs graph ``key`` in OpenVINO on a CPU-only machine (where it is installed).
+
+    The one rule, by measurement on this project's CPU: style graphs yes (1.26-1.78x onnxruntime,
+    benchmarks/results/openvino-cpu.md); the classifier no (0.88-0.98x); MTCNN's graphs those of
+    :data:`AUTO_DETECTOR_GRAPHS` (none: new input shapes cost OpenVINO more than it saves; "pnet", "rnet",
+    "onet" are their keys).
+    """
+    return style or key in AUTO_DETECTOR_GRAPHS
+
+
+def _cpu_only() -> bool:
+    """Whether onnxruntime has no GPU provider here (the CUDA and TensorRT EPs beat any CPU)."""
+    return ort_backend.choose_providers()[0] == ort_backend.PROVIDERS["cpu"]
+
+
 def check(manifest: Any, key: str) -> None:
     """Raise the ``BackendError`` that ``find_runner(required=True)`` would for a graph it cannot serve, loading
     nothing (``backend="openvino"`` is refused when a Stylizer is made): OpenVINO missing, or no such graph."""
@@ -424,9 +459,9 @@ def find_runner(manifest: Any, key: str, *, required: bool = False, precision: s
         log.debug("OpenVINO is not installed; %s uses onnxruntime.", key)
         return None
     if not required:
-        if not style:
-            return None  # onnxruntime is faster on the classifier (tiny graph): see the module docstring
-        if ort_backend.choose_providers()[0] != ort_backend.PROVIDERS["cpu"]:
+        if not auto_uses(key, style=style):
+            return None  # onnxruntime is faster on the classifier (tiny graph): see auto_uses
+        if not _cpu_only():
             log.debug("onnxruntime has a GPU provider here; %s does not use OpenVINO.", key)
             return None
     spec = manifest.styles[key] if style else manifest.classifier
@@ -446,3 +481,131 @@ def find_runner(manifest: Any, key: str, *, required: bool = False, precision: s
         if first:
             log.warning("%s. Using onnxruntime for %s.", str(exc).rstrip("."), key)
         return None
+
+
+# ---------------------------------------------------------------- MTCNN's graphs: gated on their first real input
+
+
+class GatedRunner:
+    """An OpenVINO runner of one detector graph, checked against onnxruntime on its first real input.
+
+    The first ``run`` runs the same feed in onnxruntime (``make_reference()``) too: every output must have the
+    reference's shape and dtype and lie within ``tolerance`` (max |diff|). Passed: OpenVINO serves, the reference
+    is closed. Failed, or OpenVINO raised: with ``required`` a ``BackendError``; else one warning (per graph file
+    and process) and onnxruntime serves this graph from then on (its output for the gate's feed is returned).
+    """
+
+    def __init__(self, primary: OvRunner, make_reference: Any, key: str, *, tolerance: float,
+                 required: bool = False) -> None:
+        self.key, self.tolerance, self.required = key, tolerance, required
+        self._primary: OvRunner | None = primary
+        self._make_reference = make_reference
+        self._fallback: Any = None
+        self._verified = False
+        self._lock = threading.Lock()
+        self._name, self.device = primary.name, "cpu"
+        self.inputs: tuple[TensorInfo, ...] = primary.inputs  # the graph's, whichever runtime serves it
+        self.outputs: tuple[TensorInfo, ...] = primary.outputs
+        self.gate_result: dict[str, Any] | None = None  # the gate's figures once it ran
+
+    @property
+    def name(self) -> str:
+        """The serving runner's name ("openvino:CPU:fp32", or onnxruntime's after a failed gate)."""
+        return self._fallback.name if self._fallback is not None else self._name
+
+    @property
+    def serving(self) -> str:
+        """Which runtime serves this graph now: "openvino", "onnxruntime" (the gate failed) or "unverified"."""
+        return "onnxruntime" if self._fallback is not None else "openvino" if self._verified else "unverified"
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._verified and self._fallback is None:
+            with self._lock:
+                if not self._verified and self._fallback is None:
+                    return self._gate(feed)
+        if self._fallback is not None:
+            return self._fallback.run(feed)
+        return self._primary.run(feed)  # type: ignore[union-attr]
+
+    def _gate(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        primary: OvRunner = self._primary  # type: ignore[assignment]  # set until a failed gate sets _fallback
+        reference = self._make_reference()
+        want = reference.run(feed)
+        try:
+            got = primary.run(feed)
+            why, diff = "", 0.0
+            for name, w in want.items():
+                g = got.get(name)
+                if g is None or g.shape != w.shape or g.dtype != w.dtype:
+                    why = (f"output {name!r} broke the graph's contract."
+                           + note(f"{w.dtype} {list(w.shape)}", "missing" if g is None else f"{g.dtype} {list(g.shape)}"))
+                    break
+                d = float(np.abs(g.astype(np.float64) - w.astype(np.float64)).max()) if w.size else 0.0
+                diff = max(diff, d if np.isfinite(d) else np.inf)
+            if not why and not diff <= self.tolerance:
+                why = (f"max |diff| {diff:g} against onnxruntime on its first input."
+                       + note(f"max |diff| <= {self.tolerance:g}", f"{diff:g}"))
+            if why:
+                raise BackendError(f"OpenVINO's {primary.path.name} ({self.key}) disagrees with onnxruntime: {why}")
+        except BackendError as exc:
+            if self.required:
+                reference.close()
+                raise
+            self._fail(exc)
+            self._fallback = reference
+            return want
+        self.gate_result = {"max_abs_diff": diff, "tolerance": self.tolerance, "openvino": version(),
+                            "shape": [list(np.shape(a)) for a in feed.values()]}
+        log.info("%s: OpenVINO agrees with onnxruntime on its first input (max |diff| %g).", self.key, diff)
+        reference.close()
+        self._verified = True
+        return got
+
+    def _fail(self, exc: BackendError) -> None:
+        """Record the failure, warn once per graph file, close OpenVINO's runner."""
+        path = f"{self._primary.path}:detector" if self._primary is not None else self.key
+        with _FAILED_LOCK:
+            first = path not in _FAILED
+            _FAILED[path] = str(exc)
+        if first:
+            log.warning("%s. Using onnxruntime for %s.", str(exc).rstrip("."), self.key)
+        if self._primary is not None:
+            self._primary.close()
+
+    def close(self) -> None:
+        for r in (self._primary, self._fallback):
+            if r is not None:
+                r.close()
+
+
+def detector_runner(path: str | os.PathLike, key: str, make_reference: Any, *, required: bool = False,
+                    tolerance: float = DETECTOR_TOLERANCE, threads: int = 0,
+                    cache: str | os.PathLike | None = None) -> GatedRunner | None:
+    """MTCNN graph ``key`` ("pnet", "rnet", "onet") of ``path`` in OpenVINO, gated on its first real input.
+
+    Not required (``backend="auto"``): None unless :func:`auto_uses` names the graph, OpenVINO is installed and
+    onnxruntime has no GPU provider here; a compile failure, or a graph that failed in this process before, is
+    one warning and None. ``make_reference()``: the graph's onnxruntime runner (the gate's reference and the
+    fallback). ``tolerance``: the graph's parity tolerance (the manifest's, else ``DETECTOR_TOLERANCE``).
+
+    Raises:
+        BackendError: ``required`` and OpenVINO is missing or cannot compile the graph.
+    """
+    if not required:
+        if not auto_uses(key, style=False) or not installed() or not _cpu_only():
+            return None
+        with _FAILED_LOCK:
+            if f"{Path(path)}:detector" in _FAILED:
+                return None
+    try:
+        runner = OvRunner(path, threads=threads or None, cache=cache)
+    except BackendError as exc:
+        if required:
+            raise
+        with _FAILED_LOCK:
+            first = f"{Path(path)}:detector" not in _FAILED
+            _FAILED[f"{Path(path)}:detector"] = str(exc)
+        if first:
+            log.warning("%s. Using onnxruntime for %s.", str(exc).rstrip("."), key)
+        return None
+    return GatedRunner(runner, make_reference, key, tolerance=tolerance, required=required)

@@ -1,4 +1,5 @@
-"""Fixtures of the runtime tests: a demo bundle whose ``angry`` style has tiled graphs (test_tiling*.py)."""
+"""Fixtures of the runtime tests: a demo bundle whose ``angry`` style has tiled graphs (test_tiling*.py); an empty
+user cache with OpenVINO's record of failed graphs reset (test_openvino*.py)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,13 @@ def tiled_bundle(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def style(tiled_bundle: Path) -> StyleSpec:
     """The tiled style of :func:`tiled_bundle`."""
     return load_manifest(tiled_bundle).style_for(TILED_EMOTION)
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty user cache for this test; no graph has passed OpenVINO's gate, or failed it, in this process."""
+    from emostyle_rt.backends import openvino as ovb
+
+    monkeypatch.setenv("EMOSTYLE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(ovb, "_FAILED", {})
+    return tmp_path / "cache"

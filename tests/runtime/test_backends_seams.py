@@ -291,7 +291,7 @@ def test_a_detector_registered_with_one_line_is_the_stylizers(
     from emostyle_rt import faces
 
     _Detector.made = []
-    monkeypatch.setitem(faces.DETECTORS, "box", lambda manifest, *, provider=None: _Detector())  # the one line
+    monkeypatch.setitem(faces.DETECTORS, "box", lambda manifest, *, provider=None, backend="auto": _Detector())  # the one line
     with Stylizer(demo_bundle, detector="box") as st:
         st.preload()
         res = st.stylize(astronaut)

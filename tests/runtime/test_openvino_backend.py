@@ -25,14 +25,6 @@ from emostyle_rt.manifest import Manifest, load_manifest
 needs_openvino = pytest.mark.skipif(not ovb.installed(), reason="openvino is not installed (the cpu extra brings it)")
 
 
-@pytest.fixture()
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty user cache for this test; no graph has passed the gate in this process either."""
-    monkeypatch.setenv("EMOSTYLE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(ovb, "_FAILED", {})
-    return tmp_path / "cache"
-
-
 @pytest.fixture(scope="module")
 def manifest(demo_bundle: Path) -> Manifest:
     return load_manifest(demo_bundle)
