@@ -34,9 +34,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
+
+from tests.support.seams import naive, seam_ratio  # run from the repository (studies/README.md)
 
 #: Tile modes a run can be (untiled: the whole image in one run, the budget set high enough; default: the
 #: Stylizer's defaults, no budget given: whole or tiled as the default budget decides).
@@ -56,26 +58,6 @@ def photo(width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])]))
 
 
-def seam_ratio(image: np.ndarray, rows: Iterable[int] = (), cols: Iterable[int] = ()) -> dict[str, float | None]:
-    """Mean |difference| across tile borders over the same one pixel away, per direction (None: no border).
-
-    ``rows``: border rows y (the border lies between y-1 and y); ``cols`` the same
-    for columns. 1.0 means the borders are invisible in this statistic; a seam
-    (tone step) makes the ratio grow.
-    """
-    img = image.astype(np.float32)
-
-    def ratio(a: np.ndarray, where: list[int]) -> float | None:
-        where = [b for b in where if 2 <= b <= a.shape[0] - 2]
-        if not where:
-            return None
-        across = np.mean([np.abs(a[b] - a[b - 1]).mean() for b in where])
-        beside = np.mean([(np.abs(a[b + 1] - a[b]).mean() + np.abs(a[b - 1] - a[b - 2]).mean()) / 2 for b in where])
-        return float(across / max(beside, 1e-9))
-
-    return {"horizontal_borders": ratio(img, list(rows)), "vertical_borders": ratio(img.transpose(1, 0, 2), list(cols))}
-
-
 def borders(plan: Any, spec: Any) -> tuple[list[int], list[int]]:
     """(rows, cols) where a plan's tiles meet: cell edges of the fast grid, strip edges of the exact mode."""
     from emostyle_rt.tiling import cells
@@ -88,25 +70,6 @@ def borders(plan: Any, spec: Any) -> tuple[list[int], list[int]]:
         rows = sorted({y for r in plan.strips for y in range(r, plan.height, r)})
         return rows, []
     return [], []
-
-
-def naive(runner: Any, padded: np.ndarray, window: tuple[int, int], halo: int, align: int,
-          region: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """Naive tiling: the untiled style graph on each tile (its own statistics), interiors stitched.
-
-    ``region`` (y0, y1, x0, x1): only the cells that touch it are run (the rest stays 0).
-    """
-    from emostyle_rt.tiling import cells
-
-    out = np.zeros_like(padded)
-    for y0, y1, wy in cells(padded.shape[0], window[0], halo, align):
-        for x0, x1, wx in cells(padded.shape[1], window[1], halo, align):
-            if region and (y1 <= region[0] or y0 >= region[1] or x1 <= region[2] or x0 >= region[3]):
-                continue
-            tile = np.ascontiguousarray(padded[wy:wy + window[0], wx:wx + window[1]])[None]
-            res = runner.run({"image": tile})["styled"][0]
-            out[y0:y1, x0:x1] = res[y0 - wy:y1 - wy, x0 - wx:x1 - wx]
-    return out
 
 
 def _vm(field: str) -> int:

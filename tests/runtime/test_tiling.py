@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 import pytest
 
-from emostyle_bench.tiling import naive, seam_ratio
 from emostyle_rt import Stylizer
 from emostyle_rt.backends import make_runner
 from emostyle_rt.errors import EmostyleError, InvalidArgumentError
@@ -38,6 +37,8 @@ from emostyle_rt.tiling import (
     stats_sample,
     stats_shape,
 )
+
+from support.seams import naive, seam_ratio
 
 EMOTION = "angry"  # the style conftest.py gives tiled graphs (TILED_EMOTION)
 

@@ -9,13 +9,12 @@ faces, some none. A detection matches a face when its IoU with the face's box
 ``MIN_IOU``; each face matches once. Everything else a detector reports is a
 false positive.
 
-``python -m emostyle_bench.face_recall --bundle engines/demo`` prints MTCNN and
-Haar side by side.
+The test-support owner of the set (tests/runtime/test_mtcnn.py); the study
+``studies/face_recall`` prints MTCNN and Haar side by side on it.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -213,28 +212,3 @@ def evaluate(name: str, detect: Callable[[np.ndarray], list[Any]], samples: Sequ
 
     return RecallReport(name, len(samples), faces, found, judged, judged_found, fps,
                         1e3 * float(np.median(times)) if times else 0.0, rows(sizes), rows(angles))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print recall and false positives of the bundle's MTCNN and of OpenCV's Haar cascade (where it exists)."""
-    from emostyle_rt.faces import HaarDetector, haar_available, make_detector
-    from emostyle_rt.manifest import default_bundle, load_manifest
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default=None, help="bundle with a face detector (default: as emostyle)")
-    p.add_argument("--faces", type=int, default=64, help="photos with faces (default 64)")
-    p.add_argument("--empty", type=int, default=16, help="photos without a face (default 16)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    samples = synthetic_set(args.faces, args.empty, seed=args.seed)
-    detectors = {"mtcnn": make_detector("mtcnn", load_manifest(default_bundle(args.bundle)), provider="cpu")}
-    if haar_available()[0]:
-        detectors["haar"] = HaarDetector()
-    for name, det in detectors.items():
-        print(evaluate(name, det.detect, samples).row())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
