@@ -4,7 +4,7 @@ Small real images (scikit-image's astronaut, odd sizes) with tiles forced far
 smaller than the image, against the untiled style graph of the demo bundle.
 The bundle's tiled graphs are added to one style of a copy when the session's
 bundle has none (an older EMOSTYLE_TEST_BUNDLE). Speed and the 12/48 MP targets
-are measured by benchmarks/tiling.py, not here.
+are measured by studies/tiling/tiling.py, not here.
 """
 
 from __future__ import annotations
