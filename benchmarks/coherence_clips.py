@@ -10,7 +10,7 @@ blend can be checked against the truth, not against another flow estimate:
 - :func:`moving_face`: the astronaut's face crossing a still photo (coffee); ``boxes`` gives
   where the face is in every frame (the pixels it uncovers are marked occluded in the flow).
 
-Used by ``benchmarks/coherence.py``, ``tests/runtime/test_coherence.py`` and the training
+Used by ``studies/coherence/coherence.py``, ``tests/runtime/test_coherence.py`` and the training
 side's temporal checks.
 """
 

@@ -1206,7 +1206,7 @@ def tiled_child(ctx: Ctx, mode: str, image_path: Path, out_path: Path, budget: s
 
 def stage_tiled8k(ctx: Ctx) -> None:
     import numpy as np
-    from emostyle_bench.tiling import photo
+    from emostyle_bench.images import mosaic as photo
 
     h, w = DRY_TILED_SIZE if ctx.dry else TILED_SIZE
     budget = DRY_TILED_BUDGET if ctx.dry else TILED_BUDGET

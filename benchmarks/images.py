@@ -65,6 +65,21 @@ def photo(size: Size) -> np.ndarray:
 ASTRONAUT_MTCNN_BOX = (182, 64, 83, 107)
 
 
+def mosaic(width: int, height: int) -> np.ndarray:
+    """A width x height RGB mosaic of four real photos (scikit-image), each resized (cubic) to a quarter.
+
+    The tiling studies' photo: four photos, so tiles meet over different content.
+    """
+    import cv2
+    from skimage import data
+
+    parts = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    h2, w2 = height // 2, width // 2
+    sizes = [(w2, h2), (width - w2, h2), (w2, height - h2), (width - w2, height - h2)]
+    tiles = [cv2.resize(np.ascontiguousarray(p[..., :3]), s, interpolation=cv2.INTER_CUBIC) for p, s in zip(parts, sizes)]
+    return np.ascontiguousarray(np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])]))
+
+
 def face_crops(height: int, width: int, channels: int, n: int) -> np.ndarray:
     """``n`` classifier inputs (uint8 NHWC) cut around the astronaut's face with different margins."""
     from dataclasses import replace

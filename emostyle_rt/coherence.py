@@ -56,7 +56,7 @@ MATCH_LEVELS = 24.0
 CUT_FRACTION = 0.3
 #: Motion (fraction of the long side per frame) at which the blend weight halves; 0: no motion adaptation.
 DEFAULT_MOTION = 0.008
-#: Default blend strength (measured: ``python -m emostyle_bench.coherence``).
+#: Default blend strength (measured: ``python studies/coherence/coherence.py``).
 DEFAULT_STRENGTH = 0.8
 
 

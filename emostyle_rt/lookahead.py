@@ -51,7 +51,7 @@ _EPS = 1e-9  # frame times are i / fps: 1.5 s may come out as 1.4999...
 
 @dataclass(frozen=True)
 class LookaheadOptions:
-    """How :func:`plan_segments` chooses a clip's segments (defaults measured by ``benchmarks/video_sweep.py`` on a
+    """How :func:`plan_segments` chooses a clip's segments (defaults measured by ``studies/video_sweep/video_sweep.py`` on a
     real classifier's noise, docs/emotion-over-time.md).
 
     ``switch_penalty``: the evidence a switch must gain (``evidence="prob"``: seconds of probability lead: the default

@@ -59,11 +59,11 @@ from .manifest import StyleSpec, TiledGraph, TiledSpec
 
 log = logging.getLogger(__name__)
 
-#: The two ways tiles share statistics. The default is chosen by measurement (docs/tiling.md, benchmarks/tiling.py).
+#: The two ways tiles share statistics. The default is chosen by measurement (docs/tiling.md, studies/tiling/tiling.py).
 TILE_MODES = ("exact", "fast")
 DEFAULT_TILE_MODE = "exact"
 #: Long side of the sample the fast mode takes its statistics from: at 12 MP, 1536 px (24 crops) gave 34-35.5 dB
-#: against untiled where 1024 px (12 crops) gave 26-29 dB (benchmarks/tiling_stats.py, docs/tiling.md).
+#: against untiled where 1024 px (12 crops) gave 26-29 dB (studies/tiling_stats/tiling_stats.py, docs/tiling.md).
 STATS_SIDE = 1536
 #: The smallest statistics sample the fast mode shrinks to when the budget is small.
 MIN_STATS_SIDE = 256
@@ -80,7 +80,7 @@ STRIP_PIXELS = 1 << 18
 SAMPLE_STRIP_PIXELS = STRIP_PIXELS // 4
 #: Peak RSS growth of an onnxruntime CPU run per byte of the graph's live activations (``bytes_per_pixel``):
 #: onnxruntime's arena rounding and convolution buffers. Measured on the demo style graph (517 B/px of live
-#: activations; benchmarks/tiling.py --calibrate): untiled 2.14x at 0.26-2.1 MP, 2.52x at 4.2 MP (the arena
+#: activations; studies/tiling/tiling.py --calibrate): untiled 2.14x at 0.26-2.1 MP, 2.52x at 4.2 MP (the arena
 #: grows by powers of two); the tile graph 2.0x (slope) at 0.26-1 MP. Rounded up, so estimates err high.
 CALIBRATION = 2.5
 #: The same for the exact mode's segments (one or two convolutions each, plus the strip buffers numpy holds:
@@ -89,7 +89,7 @@ CALIBRATION = 2.5
 #: keeps chunks of each): 579 MB for 458 MB estimated at 3.5 (2 MP, 500 MB budget), 660 for 515 (12 MP).
 SEGMENT_CALIBRATION = 4.5
 #: The same for the stats graph (whose reductions keep more alive than its nodes' order shows): 4.21x at
-#: 0.26 MP, 4.4x at 1 MP (benchmarks/tiling.py --calibrate).
+#: 0.26 MP, 4.4x at 1 MP (studies/tiling/tiling.py --calibrate).
 STATS_CALIBRATION = 4.5
 #: Bytes per pixel of the image buffers a style run holds besides the graph's activations:
 #: the padded input copy, the output and its cropped copy (uint8 RGB each).
@@ -103,7 +103,7 @@ FALLBACK_BYTES_PER_PIXEL = 517.0
 BUDGET_FRACTION = 0.75
 #: ... and at most what keeps the process' peak RSS at about this (the process' RSS when its Stylizer opened, plus
 #: the run): a 12 MP photo no longer takes 10 GB untiled because the machine has them. Chosen by measurement at 2,
-#: 12 and 48 MP (docs/tiling.md, benchmarks/results/memory-defaults.md): with OpenVINO (557 B/px) photos up to about
+#: 12 and 48 MP (docs/tiling.md, studies/tiling/results/memory-defaults.md): with OpenVINO (557 B/px) photos up to about
 #: 3.5 MP still run whole, where tiling costs the most time; larger ones go in tiles.
 DEFAULT_PEAK_RSS = 2_500_000_000
 #: The least budget of a worker's share (``worker_budget``; tiles of the exact mode need about 200 MB).

@@ -75,7 +75,7 @@ def _positive(name: str, value: object, *, integer: bool = False, zero: bool = F
 @dataclass(frozen=True)
 class TemporalOptions:
     """How a stream decides its emotion over time (defaults measured on a real classifier's noise:
-    ``benchmarks/video_sweep.py``, docs/emotion-over-time.md).
+    ``studies/video_sweep/video_sweep.py``, docs/emotion-over-time.md).
 
     ``classify_every`` frames or ``classify_seconds`` (whichever first) between
     classifications; ``iou_threshold``: reclassify at once when the tracked face's

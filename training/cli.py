@@ -83,7 +83,7 @@ costs one more pass of the style network per step (not of VGG19). report.json ge
 "temporal" block. Measured at a small size (96 px, 200 steps, CPU, two seeds): W = 1e4 cut
 the warping error on unseen clips to 0.48-0.95x at a style loss within 20%, steps 1.5x
 longer; 3e4 to 0.36-0.69x at +27-32% training style loss. Measure yours:
-python -m emostyle_bench.temporal_training --help.
+python studies/temporal_training/temporal_training.py --help.
 
 examples:
   emostyle-train style --style candy.jpg --content data/faces -o angry.pth

@@ -541,7 +541,7 @@ def _median_steady(seconds: Sequence[float]) -> float | None:
 
 
 def _temporal_report(cfg: StyleConfig, first: dict[str, float], last: dict[str, float]) -> dict[str, Any]:
-    """The temporal loss's settings and figures for report.json (what it costs: benchmarks/temporal_training.py)."""
+    """The temporal loss's settings and figures for report.json (what it costs: studies/temporal_training/temporal_training.py)."""
     from .temporal import MotionRange
 
     w = cfg.temporal_weight

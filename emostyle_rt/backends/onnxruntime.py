@@ -60,7 +60,7 @@ _GPU_FULL = tuple(PROVIDERS[short] for short in _GPU)
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 
 #: CPU memory strategies ($EMOSTYLE_CPU_MEMORY; default "shared"). Measured with
-#: benchmarks/peak_rss.py and two interleaved A/B scripts on the 2-core dev CPU
+#: studies/peak_rss/peak_rss.py and two interleaved A/B scripts on the 2-core dev CPU
 #: (demo bundle, 7 style sessions, 1280x720 photos cycling through the emotions),
 #: while three other jobs loaded the same two cores (single runs varied +-45-160%,
 #: so only medians of interleaved runs are compared):

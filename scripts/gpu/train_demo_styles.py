@@ -827,8 +827,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def fp16_checks(args: argparse.Namespace, emotions: Sequence[str], release_dir: Path, out: Path,
                 deadline: float) -> dict[str, Any]:
-    """benchmarks/gpu_fp16_check.py on each released network (fp16 vs fp32 on this device), while time is left."""
-    from emostyle_bench.gpu_fp16_check import main as fp16_main
+    """studies/gpu_fp16_check/gpu_fp16_check.py on each released network (fp16 vs fp32 on this device), while time
+    is left."""
+    if str(REPO) not in sys.path:  # studies/ is not installed: it runs from the repository
+        sys.path.insert(0, str(REPO))
+    from studies.gpu_fp16_check.gpu_fp16_check import main as fp16_main
     from emostyle_export.bundle import demo_style_path
 
     results: dict[str, Any] = {}
@@ -939,7 +942,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--min-slot-s", type=float, default=20.0, help="a style with less time than this is skipped")
     c.add_argument("--startup-s", type=float, default=6.0, help="process start before emostyle-train's clock")
     c.add_argument("--no-fp16-check", dest="fp16_check", action="store_false",
-                   help="skip benchmarks/gpu_fp16_check.py on the trained networks at the end (run when time is left)")
+                   help="skip studies/gpu_fp16_check/gpu_fp16_check.py on the trained networks at the end (run when "
+                   "time is left)")
     c.add_argument("--fp16-check-s", type=float, default=40.0, help="time it needs (default 40 s)")
     c.set_defaults(func=cmd_train)
     c = sub.add_parser("install", help="here: the returned checkpoints -> weights/demo/styles/")

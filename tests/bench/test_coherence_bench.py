@@ -1,5 +1,5 @@
-"""emostyle-bench's video stage (per-frame vs coherent, E_warp in the output check) and the coherence study's
-picture, on the demo bundle at a small size."""
+"""emostyle-bench's video stage (per-frame vs coherent, E_warp in the output check), on the demo bundle at a
+small size (the coherence study's picture: tests/studies/test_coherence_study.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,9 @@ import json
 import re
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from emostyle_bench import cli
-from emostyle_bench.coherence import STRIP_FRAMES, strip
-from emostyle_bench.images import Size
-from emostyle_rt import Stylizer
-from emostyle_rt.coherence import CoherenceOptions
 
 
 def test_video_stage_reports_each_paths_warping_error(demo_bundle: Path, tmp_path: Path) -> None:
@@ -33,15 +27,3 @@ def test_video_stage_reports_each_paths_warping_error(demo_bundle: Path, tmp_pat
     assert float(m.group(3)) == pytest.approx(e_per, abs=0.01)
     assert float(m.group(1)) <= 0.5 * e_per and int(m.group(2)) <= -50
     assert dict(map(tuple, coh["speedups"]))["per-frame"] > 0  # its time against the per-frame path's
-
-
-def test_strip_shows_six_frames_in_five_rows(demo_bundle: Path, tmp_path: Path) -> None:
-    st = Stylizer(demo_bundle)
-    tile = Size(54, 96)
-    path = strip(st, tmp_path / "img" / "strip.png", "happy", CoherenceOptions("flow"), tile)
-    img = cv2.imread(str(path))
-    assert img.shape == (5 * (tile.height + 4), STRIP_FRAMES * (tile.width + 4), 3)
-    rows = [img[r * (tile.height + 4) + 2:(r + 1) * (tile.height + 4) - 2].astype(float) for r in range(5)]
-    assert np.abs(rows[1] - rows[2]).mean() > 1  # per-frame and coherent differ
-    assert rows[4].mean() < 0.7 * rows[3].mean()  # the coherent frames change less from frame to frame
-    assert list(path.parent.iterdir()) == [path]  # written atomically: no temporary file left

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from skimage import data
 
-from emostyle_bench.face_recall import JUDGED_FROM, evaluate, iou, synthetic_set
 from emostyle_rt import Face, Stylizer
 from emostyle_rt.errors import BackendError, BundleError, InvalidArgumentError, InvalidImageError
 from emostyle_rt.faces import HaarDetector, crop_face, haar_available, make_detector
 from emostyle_rt.manifest import DetectorSpec, load_manifest, parse_crop
 from emostyle_rt.mtcnn import MtcnnDetector, crop_and_resize, fast_nms, level_shape, pyramid_scales
+
+from support.faces import JUDGED_FROM, evaluate, iou, synthetic_set
 
 ASTRONAUT = data.astronaut()
 #: What mtcnn 1.0.0's MTCNN().detect_faces gives (checked live in tests/export/test_detectors.py).

@@ -4,7 +4,7 @@ Small real images (scikit-image's astronaut, odd sizes) with tiles forced far
 smaller than the image, against the untiled style graph of the demo bundle.
 The bundle's tiled graphs are added to one style of a copy when the session's
 bundle has none (an older EMOSTYLE_TEST_BUNDLE). Speed and the 12/48 MP targets
-are measured by benchmarks/tiling.py, not here.
+are measured by studies/tiling/tiling.py, not here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 import pytest
 
-from emostyle_bench.tiling import naive, seam_ratio
 from emostyle_rt import Stylizer
 from emostyle_rt.backends import make_runner
 from emostyle_rt.errors import EmostyleError, InvalidArgumentError
@@ -38,6 +37,8 @@ from emostyle_rt.tiling import (
     stats_sample,
     stats_shape,
 )
+
+from support.seams import naive, seam_ratio
 
 EMOTION = "angry"  # the style conftest.py gives tiled graphs (TILED_EMOTION)
 

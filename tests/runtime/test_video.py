@@ -3,7 +3,7 @@
 Clips are built here with PyAV from the astronaut photo (small sizes, few frames).
 The stability tests inject a classifier whose answer follows the clip's content (the
 astronaut happy, her channels swapped sad: no real photo pair changes expression),
-with seeded noise like ``benchmarks/video_sweep.py``'s synthetic model; detection,
+with seeded noise like ``studies/video_sweep/video_sweep.py``'s synthetic model; detection,
 tracking, scheduling, smoothing and styling are the real ones. One test runs the demo
 bundle's trained classifier itself on a steady real face.
 """
@@ -273,7 +273,7 @@ def test_crossfade_blends_two_styles(st: Stylizer, face_frame: np.ndarray, monke
 
 def fake_classifier(seed: int) -> Any:
     """Happy when the frame is redder than blue (the astronaut), sad otherwise (its channels swapped); logits
-    with a runner-up and seeded noise as in benchmarks/video_sweep.py; the face box is fixed."""
+    with a runner-up and seeded noise as in studies/video_sweep/video_sweep.py; the face box is fixed."""
     rng = np.random.default_rng(seed)
 
     def classify(rgb: np.ndarray) -> Classification:

@@ -4,7 +4,7 @@ Two styles are trained briefly here on the recipe's own style images (20 steps a
 64 px on recipe content photos), released as fp16 and put where `--demo` looks
 for them; the other five stay seeded. One export through the CLI (the ordinary
 path: FP16 and tiled graphs, the face detector), then the manifest, the runtime's
-warning, the runtime's output and `python -m emostyle_bench.trained_styles`.
+warning, the runtime's output and `python studies/trained_styles/trained_styles.py`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def test_the_runtime_serves_the_trained_network(trained_demo: dict[str, Path], a
     from emostyle_rt import Stylizer
     from emostyle_train.data import to_tensor, to_uint8
 
-    from emostyle_bench.trained_styles import NoFaces
+    from support.studies import study
+
+    NoFaces = study("trained_styles").NoFaces
 
     photo = np.ascontiguousarray(astronaut[::2, ::2])
     with Stylizer(trained_demo["bundle"], detector=NoFaces()) as st:
@@ -91,7 +93,9 @@ def test_the_runtime_serves_the_trained_network(trained_demo: dict[str, Path], a
 
 
 def test_evidence_script_measures_every_figure(trained_demo: dict[str, Path], tmp_path: Path) -> None:
-    from emostyle_bench.trained_styles import main
+    from support.studies import study
+
+    main = study("trained_styles").main
 
     out, md, sheet = tmp_path / "e.json", tmp_path / "e.md", tmp_path / "sheet.png"
     assert main(["--bundle", str(trained_demo["bundle"]), "--emotions", ",".join(TRAINED), "--baseline", "none",

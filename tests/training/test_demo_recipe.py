@@ -125,7 +125,7 @@ def test_tiny_cpu_run_writes_fp16_checkpoints_that_install_and_load(pack_dir: Pa
     assert s["style_image"] == "candy.jpg" and s["held_out"]["photos"][0] == "astronaut.jpg"
     assert s["release"]["bytes"] < 3.5e6 and np.isfinite(s["held_out"]["ratio_trained_untrained"])
     assert "| happy | candy.jpg | 3 | 6 |" in (out / "summary.md").read_text()
-    fp16 = summary["fp16_check"]["happy"]  # benchmarks/gpu_fp16_check.py on the released network (CPU here)
+    fp16 = summary["fp16_check"]["happy"]  # studies/gpu_fp16_check/gpu_fp16_check.py on the released network (CPU here)
     assert fp16["64x64 fp16_in_fp32"]["finite"] and fp16["64x64 fp16_in_fp32"]["psnr_db"] > 40
     with tarfile.open(out / "styles-1.tar") as tar:  # angry, disgust, fear, happy; the other three: styles-2
         assert tar.getnames() == ["styles/happy.pth"]
