@@ -291,11 +291,19 @@ def bench_coldstart(bundle: Path, size: str, pairs: int) -> dict[str, Any]:
 
 
 def bench_rss(bundle: Path, photos: int, size: str) -> dict[str, Any]:
-    """benchmarks/peak_rss.py per backend (photos cycling through all seven emotions), fresh processes."""
+    """studies/peak_rss/peak_rss.py per backend (photos cycling through all seven emotions), fresh processes.
+
+    The study is not installed: this stage runs from a source checkout only.
+    """
     w, h = SIZES[size]
+    script = Path(__file__).resolve().parents[1] / "studies" / "peak_rss" / "peak_rss.py"
+    if not script.is_file():
+        raise SystemExit(f"The rss stage runs the peak_rss study, which is not installed; {script} does not exist. "
+                         "Note: expected a source checkout of emostyle-rt (studies/ beside benchmarks/), "
+                         "available: an installed emostyle_bench only.")
     out = {}
     for backend in ("onnxruntime", "auto"):
-        done = subprocess.run([sys.executable, str(Path(__file__).with_name("peak_rss.py")), "--bundle", str(bundle),
+        done = subprocess.run([sys.executable, str(script), "--bundle", str(bundle),
                                "--photos", str(photos), "--size", f"{w}x{h}", "--backend", backend],
                               capture_output=True, text=True, check=True)
         out[backend] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -432,7 +440,7 @@ def markdown(result: dict[str, Any]) -> str:
                              f"{v['peak_rss_mb']:.0f} |")
         if row["stage"] == "rss":
             lines += ["", f"Peak RSS over {row['photos']} photos of {row['size']} cycling through the seven emotions "
-                          "(benchmarks/peak_rss.py):", ""]
+                          "(studies/peak_rss/peak_rss.py):", ""]
             for n, v in row["runs"].items():
                 lines.append(f"- backend {n}: peak {v['peak_rss_mb']} MB, end {v['rss_end_mb']} MB, "
                              f"median {v.get('median_photo_after_first_pass_s', '?')} s per photo after the first pass, style engines {', '.join(v.get('style_engines', []))}")
