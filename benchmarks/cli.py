@@ -14,7 +14,7 @@ from pathlib import Path
 
 from emostyle_rt.console import INTERRUPTED
 from emostyle_rt.fsutil import path_argument
-from emostyle_rt.manifest import BUNDLE_ENV, DEFAULT_BUNDLE, bundle_hint, default_bundle
+from emostyle_rt.console import BUNDLE_ENV, DEFAULT_BUNDLE, bundle_hint, default_bundle
 
 log = logging.getLogger("emostyle_bench")
 

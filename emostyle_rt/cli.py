@@ -44,7 +44,8 @@ from .fsutil import check_replace, refuse_input
 from .imageio import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image_meta, write_bytes_atomic, write_image
 from .logutil import setup_cli_logging
 from .options import StylizerOptions, add_stylizer_arguments, options_from_args
-from .manifest import DEFAULT_BUNDLE, MANIFEST_NAME, Manifest, bundle_hint, default_bundle, load_manifest
+from .console import DEFAULT_BUNDLE, bundle_hint, default_bundle
+from .manifest import MANIFEST_NAME, Manifest, load_manifest
 from .coherence import DEFAULT_STRENGTH, MODES, CoherenceOptions
 from .video import DECISIONS, TemporalOptions
 from .videoio import VIDEO_SUFFIXES

@@ -27,7 +27,8 @@ from emostyle_rt.errors import BundleError, EmostyleError, InvalidArgumentError,
 from emostyle_rt.cli import nonempty_path
 from emostyle_rt.logutil import setup_cli_logging
 from emostyle_rt.options import add_stylizer_arguments, options_from_args
-from emostyle_rt.manifest import DEFAULT_BUNDLE, MANIFEST_NAME, bundle_hint, default_bundle, load_manifest
+from emostyle_rt.console import DEFAULT_BUNDLE, bundle_hint, default_bundle
+from emostyle_rt.manifest import MANIFEST_NAME, load_manifest
 
 from .config import CONFIG_ENV, SERVE_MAX_BODY, SERVE_MAX_PIXELS, ServeConfig
 

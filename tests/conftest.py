@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,12 @@ from emostyle_rt.logutil import TF_QUIET_ENV
 
 for _name, _value in TF_QUIET_ENV.items():  # before any test imports TensorFlow
     os.environ.setdefault(_name, _value)
+
+# A suite started in the background (`nohup ... &`, a CI runner without a terminal) inherits SIGINT
+# ignored, and so would every command the tests start: the Ctrl-C tests would then wait for an
+# interrupt that can never arrive. Give the commands the disposition a user's terminal gives them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -343,7 +343,7 @@ def test_gpu_eager_script_smoke_on_cpu(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_eager.py"
+    script = Path(__file__).resolve().parents[2] / "studies" / "gpu_eager" / "gpu_eager.py"
     out = tmp_path / "gpu.json"
     code = ("import sys, runpy\n"
             "main = runpy.run_path(sys.argv[1])['main']\n"

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emostyle_rt import cli, fsutil, imageio, manifest
+from emostyle_rt import cli, console, fsutil, imageio, manifest
 from emostyle_rt.cli import STATE_NAME, main
 from emostyle_rt.errors import BackendError, BundleError, ImageWriteError, InvalidArgumentError
 
@@ -346,7 +346,7 @@ def test_refused_before_anything_is_created(sandbox: Path, capsys: pytest.Captur
 def test_default_bundle_missing_says_how_to_get_one(sandbox: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("EMOSTYLE_BUNDLE", raising=False)
-    monkeypatch.setattr(manifest, "DEFAULT_BUNDLE", Path("engines") / "no-such-bundle")  # not in the repo either
+    monkeypatch.setattr(console, "DEFAULT_BUNDLE", Path("engines") / "no-such-bundle")  # not in the repo either
     assert main(["a.jpg", "-o", "o.png"]) == 2
     err = capsys.readouterr().err
     assert "No bundle at engines/no-such-bundle." in err and "--bundle DIR or EMOSTYLE_BUNDLE=DIR" in err
