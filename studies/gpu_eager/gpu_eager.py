@@ -2,7 +2,7 @@
 
 Standalone: ``python studies/gpu_eager/gpu_eager.py --out gpu_eager.json`` on any machine
 with a CUDA build of PyTorch (nothing of this project installed: the network is
-imported by file path from ``export/models/transformer.py`` next to this script).
+imported by file path from ``src/emostyle_export/models/transformer.py`` of this checkout).
 
 Measures the demo style network (seeded weights, ImageNet convention) at
 256x256, 512x512, 1280x720 and 1920x1080, batch 1 and 4, as
@@ -37,8 +37,8 @@ import torch
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SIZES = {"256x256": (256, 256), "512x512": (512, 512), "1280x720": (720, 1280), "1920x1080": (1080, 1920)}
-TRANSFORMER = Path(__file__).resolve().parents[2] / "export" / "models" / "transformer.py"
-METRICS = Path(__file__).resolve().parents[2] / "emostyle_rt" / "metrics.py"
+TRANSFORMER = Path(__file__).resolve().parents[2] / "src" / "emostyle_export" / "models" / "transformer.py"
+METRICS = Path(__file__).resolve().parents[2] / "src" / "emostyle_rt" / "metrics.py"
 
 
 def _by_path(name: str, path: Path) -> Any:
@@ -55,7 +55,7 @@ def load_transformer(path: Path = TRANSFORMER) -> type:
     return _by_path("emostyle_transformer", path).TransformerNet
 
 
-#: The one PSNR (emostyle_rt/metrics.py, imported by path: nothing of this project need be installed; torch tensors
+#: The one PSNR (src/emostyle_rt/metrics.py, imported by path: nothing of this project need be installed; torch tensors
 #: stay on their device).
 psnr = _by_path("emostyle_metrics", METRICS).psnr
 

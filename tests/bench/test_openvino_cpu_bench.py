@@ -1,4 +1,4 @@
-"""The chain stage of benchmarks/openvino_cpu.py: a fresh process, each path's plan reported.
+"""The chain stage of emostyle_bench.openvino_cpu: a fresh process, each path's plan reported.
 
 The stage once opened its Stylizers in the process that had just run the style
 stage (5.4 GB held): every path then got the 512 MB budget floor and ran 720p

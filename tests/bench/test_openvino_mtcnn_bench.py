@@ -1,4 +1,4 @@
-"""benchmarks/openvino_mtcnn.py: every path detects the same faces, each graph's time is its runner's, the report
+"""emostyle_bench.openvino_mtcnn: every path detects the same faces, each graph's time is its runner's, the report
 renders (one photo, one round: what it measures is for the results file, not for a test)."""
 
 from __future__ import annotations

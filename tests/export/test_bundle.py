@@ -220,6 +220,14 @@ def test_fp16_added_to_existing_bundle_and_engines_refused_without_tensorrt(
     load_manifest(dest)
 
 
+
+def test_demo_weights_are_the_checkouts() -> None:
+    """An editable install's demo export reads the checkout's weights/demo (src/emostyle_export is two below)."""
+    repo = Path(__file__).resolve().parents[2]
+    if repo / "src" not in Path(bundle_mod.__file__).resolve().parents:
+        pytest.skip(f"emostyle_export is not this checkout's (an installed copy: {bundle_mod.__file__})")
+    assert bundle_mod.DEMO_WEIGHTS == repo / "weights" / "demo" and (bundle_mod.DEMO_WEIGHTS / "recipe.toml").is_file()
+
 def test_demo_note_and_warning_name_what_is_untrained(demo_bundle: Path, tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     """Trained demo weights (weights/demo) make the untrained-weights note and warning shrink to what is left."""

@@ -353,6 +353,23 @@ def test_default_bundle_missing_says_how_to_get_one(sandbox: Path, monkeypatch: 
     assert "emostyle-export --demo -o engines/no-such-bundle" in err and not (sandbox / "o.png").exists()
 
 
+
+def test_default_bundle_from_another_folder_is_the_checkouts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a folder without engines/demo, the default is the source checkout's own (src/emostyle_rt is two below)."""
+    from emostyle_rt.bundle import manifest as bundle_manifest
+
+    repo = Path(__file__).resolve().parents[2]
+    if repo / "src" not in Path(console.__file__).resolve().parents:
+        pytest.skip(f"emostyle_rt is not this checkout's (an installed copy: {console.__file__})")
+    monkeypatch.delenv("EMOSTYLE_BUNDLE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    # a tracked folder of the checkout stands in for engines/demo (git-ignored, absent before the demo export)
+    monkeypatch.setattr(console, "DEFAULT_BUNDLE", Path("weights") / "demo")
+    monkeypatch.setattr(bundle_manifest, "MANIFEST_NAME", "recipe.toml")
+    assert console.default_bundle() == repo / "weights" / "demo"
+    monkeypatch.setattr(bundle_manifest, "MANIFEST_NAME", "no-such-manifest.json")  # not a bundle there: the default
+    assert console.default_bundle() == Path("weights") / "demo"
+
 def test_report_of_an_earlier_run_or_forced_is_replaced(sandbox: Path) -> None:
     """An emostyle report is replaced by the next run; another file only with --force."""
     b = FAST

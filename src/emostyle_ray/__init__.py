@@ -1,7 +1,6 @@
 """emostyle_ray: ``emostyle DIR -o OUT --ray`` and :func:`stylize_folder`, a folder or video job on Ray Data.
 
-Installed as ``emostyle_ray`` (the repo folder is ``distributed/``) with the
-``ray`` extra. The runtime (``emostyle_rt``) never imports it; the command
+Installed with the ``ray`` extra. The runtime (``emostyle_rt``) never imports it; the command
 imports it only for ``--ray``. Ray itself is imported inside the functions
 that need it. See docs/ray.md.
 """

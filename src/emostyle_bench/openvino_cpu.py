@@ -296,10 +296,10 @@ def bench_rss(bundle: Path, photos: int, size: str) -> dict[str, Any]:
     The study is not installed: this stage runs from a source checkout only.
     """
     w, h = SIZES[size]
-    script = Path(__file__).resolve().parents[1] / "studies" / "peak_rss" / "peak_rss.py"
+    script = Path(__file__).resolve().parents[2] / "studies" / "peak_rss" / "peak_rss.py"  # src/emostyle_bench/ -> repo
     if not script.is_file():
         raise SystemExit(f"The rss stage runs the peak_rss study, which is not installed; {script} does not exist. "
-                         "Note: expected a source checkout of emostyle-rt (studies/ beside benchmarks/), "
+                         "Note: expected a source checkout of emostyle-rt (studies/ beside src/), "
                          "available: an installed emostyle_bench only.")
     out = {}
     for backend in ("onnxruntime", "auto"):

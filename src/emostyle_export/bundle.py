@@ -57,7 +57,7 @@ log = logging.getLogger("emostyle_export")
 #: The demo bundle's trained weights in the source tree: ``styles/<emotion>.pth`` (fp16, the authors' format),
 #: trained by scripts/gpu/train_demo_styles.py from ``recipe.toml`` (see README.md there). A style whose file is
 #: absent (or every style, outside a source checkout) gets seeded untrained weights.
-DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "demo"
+DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "demo"  # this file is src/emostyle_export/bundle.py
 
 
 def demo_style_path(emotion: str, root: str | Path | None = None) -> Path:

@@ -1,8 +1,8 @@
 """Load test of ``emostyle serve`` on this machine (localhost): throughput, latency, batching gain, bad requests.
 
-    python benchmarks/serve_load.py --bundle engines/demo                   # 200 requests per phase (~8 min on 2 cores)
-    python benchmarks/serve_load.py --bundle engines/demo --requests 40 --chunks 1 --bad 2 --json out.json
-    python benchmarks/serve_load.py --bundle engines/demo --size 1280x720 --concurrency 8,1   # e.g. on a GPU
+    python -m emostyle_bench.serve_load --bundle engines/demo              # 200 requests per phase (~8 min on 2 cores)
+    python -m emostyle_bench.serve_load --bundle engines/demo --requests 40 --chunks 1 --bad 2 --json out.json
+    python -m emostyle_bench.serve_load --bundle engines/demo --size 1280x720 --concurrency 8,1   # e.g. on a GPU
 
 A real server (``python -m emostyle_rt.cli serve``, one uvicorn process, default
 batching: --max-batch 8, --max-wait-ms 5) is started on a free localhost port.
@@ -47,7 +47,7 @@ from typing import Any, AsyncIterator
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the source checkout (this file is src/emostyle_bench/serve_load.py)
 
 
 def photos(n: int, width: int, height: int) -> list[np.ndarray]:

