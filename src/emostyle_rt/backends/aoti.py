@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..cuda import device_identity as cuda_device  # (capability, name) of device 0, cached
-from ..engines import AOTI_DIR, AotiHost, AotiSidecar, cpu_isas, find_package
+from ..engines import AOTI_DIR, CLASSIFIER_KEY, AotiHost, AotiSidecar, cpu_isas, find_package
 from ..errors import BackendError, InvalidImageError, note
 from .base import OutsideProfileError, TensorInfo, cache_dir
 
@@ -376,7 +376,7 @@ class AotiRunner:
 def _locate(manifest: Any, key: str, *, required: bool, device: str | None = None) -> tuple[Path, AotiSidecar] | None:
     """The package (and its sidecar) ``find_runner`` would load, found without importing torch; None (or, when
     ``required``, the ``BackendError`` saying what is missing)."""
-    if key == "classifier" or key not in manifest.styles:
+    if key == CLASSIFIER_KEY or key not in manifest.styles:
         if required:
             raise BackendError(f"AOTInductor packages exist for style graphs only, not {key!r}."
                                + note("a style id", key))

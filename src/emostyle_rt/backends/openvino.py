@@ -56,6 +56,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..engines import CLASSIFIER_KEY
 from ..errors import BackendError, note
 from ..metrics import CLASSIFIER_TOLERANCE, DETECTOR_TOLERANCE, MIN_PSNR_DB, STYLE_TOLERANCE, psnr  # psnr: also here
 from . import onnxruntime as ort_backend
@@ -430,9 +431,9 @@ def _cpu_only() -> bool:
 def check(manifest: Any, key: str) -> None:
     """Raise the ``BackendError`` that ``find_runner(required=True)`` would for a graph it cannot serve, loading
     nothing (``backend="openvino"`` is refused when a Stylizer is made): OpenVINO missing, or no such graph."""
-    if key not in manifest.styles and key != "classifier":
+    if key not in manifest.styles and key != CLASSIFIER_KEY:
         raise BackendError(f"Bundle {manifest.root} has no graph {key!r}."
-                           + note("'classifier' or a style id", sorted(manifest.styles)))
+                           + note(f"{CLASSIFIER_KEY!r} or a style id", sorted(manifest.styles)))
     if not installed():
         import_openvino()
 
@@ -450,9 +451,9 @@ def find_runner(manifest: Any, key: str, *, required: bool = False, precision: s
     style = key in manifest.styles
     if chosen == "bf16" and not style:
         raise BackendError("precision='bf16' is for style graphs; the classifier runs FP32." + note("a style id", key))
-    if not style and key != "classifier":
+    if not style and key != CLASSIFIER_KEY:
         raise BackendError(f"Bundle {manifest.root} has no graph {key!r}."
-                           + note("'classifier' or a style id", sorted(manifest.styles)))
+                           + note(f"{CLASSIFIER_KEY!r} or a style id", sorted(manifest.styles)))
     if not installed():
         if required:
             import_openvino()  # raises the typed error naming the extra

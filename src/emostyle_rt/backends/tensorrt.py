@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..engines import TRT_DIR, Profile, find_engine, model_key_for
+from ..engines import CLASSIFIER_KEY, TRT_DIR, Profile, find_engine, model_key_for
 from ..errors import BackendError, InvalidImageError, note
 from .base import OutsideProfileError, TensorInfo
 
@@ -352,7 +352,7 @@ def _missing(manifest: Any, key: str) -> BackendError:
 def check(manifest: Any, key: str) -> None:
     """Raise the ``BackendError`` that ``find_runner(required=True)`` would for a missing engine, loading nothing
     (``backend="tensorrt"`` is refused when a Stylizer is made, not at the first image of a style)."""
-    spec = manifest.classifier if key == "classifier" else manifest.styles[key]
+    spec = manifest.classifier if key == CLASSIFIER_KEY else manifest.styles[key]
     ident = runtime_identity()
     if spec.fp16 is None or ident is None or find_engine(manifest.root, model_key_for(key), ident[0], ident[1],
                                                          source_sha256=spec.fp16.sha256) is None:
@@ -364,7 +364,7 @@ def find_runner(manifest: Any, key: str, *, required: bool = False) -> TensorRTR
 
     Engines are built from the bundle's FP16 graphs; a graph without one has no engine to use.
     """
-    spec = manifest.classifier if key == "classifier" else manifest.styles[key]
+    spec = manifest.classifier if key == CLASSIFIER_KEY else manifest.styles[key]
     runner = None
     if spec.fp16 is None:
         log.info("%s has no FP16 graph in the bundle, so no TensorRT engine; it uses onnxruntime.", key)
