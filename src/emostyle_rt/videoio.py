@@ -154,7 +154,9 @@ class VideoReader:
     def _seen(self, frame: Any) -> Any:
         if self.decoded == 0:
             self.rotation = int(frame.rotation or 0)
-            for sd in frame.side_data:
+            side = frame.side_data
+            for sd in side:  # PyAV 18.1.0 yields the entries, 18.1.1 their types (keys)
+                sd = sd if hasattr(sd, "type") else side[sd]
                 if "DISPLAYMATRIX" in str(getattr(sd, "type", "")):
                     self.display_matrix = struct.unpack("<9i", bytes(sd)[:36])
         self.decoded += 1
