@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from emostyle_rt import metrics
 from emostyle_rt.errors import note, sentence
 from emostyle_rt.fsutil import write_bytes_atomic
 
@@ -44,8 +45,9 @@ class Release:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return None if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    """The one PSNR (``emostyle_rt.metrics``), None for identical images (the file's JSON has no inf)."""
+    db = metrics.psnr(a, b)
+    return None if math.isinf(db) else db
 
 
 def release_checkpoint(src: str | Path, dst: str | Path, *, probe: np.ndarray | None = None,
