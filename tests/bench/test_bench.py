@@ -375,7 +375,7 @@ def test_chain_path_plans_as_a_fresh_process(demo_bundle: Path, monkeypatch: pyt
     # The floor this bug met (512 MB). Today's default keeps at least 1.5 GB for a process that holds memory, which
     # runs this photo whole anyway; the old floor keeps the test able to fail if the chain path judged the budget
     # by the process it runs in.
-    monkeypatch.setattr(tiling_mod, "HELD_FLOOR_BUDGET", tiling_mod.MIN_DEFAULT_BUDGET)
+    monkeypatch.setattr(tiling_mod.memory, "HELD_FLOOR_BUDGET", tiling_mod.MIN_DEFAULT_BUDGET)
     (chain,) = [p for p in default_paths() if p.stage == "chain" and p.name == "ort-cpu"]
     run = chain.build(Context(demo_bundle))
     x = photo(Size(720, 1280))[None]  # 1280x720

@@ -351,12 +351,12 @@ def test_default_budget_keeps_a_photo_near_the_peak_target(style: StyleSpec, mon
     """The default keeps peak RSS at about DEFAULT_PEAK_RSS on a machine with plenty free; 75% of it when not."""
     from emostyle_rt import tiling as t
 
-    monkeypatch.setattr(t, "host_available", lambda: 20 << 30)  # a roomy machine: the peak rule decides
+    monkeypatch.setattr(t.memory, "host_available", lambda: 20 << 30)  # a roomy machine: the peak rule decides
     assert t.default_budget(held=300 << 20) == t.DEFAULT_PEAK_RSS - (300 << 20)
     assert t.default_budget(held=5 << 30) == t.HELD_FLOOR_BUDGET  # a large process: the floor, room permitting
-    monkeypatch.setattr(t, "host_available", lambda: 1 << 30)  # a small machine: 75% of what it has
+    monkeypatch.setattr(t.memory, "host_available", lambda: 1 << 30)  # a small machine: 75% of what it has
     assert t.default_budget(held=300 << 20) == int(0.75 * (1 << 30))
-    monkeypatch.setattr(t, "host_available", lambda: None)  # no /proc/meminfo: the peak rule alone
+    monkeypatch.setattr(t.memory, "host_available", lambda: None)  # no /proc/meminfo: the peak rule alone
     assert t.default_budget(held=0) == t.DEFAULT_PEAK_RSS
     # What that means for photos (planner only): with OpenVINO's estimate a 2 MP photo runs whole, 12 MP in tiles.
     budget = t.DEFAULT_PEAK_RSS - (300 << 20)
@@ -371,7 +371,7 @@ def test_a_large_process_still_runs_photos_up_to_2mp_whole_where_the_machine_has
     estimate, 720p whole on onnxruntime's; 12 MP still tiled. A machine without the room tiles them."""
     from emostyle_rt import tiling as t
 
-    monkeypatch.setattr(t, "host_available", lambda: 16 << 30)
+    monkeypatch.setattr(t.memory, "host_available", lambda: 16 << 30)
     for held in (2 << 30, 5 << 30):
         budget = t.default_budget(held=held)
         assert budget == t.HELD_FLOOR_BUDGET
@@ -379,7 +379,7 @@ def test_a_large_process_still_runs_photos_up_to_2mp_whole_where_the_machine_has
         assert t.plan(style, 720, 1280, budget, whole_calibration=1.2).mode == "whole"
         assert t.plan(style, 720, 1280, budget).mode == "whole"  # onnxruntime's calibration (2.5)
         assert t.plan(style, 3000, 4000, budget, whole_calibration=1.2).mode == "exact"
-    monkeypatch.setattr(t, "host_available", lambda: 1 << 30)  # 1 GB available: what the machine has decides
+    monkeypatch.setattr(t.memory, "host_available", lambda: 1 << 30)  # 1 GB available: what the machine has decides
     budget = t.default_budget(held=2 << 30)
     assert budget == int(0.75 * (1 << 30))
     assert t.plan(style, 1080, 1920, budget, whole_calibration=1.2).mode == "exact"
@@ -393,7 +393,7 @@ def test_worker_budgets_add_up_to_the_machine(monkeypatch: pytest.MonkeyPatch) -
     assert t.worker_budget(8, available=8 << 30) == int(0.75 * (8 << 30)) // 8  # shared: a share each
     assert 8 * t.worker_budget(8, available=8 << 30) <= 8 << 30
     assert t.worker_budget(64, available=8 << 30) == t.MIN_DEFAULT_BUDGET
-    monkeypatch.setattr(t, "host_available", lambda: 4 << 30)
+    monkeypatch.setattr(t.memory, "host_available", lambda: 4 << 30)
     assert t.worker_budget(2) == int(0.75 * (4 << 30)) // 2
     with pytest.raises(InvalidArgumentError):
         t.worker_budget(0)

@@ -49,7 +49,7 @@ def test_serve_keeps_its_per_worker_budget_rule(mtcnn_bundle: Path, monkeypatch:
     a --memory-budget given is each worker's, as it says."""
     from emostyle_rt import tiling
 
-    monkeypatch.setattr(tiling, "host_available", lambda: 8 << 30)
+    monkeypatch.setattr(tiling.memory, "host_available", lambda: 8 << 30)
     assert _config("--bundle", str(mtcnn_bundle), "--workers", "4").options.memory_budget == tiling.worker_budget(4)
     assert _config("--bundle", str(mtcnn_bundle)).options.memory_budget is None
     assert _config("--bundle", str(mtcnn_bundle), "--workers", "4", "--memory-budget", "2GB").memory_budget == 2 * 10**9

@@ -145,7 +145,7 @@ def test_workers_get_budgets_that_add_up_to_the_machine(mtcnn_bundle: Path, monk
     from emostyle_rt import tiling
     from emostyle_serve import cli as serve_cli
 
-    monkeypatch.setattr(tiling, "host_available", lambda: 8 << 30)
+    monkeypatch.setattr(tiling.memory, "host_available", lambda: 8 << 30)
     config = serve_cli._config(serve_cli._parser().parse_args(["--bundle", str(mtcnn_bundle), "--workers", "8"]))
     assert config.memory_budget == int(0.75 * (8 << 30)) // 8  # each worker's share: together 75% of the machine
     assert serve_cli.ServeConfig.from_env.__func__  # the budget travels to the workers in the config's JSON
