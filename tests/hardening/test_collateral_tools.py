@@ -765,7 +765,7 @@ def test_bench_aoti_note_names_only_its_devices_packages(demo_bundle: Path, monk
     import emostyle_rt.backends.onnxruntime as ortb
     from emostyle_bench.paths import aoti_missing
 
-    from emostyle_rt.engines import AotiEntry, AotiHost
+    from emostyle_rt.bundle.compiled import AotiEntry, AotiHost
 
     manifest = load_manifest(demo_bundle)
     sid = next(iter(manifest.styles))

@@ -15,7 +15,7 @@ face detector's conventions all come from ``manifest.json`` (documented in
 ``engines/README.md``).
 
 This module owns the format: every block has a typed spec with ``from_json`` /
-``to_json`` (engine entries and sidecars are in :mod:`emostyle_rt.engines`);
+``to_json`` (engine entries and sidecars are in :mod:`.compiled`);
 export writes a :class:`Manifest` with :meth:`Manifest.to_json`, the runtime
 and the benchmarks read one with :func:`load_manifest`.
 """
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..engines import CLASSIFIER_KEY, AotiEntry, TrtEngine
+from .compiled import CLASSIFIER_KEY, AotiEntry, TrtEngine
 from ..errors import BundleError, InvalidArgumentError, note
 from ..logutil import first_time
 from ..fsutil import sha256_file  # noqa: F401  (part of this module's API since 0.1.0)
@@ -1111,7 +1111,7 @@ def bundle_files(raw: Mapping[str, Any]) -> set[str]:
     Args:
         raw: The manifest as read from JSON.
     """
-    from ..engines import TRT_DIR, TRT_TIMING_CACHE
+    from .compiled import TRT_DIR, TRT_TIMING_CACHE
 
     found: set[str] = {MANIFEST_NAME}
     found |= {Path(rel).as_posix() for _, rel in named_files(raw) if inside_bundle(rel)}
