@@ -257,7 +257,7 @@ def _require_tensorrt() -> None:
 
     if runtime_identity() is None:
         raise ExportError(
-            "--engines needs TensorRT, cuda-python and an NVIDIA GPU on this machine."
+            "--tensorrt needs TensorRT, cuda-python and an NVIDIA GPU on this machine."
             + note("pip install 'emostyle-rt[gpu,tensorrt]' on a CUDA machine", "no TensorRT / GPU found")
         )
 
