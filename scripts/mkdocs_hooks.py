@@ -1,6 +1,6 @@
 """MkDocs hook: pages under docs/ link to files elsewhere in the repository, as they are read on GitHub.
 
-A page may link to ``../engines/README.md`` (the bundle format) or ``../studies/coherence/results/coherence.md``
+A page may link to ``../bundles/README.md`` (the bundle format) or ``../studies/coherence/results/coherence.md``
 (a reference run). MkDocs only knows files under ``docs/``, so it would report such links as broken. This
 hook adds every repository file that a page links to (and, for Markdown files, what they link to in turn)
 to the site under ``repo/<path>``, and rewrites those links to point there. A link whose target does not

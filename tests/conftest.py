@@ -51,7 +51,7 @@ def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     networks' worst case (their output flickers and shows seams between naive
     tiles); the trained demo styles have their own tests (tests/training).
     Set EMOSTYLE_TEST_BUNDLE to reuse a bundle already exported by the same code
-    and save about a minute; one with trained styles (engines/demo once the
+    and save about a minute; one with trained styles (bundles/demo once the
     trained weights are in the repo) is not reused.
     """
     reuse = os.environ.get("EMOSTYLE_TEST_BUNDLE")

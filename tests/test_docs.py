@@ -93,7 +93,7 @@ def test_the_site_builds_strict(mkdocs: list[str], tmp_path: Path) -> None:
     assert "emostyle_rt.stylizer.Stylizer" in stylizer and "stylize_batch" in stylizer and ":::" not in stylizer
     assert "InvalidImageError" in (site / "api/errors/index.html").read_text(encoding="utf-8")
     # repository files the pages link to are in the site (the bundle format, reference results)
-    assert (site / "repo/engines/index.html").is_file()
+    assert (site / "repo/bundles/index.html").is_file()
     assert list((site / "repo/benchmarks/results").rglob("index.html"))
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare here (no GPU needed) everything the GPU check carries to the GPU machine: docs/gpu-check.md.
 #
-#   bash scripts/gpu/pack.sh [SRC_BUNDLE]     # default engines/demo (bash scripts/demo.sh makes it)
+#   bash scripts/gpu/pack.sh [SRC_BUNDLE]     # default bundles/demo (bash scripts/demo.sh makes it)
 #   SKIP_WHEELS=1 bash scripts/gpu/pack.sh    # the bundle only (the wheel parts are already in .dev/)
 #
 #  1. .gpucheck/bundle: SRC's "happy" style (with its tiled graphs) serving all seven emotions, the classifier,

@@ -3,7 +3,7 @@
     bash scripts/gpu/check.sh                                   # on the GPU machine (docs/gpu-check.md)
     python -m emostyle_bench.gpu_check --bundle .gpucheck/bundle --out "$OUT"
     python -m emostyle_bench.gpu_check --dry-run --bundle .gpucheck/bundle --out /tmp/x   # CPU: every step, tiny
-    python -m emostyle_bench.gpu_check --make-bundle engines/demo .gpucheck/bundle        # the bundle that travels
+    python -m emostyle_bench.gpu_check --make-bundle bundles/demo .gpucheck/bundle        # the bundle that travels
 
 Stages, in this order, each a child process in its own process group with its
 own time cap, all under one deadline (``--deadline``, 470 s: the check must end
@@ -1327,7 +1327,7 @@ def make_check_bundle(src: str | Path, dest: str | Path, *, emotion: str = "happ
 
     src, dest = Path(src), Path(dest)
     if not (src / "manifest.json").is_file():
-        raise SystemExit(f"no bundle at {src}: 'bash scripts/demo.sh' exports engines/demo (TensorFlow is needed, "
+        raise SystemExit(f"no bundle at {src}: 'bash scripts/demo.sh' exports bundles/demo (TensorFlow is needed, "
                          "so this runs here, not on the GPU machine)")
     m = load_manifest(src)
     sid = m.emotions[emotion]
@@ -1428,7 +1428,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not (args.bundle / "manifest.json").is_file():
         print(f"no bundle at {args.bundle}: make it here with 'python -m emostyle_bench.gpu_check --make-bundle "
-              "engines/demo .gpucheck/bundle' and carry .gpucheck (docs/gpu-check.md)", file=sys.stderr)
+              "bundles/demo .gpucheck/bundle' and carry .gpucheck (docs/gpu-check.md)", file=sys.stderr)
         return 2
     args.bundle = args.bundle.resolve()
     return check(args)

@@ -1,7 +1,7 @@
 """OpenVINO against onnxruntime on CPU, interleaved: style, classifier, detector graphs, the chain; cold start, RSS;
 bf16 and int8 against fp32 on a trained style network.
 
-    python -m emostyle_bench.openvino_cpu --bundle engines/demo --trained trained.onnx \\
+    python -m emostyle_bench.openvino_cpu --bundle bundles/demo --trained trained.onnx \\
         --json benchmarks/results/openvino-cpu.json --markdown benchmarks/results/openvino-cpu.md \\
         --picture benchmarks/results/openvino-precision.png
 

@@ -1,6 +1,6 @@
 """MTCNN on OpenVINO against onnxruntime on CPU, interleaved: whole detect and each graph, real photos, same boxes.
 
-    python -m emostyle_bench.openvino_mtcnn --bundle engines/demo --extra /work/shared/data/amber.jpg \\
+    python -m emostyle_bench.openvino_mtcnn --bundle bundles/demo --extra /work/shared/data/amber.jpg \\
         --json benchmarks/results/openvino-cpu-mtcnn.json --markdown benchmarks/results/openvino-cpu-mtcnn.md
 
 Three detectors of the bundle's MTCNN run the same photos in one process:

@@ -342,7 +342,7 @@ def aoti_missing(manifest: Manifest, style_ids: list[str], device: str) -> str |
     Looks at sidecars only (nothing is loaded); names this device's package keys, never another's.
     """
     from emostyle_rt.backends.aoti import host
-    from emostyle_rt.engines import find_package
+    from emostyle_rt.bundle.compiled import find_package
 
     if device == "cuda":
         from emostyle_rt.backends.onnxruntime import cuda_device_count

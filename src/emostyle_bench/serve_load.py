@@ -1,8 +1,8 @@
 """Load test of ``emostyle serve`` on this machine (localhost): throughput, latency, batching gain, bad requests.
 
-    python -m emostyle_bench.serve_load --bundle engines/demo              # 200 requests per phase (~8 min on 2 cores)
-    python -m emostyle_bench.serve_load --bundle engines/demo --requests 40 --chunks 1 --bad 2 --json out.json
-    python -m emostyle_bench.serve_load --bundle engines/demo --size 1280x720 --concurrency 8,1   # e.g. on a GPU
+    python -m emostyle_bench.serve_load --bundle bundles/demo              # 200 requests per phase (~8 min on 2 cores)
+    python -m emostyle_bench.serve_load --bundle bundles/demo --requests 40 --chunks 1 --bad 2 --json out.json
+    python -m emostyle_bench.serve_load --bundle bundles/demo --size 1280x720 --concurrency 8,1   # e.g. on a GPU
 
 A real server (``python -m emostyle_rt.cli serve``, one uvicorn process, default
 batching: --max-batch 8, --max-wait-ms 5) is started on a free localhost port.
@@ -261,7 +261,7 @@ def start_server(bundle: str, port: int, extra: list[str]) -> subprocess.Popen:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", default="engines/demo", help="bundle with a face detector (emostyle-export --demo)")
+    p.add_argument("--bundle", default="bundles/demo", help="bundle with a face detector (emostyle-export --demo)")
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--concurrency", default="8,1", help="client concurrencies to run, comma-separated")
     p.add_argument("--size", default="256x256", help="photo size WIDTHxHEIGHT")

@@ -1,9 +1,9 @@
 """Video pipeline speed and memory on this machine: ``emostyle_rt.video.stylize_video`` file to file.
 
-    python -m emostyle_bench.video_speed --bundle engines/demo                       # 640x360 and 1280x720
-    python -m emostyle_bench.video_speed --bundle engines/demo --sizes 640x360 --frames 30 --batch 1,2,4
-    python -m emostyle_bench.video_speed --bundle engines/demo --rss --sizes 160x90 --seconds 300
-    python -m emostyle_bench.video_speed --bundle engines/demo --decisions --sizes 640x360 --frames 150  # lookahead
+    python -m emostyle_bench.video_speed --bundle bundles/demo                       # 640x360 and 1280x720
+    python -m emostyle_bench.video_speed --bundle bundles/demo --sizes 640x360 --frames 30 --batch 1,2,4
+    python -m emostyle_bench.video_speed --bundle bundles/demo --rss --sizes 160x90 --seconds 300
+    python -m emostyle_bench.video_speed --bundle bundles/demo --decisions --sizes 640x360 --frames 150  # lookahead
 
 Speed: a synthetic clip (the astronaut photo panning, H.264 + AAC) is styled file
 to file (decode, face tracking and classification on schedule, style, encode,
@@ -185,7 +185,7 @@ def rss_run(st, width: int, height: int, seconds: int, tmp: Path) -> list[tuple[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default="engines/demo")
+    p.add_argument("--bundle", default="bundles/demo")
     p.add_argument("--sizes", default="640x360,1280x720")
     p.add_argument("--frames", type=int, default=24, help="frames per size (default 24)")
     p.add_argument("--batch", default="1", help="comma-separated frames per style run to compare (default 1)")

@@ -8,7 +8,7 @@ is exported by ``torch.export`` with dynamic batch, height and width (H, W
 multiples of 4 over the declared range) and compiled by
 ``torch._inductor.aoti_compile_and_package`` into
 ``aoti/<device>-<arch>-torch<version>/<style-id>.pt2`` with a JSON sidecar
-(:class:`emostyle_rt.engines.AotiSidecar`).
+(:class:`emostyle_rt.bundle.compiled.AotiSidecar`).
 
 Every package is then loaded and run in a child process (a package that
 crashes its process must not take the export down) on the real photos the
@@ -39,7 +39,7 @@ import numpy as np
 
 from emostyle_rt import metrics
 from emostyle_rt.backends import aoti as aoti_backend
-from emostyle_rt.engines import AOTI_DEVICES, AOTI_DIR, AOTI_PRECISIONS, AotiEntry, AotiSidecar, Profile, aoti_key
+from emostyle_rt.bundle.compiled import AOTI_DEVICES, AOTI_DIR, AOTI_PRECISIONS, AotiEntry, AotiSidecar, Profile, aoti_key
 from emostyle_rt.errors import BackendError, note, sentence
 from emostyle_rt.fsutil import (
     fsync_tree,

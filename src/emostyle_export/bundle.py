@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from emostyle_rt.errors import note, sentence
 from emostyle_rt.fsutil import fsync_tree, make_work_folder, pid_alive, publish_folder, work_match, write_bytes_atomic
-from emostyle_rt.engines import model_key_for
+from emostyle_rt.bundle.compiled import model_key_for
 from emostyle_rt.bundle.manifest import (
     CLASSIFIER_KEY,
     DEFAULT_CROP,
@@ -257,7 +257,7 @@ def _require_tensorrt() -> None:
 
     if runtime_identity() is None:
         raise ExportError(
-            "--engines needs TensorRT, cuda-python and an NVIDIA GPU on this machine."
+            "--tensorrt needs TensorRT, cuda-python and an NVIDIA GPU on this machine."
             + note("pip install 'emostyle-rt[gpu,tensorrt]' on a CUDA machine", "no TensorRT / GPU found")
         )
 

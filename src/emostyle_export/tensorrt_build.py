@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from emostyle_rt.engines import TRT_DIR, TRT_TIMING_CACHE, Profile, TrtEngine, TrtSidecar, arch_key, plan_paths
+from emostyle_rt.bundle.compiled import TRT_DIR, TRT_TIMING_CACHE, Profile, TrtEngine, TrtSidecar, arch_key, plan_paths
 from emostyle_rt.errors import note
 from emostyle_rt.fsutil import sha256_file, write_bytes_atomic
 from emostyle_rt.manifest import STYLE_SIZE_MULTIPLE
@@ -28,7 +28,7 @@ from .errors import ExportError
 
 log = logging.getLogger(__name__)
 
-TIMING_CACHE = TRT_TIMING_CACHE  # the name is the bundle format's (emostyle_rt.engines)
+TIMING_CACHE = TRT_TIMING_CACHE  # the name is the bundle format's (emostyle_rt.bundle.compiled)
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def atomic_write(path: Path, data: bytes, *, overwrite: bool) -> None:
 def write_sidecar(path: Path, sidecar: TrtSidecar, *, overwrite: bool) -> None:
     """Write ``sidecar`` (stamped with the current UTC time) as the JSON next to its plan.
 
-    The runtime reads it back with ``emostyle_rt.engines.sidecar_problems``.
+    The runtime reads it back with ``emostyle_rt.bundle.compiled.sidecar_problems``.
     """
     stamped = replace(sidecar, created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     atomic_write(path, json.dumps(stamped.to_json(), indent=2).encode(), overwrite=overwrite)

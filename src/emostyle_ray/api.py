@@ -38,7 +38,7 @@ def stylize_folder(
     default one per GPU, else one per CPU. Ctrl-C stops the job, writes the
     report of what was done and re-raises ``KeyboardInterrupt``.
 
-    >>> r = stylize_folder("photos", "styled", bundle="engines/demo", actors=2)
+    >>> r = stylize_folder("photos", "styled", bundle="bundles/demo", actors=2)
     >>> r.done, r.failed, r.files[0]["emotion"]
     """
     args = cli.parser().parse_args([os.fspath(src), "-o", os.fspath(dst), f"--ray={ray_address or 'local'}"])

@@ -72,7 +72,7 @@ EXAMPLES = """examples:
   emostyle media/ -o styled/                                 # photos and videos, recursively; resumable
   emostyle media/ -o styled/ --ray [--actors 2]              # the same on Ray Data (ray extra; docs/ray.md)
   emostyle --webcam 0 -o webcam.mp4 --seconds 30 [--preview]  # Ctrl-C stops and keeps the recording
-  emostyle serve --bundle engines/mine --port 8000           # HTTP service (serve extra): emostyle serve --help
+  emostyle serve --bundle bundles/mine --port 8000           # HTTP service (serve extra): emostyle serve --help
                                                              # (a file named "serve" is given as ./serve)
 
 videos: the style follows the face's emotion over time without flickering: a frame is classified

@@ -12,6 +12,7 @@ until their command runs: the runtime never does.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -59,15 +60,23 @@ if __name__ == "__main__":
 # A front-end default, not the runtime's: Stylizer and load_manifest open only the folder they are given.
 
 #: The bundle the command-line tools use when none is given: ``emostyle-export --demo`` writes it.
-DEFAULT_BUNDLE = Path("engines") / "demo"
+DEFAULT_BUNDLE = Path("bundles") / "demo"
+#: Where 0.1.0 wrote the demo bundle (``scripts/demo.sh``): still found, with a warning, when DEFAULT_BUNDLE is absent.
+LEGACY_BUNDLE = Path("engines") / "demo"
 BUNDLE_ENV = "EMOSTYLE_BUNDLE"
+
+log = logging.getLogger(__name__)
+#: Old bundle folders already warned about: each is said once per process.
+_WARNED: set[Path] = set()
 
 
 def default_bundle(explicit: str | Path | None = None) -> Path:
-    """The bundle a command uses: ``explicit`` (``--bundle``), else $EMOSTYLE_BUNDLE, else engines/demo.
+    """The bundle a command uses: ``explicit`` (``--bundle``), else $EMOSTYLE_BUNDLE, else bundles/demo.
 
-    engines/demo is looked up in the working directory, then in the source tree
+    bundles/demo is looked up in the working directory, then in the source tree
     of an editable install (so the repo's demo bundle works from any folder).
+    In each, a bundle at the 0.1.0 location engines/demo is used where
+    bundles/demo is absent, with one warning naming the new location.
 
     Args:
         explicit: The command's ``--bundle`` value, None when not given.
@@ -81,8 +90,27 @@ def default_bundle(explicit: str | Path | None = None) -> Path:
         return Path(explicit)
     if os.environ.get(BUNDLE_ENV):
         return Path(os.environ[BUNDLE_ENV])
-    repo = Path(__file__).resolve().parents[2] / DEFAULT_BUNDLE  # a source checkout's (src/emostyle_rt/console.py)
-    return repo if not DEFAULT_BUNDLE.is_dir() and (repo / MANIFEST_NAME).is_file() else DEFAULT_BUNDLE
+    checkout = Path(__file__).resolve().parents[2]  # a source checkout's root (src/emostyle_rt/console.py)
+    if DEFAULT_BUNDLE.is_dir():
+        return DEFAULT_BUNDLE
+    if _old_bundle(LEGACY_BUNDLE, DEFAULT_BUNDLE, MANIFEST_NAME):
+        return LEGACY_BUNDLE
+    if (checkout / DEFAULT_BUNDLE / MANIFEST_NAME).is_file():
+        return checkout / DEFAULT_BUNDLE
+    if _old_bundle(checkout / LEGACY_BUNDLE, checkout / DEFAULT_BUNDLE, MANIFEST_NAME):
+        return checkout / LEGACY_BUNDLE
+    return DEFAULT_BUNDLE
+
+
+def _old_bundle(old: Path, new: Path, manifest_name: str) -> bool:
+    """Whether ``old`` (the 0.1.0 location) holds a bundle; the first time it does, a warning naming ``new``."""
+    from .logutil import warn_once
+
+    if not (old / manifest_name).is_file():
+        return False
+    warn_once(log, _WARNED, old, "Using the bundle at %s, the old default location; the default is now %s. "
+              "Note: move the folder to %s, or make a new one with: emostyle-export --demo -o %s", old, new, new, new)
+    return True
 
 
 def bundle_hint() -> str:

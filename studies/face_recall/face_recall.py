@@ -4,7 +4,7 @@ On the synthetic set of ``tests/support/faces.py`` (faces cut from real photos, 
 20-400 px and up to +-30 degrees onto face-free real photos; some images hold two faces,
 some none). Run from the repository root:
 
-    python studies/face_recall/face_recall.py --bundle engines/demo
+    python studies/face_recall/face_recall.py --bundle bundles/demo
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The runtime's onnxruntime CUDA path against eager PyTorch on one GPU (issue 9's table).
 
-    python studies/gpu_ort/gpu_ort.py --bundle engines/demo            # on a CUDA machine; writes studies/gpu_ort/results/gpu-<gpu>.{md,json}
+    python studies/gpu_ort/gpu_ort.py --bundle bundles/demo            # on a CUDA machine; writes studies/gpu_ort/results/gpu-<gpu>.{md,json}
     python studies/gpu_ort/gpu_ort.py --dry-run --out-dir /tmp/x       # CPU only: every code path but CUDA, tiny sizes
 
 At 512x512, 1280x720 and 1920x1080 (batch 1, uint8 HxWx3 in host memory in and
@@ -226,7 +226,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", default="engines/demo")
+    ap.add_argument("--bundle", default="bundles/demo")
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--variants", default=",".join(OURS))
     ap.add_argument("--no-eager", dest="eager", action="store_false", help="skip the PyTorch baselines")

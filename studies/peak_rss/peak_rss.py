@@ -1,6 +1,6 @@
 """Peak RSS and style time of the runtime while stylizing many photos over all seven emotions.
 
-    python studies/peak_rss/peak_rss.py --bundle engines/demo --photos 50 --size 1280x720
+    python studies/peak_rss/peak_rss.py --bundle bundles/demo --photos 50 --size 1280x720
     python studies/peak_rss/peak_rss.py --cpu-memory session --photos 14          # another CPU memory strategy
     python studies/peak_rss/peak_rss.py --paired shared,session --pairs 5 --photos 14
     python studies/peak_rss/peak_rss.py --backend onnxruntime --photos 50      # style graphs in onnxruntime, not OpenVINO
@@ -124,7 +124,7 @@ def paired(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", default="engines/demo")
+    p.add_argument("--bundle", default="bundles/demo")
     p.add_argument("--photos", type=int, default=50)
     p.add_argument("--size", default="1280x720", help="WxH of each photo")
     p.add_argument("--cpu-memory", choices=("shared", "shrink", "session"), default=None,

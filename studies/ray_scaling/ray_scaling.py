@@ -1,7 +1,7 @@
 """``emostyle DIR -o OUT --ray`` on this machine: the same outputs as the local command, scaling, a killed actor.
 
-    python studies/ray_scaling/ray_scaling.py --bundle engines/demo                  # 200 photos, 2 rounds
-    python studies/ray_scaling/ray_scaling.py --bundle engines/demo --photos 48 --rounds 1 --json ray.json
+    python studies/ray_scaling/ray_scaling.py --bundle bundles/demo                  # 200 photos, 2 rounds
+    python studies/ray_scaling/ray_scaling.py --bundle bundles/demo --photos 48 --rounds 1 --json ray.json
 
 A folder of ``--photos`` real photos (crops of scikit-image's astronaut, ``--side``
 px, JPEG / PNG / WebP, some in a subfolder) is styled:
@@ -125,7 +125,7 @@ def killed_run(src: Path, out: Path, bundle: str, n: int) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", default="engines/demo")
+    ap.add_argument("--bundle", default="bundles/demo")
     ap.add_argument("--photos", type=int, default=200)
     ap.add_argument("--side", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2, help="A B B A rounds of 1 vs 2 actors")

@@ -236,7 +236,7 @@ def save_strip(path: Path, bundle: Path, seed: int = 0, frames: int = 6) -> None
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", type=Path, default=Path("engines/demo"), help="bundle whose classifier is recorded")
+    p.add_argument("--bundle", type=Path, default=Path("bundles/demo"), help="bundle whose classifier is recorded")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each clip (default 30)")
     p.add_argument("--seeds", type=int, default=2, help="clips per source photo (default 2)")
     p.add_argument("--out", type=Path, default=TRACKS, help=f"npz to write (default {TRACKS})")

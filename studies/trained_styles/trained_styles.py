@@ -1,6 +1,6 @@
 """Evidence that the demo bundle's style networks are trained, and the figures re-measured on trained nets.
 
-    python studies/trained_styles/trained_styles.py --bundle engines/demo --baseline untrained \\
+    python studies/trained_styles/trained_styles.py --bundle bundles/demo --baseline untrained \\
         --json studies/trained_styles/results/trained-styles.json --markdown studies/trained_styles/results/trained-styles.md \\
         --sheet docs/img/trained-styles.png
 

@@ -24,7 +24,7 @@ pytest.importorskip("skimage")
 from emostyle_export import aoti as build  # noqa: E402
 from emostyle_export.cli import _join_dash_values, build_parser, main  # noqa: E402
 from emostyle_export.errors import ExportError, ParityError  # noqa: E402
-from emostyle_rt.engines import AotiSidecar, package_paths  # noqa: E402
+from emostyle_rt.bundle.compiled import AotiSidecar, package_paths  # noqa: E402
 from emostyle_rt.errors import BackendError  # noqa: E402
 from emostyle_rt.manifest import MANIFEST_NAME, load_manifest  # noqa: E402
 

@@ -264,3 +264,19 @@ def test_demo_note_and_warning_name_what_is_untrained(demo_bundle: Path, tmp_pat
     with caplog.at_level(logging.WARNING, logger="emostyle_rt.manifest"):
         assert load_manifest(copy, verify_files=False).untrained_parts() == ()
     assert not [r for r in caplog.records if "UNTRAINED" in r.getMessage()]
+
+
+def test_engines_flag_is_the_deprecated_name_of_tensorrt(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--engines`` (0.1.0) parses to exactly what ``--tensorrt`` does, is not in --help, and warns once on stderr."""
+    from emostyle_export.cli import build_parser, engine_options
+
+    argv = ["--bundle", "b", "--max-size", "1080x1920", "--max-batch", "2"]
+    new = build_parser().parse_args([*argv, "--tensorrt"])
+    assert capsys.readouterr().err == ""
+    old = build_parser().parse_args([*argv, "--engines", "--engines"])
+    assert capsys.readouterr().err.splitlines() == ["emostyle-export: warning: --engines is deprecated; use --tensorrt"]
+    assert vars(old) == vars(new) and new.tensorrt is True
+    assert engine_options(old) == engine_options(new) is not None
+    assert build_parser().parse_args(argv).tensorrt is False and engine_options(build_parser().parse_args(argv)) is None
+    helptext = build_parser().format_help()
+    assert "--tensorrt" in helptext and "--engines" not in helptext

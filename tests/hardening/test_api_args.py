@@ -104,8 +104,8 @@ def test_stylizer_with_an_unpicklable_detector_says_why(demo_bundle: Path) -> No
 # -- typed errors that say what they got (issue 22) ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("bundle", "got"), [(123, "123 (int)"), (b"engines/demo", "(bytes)"), (None, "None (NoneType)"),
-                                             (["engines/demo"], "(list)"), ("", "'' (str)"), ("  ", "(str)")])
+@pytest.mark.parametrize(("bundle", "got"), [(123, "123 (int)"), (b"bundles/demo", "(bytes)"), (None, "None (NoneType)"),
+                                             (["bundles/demo"], "(list)"), ("", "'' (str)"), ("  ", "(str)")])
 def test_a_bundle_that_is_not_a_path_is_a_typed_error(bundle: Any, got: str) -> None:
     with pytest.raises(InvalidArgumentError, match=r"bundle.*Note: expected .*(path|PathLike)") as info:
         Stylizer(bundle)

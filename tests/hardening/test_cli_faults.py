@@ -346,16 +346,17 @@ def test_refused_before_anything_is_created(sandbox: Path, capsys: pytest.Captur
 def test_default_bundle_missing_says_how_to_get_one(sandbox: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("EMOSTYLE_BUNDLE", raising=False)
-    monkeypatch.setattr(console, "DEFAULT_BUNDLE", Path("engines") / "no-such-bundle")  # not in the repo either
+    monkeypatch.setattr(console, "DEFAULT_BUNDLE", Path("bundles") / "no-such-bundle")  # not in the repo either
+    monkeypatch.setattr(console, "LEGACY_BUNDLE", Path("engines") / "no-such-bundle")  # nor at the old location
     assert main(["a.jpg", "-o", "o.png"]) == 2
     err = capsys.readouterr().err
-    assert "No bundle at engines/no-such-bundle." in err and "--bundle DIR or EMOSTYLE_BUNDLE=DIR" in err
-    assert "emostyle-export --demo -o engines/no-such-bundle" in err and not (sandbox / "o.png").exists()
+    assert "No bundle at bundles/no-such-bundle." in err and "--bundle DIR or EMOSTYLE_BUNDLE=DIR" in err
+    assert "emostyle-export --demo -o bundles/no-such-bundle" in err and not (sandbox / "o.png").exists()
 
 
 
 def test_default_bundle_from_another_folder_is_the_checkouts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """From a folder without engines/demo, the default is the source checkout's own (src/emostyle_rt is two below)."""
+    """From a folder without bundles/demo, the default is the source checkout's own (src/emostyle_rt is two below)."""
     from emostyle_rt.bundle import manifest as bundle_manifest
 
     repo = Path(__file__).resolve().parents[2]
@@ -363,12 +364,81 @@ def test_default_bundle_from_another_folder_is_the_checkouts(tmp_path: Path, mon
         pytest.skip(f"emostyle_rt is not this checkout's (an installed copy: {console.__file__})")
     monkeypatch.delenv("EMOSTYLE_BUNDLE", raising=False)
     monkeypatch.chdir(tmp_path)
-    # a tracked folder of the checkout stands in for engines/demo (git-ignored, absent before the demo export)
+    # a tracked folder of the checkout stands in for bundles/demo (git-ignored, absent before the demo export)
     monkeypatch.setattr(console, "DEFAULT_BUNDLE", Path("weights") / "demo")
+    monkeypatch.setattr(console, "LEGACY_BUNDLE", Path("engines") / "no-such-bundle")  # an old engines/demo aside
     monkeypatch.setattr(bundle_manifest, "MANIFEST_NAME", "recipe.toml")
     assert console.default_bundle() == repo / "weights" / "demo"
     monkeypatch.setattr(bundle_manifest, "MANIFEST_NAME", "no-such-manifest.json")  # not a bundle there: the default
     assert console.default_bundle() == Path("weights") / "demo"
+
+
+def _fake_bundle(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    return folder
+
+
+def test_default_bundle_at_the_old_location_is_used_with_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A demo bundle made before the rename (engines/demo) still works, in the working directory and in the
+    checkout, with one warning naming bundles/demo; bundles/demo wins once it is there, without a warning."""
+    import logging
+
+    checkout = tmp_path / "checkout"  # a source checkout: default_bundle looks two folders above src/emostyle_rt
+    monkeypatch.setattr(console, "__file__", str(checkout / "src" / "emostyle_rt" / "console.py"))
+    monkeypatch.setattr(console, "_WARNED", set())
+    monkeypatch.delenv("EMOSTYLE_BUNDLE", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert console.default_bundle() == Path("bundles") / "demo"  # nothing anywhere: the new default
+    old = _fake_bundle(work / "engines" / "demo")
+    with caplog.at_level(logging.WARNING, logger="emostyle_rt.console"):
+        assert console.default_bundle() == Path("engines") / "demo"
+        assert console.default_bundle() == Path("engines") / "demo"
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "emostyle_rt.console"]
+    assert "engines/demo, the old default location; the default is now bundles/demo" in said, said
+    assert "emostyle-export --demo -o bundles/demo" in said
+    assert console.default_bundle("mine") == Path("mine")  # --bundle and $EMOSTYLE_BUNDLE come first, as before
+    monkeypatch.setenv("EMOSTYLE_BUNDLE", "env-bundle")
+    assert console.default_bundle() == Path("env-bundle")
+    monkeypatch.delenv("EMOSTYLE_BUNDLE")
+
+    (work / "bundles" / "demo").mkdir(parents=True)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="emostyle_rt.console"):
+        assert console.default_bundle() == Path("bundles") / "demo"
+    assert not caplog.records
+
+    # the checkout's own old engines/demo, from a folder without either
+    for path in (work / "bundles" / "demo", old):
+        path.rename(tmp_path / f"aside-{path.parent.name}")
+    _fake_bundle(checkout / "engines" / "demo")
+    with caplog.at_level(logging.WARNING, logger="emostyle_rt.console"):
+        assert console.default_bundle() == checkout / "engines" / "demo"
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "emostyle_rt.console"]
+    assert f"the default is now {checkout / 'bundles' / 'demo'}" in said, said
+    _fake_bundle(checkout / "bundles" / "demo")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="emostyle_rt.console"):
+        assert console.default_bundle() == checkout / "bundles" / "demo"
+    assert not caplog.records
+
+
+def test_old_bundle_location_warns_on_the_commands_stderr(sandbox: Path, demo_bundle: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``emostyle`` with no --bundle in a folder holding only engines/demo runs it and says where it belongs now."""
+    monkeypatch.delenv("EMOSTYLE_BUNDLE", raising=False)
+    monkeypatch.setattr(console, "_WARNED", set())
+    monkeypatch.setattr(console, "__file__", str(sandbox / "no-checkout" / "src" / "emostyle_rt" / "console.py"))
+    (sandbox / "engines").mkdir()
+    (sandbox / "engines" / "demo").symlink_to(demo_bundle.resolve(), target_is_directory=True)  # a link: no 180 MB copy
+    assert main(["a.jpg", "-o", "o.png", "--emotion", "happy", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "Using the bundle at engines/demo, the old default location; the default is now bundles/demo." in err
+    assert (sandbox / "o.png").is_file()
 
 def test_report_of_an_earlier_run_or_forced_is_replaced(sandbox: Path) -> None:
     """An emostyle report is replaced by the next run; another file only with --force."""

@@ -660,20 +660,20 @@ def test_train_all_touches_only_its_bundle_and_work_folder(box: Path, capsys: py
                                     'preview_every = 1\npreview_images = 1\n[styles]\n'
                                     + "".join(f'{e} = "style.png"\n' for e in EMOTIONS)
                                     + '[classifier]\nmodel = "given.keras"\n')
-    argv = ["all", "--config", "train.toml", "-o", "engines/mine", "-q"]
+    argv = ["all", "--config", "train.toml", "-o", "bundles/mine", "-q"]
     before = snapshot(box)
     assert main(argv) == 0, capsys.readouterr().err
     after = snapshot(box)
-    assert not changed_outside(before, after, under("engines/mine", "engines/mine.train"))
-    load_manifest(box / "engines/mine")
+    assert not changed_outside(before, after, under("bundles/mine", "bundles/mine.train"))
+    load_manifest(box / "bundles/mine")
     assert main(argv) == 2 and snapshot(box) == after
-    (box / "engines/mine/notes.txt").write_text("mine\n")  # the user's file in the bundle: --force refuses it
+    (box / "bundles/mine/notes.txt").write_text("mine\n")  # the user's file in the bundle: --force refuses it
     assert main([*argv, "--resume", "--force"]) == 2
     typed(capsys.readouterr().err, "notes.txt")
-    (box / "engines/mine/notes.txt").unlink()
+    (box / "bundles/mine/notes.txt").unlink()
     before = snapshot(box)
     assert main([*argv, "--resume", "--force"]) == 0, capsys.readouterr().err
-    assert not changed_outside(before, snapshot(box), under("engines/mine", "engines/mine.train"))
+    assert not changed_outside(before, snapshot(box), under("bundles/mine", "bundles/mine.train"))
 
 
 # ---------------------------------------------------------------- emostyle-bench
@@ -765,7 +765,7 @@ def test_bench_aoti_note_names_only_its_devices_packages(demo_bundle: Path, monk
     import emostyle_rt.backends.onnxruntime as ortb
     from emostyle_bench.paths import aoti_missing
 
-    from emostyle_rt.engines import AotiEntry, AotiHost
+    from emostyle_rt.bundle.compiled import AotiEntry, AotiHost
 
     manifest = load_manifest(demo_bundle)
     sid = next(iter(manifest.styles))

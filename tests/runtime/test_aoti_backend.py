@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from emostyle_rt import engines as eng
+from emostyle_rt.bundle import compiled as eng
 from emostyle_rt.backends import CLASSIFIER, FallbackRunner, OutsideProfileError, runner_for
 from emostyle_rt.backends import aoti
 from emostyle_rt.errors import BackendError, BundleError, InvalidImageError

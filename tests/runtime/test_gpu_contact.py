@@ -128,7 +128,7 @@ def test_a_gpu_session_is_created_after_the_preload_a_cpu_session_without_it(
 
 
 def _side(device: str = "cuda") -> Any:
-    from emostyle_rt.engines import Profile
+    from emostyle_rt.bundle.compiled import Profile
 
     return SimpleNamespace(device=device, profile=Profile("image", (1, 8, 8, 3), (1, 8, 8, 3), (1, 8, 8, 3)))
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pytest
 
-from emostyle_rt import engines
+from emostyle_rt.bundle import compiled
 from emostyle_rt.bundle.files import bundle_path, inside_bundle
 from emostyle_rt.bundle.jsonio import read_json_object
 from emostyle_rt.bundle.manifest import bundle_files, load_manifest
@@ -138,12 +138,12 @@ def test_engines_behind_a_symlink_out_of_the_bundle_fall_back(tmp_path: Path, ca
     (root / "aoti").symlink_to(elsewhere, target_is_directory=True)
     (elsewhere / "cpu-avx2-torch2.13.0").mkdir()
     (elsewhere / "cpu-avx2-torch2.13.0" / "demo-happy.pt2.json").write_text("{}")
-    with caplog.at_level(logging.WARNING, logger="emostyle_rt.engines"):
-        assert engines.find_engine(root, "style.demo-happy", "10.13.3.9", "9.0") is None
+    with caplog.at_level(logging.WARNING, logger="emostyle_rt.bundle.compiled"):
+        assert compiled.find_engine(root, "style.demo-happy", "10.13.3.9", "9.0") is None
     assert "leads outside the bundle" in caplog.text and "Falling back to onnxruntime" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="emostyle_rt.engines"):
-        assert engines.find_package(root, "demo-happy", engines.AotiHost("2.13.0", ("avx2",)), ("cpu",)) is None
+    with caplog.at_level(logging.WARNING, logger="emostyle_rt.bundle.compiled"):
+        assert compiled.find_package(root, "demo-happy", compiled.AotiHost("2.13.0", ("avx2",)), ("cpu",)) is None
     assert "leads outside the bundle" in caplog.text
 
 
@@ -202,17 +202,17 @@ def test_sidecars_follow_the_same_policy(tmp_path: Path) -> None:
             "device": "cpu", "arch": "avx2", "torch_version": "2.13.0", "precision": "fp32",
             "profile": {"input": "image", "min": [1, 4, 4, 3], "opt": [1, 8, 8, 3], "max": [1, 16, 16, 3]},
             "source_onnx": "styles/demo-happy.onnx", "source_onnx_sha256": "0" * 64, "convention": "x"}
-    assert engines.AotiSidecar.from_json(side).style_id == "demo-happy"
+    assert compiled.AotiSidecar.from_json(side).style_id == "demo-happy"
     with pytest.raises(BundleError, match=r"AOTInductor package sidecar has fields this emostyle-rt does not know: "
                                           r"\['calibration'\].*'style_id'"):
-        engines.AotiSidecar.from_json(side | {"calibration": "int8"})
+        compiled.AotiSidecar.from_json(side | {"calibration": "int8"})
     plan = tmp_path / "p.plan"
     plan.write_bytes(b"plan")
-    trt = engines.TrtSidecar("classifier", "p.plan", "0" * 64, 4, "10.13.3.9", "H100",
-                             "9.0", "classifier.fp16.onnx", "0" * 64, (engines.Profile.from_json(TRT_ENTRY["profiles"][0]),))
-    ok = engines.sidecar_problems(trt.to_json(), plan, "10.13.3.9", "9.0", check_plan_hash=False)
+    trt = compiled.TrtSidecar("classifier", "p.plan", "0" * 64, 4, "10.13.3.9", "H100",
+                              "9.0", "classifier.fp16.onnx", "0" * 64, (compiled.Profile.from_json(TRT_ENTRY["profiles"][0]),))
+    ok = compiled.sidecar_problems(trt.to_json(), plan, "10.13.3.9", "9.0", check_plan_hash=False)
     assert ok == []
-    bad = engines.sidecar_problems(trt.to_json() | {"int8": True}, plan, "10.13.3.9", "9.0", check_plan_hash=False)
+    bad = compiled.sidecar_problems(trt.to_json() | {"int8": True}, plan, "10.13.3.9", "9.0", check_plan_hash=False)
     assert len(bad) == 1 and "the sidecar has fields this emostyle-rt does not know: ['int8']" in bad[0]
 
 
@@ -220,7 +220,7 @@ def test_one_json_reader_for_manifests_and_sidecars(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text("[1]")
     (tmp_path / "b.json").write_text("{")
     with pytest.raises(BundleError, match="Engine sidecar .*a.json is not a JSON object"):
-        engines.read_sidecar(tmp_path / "a.json")
+        compiled.read_sidecar(tmp_path / "a.json")
     with pytest.raises(BundleError, match="Manifest .*b.json cannot be read as JSON"):
         read_json_object(tmp_path / "b.json", "Manifest")
 
@@ -243,7 +243,7 @@ def test_one_wording_of_what_is_untrained(demo_bundle: Path) -> None:
 
 
 def test_the_graph_of_a_runtime_key(demo_bundle: Path) -> None:
-    from emostyle_rt.engines import CLASSIFIER_KEY, model_key_for
+    from emostyle_rt.bundle.compiled import CLASSIFIER_KEY, model_key_for
 
     m = load_manifest(demo_bundle, verify_files=False)
     assert m.spec(CLASSIFIER_KEY) is m.classifier and m.spec("demo-sad") is m.styles["demo-sad"]

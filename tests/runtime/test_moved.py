@@ -36,3 +36,35 @@ def test_old_path_is_the_new_module_and_warns_once(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_emostyle_rt_engines_is_bundle_compiled_and_nothing_here_imports_it():
+    """Issue 24: ``emostyle_rt.engines`` moved to ``emostyle_rt.bundle.compiled``; the old path is the same module
+    (one warning), and no module of the runtime or the tools imports the old path any more."""
+    code = textwrap.dedent("""
+        import sys, warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            import emostyle_rt, emostyle_rt.manifest, emostyle_rt.stylizer, emostyle_rt.tiling
+            import emostyle_rt.backends, emostyle_rt.backends.aoti, emostyle_rt.backends.tensorrt
+            import emostyle_rt.backends.openvino
+            import emostyle_export.bundle, emostyle_export.tensorrt_build, emostyle_export.cli
+            import emostyle_bench.paths
+        assert "emostyle_rt.engines" not in sys.modules, "a module still imports the old path"
+        import emostyle_rt.bundle.compiled as new
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            from emostyle_rt import engines
+            from emostyle_rt.engines import CLASSIFIER_KEY, TrtSidecar, find_engine
+            import emostyle_rt.engines as again
+        assert engines is new and again is new and emostyle_rt.engines is new
+        assert CLASSIFIER_KEY == "classifier" and TrtSidecar is new.TrtSidecar and find_engine is new.find_engine
+        import emostyle_rt.backends.tensorrt as trt
+        assert trt.find_engine is new.find_engine  # a monkeypatch of the backend's name is still the backend's
+        dep = [str(w.message) for w in seen if issubclass(w.category, DeprecationWarning)]
+        assert len(dep) == 1 and "emostyle_rt.engines moved to emostyle_rt.bundle.compiled" in dep[0], dep
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "ok"

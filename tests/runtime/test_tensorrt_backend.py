@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from emostyle_rt import engines as eng
+from emostyle_rt.bundle import compiled as eng
 from emostyle_rt.backends import tensorrt as trtb
 from emostyle_rt.errors import BackendError, BundleError, InvalidImageError
 from emostyle_rt.manifest import sha256_file

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from ..engines import CLASSIFIER_KEY
+from ..bundle.compiled import CLASSIFIER_KEY
 from ..errors import BackendError, note
 from ..logutil import warn_once
 from . import aoti, openvino, tensorrt
@@ -66,7 +66,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 #: The precisions an engine without a ``PRECISIONS`` attribute serves (its build decides the rest).
 _ENGINE_PRECISIONS = ("auto", "fp32", "fp16")
 #: Key of the classifier graph in ``runner_for``; style graphs use their style id.
-CLASSIFIER = CLASSIFIER_KEY  # the bundle format owns the runtime key (emostyle_rt.engines)
+CLASSIFIER = CLASSIFIER_KEY  # the bundle format owns the runtime key (emostyle_rt.bundle.compiled)
 
 
 def backend_names() -> tuple[str, ...]:

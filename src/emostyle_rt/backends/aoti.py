@@ -1,7 +1,7 @@
 """AOTInductor backend: style networks compiled ahead of time by PyTorch (``.pt2`` packages).
 
 Packages live in ``<bundle>/aoti/<device>-<arch>-torch<version>/<style-id>.pt2``
-with a JSON sidecar (layout and checks: :mod:`emostyle_rt.engines`; built by
+with a JSON sidecar (layout and checks: :mod:`emostyle_rt.bundle.compiled`; built by
 ``emostyle-export --bundle DIR --aoti``). Each takes and returns uint8 NHWC
 like the style's ONNX graph.
 
@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..cuda import device_identity as cuda_device  # (capability, name) of device 0, cached
-from ..engines import AOTI_DIR, CLASSIFIER_KEY, AotiHost, AotiSidecar, cpu_isas, find_package
+from ..bundle.compiled import AOTI_DIR, CLASSIFIER_KEY, AotiHost, AotiSidecar, cpu_isas, find_package
 from ..errors import BackendError, InvalidImageError, note
 from .base import OutsideProfileError, TensorInfo, cache_dir
 

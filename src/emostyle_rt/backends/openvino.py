@@ -56,7 +56,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..engines import CLASSIFIER_KEY
+from ..bundle.compiled import CLASSIFIER_KEY
 from ..errors import BackendError, note
 from ..metrics import CLASSIFIER_TOLERANCE, DETECTOR_TOLERANCE, MIN_PSNR_DB, STYLE_TOLERANCE, psnr  # psnr: also here
 from . import onnxruntime as ort_backend

@@ -2,7 +2,7 @@
 
 Engines live in ``<bundle>/trt/<arch-key>/<model-key>.plan`` with a JSON
 sidecar; the layout and the checks that decide whether a plan fits this machine
-belong to the bundle format (:mod:`emostyle_rt.engines`). ``tensorrt`` and
+belong to the bundle format (:mod:`emostyle_rt.bundle.compiled`). ``tensorrt`` and
 ``cuda.bindings`` are imported only when an engine is opened.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..engines import CLASSIFIER_KEY, TRT_DIR, Profile, find_engine, model_key_for
+from ..bundle.compiled import CLASSIFIER_KEY, TRT_DIR, Profile, find_engine, model_key_for
 from ..errors import BackendError, InvalidImageError, note
 from .base import OutsideProfileError, TensorInfo
 

@@ -6,8 +6,11 @@
   sidecars) and its one policy for unknown keys.
 - :mod:`.files`: the one path rule for every file the manifest names (nothing
   outside the bundle, ever) and the one sha256 check.
+- :mod:`.compiled`: the compiled artifacts (TensorRT plans, AOTInductor
+  packages): their manifest entries, JSON sidecars, folder keys and the checks
+  that decide whether one may run here; also the runtime graph key of the
+  classifier (``CLASSIFIER_KEY``). ``emostyle_rt.engines`` is its 0.1.0 path
+  (deprecated).
 
-Engine entries and sidecars (TensorRT plans, AOTInductor packages) are typed in
-:mod:`emostyle_rt.engines` and read with :mod:`.jsonio`. Nothing here imports
-numpy, OpenCV or onnxruntime.
+Nothing here imports numpy, OpenCV or onnxruntime.
 """

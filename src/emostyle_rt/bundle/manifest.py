@@ -12,10 +12,10 @@ A bundle is a folder written by ``emostyle-export``::
 Nothing is guessed from file names or tensor shapes: labels, the classifier's
 input spec, which style serves which emotion, the style graphs' contract and the
 face detector's conventions all come from ``manifest.json`` (documented in
-``engines/README.md``).
+``bundles/README.md``).
 
 This module owns the format: every block has a typed spec with ``from_json`` /
-``to_json`` (engine entries and sidecars are in :mod:`emostyle_rt.engines`);
+``to_json`` (engine entries and sidecars are in :mod:`.compiled`);
 export writes a :class:`Manifest` with :meth:`Manifest.to_json`, the runtime
 and the benchmarks read one with :func:`load_manifest`.
 """
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..engines import CLASSIFIER_KEY, AotiEntry, TrtEngine
+from .compiled import CLASSIFIER_KEY, AotiEntry, TrtEngine
 from ..errors import BundleError, InvalidArgumentError, note
 from ..logutil import first_time
 from ..fsutil import sha256_file  # noqa: F401  (part of this module's API since 0.1.0)
@@ -165,7 +165,7 @@ class CropSpec:
     """How the classifier's input is cut around a face box: ``classifier.crop`` in the manifest.
 
     A classifier agrees with its training only on crops made the same way, so the
-    bundle records them (see engines/README.md). In order: ``square`` "expand"
+    bundle records them (see bundles/README.md). In order: ``square`` "expand"
     grows the box's short side to a square about its centre ("none" keeps it);
     ``margin`` is added on each side, a fraction of that side ("fraction") or
     pixels ("px"); where the crop leaves the image, ``border`` "clip" cuts it at
@@ -664,7 +664,7 @@ class DetectorGraph:
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """The bundle's face detector: ``detector`` in the manifest (MTCNN; see engines/README.md).
+    """The bundle's face detector: ``detector`` in the manifest (MTCNN; see bundles/README.md).
 
     The graphs take float32 NHWC pixels 0..255 in ``color`` order (transposed to
     W x H first when ``transposed``) and normalise them inside as
@@ -957,7 +957,7 @@ def load_manifest(bundle: str | Path, *, verify_files: bool = True) -> Manifest:
     if isinstance(bundle, bytes) or not isinstance(bundle, (str, os.PathLike)) or not os.fspath(bundle).strip():
         raise InvalidArgumentError(
             "A bundle is a folder path; an empty path would mean the working folder."
-            + note("a str or os.PathLike naming the bundle folder, such as 'engines/demo'",
+            + note("a str or os.PathLike naming the bundle folder, such as 'bundles/demo'",
                    f"{bundle!r} ({type(bundle).__name__})"))
     root = Path(bundle)
     mpath = root / MANIFEST_NAME
@@ -1111,7 +1111,7 @@ def bundle_files(raw: Mapping[str, Any]) -> set[str]:
     Args:
         raw: The manifest as read from JSON.
     """
-    from ..engines import TRT_DIR, TRT_TIMING_CACHE
+    from .compiled import TRT_DIR, TRT_TIMING_CACHE
 
     found: set[str] = {MANIFEST_NAME}
     found |= {Path(rel).as_posix() for _, rel in named_files(raw) if inside_bundle(rel)}

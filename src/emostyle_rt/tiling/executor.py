@@ -137,7 +137,7 @@ class TiledStyle:
         from ..backends import FailoverRunner
         from ..backends import onnxruntime as ortb
         from ..backends.base import cache_dir
-        from ..engines import Profile
+        from ..bundle.compiled import Profile
 
         g = self.spec.tile
         path = self._path(g)
