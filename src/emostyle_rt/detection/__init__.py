@@ -10,8 +10,9 @@ other (``emostyle_rt.faces`` and ``emostyle_rt.mtcnn`` are the deprecated 0.1.0 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._exports import lazy_exports
 
 #: Public name -> the module of this package that defines it.
 _EXPORTS = {
@@ -31,12 +32,4 @@ if TYPE_CHECKING:
                         pyramid_scales)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
