@@ -137,7 +137,7 @@ def read_reference(ref: str) -> np.ndarray | None:
 
         image = data.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(data, name)()
     elif kind == "shared":
-        from emostyle_rt.imageio import read_image
+        from emostyle_rt.imaging.io import read_image
 
         path = SHARED_DATA / name
         if not path.is_file():

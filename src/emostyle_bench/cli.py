@@ -184,7 +184,7 @@ def _main(argv: Sequence[str] | None, written: list[str]) -> int:
         stack_module,
     )
 
-    from emostyle_rt.backends.onnxruntime import telemetry_off
+    from emostyle_rt.backends.ort import telemetry_off
     from emostyle_rt.errors import EmostyleError, InvalidArgumentError
     from emostyle_rt.logutil import quiet_tensorflow, setup_cli_logging
 

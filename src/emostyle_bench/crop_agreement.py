@@ -52,7 +52,7 @@ def _reflect101(i: np.ndarray, n: int) -> np.ndarray:
 
 def reference_crop(image: np.ndarray, box: tuple[int, int, int, int] | None, spec: CropSpec,
                    size: tuple[int, int], channels: int) -> np.ndarray:
-    """The crop ``spec`` documents, written apart from ``emostyle_rt.faces``: plain numpy index maths.
+    """The crop ``spec`` documents, written apart from ``emostyle_rt.detection.faces``: plain numpy index maths.
 
     Grey is OpenCV's 15-bit fixed-point formula for its weights (else the rounded
     weighted sum), padding is index arithmetic, and only the last resize is
@@ -271,7 +271,7 @@ class _Fixed:
     box: tuple[int, int, int, int] = (0, 0, 1, 1)
 
     def detect(self, rgb: np.ndarray) -> list[Any]:
-        from emostyle_rt.faces import Face
+        from emostyle_rt.detection.faces import Face
 
         return [Face(*self.box)]
 

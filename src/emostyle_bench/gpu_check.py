@@ -600,7 +600,7 @@ def stage_env(ctx: Ctx) -> None:
             problems.append("torch sees no CUDA GPU")
     except ImportError as exc:
         problems.append(f"torch missing: {exc}")
-    from emostyle_rt.backends import onnxruntime as ortb
+    from emostyle_rt.backends import ort as ortb
 
     ort = ortb.import_onnxruntime()
 
@@ -638,7 +638,7 @@ def stage_env(ctx: Ctx) -> None:
         problems.append(f"the classifier runs on {r.name}, not the CUDA EP")
     # The slim runtime never imports torch (emostyle, emostyle serve, Ray actors): its CUDA EP must load anyway.
     probe = ("import json, sys\n"
-             "from emostyle_rt.backends import onnxruntime as ortb, runner_for\n"
+             "from emostyle_rt.backends import ort as ortb, runner_for\n"
              "from emostyle_rt.manifest import load_manifest\n"
              f"r = runner_for(load_manifest({str(ctx.bundle)!r}), 'classifier', backend='onnxruntime', "
              f"provider={ctx.provider!r})\n"
@@ -740,7 +740,7 @@ class Bench:
     """The rows of one path: its style rows and chain rows at each size, each output checked first."""
 
     def __init__(self, ctx: Ctx) -> None:
-        from emostyle_rt.imageio import pad_to_multiple
+        from emostyle_rt.imaging.io import pad_to_multiple
         from emostyle_rt.manifest import load_manifest
 
         self.ctx = ctx

@@ -84,7 +84,7 @@ def face_crops(height: int, width: int, channels: int, n: int) -> np.ndarray:
     """``n`` classifier inputs (uint8 NHWC) cut around the astronaut's face with different margins."""
     from dataclasses import replace
 
-    from emostyle_rt.faces import Face, crop_face
+    from emostyle_rt.detection.faces import Face, crop_face
     from emostyle_rt.manifest import DEFAULT_CROP
 
     rgb = astronaut()

@@ -43,7 +43,7 @@ def cpu_model() -> str:
 
 def gpu_name() -> str:
     """GPU names from nvidia-smi, or "none"."""
-    from emostyle_rt.backends.onnxruntime import cuda_device_count
+    from emostyle_rt.backends.ort import cuda_device_count
 
     if cuda_device_count() == 0:
         return "none"

@@ -88,7 +88,7 @@ def _maxdiff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bench_style(m: Any, sizes: list[str], batches: list[int], rounds: int, bf16: bool) -> list[dict[str, Any]]:
-    from emostyle_rt.backends import onnxruntime as ortb
+    from emostyle_rt.backends import ort as ortb
     from emostyle_rt.backends import openvino as ovb
 
     sid = m.emotions[m.labels[0]]
@@ -117,7 +117,7 @@ def bench_style(m: Any, sizes: list[str], batches: list[int], rounds: int, bf16:
 
 def bench_small_graphs(m: Any, rounds: int, calls: int) -> list[dict[str, Any]]:
     """The classifier (batch 1 and 4) and MTCNN's three graphs at the shapes of a 512x512 photo."""
-    from emostyle_rt.backends import onnxruntime as ortb
+    from emostyle_rt.backends import ort as ortb
     from emostyle_rt.backends import openvino as ovb
 
     rng = np.random.default_rng(0)
@@ -195,7 +195,7 @@ def _chain_child(bundle: Path, sizes: list[str], rounds: int, eager: bool) -> No
     time them interleaved; one JSON row per size on stdout, with each path's plan (whole, or how it was tiled)."""
     from emostyle_rt import Stylizer
     from emostyle_rt.manifest import load_manifest
-    from emostyle_rt.mtcnn import MtcnnDetector
+    from emostyle_rt.detection.mtcnn import MtcnnDetector
     from emostyle_rt.tiling import process_rss
 
     plans = _Plans()
@@ -335,7 +335,7 @@ def quantize_int8(onnx_path: Path, out: Path, size: int = 256) -> Path:
 
 
 def bench_precision(trained: Path, sizes: list[str], rounds: int, picture: Path | None) -> list[dict[str, Any]]:
-    from emostyle_rt.backends import onnxruntime as ortb
+    from emostyle_rt.backends import ort as ortb
     from emostyle_rt.backends import openvino as ovb
 
     with tempfile.TemporaryDirectory(prefix="emostyle-int8-") as tmp:

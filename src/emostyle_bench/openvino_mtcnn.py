@@ -110,7 +110,7 @@ def bench_detect(bundle: Path, photos: dict[str, np.ndarray], sizes: list[str], 
 def _detectors(bundle: Path) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """The three paths' detectors, graphs loaded, each graph's runner timed into ``spent[path][graph]``."""
     from emostyle_rt.manifest import load_manifest
-    from emostyle_rt.mtcnn import MtcnnDetector
+    from emostyle_rt.detection.mtcnn import MtcnnDetector
 
     m = load_manifest(bundle)
     dets, spent = {}, {}
@@ -159,15 +159,15 @@ def bench_static(bundle: Path, rounds: int) -> dict[str, Any]:
     """P-Net on a 720p photo's pyramid: dynamic shapes (one model) against a static model per level."""
     import cv2
 
-    from emostyle_rt.backends import onnxruntime as ortb
+    from emostyle_rt.backends import ort as ortb
     from emostyle_rt.backends import openvino as ovb
-    from emostyle_rt.faces import _downscale
+    from emostyle_rt.detection.faces import downscale
     from emostyle_rt.manifest import load_manifest
-    from emostyle_rt.mtcnn import MTCNN_DETECT_SIDE, level_shape, pyramid_scales
+    from emostyle_rt.detection.mtcnn import MTCNN_DETECT_SIDE, level_shape, pyramid_scales
 
     m = load_manifest(bundle)
     d = m.detector
-    small, _ = _downscale(_resized(_photo("astronaut"), *SIZES["720p"]), MTCNN_DETECT_SIDE)
+    small, _ = downscale(_resized(_photo("astronaut"), *SIZES["720p"]), MTCNN_DETECT_SIDE)
     levels = []
     for s in pyramid_scales(*small.shape[:2], d.min_face_size, d.min_size, d.scale_factor):  # type: ignore[union-attr]
         lh, lw = level_shape(*small.shape[:2], s)
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     from emostyle_rt.backends import openvino as ovb
-    from emostyle_rt.imageio import read_image
+    from emostyle_rt.imaging.io import read_image
 
     photos = {n: _photo(n) for n in PHOTOS}
     photos.update({p.stem: read_image(p) for p in args.extra})

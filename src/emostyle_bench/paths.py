@@ -106,7 +106,7 @@ class Context:
     def detector(self) -> Any:
         """The runtime's default detector for this bundle (its MTCNN; Haar for bundles without one)."""
         if self._detector is None:
-            from emostyle_rt.faces import make_detector
+            from emostyle_rt.detection.faces import make_detector
 
             self._detector = make_detector(None, self.manifest, provider="cpu")
         return self._detector
@@ -345,7 +345,7 @@ def aoti_missing(manifest: Manifest, style_ids: list[str], device: str) -> str |
     from emostyle_rt.bundle.compiled import find_package
 
     if device == "cuda":
-        from emostyle_rt.backends.onnxruntime import cuda_device_count
+        from emostyle_rt.backends.ort import cuda_device_count
 
         if cuda_device_count() == 0:
             return "no CUDA GPU answers"
@@ -376,7 +376,7 @@ def bundle_availability(p: BenchPath, manifest: Manifest, style_id: str | None =
 
 def _check_provider(provider: str | None, backend: str) -> None:
     """Raise PathUnavailable unless this backend/provider can run here."""
-    from emostyle_rt.backends.onnxruntime import choose_providers, cuda_device_count
+    from emostyle_rt.backends.ort import choose_providers, cuda_device_count
 
     if backend == "tensorrt":
         if cuda_device_count() == 0:
@@ -487,8 +487,8 @@ def _eager_chain(ctx: Context) -> Callable[[np.ndarray], ChainOutput]:
     """
     import numpy as np
 
-    from emostyle_rt.faces import crop_face
-    from emostyle_rt.imageio import pad_to_multiple
+    from emostyle_rt.detection.faces import crop_face
+    from emostyle_rt.imaging.io import pad_to_multiple
     from emostyle_rt.stylizer import BATCH_PIXELS
 
     from .crop_agreement import OWN_PIPELINES, own_pipeline
@@ -529,7 +529,7 @@ def _eager_chain(ctx: Context) -> Callable[[np.ndarray], ChainOutput]:
 
 
 def _haar(ctx: Context) -> Callable[[np.ndarray], list]:
-    from emostyle_rt.faces import HaarDetector, haar_available
+    from emostyle_rt.detection.faces import HaarDetector, haar_available
 
     ok, why = haar_available()
     if not ok:
@@ -540,7 +540,7 @@ def _haar(ctx: Context) -> Callable[[np.ndarray], list]:
 
 def _mtcnn(ctx: Context) -> Callable[[np.ndarray], list]:
     """The bundle's MTCNN (P-Net per pyramid level, R-Net and O-Net once each) in onnxruntime CPU."""
-    from emostyle_rt.faces import make_detector
+    from emostyle_rt.detection.faces import make_detector
 
     if ctx.manifest.detector is None:
         raise PathUnavailable(f"bundle {ctx.bundle} has no face detector (emostyle-export --bundle DIR --detector mtcnn)")
@@ -627,13 +627,13 @@ def availability(p: BenchPath) -> str | None:
     """
     from emostyle_export.extras import INSTALL, missing
 
-    from emostyle_rt.backends.onnxruntime import cuda_device_count, tensorrt_libraries
+    from emostyle_rt.backends.ort import cuda_device_count, tensorrt_libraries
 
     if p.device == "cuda" and cuda_device_count() == 0:
         return "no CUDA GPU answers"
     gone = missing(p.needs)
     if p.name == "haar" and not gone:
-        from emostyle_rt.faces import haar_available
+        from emostyle_rt.detection.faces import haar_available
 
         ok, why = haar_available()
         if not ok:

@@ -50,7 +50,7 @@ from emostyle_rt.fsutil import (
     work_match,
     write_bytes_atomic,
 )
-from emostyle_rt.imageio import pad_to_multiple
+from emostyle_rt.imaging.io import pad_to_multiple
 from emostyle_rt.manifest import STYLE_SIZE_MULTIPLE, Manifest, StyleSpec
 
 from . import parity
@@ -258,7 +258,7 @@ def gate(package: Path, side: AotiSidecar, onnx_path: Path, net: Any) -> dict[st
     """
     import torch
 
-    from emostyle_rt.backends.onnxruntime import import_onnxruntime
+    from emostyle_rt.backends.ort import import_onnxruntime
 
     from .styles import INPUT_NAME, OUTPUT_NAME, lower_precision, style_contract
 

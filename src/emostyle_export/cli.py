@@ -390,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
         setup_cli_logging(args.quiet, "emostyle_export", library=("emostyle_rt",), verbose=args.verbose)
         quiet_frameworks(args.verbose)
-        from emostyle_rt.backends.onnxruntime import telemetry_off
+        from emostyle_rt.backends.ort import telemetry_off
 
         telemetry_off()  # onnxruntime (ours, and onnxconverter-common's own import): nothing written in the home
         from .bundle import add_to_bundle, export_bundle

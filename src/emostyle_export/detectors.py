@@ -138,7 +138,7 @@ def _parity_inputs(name: str, conv: dict[str, Any]) -> list[tuple[str, np.ndarra
     """Real inputs for one network: astronaut pyramid levels (P-Net) or astronaut patches (R-Net, O-Net)."""
     import cv2
 
-    from emostyle_rt.mtcnn import crop_and_resize, level_shape, pyramid_scales
+    from emostyle_rt.detection.mtcnn import crop_and_resize, level_shape, pyramid_scales
 
     photo = parity.astronaut().astype(np.float32)
     if name == "pnet":
@@ -214,7 +214,7 @@ def check_cascade(spec: DetectorSpec, root: Path) -> dict[str, Any]:
     """
     from mtcnn import MTCNN
 
-    from emostyle_rt.mtcnn import MtcnnDetector
+    from emostyle_rt.detection.mtcnn import MtcnnDetector
 
     ours = MtcnnDetector(spec, root, provider="cpu", detect_side=None)
     package = MTCNN()

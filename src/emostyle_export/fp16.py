@@ -32,7 +32,7 @@ import numpy as np
 from emostyle_rt import metrics
 from emostyle_rt.errors import note
 from emostyle_rt.fsutil import write_bytes_atomic
-from emostyle_rt.imageio import pad_to_multiple
+from emostyle_rt.imaging.io import pad_to_multiple
 from emostyle_rt.manifest import STYLE_SIZE_MULTIPLE, sha256_file
 
 from .errors import ExportError, ParityError
@@ -329,7 +329,7 @@ def fp16_emulation(model16: "onnx.ModelProto", *, probe: bool = True) -> "onnx.M
 
 
 def _session(model: "onnx.ModelProto", optimize: bool) -> Any:
-    from emostyle_rt.backends.onnxruntime import import_onnxruntime
+    from emostyle_rt.backends.ort import import_onnxruntime
 
     ort = import_onnxruntime()
 

@@ -96,7 +96,7 @@ psnr = metrics.psnr  # the one PSNR (emostyle_rt.metrics), under the name the ex
 
 
 def _session(path: Path) -> Any:
-    from emostyle_rt.backends.onnxruntime import import_onnxruntime
+    from emostyle_rt.backends.ort import import_onnxruntime
 
     ort = import_onnxruntime()
 

@@ -86,7 +86,7 @@ def _onnx() -> Any:
 
 
 def _session(model: Any) -> Any:
-    from emostyle_rt.backends.onnxruntime import import_onnxruntime
+    from emostyle_rt.backends.ort import import_onnxruntime
 
     ort = import_onnxruntime()
 
@@ -525,7 +525,7 @@ def check_tiled(bundle: Path, style: StyleSpec, spec: TiledSpec) -> TiledSpec:
     from dataclasses import replace
 
     from emostyle_rt.backends import make_runner
-    from emostyle_rt.imageio import pad_to_multiple
+    from emostyle_rt.imaging.io import pad_to_multiple
     from emostyle_rt.tiling import TiledStyle
 
     whole = make_runner(bundle / style.onnx, provider="cpu")

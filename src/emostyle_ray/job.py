@@ -41,7 +41,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from emostyle_rt import cli
-from emostyle_rt.backends.onnxruntime import CPU_THREADS_ENV
+from emostyle_rt.backends.ort import CPU_THREADS_ENV
 from emostyle_rt.errors import (
     BackendError,
     EmostyleError,
@@ -51,7 +51,7 @@ from emostyle_rt.errors import (
     note,
     sentence,
 )
-from emostyle_rt.imageio import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image, read_image_meta
+from emostyle_rt.imaging.io import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image, read_image_meta
 from emostyle_rt.manifest import Manifest
 from emostyle_rt.tiling import worker_budget
 from emostyle_rt.videoio import VIDEO_SUFFIXES

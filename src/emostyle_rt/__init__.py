@@ -25,16 +25,16 @@ _EXPORTS = {
     "InvalidImageError": "errors",
     "MemoryBudgetError": "errors",
     "NoFaceError": "errors",
-    "Face": "faces",
-    "FaceDetector": "faces",
-    "HaarDetector": "faces",
-    "YuNetDetector": "faces",
+    "Face": "detection.faces",
+    "FaceDetector": "detection.faces",
+    "HaarDetector": "detection.faces",
+    "YuNetDetector": "detection.faces",
     "EMOTIONS": "manifest",
     "CropSpec": "manifest",
     "DetectorSpec": "manifest",
     "Manifest": "manifest",
     "load_manifest": "manifest",
-    "MtcnnDetector": "mtcnn",
+    "MtcnnDetector": "detection.mtcnn",
     "StylizerOptions": "options",
     "Classification": "stylizer",
     "FaceEmotion": "stylizer",
@@ -54,9 +54,9 @@ if TYPE_CHECKING:
         MemoryBudgetError,
         NoFaceError,
     )
-    from .faces import Face, FaceDetector, HaarDetector, YuNetDetector
+    from .detection.faces import Face, FaceDetector, HaarDetector, YuNetDetector
     from .manifest import EMOTIONS, CropSpec, DetectorSpec, Manifest, load_manifest
-    from .mtcnn import MtcnnDetector
+    from .detection.mtcnn import MtcnnDetector
     from .options import StylizerOptions
     from .stylizer import Classification, FaceEmotion, StyleResult, Stylizer
 

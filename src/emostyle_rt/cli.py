@@ -38,10 +38,10 @@ from .errors import (
     note,
     sentence,
 )
-from .formats import READ_SUFFIXES as FORMAT_READ_SUFFIXES
-from .formats import WRITE_SUFFIXES, output_name
+from .imaging.formats import READ_SUFFIXES as FORMAT_READ_SUFFIXES
+from .imaging.formats import WRITE_SUFFIXES, output_name
 from .fsutil import check_replace, refuse_input
-from .imageio import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image_meta, write_bytes_atomic, write_image
+from .imaging.io import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image_meta, write_bytes_atomic, write_image
 from .logutil import setup_cli_logging
 from .options import StylizerOptions, add_stylizer_arguments, options_from_args
 from .console import DEFAULT_BUNDLE, bundle_hint, default_bundle
@@ -52,7 +52,7 @@ from .videoio import VIDEO_SUFFIXES
 
 log = logging.getLogger("emostyle")
 
-#: Output formats, by extension (``emostyle_rt.formats``).
+#: Output formats, by extension (``emostyle_rt.imaging.formats``).
 IMAGE_SUFFIXES = WRITE_SUFFIXES
 #: Inputs: the output formats and GIF (first frame; a GIF's output is a PNG, OpenCV's GIF writer quantises).
 READ_SUFFIXES = FORMAT_READ_SUFFIXES

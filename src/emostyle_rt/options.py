@@ -23,9 +23,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .backends import PRECISIONS, backend_names
-from .backends.onnxruntime import PROVIDERS
+from .backends.ort import PROVIDERS
 from .errors import BackendError, InvalidArgumentError, note
-from .imageio import MAX_PIXELS
+from .imaging.io import MAX_PIXELS
 from .tiling import DEFAULT_TILE_MODE, TILE_MODES, parse_memory
 
 __all__ = ["MAX_MARGIN", "NO_FACE_POLICIES", "StylizerOptions", "add_stylizer_arguments", "options_from_args"]

@@ -19,8 +19,8 @@ import numpy as np
 
 from .backends import CLASSIFIER, Lazy, Runner, check_engines, is_gpu, runner_for
 from .errors import BackendError, BundleError, EmostyleError, InvalidArgumentError, InvalidImageError, NoFaceError, note
-from .faces import Face, FaceDetector, crop_face, make_detector
-from .imageio import ImageInput, load_image, pad_to_multiple
+from .detection.faces import Face, FaceDetector, crop_face, make_detector
+from .imaging.io import ImageInput, load_image, pad_to_multiple
 from .manifest import ClassifierInfo, Manifest, load_manifest
 from .options import NO_FACE_POLICIES, StylizerOptions
 from .tiling import CALIBRATION, TiledStyle, default_budget, estimate_whole, process_rss

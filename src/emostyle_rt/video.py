@@ -49,7 +49,7 @@ import numpy as np
 
 from .coherence import Blender, CoherenceLog, CoherenceOptions, CoherenceReport, FlowTracker, FrameCoherence
 from .errors import InvalidArgumentError, InvalidImageError, NoFaceError, VideoReadError, note
-from .faces import Face
+from .detection.faces import Face
 from .lookahead import LookaheadOptions, PlannedSegment, plan_segments
 
 if TYPE_CHECKING:
@@ -604,7 +604,7 @@ def _source(frames: Any, fps: float | None, bgr: bool, stop: threading.Event) ->
 
 
 def _rgb(f: np.ndarray, bgr: bool, i: int) -> np.ndarray:
-    from .imageio import to_rgb
+    from .imaging.io import to_rgb
 
     try:
         return to_rgb(f, bgr=bgr)

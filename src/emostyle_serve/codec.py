@@ -1,6 +1,6 @@
 """What a request carries and what its answer is: content types, output format negotiation, decode and encode.
 
-Decoding and encoding are the runtime's (``emostyle_rt.imageio``: the pixel limit
+Decoding and encoding are the runtime's (``emostyle_rt.imaging.io``: the pixel limit
 is checked from the header before decoding; EXIF / ICC carried over as the
 ``emostyle`` command does). This module only maps HTTP's names onto them.
 """
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from emostyle_rt.errors import InvalidArgumentError, note
-from emostyle_rt.formats import FORMATS as IMAGE_FORMATS
-from emostyle_rt.formats import output_format
-from emostyle_rt.formats import sniff_format as sniff_image_format
-from emostyle_rt.imageio import decode_image, encode_image
-from emostyle_rt.metadata import read_meta
+from emostyle_rt.imaging.formats import FORMATS as IMAGE_FORMATS
+from emostyle_rt.imaging.formats import output_format
+from emostyle_rt.imaging.formats import sniff_format as sniff_image_format
+from emostyle_rt.imaging.io import decode_image, encode_image
+from emostyle_rt.imaging.metadata import read_meta
 
 from .errors import NotAcceptableError, UnsupportedMediaTypeError
 
@@ -35,7 +35,7 @@ JSON = "application/json"
 def sniff_format(data: bytes) -> str | None:
     """The answer's format for encoded image bytes, from their signature; None if it is none of ours.
 
-    A GIF's answer is a PNG, as the command's output (``emostyle_rt.formats.output_format``).
+    A GIF's answer is a PNG, as the command's output (``emostyle_rt.imaging.formats.output_format``).
     """
     return output_format(sniff_image_format(data))
 

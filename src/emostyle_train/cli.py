@@ -349,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         setup_cli_logging(args.quiet, *LOGGERS)
-        from emostyle_rt.backends.onnxruntime import telemetry_off
+        from emostyle_rt.backends.ort import telemetry_off
 
         telemetry_off()  # onnxruntime (the export of `all`): nothing written in the home
         from .errors import require

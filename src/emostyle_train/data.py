@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from emostyle_rt.errors import EmostyleError, note
-from emostyle_rt.imageio import read_image
+from emostyle_rt.imaging.io import read_image
 
 from .errors import DatasetError
 

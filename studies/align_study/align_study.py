@@ -69,7 +69,7 @@ def study(stylizer: object, angles: Sequence[float] = ANGLES) -> list[ModeResult
     """Agreement of unaligned and eye-aligned crops of tilted faces with the upright unaligned crop."""
     from dataclasses import replace
 
-    from emostyle_rt.faces import crop_face
+    from emostyle_rt.detection.faces import crop_face
     from emostyle_rt.stylizer import Stylizer
 
     st: Stylizer = stylizer  # type: ignore[assignment]

@@ -23,7 +23,7 @@ from tests.support.faces import evaluate, synthetic_set  # noqa: E402
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print recall and false positives of the bundle's MTCNN and of OpenCV's Haar cascade (where it exists)."""
-    from emostyle_rt.faces import HaarDetector, haar_available, make_detector
+    from emostyle_rt.detection.faces import HaarDetector, haar_available, make_detector
     from emostyle_rt.manifest import default_bundle, load_manifest
 
     p = argparse.ArgumentParser(prog="python studies/face_recall/face_recall.py", description=__doc__.split("\n\n")[0])

@@ -47,7 +47,7 @@ class FixedFace:
     """A detector that always returns the same box (the chain then times classification, not Haar)."""
 
     def __init__(self, h: int, w: int) -> None:
-        from emostyle_rt.faces import Face
+        from emostyle_rt.detection.faces import Face
 
         s = min(h, w) // 3
         self.faces = [Face(w // 2 - s // 2, max(0, h // 3 - s // 2), s, s)]
@@ -88,7 +88,7 @@ def timed(fn: Callable[[], Any], warmup: int, repeat: int) -> tuple[dict[str, fl
 def _ours(bundle: str, variant: str, provider: str, h: int, w: int) -> Any:
     """A Stylizer for one of our variants (CUDA EP options are read when its graphs load: preload now)."""
     from emostyle_rt import Stylizer
-    from emostyle_rt.backends import onnxruntime as ortb
+    from emostyle_rt.backends import ort as ortb
 
     saved = dict(ortb.CUDA_OPTIONS)
     if variant.endswith("-nhwc"):
@@ -184,7 +184,7 @@ def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
 def machine(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(), "device": device}
     try:
-        from emostyle_rt.backends.onnxruntime import import_onnxruntime
+        from emostyle_rt.backends.ort import import_onnxruntime
         from emostyle_rt.errors import BackendError
 
         ort = import_onnxruntime()

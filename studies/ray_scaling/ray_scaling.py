@@ -44,7 +44,7 @@ def make_photos(folder: Path, n: int, side: int) -> None:
     """``n`` crops of the astronaut photo (most show the face), three formats, every fourth in ``sub/``."""
     from skimage import data
 
-    from emostyle_rt.imageio import write_image
+    from emostyle_rt.imaging.io import write_image
 
     photo, rng = data.astronaut(), np.random.default_rng(0)
     for k in range(n):

@@ -175,7 +175,7 @@ def picture(args: argparse.Namespace) -> dict[str, Any]:
     import cv2
 
     from emostyle_rt.backends import make_runner
-    from emostyle_rt.imageio import pad_to_multiple
+    from emostyle_rt.imaging.io import pad_to_multiple
     from emostyle_rt.manifest import load_manifest
     from emostyle_rt.tiling import TiledStyle, cells
     from emostyle_rt.tiling import plan as tile_plan

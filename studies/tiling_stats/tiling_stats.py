@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from emostyle_export.parity import psnr
     from emostyle_rt.backends import make_runner
-    from emostyle_rt.imageio import pad_to_multiple
+    from emostyle_rt.imaging.io import pad_to_multiple
     from emostyle_rt.manifest import load_manifest
     from emostyle_rt.tiling import TiledStyle, stats_sample
 

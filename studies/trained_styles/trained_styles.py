@@ -154,7 +154,7 @@ def contact_sheet(bundle: Path, emotions: Sequence[str], recipe: Any, photos: Se
 
     from emostyle_rt import Stylizer
     from emostyle_rt.fsutil import write_bytes_atomic
-    from emostyle_rt.imageio import read_image
+    from emostyle_rt.imaging.io import read_image
 
     def fit(img: np.ndarray, box: int | None = None) -> np.ndarray:
         """Scaled to the row height; with ``box``, into a box x height tile (white margins)."""

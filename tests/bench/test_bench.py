@@ -307,7 +307,7 @@ def test_tiny_benchmark_end_to_end(demo_bundle: Path, tmp_path: Path) -> None:
     assert by[("style", "tensorrt", 1)].status == "unavailable" or by[("style", "tensorrt", 1)].status == "ok"
     assert by[("detect", "mtcnn", 1)].status == "ok"
     # OpenCV 5 removed the Haar cascades: the row must then say so instead of failing
-    from emostyle_rt.faces import haar_available
+    from emostyle_rt.detection.faces import haar_available
 
     haar = by[("detect", "haar", 1)]
     assert haar.status == ("ok" if haar_available()[0] else "unavailable")

@@ -18,11 +18,11 @@ import pytest
 from skimage import data
 
 from emostyle_rt import cli
-from emostyle_rt.backends.onnxruntime import CPU_THREADS_ENV
+from emostyle_rt.backends.ort import CPU_THREADS_ENV
 from emostyle_rt.cli import STATE_NAME, main
 from emostyle_rt.errors import BackendError, InvalidArgumentError
 from emostyle_rt.fsutil import TEMP_NAME
-from emostyle_rt.imageio import read_image, read_image_meta, write_image
+from emostyle_rt.imaging.io import read_image, read_image_meta, write_image
 
 job = pytest.importorskip("emostyle_ray.job", reason="the ray extra is not installed")
 

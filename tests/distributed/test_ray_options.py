@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from emostyle_rt import StylizerOptions, cli
-from emostyle_rt.backends.onnxruntime import CPU_THREADS_ENV
+from emostyle_rt.backends.ort import CPU_THREADS_ENV
 
 job = pytest.importorskip("emostyle_ray.job", reason="the ray extra is not installed")
 

@@ -18,7 +18,7 @@ from emostyle_export.cli import main as export_main  # noqa: E402
 from emostyle_export.cli import needed_modules  # noqa: E402
 from emostyle_export.detectors import box_iou, mtcnn_conventions  # noqa: E402
 from emostyle_rt.manifest import load_manifest, sha256_file  # noqa: E402
-from emostyle_rt.mtcnn import MtcnnDetector, crop_and_resize  # noqa: E402
+from emostyle_rt.detection.mtcnn import MtcnnDetector, crop_and_resize  # noqa: E402
 
 
 def test_conventions_are_read_from_the_package() -> None:

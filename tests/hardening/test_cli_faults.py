@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 import pytest
 
-from emostyle_rt import cli, console, fsutil, imageio, manifest
+from emostyle_rt import cli, console, fsutil, manifest
+from emostyle_rt.imaging import io as image_io
 from emostyle_rt.cli import STATE_NAME, main
 from emostyle_rt.errors import BackendError, BundleError, ImageWriteError, InvalidArgumentError
 
@@ -247,7 +248,7 @@ def test_disk_full(photos: Path, demo_bundle: Path, tmp_path: Path, monkeypatch:
     n = len(_planned(photos))
     inputs = _digests(photos)
     full = _FullDisk(ok)
-    monkeypatch.setattr(imageio.os, "fsync", full)
+    monkeypatch.setattr(image_io.os, "fsync", full)
     capsys.readouterr()
     assert main([str(photos), "-o", str(out), "--bundle", str(demo_bundle), *FAST]) == 1
     err = capsys.readouterr().err
@@ -509,7 +510,7 @@ def test_state_file_records_only_outputs_that_were_written(photos: Path, demo_bu
     each output that exists, and none for the one that failed (it once said "ok" with an emotion)."""
     out = tmp_path / "styled"
     if fault == "fsync":
-        monkeypatch.setattr(imageio.os, "fsync", _FullDisk(2))
+        monkeypatch.setattr(image_io.os, "fsync", _FullDisk(2))
     else:
         real, calls = os.replace, []
 
@@ -595,7 +596,7 @@ def test_an_interrupted_folder_run_leaves_no_empty_folders(photos: Path, demo_bu
     assert not (tmp_path / "new").exists()
     # A failed write (full disk) in a new subfolder: that folder goes too, the ones with outputs stay.
     monkeypatch.undo()
-    monkeypatch.setattr(imageio.os, "fsync", _FullDisk(7))  # the 8th file, sub/p7.jpg, fails
+    monkeypatch.setattr(image_io.os, "fsync", _FullDisk(7))  # the 8th file, sub/p7.jpg, fails
     assert main([str(photos), "-o", str(out), "--bundle", str(demo_bundle), *FAST]) == 1
     assert out.is_dir() and not (out / "sub").exists()
 

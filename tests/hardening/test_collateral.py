@@ -35,7 +35,7 @@ from decoys import own_temp as _own_temp
 from decoys import sandbox as _sandbox
 from decoys import snapshot as _snapshot
 
-from emostyle_rt.backends.onnxruntime import CPU_THREADS_ENV
+from emostyle_rt.backends.ort import CPU_THREADS_ENV
 from emostyle_rt.cli import STATE_NAME, main
 from emostyle_rt.fsutil import TEMP_NAME
 

@@ -725,7 +725,7 @@ def test_bench_says_only_what_holds(demo_bundle: Path, capsys: pytest.CaptureFix
     from emostyle_bench.bench import Runner
     from emostyle_bench.paths import Context, default_paths
 
-    from emostyle_rt.faces import haar_available
+    from emostyle_rt.detection.faces import haar_available
 
     assert cli.main(["--list-paths", "--bundle", str(demo_bundle)]) == 0
     rows = {(ln.split()[0], ln.split()[1]): ln for ln in capsys.readouterr().out.splitlines()
@@ -762,7 +762,7 @@ def test_bench_aoti_note_names_only_its_devices_packages(demo_bundle: Path, monk
     from dataclasses import replace
 
     import emostyle_rt.backends.aoti as aoti_backend
-    import emostyle_rt.backends.onnxruntime as ortb
+    import emostyle_rt.backends.ort as ortb
     from emostyle_bench.paths import aoti_missing
 
     from emostyle_rt.bundle.compiled import AotiEntry, AotiHost

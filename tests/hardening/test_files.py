@@ -18,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from emostyle_rt import Stylizer, imageio
+from emostyle_rt import Stylizer
+from emostyle_rt.imaging import io as image_io
 from emostyle_rt.errors import EmostyleError, ImageReadError
-from emostyle_rt.imageio import read_image
+from emostyle_rt.imaging.io import read_image
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -227,7 +228,7 @@ def test_decompression_bombs_are_refused_before_decoding(files: Path, monkeypatc
         raise AssertionError("the image was decoded before its declared size was checked")
 
     bombs = _bombs(files)
-    monkeypatch.setattr(imageio.cv2, "imdecode", no_decode)
+    monkeypatch.setattr(image_io.cv2, "imdecode", no_decode)
     for name, data in bombs.items():
         p = files / name
         p.write_bytes(data)

@@ -281,7 +281,7 @@ def test_bench_from_json_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_bench_list_paths_says_what_runs_here(capsys: pytest.CaptureFixture[str]) -> None:
-    from emostyle_rt.backends.onnxruntime import cuda_device_count
+    from emostyle_rt.backends.ort import cuda_device_count
 
     assert bench_cli.main(["--list-paths"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.split()[:1] in (["detect"], ["classify"],

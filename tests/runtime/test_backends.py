@@ -31,8 +31,8 @@ from emostyle_rt.backends import (
     ort_runner_for,
     runner_for,
 )
-from emostyle_rt.backends import onnxruntime as ortb
-from emostyle_rt.backends.onnxruntime import import_onnxruntime
+from emostyle_rt.backends import ort as ortb
+from emostyle_rt.backends.ort import import_onnxruntime
 from emostyle_rt.errors import BackendError
 from emostyle_rt.manifest import Fp16Graph, Manifest, load_manifest
 

@@ -14,7 +14,7 @@ import pytest
 import emostyle_rt.stylizer as stylizer_mod
 from emostyle_rt import Stylizer
 from emostyle_rt.backends import GraphLoader, is_gpu, make_runner
-from emostyle_rt.backends import onnxruntime as ortb
+from emostyle_rt.backends import ort as ortb
 from emostyle_rt.errors import BackendError
 from emostyle_rt.manifest import load_manifest
 from emostyle_rt.tiling import default_budget
@@ -71,7 +71,7 @@ def test_the_budget_follows_the_runner_device_not_its_name(demo_bundle: Path, mo
     ((CPU,), "tensorrt", "cpu"), ((TRT, CUDA, CPU), "cpu", "cpu"), ((CPU,), "cuda", "cuda")])
 def test_graphs_with_changing_shapes_never_get_the_tensorrt_ep(
         monkeypatch: pytest.MonkeyPatch, providers: tuple[str, ...], forced: str | None, want: str) -> None:
-    from emostyle_rt.mtcnn import graph_provider
+    from emostyle_rt.detection.mtcnn import graph_provider
 
     monkeypatch.setattr(ortb, "choose_providers", lambda provider=None: list(providers))
     assert ortb.changing_shapes_provider(forced) == want
@@ -139,8 +139,8 @@ class _FakeBackend:
 def test_a_backend_registered_with_one_line_loads_every_graph(
         mtcnn_bundle: Path, tiled_bundle: Path, astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     from emostyle_rt import backends
-    from emostyle_rt.imageio import pad_to_multiple
-    from emostyle_rt.mtcnn import MtcnnDetector
+    from emostyle_rt.imaging.io import pad_to_multiple
+    from emostyle_rt.detection.mtcnn import MtcnnDetector
     from emostyle_rt.tiling import TiledStyle
 
     fake = _FakeBackend()
@@ -273,7 +273,7 @@ class _Detector:
         _Detector.made.append(self)
 
     def detect(self, rgb: np.ndarray) -> list:
-        from emostyle_rt.faces import Face
+        from emostyle_rt.detection.faces import Face
 
         self.calls.append("detect")
         h, w = rgb.shape[:2]
@@ -288,7 +288,7 @@ class _Detector:
 
 def test_a_detector_registered_with_one_line_is_the_stylizers(
         demo_bundle: Path, astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
-    from emostyle_rt import faces
+    from emostyle_rt.detection import faces
 
     _Detector.made = []
     monkeypatch.setitem(faces.DETECTORS, "box", lambda manifest, *, provider=None, backend="auto": _Detector())  # the one line
@@ -318,7 +318,7 @@ def test_psnr_iou_and_tolerances_have_one_owner() -> None:
     from emostyle_rt import metrics
     from emostyle_rt.backends import openvino as ovb
     from emostyle_rt.video import iou
-    from emostyle_rt.faces import Face
+    from emostyle_rt.detection.faces import Face
 
     a = np.zeros((4, 4, 3), np.uint8)
     b = a.copy()

@@ -14,7 +14,7 @@ from skimage import data
 
 from emostyle_rt import cli
 from emostyle_rt.cli import STATE_NAME, main
-from emostyle_rt.imageio import read_image, write_image
+from emostyle_rt.imaging.io import read_image, write_image
 
 FACE = cv2.resize(data.astronaut(), (192, 192), interpolation=cv2.INTER_AREA)
 NO_FACE = cv2.resize(data.coffee(), (90, 60), interpolation=cv2.INTER_AREA)

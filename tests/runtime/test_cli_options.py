@@ -12,8 +12,8 @@ from skimage import data
 
 from emostyle_rt import StylizerOptions, cli
 from emostyle_rt.backends import BACKENDS, PRECISIONS
-from emostyle_rt.backends.onnxruntime import PROVIDERS
-from emostyle_rt.imageio import write_image
+from emostyle_rt.backends.ort import PROVIDERS
+from emostyle_rt.imaging.io import write_image
 from emostyle_rt.options import options_from_args
 from emostyle_rt.tiling import TILE_MODES
 

@@ -10,7 +10,7 @@ import pytest
 from skimage import data
 
 from emostyle_rt.cli import main
-from emostyle_rt.imageio import write_image
+from emostyle_rt.imaging.io import write_image
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """The classifier's crop spec (issue 17): manifest format, presets, and the runtime crop pixel for pixel.
 
-The runtime crop (``emostyle_rt.faces.crop_face``) is checked against
+The runtime crop (``emostyle_rt.detection.faces.crop_face``) is checked against
 ``emostyle_bench.crop_agreement.reference_crop``, an independent plain-numpy
 implementation of the spec (index maths for the padding, OpenCV's fixed-point
 grey formula written out; only the last resize is ``cv2.resize``). The bench
@@ -24,7 +24,7 @@ from skimage import data
 
 from emostyle_rt import Stylizer
 from emostyle_rt.errors import BundleError, InvalidArgumentError
-from emostyle_rt.faces import Face, crop_face, crop_rect
+from emostyle_rt.detection.faces import Face, crop_face, crop_rect
 from emostyle_rt.manifest import (
     CROP_PRESETS,
     CV2_GREY,

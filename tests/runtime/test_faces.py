@@ -11,7 +11,7 @@ import pytest
 from skimage import data
 
 from emostyle_rt.errors import BackendError
-from emostyle_rt.faces import Face, HaarDetector, YuNetDetector, crop_face, haar_available, make_detector
+from emostyle_rt.detection.faces import Face, HaarDetector, YuNetDetector, crop_face, haar_available, make_detector
 from emostyle_rt.manifest import DEFAULT_CROP
 
 ASTRONAUT = data.astronaut()

@@ -1,4 +1,4 @@
-"""Image formats have one owner (emostyle_rt.formats): the table, the sniffing and the GIF-to-PNG rule."""
+"""Image formats have one owner (emostyle_rt.imaging.formats): the table, the sniffing and the GIF-to-PNG rule."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from emostyle_rt import cli, formats, metadata
-from emostyle_rt.imageio import header_size
+from emostyle_rt import cli
+from emostyle_rt.imaging import formats, metadata
+from emostyle_rt.imaging.io import header_size
 
 FACE = cv2.resize(data.astronaut(), (40, 30), interpolation=cv2.INTER_AREA)[:, :, ::-1]
 

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from emostyle_rt import Stylizer
-from emostyle_rt.backends import onnxruntime as ortb
+from emostyle_rt.backends import ort as ortb
 from emostyle_rt.errors import BackendError
 
 pytestmark = pytest.mark.gpu

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from emostyle_rt.backends import aoti as aotib
-from emostyle_rt.backends import onnxruntime as ortb
+from emostyle_rt.backends import ort as ortb
 from emostyle_rt.errors import BackendError
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"

@@ -11,7 +11,7 @@ import pytest
 from skimage import data
 
 from emostyle_rt.errors import ImageEncodeError, ImageReadError, InvalidImageError
-from emostyle_rt.imageio import header_size, load_image, read_image, to_rgb, write_image
+from emostyle_rt.imaging.io import header_size, load_image, read_image, to_rgb, write_image
 
 ASTRONAUT = data.astronaut()
 
@@ -57,7 +57,7 @@ def _encoded_kinds() -> dict[str, bytes]:
 def test_decode_without_imread_color_rgb_gives_the_same_pixels(with_rgb_flag: bool,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """OpenCV < 4.11 has no IMREAD_COLOR_RGB: the IMREAD_COLOR + BGR -> RGB fallback reads every kind identically."""
-    from emostyle_rt.imageio import decode_image
+    from emostyle_rt.imaging.io import decode_image
 
     if not with_rgb_flag:
         monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)
@@ -230,7 +230,7 @@ def test_alpha_of_other_png_kinds(tmp_path: Path) -> None:
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_alpha_is_turned_like_the_colour(tmp_path: Path, orientation: int) -> None:
     """An RGBA PNG whose EXIF says 'turn me': the alpha plane follows the colour OpenCV turned."""
-    from emostyle_rt.imageio import ImageMeta
+    from emostyle_rt.imaging.io import ImageMeta
 
     rng = np.random.default_rng(orientation)
     rgba = rng.integers(0, 256, (40, 70, 4), dtype=np.uint8)
@@ -248,7 +248,7 @@ def test_alpha_to_jpeg_is_dropped_with_one_warning(tmp_path: Path, monkeypatch: 
                                                   caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from emostyle_rt import metadata
+    from emostyle_rt.imaging import metadata
 
     monkeypatch.setattr(metadata, "_warned", set())
     with caplog.at_level(logging.WARNING, "emostyle_rt"):

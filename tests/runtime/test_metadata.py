@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from skimage import data
 
-from emostyle_rt import metadata
+from emostyle_rt.imaging import metadata
 from emostyle_rt.errors import InvalidArgumentError
-from emostyle_rt.imageio import ImageMeta, read_image, read_image_meta, write_image
-from emostyle_rt.metadata import clean_exif, embed_meta, orientation, read_meta
+from emostyle_rt.imaging.io import ImageMeta, read_image, read_image_meta, write_image
+from emostyle_rt.imaging.metadata import clean_exif, embed_meta, orientation, read_meta
 
 PHOTO = np.ascontiguousarray(data.astronaut()[:301, :255])  # odd sizes on purpose
 DATE = "2024:05:17 10:20:30"

@@ -20,9 +20,9 @@ from skimage import data
 
 from emostyle_rt import Face, Stylizer
 from emostyle_rt.errors import BackendError, BundleError, InvalidArgumentError, InvalidImageError
-from emostyle_rt.faces import HaarDetector, crop_face, haar_available, make_detector
+from emostyle_rt.detection.faces import HaarDetector, crop_face, haar_available, make_detector
 from emostyle_rt.manifest import DetectorSpec, load_manifest, parse_crop
-from emostyle_rt.mtcnn import MtcnnDetector, crop_and_resize, fast_nms, level_shape, pyramid_scales
+from emostyle_rt.detection.mtcnn import MtcnnDetector, crop_and_resize, fast_nms, level_shape, pyramid_scales
 
 from support.faces import JUDGED_FROM, evaluate, iou, synthetic_set
 

@@ -16,10 +16,10 @@ import pytest
 
 from emostyle_rt import Stylizer
 from emostyle_rt.backends import BACKENDS, CLASSIFIER, ENGINES, FallbackRunner, runner_for
-from emostyle_rt.backends import onnxruntime as ortb
+from emostyle_rt.backends import ort as ortb
 from emostyle_rt.backends import openvino as ovb
 from emostyle_rt.errors import BackendError
-from emostyle_rt.imageio import pad_to_multiple
+from emostyle_rt.imaging.io import pad_to_multiple
 from emostyle_rt.manifest import Manifest, load_manifest
 
 needs_openvino = pytest.mark.skipif(not ovb.installed(), reason="openvino is not installed (the cpu extra brings it)")

@@ -15,12 +15,12 @@ import pytest
 from skimage import data
 
 from emostyle_rt import Stylizer
-from emostyle_rt.backends import onnxruntime as ortb
+from emostyle_rt.backends import ort as ortb
 from emostyle_rt.backends import openvino as ovb
 from emostyle_rt.errors import BackendError
 from emostyle_rt.manifest import Manifest, load_manifest
 from emostyle_rt.metrics import DETECTOR_TOLERANCE
-from emostyle_rt.mtcnn import MtcnnDetector
+from emostyle_rt.detection.mtcnn import MtcnnDetector
 
 needs_openvino = pytest.mark.skipif(not ovb.installed(), reason="openvino is not installed (the cpu extra brings it)")
 PHOTOS = {"astronaut": data.astronaut(), "camera": np.ascontiguousarray(np.dstack([data.camera()] * 3)),

@@ -223,7 +223,7 @@ def fake_gpu_build(monkeypatch: pytest.MonkeyPatch):
     """onnxruntime-gpu's provider list, with the GPU probes under the test's control."""
     import onnxruntime as ort
 
-    from emostyle_rt.backends import onnxruntime as ortb
+    from emostyle_rt.backends import ort as ortb
 
     full = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: full)
@@ -256,7 +256,7 @@ def test_runners_share_one_cpu_arena_without_per_run_shrinkage(demo_bundle: Path
     st = Stylizer(demo_bundle, backend="onnxruntime")  # auto runs style graphs in OpenVINO where it is installed
     runner = st._style_runner(st.manifest.emotions["happy"])
     assert runner.name == "onnxruntime:CPUExecutionProvider"
-    for r in (runner, st._classifier):  # memory strategy: see emostyle_rt.backends.onnxruntime.CPU_MEMORY_MODES
+    for r in (runner, st._classifier):  # memory strategy: see emostyle_rt.backends.ort.CPU_MEMORY_MODES
         assert r._run_options is None and r._memory == "shared"
         assert r._session.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
     assert [t.name for t in runner.inputs] == ["image"] and runner.inputs[0].dtype == "uint8"

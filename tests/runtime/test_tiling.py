@@ -22,7 +22,7 @@ import pytest
 from emostyle_rt import Stylizer
 from emostyle_rt.backends import make_runner
 from emostyle_rt.errors import EmostyleError, InvalidArgumentError
-from emostyle_rt.imageio import pad_to_multiple
+from emostyle_rt.imaging.io import pad_to_multiple
 from emostyle_rt.manifest import StyleSpec, TiledSpec, load_manifest
 from emostyle_rt.tiling import (
     CALIBRATION,
@@ -285,7 +285,7 @@ def test_parse_memory_refuses(bad) -> None:
 
 def test_cli_memory_budget(tiled_bundle: Path, tmp_path: Path, astronaut: np.ndarray, capsys) -> None:
     from emostyle_rt.cli import main
-    from emostyle_rt.imageio import write_image
+    from emostyle_rt.imaging.io import write_image
 
     src = tmp_path / "in.png"
     write_image(src, cv2.resize(astronaut, (301, 203), interpolation=cv2.INTER_AREA))
@@ -302,7 +302,7 @@ def test_cli_memory_budget(tiled_bundle: Path, tmp_path: Path, astronaut: np.nda
 
 @pytest.mark.gpu
 def test_tiled_on_gpu_matches_cpu(tiled_bundle: Path, style: StyleSpec, photo: np.ndarray) -> None:
-    from emostyle_rt.backends.onnxruntime import cuda_device_count, import_onnxruntime
+    from emostyle_rt.backends.ort import cuda_device_count, import_onnxruntime
 
     if cuda_device_count() == 0 or "CUDAExecutionProvider" not in import_onnxruntime().get_available_providers():
         pytest.skip("needs onnxruntime-gpu and a CUDA GPU")
@@ -424,7 +424,7 @@ def test_cli_shows_the_steps_of_a_tiled_photo(tiled_bundle: Path, style: StyleSp
                                               astronaut: np.ndarray,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from emostyle_rt import cli
-    from emostyle_rt.imageio import write_image
+    from emostyle_rt.imaging.io import write_image
 
     seen: list[tuple[str, int, int]] = []
     monkeypatch.setattr(cli._StepBar, "__call__", lambda self, d, t: seen.append((self.name, d, t)))

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from emostyle_rt import Stylizer
-from emostyle_rt.backends import onnxruntime as ortb
+from emostyle_rt.backends import ort as ortb
 from emostyle_rt.errors import BackendError
-from emostyle_rt.imageio import pad_to_multiple
+from emostyle_rt.imaging.io import pad_to_multiple
 from emostyle_rt.manifest import StyleSpec
 from emostyle_rt import tiling
 from emostyle_rt.tiling import FIXED_WINDOWS, TiledStyle, estimate_whole, is_fixed_window, parse_memory, plan

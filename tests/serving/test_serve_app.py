@@ -16,7 +16,7 @@ import pytest
 from servekit import client_for, decode, encode, metric, run
 
 from emostyle_rt import Stylizer
-from emostyle_rt.metadata import ImageMeta, embed_meta, read_meta
+from emostyle_rt.imaging.metadata import ImageMeta, embed_meta, read_meta
 
 JPEG = {"content-type": "image/jpeg"}
 PNG = {"content-type": "image/png"}

@@ -5,7 +5,7 @@ A runner loads one graph and runs it: ``run({input_name: array}) -> {output_name
 what the Stylizer calls. With ``backend="auto"`` it asks each compiled-engine
 backend of :data:`ENGINES` in turn (native TensorRT engine, then AOTInductor
 package, then OpenVINO on a CPU-only machine) and falls back to onnxruntime, whose providers, precision and memory
-strategy are chosen in :mod:`.onnxruntime`.
+strategy are chosen in :mod:`.ort`.
 
 An engine backend is a module that provides::
 
@@ -39,7 +39,7 @@ from ..bundle.compiled import CLASSIFIER_KEY
 from ..errors import BackendError, note
 from ..logutil import warn_once
 from . import aoti, openvino, tensorrt
-from . import onnxruntime as ort_backend
+from . import ort as ort_backend
 from .lazy import Lazy
 from .base import CACHE_ENV, GraphLoader, OutsideProfileError, Runner, TensorInfo, cache_dir, is_gpu
 

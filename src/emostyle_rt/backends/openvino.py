@@ -59,7 +59,7 @@ import numpy as np
 from ..bundle.compiled import CLASSIFIER_KEY
 from ..errors import BackendError, note
 from ..metrics import CLASSIFIER_TOLERANCE, DETECTOR_TOLERANCE, MIN_PSNR_DB, STYLE_TOLERANCE, psnr  # psnr: also here
-from . import onnxruntime as ort_backend
+from . import ort as ort_backend
 from .base import GraphLoader, TensorInfo, cache_dir
 
 log = logging.getLogger(__name__)

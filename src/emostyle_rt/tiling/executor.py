@@ -87,7 +87,7 @@ class TiledStyle:
         self.root, self.style, self.spec = Path(bundle), style, style.tiled
         self.tensorrt = provider == "tensorrt"  # tile graph at fixed windows on the TensorRT EP
         if provider in (None, "tensorrt"):
-            from ..backends.onnxruntime import changing_shapes_provider, tensorrt_ep_refusal
+            from ..backends.ort import changing_shapes_provider, tensorrt_ep_refusal
 
             rest = changing_shapes_provider(provider)
             if self.tensorrt:
@@ -135,7 +135,7 @@ class TiledStyle:
         """The tile graph on the TensorRT EP with the static profile min = opt = max = (1, h, w, C); None (one
         warning, and the TensorRT EP is not tried again) when onnxruntime cannot create it."""
         from ..backends import FailoverRunner
-        from ..backends import onnxruntime as ortb
+        from ..backends import ort as ortb
         from ..backends.base import cache_dir
         from ..bundle.compiled import Profile
 
