@@ -75,7 +75,7 @@ def compare_chain(ref: Any, out: Any, precision: str = "fp32") -> Agreement:
 def compare_video(ref: Any, out: Any, precision: str = "fp32") -> Agreement:
     """Video paths: the warping error of ``out`` (and of its input), its cut against ``ref`` (the per-frame path),
     and the first frame, which no coherence changes, identical to the reference's."""
-    from emostyle_rt.coherence import warping_error
+    from emostyle_rt.video.coherence import warping_error
 
     out_imgs = np.asarray(out.images)
     if out_imgs.shape != np.asarray(ref.images).shape:

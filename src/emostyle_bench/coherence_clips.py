@@ -1,7 +1,7 @@
 """Synthetic clips with known motion for temporal-coherence checks (real photos, never noise alone).
 
 Each clip is built from scikit-image's photos and carries its exact backward flow
-(frame i+1 back to frame i, as ``emostyle_rt.coherence.Flow``), so a metric or a
+(frame i+1 back to frame i, as ``emostyle_rt.video.coherence.Flow``), so a metric or a
 blend can be checked against the truth, not against another flow estimate:
 
 - :func:`still_noise`: the astronaut, still, with fresh sensor-like noise on every frame
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from emostyle_rt.coherence import Flow
+from emostyle_rt.video.coherence import Flow
 from emostyle_rt.errors import InvalidArgumentError, note
 
 from .images import Size, photo

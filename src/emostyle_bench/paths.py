@@ -7,7 +7,7 @@ A path turns a stage's input batch into its output:
 - ``style``: uint8 NHWC RGB images -> uint8 NHWC stylised images;
 - ``chain``: uint8 NHWC RGB images -> ``ChainOutput`` (emotions + stylised images);
 - ``video``: the frames of a clip (uint8 NHWC) -> ``VideoOutput`` (``Stylizer.stream``, one style, coherence off
-  or flow; the output check reports each path's warping error, ``emostyle_rt.coherence``).
+  or flow; the output check reports each path's warping error, ``emostyle_rt.video.coherence``).
 
 Eager baselines rebuild the source models from the manifest's ``source`` records
 (demo seeds, or the user's Keras / PyTorch checkpoints); "ours" paths run the

@@ -54,7 +54,7 @@ from emostyle_rt.errors import (
 from emostyle_rt.imaging.io import MAX_PIXELS, OPENCV_MAX_PIXELS, clean_stale_parts, read_image, read_image_meta
 from emostyle_rt.manifest import Manifest
 from emostyle_rt.tiling import worker_budget
-from emostyle_rt.videoio import VIDEO_SUFFIXES
+from emostyle_rt.video.io import VIDEO_SUFFIXES
 
 log = logging.getLogger("emostyle")
 

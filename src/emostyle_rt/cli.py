@@ -46,9 +46,9 @@ from .logutil import setup_cli_logging
 from .options import StylizerOptions, add_stylizer_arguments, options_from_args
 from .console import DEFAULT_BUNDLE, bundle_hint, default_bundle
 from .manifest import MANIFEST_NAME, Manifest, load_manifest
-from .coherence import DEFAULT_STRENGTH, MODES, CoherenceOptions
+from .video.coherence import DEFAULT_STRENGTH, MODES, CoherenceOptions
 from .video import DECISIONS, TemporalOptions
-from .videoio import VIDEO_SUFFIXES
+from .video.io import VIDEO_SUFFIXES
 
 log = logging.getLogger("emostyle")
 

@@ -55,7 +55,7 @@ class MemoryBudgetError(EmostyleError, ValueError):
 class FlowError(EmostyleError):
     """Optical flow between two frames cannot be trusted (a flat frame, a size change, a non-finite field).
 
-    A coherent stream styles such a frame on its own and counts it (``emostyle_rt.coherence``)."""
+    A coherent stream styles such a frame on its own and counts it (``emostyle_rt.video.coherence``)."""
 
 
 def note(expected: object, available: object) -> str:

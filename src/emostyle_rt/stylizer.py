@@ -311,7 +311,7 @@ class Stylizer:
         ``emotion`` (fixed style), ``max_side``, ``bgr``, ``options``
         (``TemporalOptions``: schedule, smoothing, switching, cross-fade), ``batch``
         (frames per style run), ``live`` (a camera: drop frames while busy), ``initial``,
-        ``coherence`` ("off" by default, "flow" or ``emostyle_rt.coherence.CoherenceOptions``: blend each
+        ``coherence`` ("off" by default, "flow" or ``emostyle_rt.video.coherence.CoherenceOptions``: blend each
         styled frame with the previous output warped by the input's optical flow, against flicker),
         ``measure`` (each frame's warping error in ``StyledFrame.coherence``).
         """

@@ -7,7 +7,7 @@
 On the clips of ``emostyle_bench.coherence_clips`` (a still scene with sensor noise,
 a slow pan, a face crossing a still photo; real photos, known motion), one style:
 
-- **E_warp** (``emostyle_rt.coherence.warping_error``: full-resolution DIS flow on the
+- **E_warp** (``emostyle_rt.video.coherence.warping_error``: full-resolution DIS flow on the
   inputs, its own estimate, not the stream's) of ``Stylizer.stream`` with coherence
   "off" and with coherence "flow"; the cut must be >= 50% on every clip. The known
   flow's E_warp is printed too (it checks the metric).
@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from emostyle_rt.coherence import (
+from emostyle_rt.video.coherence import (
     DEFAULT_MOTION,
     DEFAULT_STRENGTH,
     FLOW_SIDE,

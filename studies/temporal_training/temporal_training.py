@@ -14,7 +14,7 @@ camera, rocket, hubble_deep_field, immunohistochemistry); the evaluation uses
 the two photos the clips are made of, which training never saw (astronaut,
 coffee):
 
-- E_warp (``emostyle_rt.coherence.warping_error``: DIS flow on the input
+- E_warp (``emostyle_rt.video.coherence.warping_error``: DIS flow on the input
   frames, forward-backward occlusion mask; mean |styled_t - warp(styled_t-1)|
   in 8-bit levels) on the clips of ``emostyle_bench.coherence_clips`` (the ones
   the inference-time coherence is measured on): a still scene with sensor-like
@@ -161,7 +161,7 @@ def evaluate(run: Any, clip_set: dict[str, list[np.ndarray]], held_out: Sequence
     """E_warp on the clips, losses on the held-out crops (mean), the last training losses, the median step time."""
     import torch
 
-    from emostyle_rt.coherence import warping_error
+    from emostyle_rt.video.coherence import warping_error
     from emostyle_train.data import content_crop, to_tensor
 
     ew, ewi = {}, {}

@@ -234,7 +234,7 @@ def tiled(bundle: Path, emotions: Sequence[str], size: str, budget: str) -> dict
 
 def coherence(bundle: Path, emotions: Sequence[str], size: str, frames: int) -> dict[str, Any]:
     from emostyle_rt import Stylizer
-    from emostyle_rt.coherence import CoherenceOptions
+    from emostyle_rt.video.coherence import CoherenceOptions
 
     from studies.coherence.coherence import CLIPS, measure_clip
     from emostyle_bench.coherence_clips import build

@@ -37,7 +37,7 @@ Clips (60 s; 10 seeds; 15, 30 and 60 fps):
   leads by >= 0.3 (mean over the next 2 s) for >= 2 s: the seconds from each such
   change to the switch (target <= 1.0 s for every change), the same segment checks.
 
-**Video files: the lookahead planner** (``emostyle_rt.lookahead.plan_segments``, what ``stylize_video`` uses by
+**Video files: the lookahead planner** (``emostyle_rt.video.lookahead.plan_segments``, what ``stylize_video`` uses by
 default): the analysis pass (the same ``EmotionTimeline`` schedule, its classifications kept: ``analysis_track``)
 then the plan, played through ``PlannedTimeline`` and the same ``SegmentLog``; every ``LOOKAHEAD_GRID`` setting on
 both models, its defaults chosen by ``choose_lookahead``. The causal rule stays what cameras use.
@@ -66,7 +66,7 @@ from typing import Any, Callable
 import numpy as np
 
 from emostyle_rt.errors import NoFaceError
-from emostyle_rt.lookahead import LookaheadOptions
+from emostyle_rt.video.lookahead import LookaheadOptions
 from emostyle_rt.stylizer import Classification
 from emostyle_rt.video import (
     EmotionState,
@@ -462,7 +462,7 @@ def sweep(seeds: int, grid: dict[str, tuple] = GRID) -> list[tuple[TemporalOptio
     return out
 
 
-#: The lookahead planner's settings (``emostyle_rt.lookahead.LookaheadOptions``): switch penalty per evidence kind.
+#: The lookahead planner's settings (``emostyle_rt.video.lookahead.LookaheadOptions``): switch penalty per evidence kind.
 LOOKAHEAD_GRID = {"prob": (0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.6, 0.75, 1.0),
                   "log": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)}
 
@@ -698,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     la_default = LookaheadOptions()
     la_d = {n: evaluate(default, args.seeds, m, la_default) for n, m in MODELS.items()}
     lines += ["## Video files: the lookahead planner", "",
-              "`emostyle_rt.lookahead.plan_segments` on the analysis pass of the default schedule (the same "
+              "`emostyle_rt.video.lookahead.plan_segments` on the analysis pass of the default schedule (the same "
               "classifications the causal rule sees), the same clips, seeds, frame rates and targets. Follow delay as "
               "for the causal rule: from the change to the first frame styled with the new emotion (0 when the style "
               "changed at or before the change). Boundary offset: the start of the new emotion's segment minus the "

@@ -20,7 +20,7 @@ import pytest
 from emostyle_bench.coherence_clips import build, moving_face, slow_pan, still_noise
 from emostyle_bench.images import Size
 from emostyle_rt import Stylizer
-from emostyle_rt.coherence import (
+from emostyle_rt.video.coherence import (
     Blender,
     CoherenceLog,
     CoherenceOptions,

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def test_old_path_is_the_new_module_and_warns_once(tmp_path):
     pkg = tmp_path / "movedpkg"
@@ -68,3 +70,24 @@ def test_emostyle_rt_engines_is_bundle_compiled_and_nothing_here_imports_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "ok"
+
+
+@pytest.mark.parametrize("old, new", [("emostyle_rt.videoio", "emostyle_rt.video.io"),
+                                      ("emostyle_rt.coherence", "emostyle_rt.video.coherence"),
+                                      ("emostyle_rt.lookahead", "emostyle_rt.video.lookahead")])
+def test_video_modules_moved(old: str, new: str) -> None:
+    """The three video modules of 0.1.0 are the video subpackage's modules under their old paths, with one warning."""
+    code = textwrap.dedent(f"""
+        import warnings
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            import {old} as old
+        import {new} as new
+        assert old is new, (old, new)
+        dep = [w for w in seen if issubclass(w.category, DeprecationWarning) and "{old} moved to {new}" in str(w.message)]
+        assert len(dep) == 1, [str(w.message) for w in seen]
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

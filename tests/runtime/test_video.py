@@ -413,7 +413,7 @@ def test_audio_is_reencoded_or_dropped_with_a_warning(st: Stylizer, face_frame: 
     assert res.audio == "re-encoded (pcm_s16le -> libopus)" and probe(tmp_path / "out.webm")["audio"] == ["opus"]
     assert "re-encoding its audio as libopus" in caplog.text
     caplog.clear()
-    from emostyle_rt import videoio
+    from emostyle_rt.video import io as videoio
 
     monkeypatch.setitem(videoio.AUDIO_CODECS, ".webm", "no-such-encoder")
     with caplog.at_level(logging.WARNING, logger="emostyle_rt"):

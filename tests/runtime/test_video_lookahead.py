@@ -21,7 +21,7 @@ from test_video import LABELS, face_frame, fake_classifier, jittered, st, write_
 from emostyle_rt import Stylizer
 from emostyle_rt.cli import main
 from emostyle_rt.errors import InvalidArgumentError
-from emostyle_rt.lookahead import LookaheadOptions, plan_segments
+from emostyle_rt.video.lookahead import LookaheadOptions, plan_segments
 from emostyle_rt.video import SegmentLog, analyse, plan_emotions, stylize_video
 
 pytest.importorskip("av")

@@ -9,7 +9,7 @@ import numpy as np
 
 from emostyle_bench.images import Size
 from emostyle_rt import Stylizer
-from emostyle_rt.coherence import CoherenceOptions
+from emostyle_rt.video.coherence import CoherenceOptions
 
 from support.studies import study
 

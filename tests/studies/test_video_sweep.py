@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from emostyle_rt.lookahead import LookaheadOptions
+from emostyle_rt.video.lookahead import LookaheadOptions
 from emostyle_rt.video import TemporalOptions
 
 from support.studies import study
