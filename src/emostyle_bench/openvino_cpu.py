@@ -88,15 +88,14 @@ def _maxdiff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bench_style(m: Any, sizes: list[str], batches: list[int], rounds: int, bf16: bool) -> list[dict[str, Any]]:
-    from emostyle_rt.backends import ort as ortb
-    from emostyle_rt.backends import openvino as ovb
+    from emostyle_rt.backends import load_graph
 
     sid = m.emotions[m.labels[0]]
     spec = m.styles[sid]
     path = m.path(spec.onnx)
-    runners = {"onnxruntime": ortb.OrtRunner(path, provider="cpu"), "openvino-fp32": ovb.OvRunner(path)}
+    runners = {"onnxruntime": load_graph(path, backend="onnxruntime", provider="cpu"), "openvino-fp32": load_graph(path, backend="openvino")}
     if bf16:
-        runners["openvino-bf16"] = ovb.OvRunner(path, precision="bf16")
+        runners["openvino-bf16"] = load_graph(path, backend="openvino", precision="bf16")
     rows = []
     base = _photo("astronaut")
     for size in sizes:
@@ -117,8 +116,7 @@ def bench_style(m: Any, sizes: list[str], batches: list[int], rounds: int, bf16:
 
 def bench_small_graphs(m: Any, rounds: int, calls: int) -> list[dict[str, Any]]:
     """The classifier (batch 1 and 4) and MTCNN's three graphs at the shapes of a 512x512 photo."""
-    from emostyle_rt.backends import ort as ortb
-    from emostyle_rt.backends import openvino as ovb
+    from emostyle_rt.backends import load_graph
 
     rng = np.random.default_rng(0)
     face = _resized(_photo("astronaut")[40:200, 150:290], 128, 128)
@@ -138,7 +136,7 @@ def bench_small_graphs(m: Any, rounds: int, calls: int) -> list[dict[str, Any]]:
         ]
     rows = []
     for stage, shape, path, feed in cases:
-        runners = {"onnxruntime": ortb.OrtRunner(path, provider="cpu"), "openvino-fp32": ovb.OvRunner(path)}
+        runners = {"onnxruntime": load_graph(path, backend="onnxruntime", provider="cpu"), "openvino-fp32": load_graph(path, backend="openvino")}
         outs = {n: r.run(feed) for n, r in runners.items()}
         t = interleave({n: (lambda r=r: r.run(feed)) for n, r in runners.items()}, rounds, calls)
         diff = {n: max(_maxdiff(o[k], outs["onnxruntime"][k]) for k in o) for n, o in outs.items()}
@@ -335,8 +333,8 @@ def quantize_int8(onnx_path: Path, out: Path, size: int = 256) -> Path:
 
 
 def bench_precision(trained: Path, sizes: list[str], rounds: int, picture: Path | None) -> list[dict[str, Any]]:
-    from emostyle_rt.backends import ort as ortb
-    from emostyle_rt.backends import openvino as ovb
+    from emostyle_rt.backends import load_graph
+    from emostyle_rt.metrics import psnr
 
     with tempfile.TemporaryDirectory(prefix="emostyle-int8-") as tmp:
         if trained.suffix == ".pth":  # a checkpoint of emostyle-train style: its ONNX graph as emostyle-export writes it
@@ -347,9 +345,9 @@ def bench_precision(trained: Path, sizes: list[str], rounds: int, picture: Path 
             export_style(ckpt.model, ckpt.convention, Path(tmp) / "trained.onnx")
             trained = Path(tmp) / "trained.onnx"
         int8 = quantize_int8(trained, Path(tmp) / "int8.onnx")
-        runners = {"onnxruntime-fp32": ortb.OrtRunner(trained, provider="cpu"),
-                   "openvino-fp32": ovb.OvRunner(trained), "openvino-bf16": ovb.OvRunner(trained, precision="bf16"),
-                   "openvino-int8": ovb.OvRunner(int8), "onnxruntime-int8": ortb.OrtRunner(int8, provider="cpu")}
+        runners = {"onnxruntime-fp32": load_graph(trained, backend="onnxruntime", provider="cpu"),
+                   "openvino-fp32": load_graph(trained, backend="openvino"), "openvino-bf16": load_graph(trained, backend="openvino", precision="bf16"),
+                   "openvino-int8": load_graph(int8, backend="openvino"), "onnxruntime-int8": load_graph(int8, backend="onnxruntime", provider="cpu")}
         rows = []
         for size in sizes:
             w, h = SIZES[size]
@@ -360,7 +358,7 @@ def bench_precision(trained: Path, sizes: list[str], rounds: int, picture: Path 
                 ref = outs["openvino-fp32"]
                 rows.append({"stage": "precision", "size": size, "photo": name, "batch": 1,
                              "paths": summarize(t, "openvino-fp32"),
-                             "psnr_db_vs_openvino_fp32": {n: round(min(ovb.psnr(o, ref), 99.0), 2) for n, o in outs.items()},
+                             "psnr_db_vs_openvino_fp32": {n: round(psnr(o, ref, cap=99.0), 2) for n, o in outs.items()},
                              "max_abs_diff_vs_openvino_fp32": {n: _maxdiff(o, ref) for n, o in outs.items()}})
                 _say(rows[-1])
                 if picture is not None and size == sizes[0] and name == HELD_OUT[0]:
