@@ -261,7 +261,7 @@ def start_server(bundle: str, port: int, extra: list[str]) -> subprocess.Popen:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", default="bundles/demo", help="bundle with a face detector (emostyle-export --demo)")
+    p.add_argument("--bundle", default=None, help="bundle with a face detector (emostyle-export --demo; default: as emostyle's: $EMOSTYLE_BUNDLE, else bundles/demo)")
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--concurrency", default="8,1", help="client concurrencies to run, comma-separated")
     p.add_argument("--size", default="256x256", help="photo size WIDTHxHEIGHT")
@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-args", default="", help="extra `emostyle serve` options, e.g. '--max-batch 16'")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
+    from emostyle_rt.console import default_bundle
+
+    args.bundle = str(default_bundle(args.bundle))  # --bundle, $EMOSTYLE_BUNDLE, bundles/demo (or an old engines/demo)
     width, height = (int(v) for v in args.size.lower().split("x"))
     levels = [int(c) for c in args.concurrency.split(",")]
     images = photos(args.requests, width, height)

@@ -185,7 +185,7 @@ def rss_run(st, width: int, height: int, seconds: int, tmp: Path) -> list[tuple[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default="bundles/demo")
+    p.add_argument("--bundle", default=None, help="the bundle (default: as emostyle's: $EMOSTYLE_BUNDLE, else bundles/demo)")
     p.add_argument("--sizes", default="640x360,1280x720")
     p.add_argument("--frames", type=int, default=24, help="frames per size (default 24)")
     p.add_argument("--batch", default="1", help="comma-separated frames per style run to compare (default 1)")
@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decisions", action="store_true",
                    help="compare a file's causal and lookahead emotion decision instead (the analysis pass's cost)")
     args = p.parse_args(argv)
+    from emostyle_rt.console import default_bundle
+
+    args.bundle = str(default_bundle(args.bundle))  # --bundle, $EMOSTYLE_BUNDLE, bundles/demo (or an old engines/demo)
     import logging
 
     logging.basicConfig(level=logging.ERROR)
